@@ -1,0 +1,66 @@
+"""nbconductor: orchestrate multi-step, multi-model AI pipelines from a Jupyter notebook.
+
+``%load_ext nbconductor`` registers the magics; `Pipeline` is the same engine without IPython.
+Importing this package is cheap: it loads no provider SDK, widget library or papermill.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = [
+    "ConductorError",
+    "DefinitionError",
+    "Pipeline",
+    "RunResult",
+    "Step",
+    "StepFailed",
+    "StepResult",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+_LAZY = {
+    "Pipeline": "._pipeline",
+    "RunResult": "._executor",
+    "Step": "._types",
+    "StepResult": "._types",
+    "ConductorError": "._errors",
+    "DefinitionError": "._errors",
+    "StepFailed": "._errors",
+}
+
+if TYPE_CHECKING:
+    from ._errors import ConductorError, DefinitionError, StepFailed
+    from ._executor import RunResult
+    from ._pipeline import Pipeline
+    from ._types import Step, StepResult
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbconductor' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__ + ["__version__"])
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext nbconductor``: register the magics with this shell."""
+    from ._magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    from ._magics import unload
+
+    unload(ipython)

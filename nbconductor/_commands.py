@@ -1,0 +1,197 @@
+"""The ``%conductor`` subcommands. Each takes the magics object and the remaining words."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from IPython.core.error import UsageError
+from IPython.display import Markdown, display
+
+from ._config import KEY_ENV, keys_available
+from ._display import footer, show_result
+from ._summary import fmt_cost, preview
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"%conductor {self.prog}: {message}")
+
+
+def _args(prog: str, words: list[str], *specs) -> argparse.Namespace:
+    parser = _Parser(prog=prog, add_help=False)
+    for names, kwargs in specs:
+        parser.add_argument(*names, **kwargs)
+    return parser.parse_args(words)
+
+
+def cmd_run(m, words):
+    """Run the graph (or targets and their upstream); ``--dry-run`` estimates and sends nothing."""
+    a = _args("run", words, (["steps"], {"nargs": "*"}), (["--force"], {"action": "store_true"}),
+              (["--dry-run"], {"action": "store_true"}))
+    if a.dry_run:
+        return _dry_run(m, a.steps or None)
+    live = _live_graph(m)
+    run = None
+    try:
+        run = m._run(a.steps or None, force=a.force, live=live.observe if live else None)
+    finally:
+        if live is not None:
+            live.finish(m.pipeline)
+    display(Markdown(run.summary()))
+    return None
+
+
+def _live_graph(m):
+    try:
+        from .widgets.live import LiveGraph
+    except ImportError:
+        return None
+    live = LiveGraph(m.pipeline)
+    live.show()
+    return live
+
+
+def _dry_run(m, targets):
+    from ._summary import text_table
+
+    plan = m.pipeline.plan(None, targets)
+    rows = [[p["step"], p["model"] or "—", "cached" if p["cached"] else "run", str(p["calls"]),
+             f"{p['input_tokens']:,}", f"{p['output_tokens']:,}", fmt_cost(p["cost"])] for p in plan]
+    total_cost = None if any(p["cost"] is None for p in plan) else sum(p["cost"] for p in plan if not p["cached"])
+    text = text_table(["step", "model", "action", "calls", "est. input", "est. output", "est. cost"], rows)
+    text += f"\n\ndry run: nothing was sent. Estimated cost: {fmt_cost(total_cost)}"
+    print(text)
+    return plan
+
+
+def cmd_status(m, words):
+    """One line per declared step: kind, model, upstream, last state, output preview."""
+    from ._summary import text_table
+
+    graph = m.pipeline.graph
+    rows = []
+    for name in graph.order():
+        step = graph.steps[name]
+        r = m.pipeline.results.get(name)
+        model = "—" if step.kind in ("python", "function") else (step.model or "default")
+        rows.append([name, step.kind, model, ", ".join(sorted(graph.deps[name])) or "—",
+                     r.state if r else "not run", preview(r.output if r else None, 50)])
+    print(text_table(["step", "kind", "model", "upstream", "state", "output"], rows))
+
+
+def cmd_show(m, words):
+    """Everything about one step's last result: prompt, output, model, attempts, gates, cost."""
+    a = _args("show", words, (["step"], {}))
+    r = m.pipeline.results.get(a.step)
+    if r is None:
+        if a.step not in m.pipeline.steps:
+            raise UsageError(f"%conductor show: no step named `{a.step}`")
+        raise UsageError(f"%conductor show: step `{a.step}` has not run yet: %conductor run {a.step}")
+    lines = [f"### {a.step}", "", footer(r), ""]
+    if r.prompt:
+        lines += ["**Prompt**", "", "```text", r.prompt, "```", ""]
+    for i, att in enumerate(r.attempts, 1):
+        lines.append(f"- attempt {i}: {att.model} — {att.outcome}" + (f" ({att.error})" if att.error else ""))
+    for g in r.gates:
+        lines.append(f"- gate {g.name}: {'passed' if g.passed else 'failed'}"
+                     + (f", score {g.score:.2f}" if g.score is not None else "") + (f" — {g.feedback}" if g.feedback else ""))
+    if r.error:
+        lines += ["", f"**Error**: {r.error}"]
+    display(Markdown("\n".join(lines)))
+    show_result(r)
+
+
+def cmd_alias(m, words):
+    """``alias NAME SPEC`` defines a model alias; ``alias`` alone lists them."""
+    if not words:
+        return cmd_models(m, [])
+    if len(words) != 2:
+        raise UsageError("%conductor alias NAME SPEC, e.g. %conductor alias fast anthropic:claude-haiku-4-5")
+    m.pipeline.alias(words[0], words[1])
+    print(f"alias {words[0]} → {m.pipeline.pool.resolve(words[0]).spec}")
+
+
+def cmd_models(m, words):
+    """Aliases and what they resolve to, and which provider keys are set."""
+    from ._summary import text_table
+
+    pool = m.pipeline.pool
+    names = sorted(set(m.pipeline.config.aliases) | set(m.pipeline.aliases) | {"fast", "writer", "judge"})
+    rows = []
+    for name in names:
+        try:
+            ref = pool.resolve(name)
+            rows.append([name, ref.spec, ref.base_url or "—"])
+        except Exception as exc:  # noqa: BLE001
+            rows.append([name, f"error: {exc}", "—"])
+    used = sorted({s.model for s in m.pipeline.steps.values() if s.model and ":" in s.model})
+    rows += [[spec, spec, "—"] for spec in used]
+    print(text_table(["model", "resolves to", "base url"], rows))
+    keys = keys_available()
+    print("\nkeys set: " + (", ".join(KEY_ENV[k] for k in keys) if keys else "none (offline provider in use)"))
+
+
+def cmd_graph(m, words):
+    from .widgets.live import graph_widget
+
+    return graph_widget(m.pipeline)
+
+
+def cmd_timeline(m, words):
+    from .widgets.timeline import TimelineView
+
+    if m.pipeline.last_run is None:
+        raise UsageError("%conductor timeline: nothing has run yet: %conductor run")
+    from .widgets.live import snapshot
+
+    return TimelineView(snapshot(m.pipeline, m.pipeline.last_run.results))
+
+
+def cmd_form(m, words):
+    from ._notebook import current_parameters
+    from .widgets.form import IntakeForm
+
+    params = current_parameters(m.shell)
+
+    def on_run(values):
+        m.shell.user_ns.update(values)
+        run = m._run(None)
+        display(Markdown(run.summary()))
+
+    return IntakeForm(params, on_run)
+
+
+def cmd_review(m, words):
+    a = _args("review", words, (["--store"], {}))
+    from .review import review_widget
+
+    return review_widget(m, a.store)
+
+
+def cmd_report(m, words):
+    a = _args("report", words, (["--store"], {}), (["--json"], {"action": "store_true"}))
+    from ._report import report, show_report
+
+    rep = report(m.pipeline.store if not a.store else a.store)
+    if a.json:
+        print(json.dumps(rep, indent=2))
+        return None
+    return show_report(rep)
+
+
+def cmd_export(m, words):
+    a = _args("export", words, (["path"], {}))
+    from ._export import export_notebook
+
+    path = export_notebook(m, a.path)
+    print(f"exported to {path}: run it with `papermill {path} out.ipynb -p NAME VALUE` or `nbconductor run {path}`")
+
+
+def cmd_reset(m, words):
+    """Forget declared steps, contexts and results in this kernel (the store keeps everything)."""
+    m.pipeline.steps.clear()
+    m.pipeline.contexts.clear()
+    m.pipeline.results.clear()
+    m.cells.clear()
+    print("pipeline reset")

@@ -1,0 +1,104 @@
+"""How step outputs and run progress look in a notebook (IPython display only, no widgets)."""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+import time
+from typing import Any
+
+from IPython.display import HTML, JSON, Markdown, display
+
+from ._summary import fmt_cost, fmt_tokens
+from ._types import StepResult
+
+ICONS = {"passed": "✓", "cached": "↺", "flagged": "⚑", "failed": "✗", "skipped": "⤼", "pending": "…",
+         "running": "▶"}
+
+
+def footer(result: StepResult) -> str:
+    """One line about a step result: state, model, attempts, tokens, cost, time."""
+    parts = [f"{ICONS.get(result.state, '')} {result.step}", result.state]
+    if result.model:
+        parts.append(result.model)
+    if result.items is not None:
+        parts.append(f"{result.items} items")
+    if result.attempts:
+        n = len(result.attempts)
+        parts.append(f"{n} attempt{'s' if n != 1 else ''}")
+    if result.usage.total is not None:
+        parts.append(f"{fmt_tokens(result.usage.total)} tokens")
+    if result.cost is not None and result.model:
+        parts.append(fmt_cost(result.cost))
+    if result.latency is not None:
+        parts.append(f"{result.latency:.2f}s")
+    for g in result.gates:
+        mark = "✓" if g.passed else "✗"
+        score = f" {g.score:.2f}" if g.score is not None and g.name == "rubric" else ""
+        parts.append(f"{g.name} {mark}{score}")
+    return " · ".join(parts)
+
+
+def show_result(result: StepResult) -> None:
+    """Display a step's output inline, then its footer."""
+    out = result.output
+    if result.state == "skipped":
+        pass
+    elif hasattr(out, "_repr_png_"):
+        display(out)
+    elif hasattr(out, "model_dump"):
+        display(JSON(out.model_dump(mode="json"), expanded=True))
+    elif isinstance(out, str):
+        display(Markdown(out))
+    elif isinstance(out, list) and out and all(isinstance(x, str) for x in out):
+        display(Markdown("\n\n---\n\n".join(out)))
+    elif isinstance(out, (dict, list)):
+        display(_json_bundle(out), raw=True)
+    elif out is not None:
+        display(out)
+    flagged = [g for g in result.gates if not g.passed]
+    text = footer(result)
+    if result.error:
+        text += f"\n{result.error}"
+    elif flagged and result.state == "flagged":
+        text += "\n" + "\n".join(f"⚑ {g.name}: {g.feedback}" for g in flagged)
+    color = {"failed": "#b42318", "flagged": "#b54708"}.get(result.state, "#667085")
+    display({"text/plain": text,
+             "text/html": f'<pre style="color:{color};font-size:0.85em;margin:0;white-space:pre-wrap">'
+                          f"{html.escape(text)}</pre>"}, raw=True)
+
+
+def _json_bundle(value: Any) -> dict:
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return {"application/json": json.loads(json.dumps(value, default=str)), "text/plain": text}
+
+
+class LiveText:
+    """Streams a step's text into one output area, throttled; `close` removes it."""
+
+    def __init__(self, interval: float = 0.15):
+        self.handle = None
+        self.buffer: dict[str, str] = {}
+        self.interval = interval
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, event: str, step: str, payload: Any) -> None:
+        if event != "text":
+            return
+        with self._lock:
+            self.buffer[step] = self.buffer.get(step, "") + payload
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return
+            self._last = now
+            text = "\n\n".join(f"**{name}** (streaming…)\n\n{t}" for name, t in self.buffer.items())
+            if self.handle is None:
+                self.handle = display(Markdown(text), display_id=True)
+            else:
+                self.handle.update(Markdown(text))
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.update(HTML(""))

@@ -1,0 +1,146 @@
+"""nbconductor's exceptions.
+
+The hierarchy::
+
+    ConductorError
+    ├── DefinitionError          a pipeline as written cannot run (user's mistake)
+    │   ├── CycleError           .cycle: the steps in the cycle, in order
+    │   ├── UnknownNameError     .step, .name, .suggestion
+    │   ├── OptionError          an option or its value is wrong
+    │   └── TemplateError        a prompt template does not parse or render
+    ├── ConfigError              nbconductor.toml / [tool.nbconductor] is wrong
+    ├── MissingDependency        an optional package is absent; names the extra
+    ├── ProviderError            a model call failed; .provider, .model, .status, .retryable
+    │   ├── TransportError       connection, timeout, cut or stalled stream (retryable)
+    │   ├── RateLimitError       429 / 529 / overloaded; .retry_after seconds (retryable)
+    │   ├── ServerError          5xx, 408, 409 (retryable)
+    │   ├── AuthError            401 / 403; says which key to set (not retried)
+    │   ├── RequestError         400 / 404 / 422 (not retried)
+    │   └── OutputError          malformed output, invalid JSON or schema (retryable)
+    └── StepFailed               a step could not produce an accepted output; .step, .cause
+
+`DefinitionError`s are shown in a notebook as a one-line IPython ``UsageError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ConductorError(Exception):
+    """Base class of every nbconductor error."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback through nbconductor's internals.
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
+
+
+class DefinitionError(ConductorError):
+    """The pipeline as declared cannot run; the message says how to fix it."""
+
+
+class CycleError(DefinitionError):
+    def __init__(self, cycle: list[str]):
+        self.cycle = cycle
+        path = " → ".join([*cycle, cycle[0]])
+        super().__init__(
+            f"the steps form a cycle: {path}; remove one of these references or --after edges"
+        )
+
+
+class UnknownNameError(DefinitionError):
+    def __init__(self, step: str, name: str, known: Iterable[str] = ()):
+        self.step, self.name = step, name
+        close = difflib.get_close_matches(name, sorted(set(known)), n=1)
+        self.suggestion = close[0] if close else None
+        hint = (
+            f"did you mean `{self.suggestion}`?"
+            if self.suggestion
+            else "define it in a cell, pass it as a parameter, or declare a step of that name"
+        )
+        super().__init__(f"step `{step}` refers to unknown name `{name}`: {hint}")
+
+
+class OptionError(DefinitionError):
+    """An option, or an option's value, is not valid."""
+
+
+class TemplateError(DefinitionError):
+    """A prompt template has a syntax error or fails to render."""
+
+
+class ConfigError(ConductorError):
+    """The configuration file is invalid."""
+
+
+class MissingDependency(ConductorError):
+    def __init__(self, package: str, extra: str, purpose: str = ""):
+        self.package, self.extra = package, extra
+        what = f" for {purpose}" if purpose else ""
+        super().__init__(
+            f"the `{package}` package is needed{what}: pip install 'nbconductor[{extra}]'"
+        )
+
+
+class ProviderError(ConductorError):
+    """A model call failed. ``retryable`` says whether another attempt may succeed."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        model: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.provider, self.model, self.status = provider, model, status
+        self.retry_after = retry_after
+
+
+class TransportError(ProviderError):
+    retryable = True
+
+
+class RateLimitError(ProviderError):
+    retryable = True
+
+
+class ServerError(ProviderError):
+    retryable = True
+
+
+class AuthError(ProviderError):
+    retryable = False
+
+
+class RequestError(ProviderError):
+    retryable = False
+
+
+class OutputError(ProviderError):
+    """The model answered, but the answer is unusable (bad JSON, schema mismatch)."""
+
+    retryable = True
+
+
+class StepFailed(ConductorError):
+    """A step could not produce an accepted output."""
+
+    def __init__(self, step: str, message: str, cause: BaseException | None = None):
+        self.step, self.cause = step, cause
+        super().__init__(f"step `{step}` failed: {message}")
+
+
+def missing_dependency(package: str, extra: str, purpose: str = ""):
+    """Import ``package`` or raise `MissingDependency` naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        raise MissingDependency(package, extra, purpose) from exc

@@ -1,0 +1,438 @@
+"""The executor: runs a `Graph` against a store, steps concurrently as soon as their inputs exist.
+
+One asyncio task per step awaits its upstream tasks, so independent steps (and the items of a
+``--map``) run in parallel and wall time follows the critical path. Each finished step is
+written to the store at once: an interrupted run loses nothing, and a re-run finds finished
+steps by cache key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import json
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import DefinitionError, OutputError, StepFailed, UnknownNameError
+from ._gates import gates_for
+from ._graph import Graph
+from ._ladder import LadderFailed, run_ladder
+from ._pool import ProviderPool
+from ._pycode import run_python
+from ._store import Store
+from ._template import TEMPLATE_GLOBALS, parse_map, render
+from ._types import PNG, Request, Response, Step, StepResult, Usage
+
+Observer = Callable[[str, str, Any], None]  # (event, step, payload)
+
+
+@dataclass
+class RunResult:
+    """What one run produced: a `StepResult` per step, in graph order."""
+
+    run_id: str
+    results: dict[str, StepResult]
+    status: str = "passed"
+    started: float = 0.0
+    ended: float = 0.0
+
+    def __getitem__(self, step: str) -> Any:
+        return self.results[step].output
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        return {name: r.output for name, r in self.results.items()}
+
+    @property
+    def cost(self) -> float | None:
+        costs = [r.cost for r in self.results.values() if not r.cached]
+        return None if any(c is None for c in costs) else sum(costs)
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for r in self.results.values():
+            if not r.cached:
+                total = total + r.usage
+        return total
+
+    def names(self, state: str) -> list[str]:
+        return [n for n, r in self.results.items() if r.state == state]
+
+    @property
+    def failed(self) -> list[str]:
+        return self.names("failed")
+
+    @property
+    def flagged(self) -> list[str]:
+        return self.names("flagged")
+
+    def raise_for_status(self) -> None:
+        """Raise `StepFailed` for the first failed step."""
+        for name in self.failed:
+            raise StepFailed(name, self.results[name].error or "failed")
+
+    def summary(self) -> str:
+        from ._summary import summary_table
+
+        return summary_table(self)
+
+    def _repr_markdown_(self) -> str:
+        return self.summary()
+
+
+@dataclass
+class RunOptions:
+    force: bool | set[str] = False
+    observer: Observer | None = None
+    stream: bool = False
+    notebook: str | None = None
+
+
+@dataclass
+class Session:
+    """What the executor needs from a pipeline: the graph and where things live."""
+
+    graph: Graph
+    namespace: dict[str, Any]
+    contexts: dict[str, str]
+    store: Store
+    pool: ProviderPool
+    memory: dict[str, StepResult] = field(default_factory=dict)  # in-process cache by key
+    run_id: str = ""
+    notebook: str | None = None
+
+    def remember(self, result: StepResult, step: Step, item: int | None = None) -> None:
+        """Record a fresh result in the store and the in-process cache."""
+        result.result_id = self.store.record(self.run_id, result, self.notebook, None, item)
+        if result.state in ("passed", "flagged") and result.cache_key and not step.no_cache:
+            self.memory[result.cache_key] = result
+
+
+def check_names(graph: Graph, names: list[str], namespace: dict) -> None:
+    """Raise `UnknownNameError` for a name no step, parameter or variable provides."""
+    for name in names:
+        step = graph.steps[name]
+        for ref in sorted(graph.external_names(name)):
+            if ref in namespace or ref in TEMPLATE_GLOBALS or hasattr(builtins, ref):
+                continue
+            known = [*graph.steps, *(k for k in namespace if not k.startswith("_"))]
+            raise UnknownNameError(step.name, ref, known)
+
+
+async def execute(session: Session, targets: list[str] | None, options: RunOptions) -> RunResult:
+    """Run ``targets`` (default: every step) and their upstream steps."""
+    graph = session.graph
+    names = graph.order(graph.upstream(targets) if targets else None)
+    check_names(graph, names, session.namespace)
+    for name in names:
+        missing = [c for c in graph.steps[name].contexts if c not in session.contexts]
+        if missing:
+            raise UnknownNameError(name, missing[0], session.contexts)
+    store = session.store
+    run_id = store.start_run(_params(session.namespace, graph, names), targets, options.notebook)
+    session.run_id, session.notebook = run_id, options.notebook
+    results: dict[str, StepResult] = {}
+    tasks: dict[str, asyncio.Task] = {}
+    emit = options.observer or (lambda *a: None)
+    started = time.time()
+
+    async def run_one(name: str) -> StepResult:
+        step = graph.steps[name]
+        deps = graph.deps[name]
+        if deps:
+            await asyncio.wait([tasks[d] for d in deps])
+        upstream = {d: results[d] for d in deps}
+        blocked = [d for d, r in upstream.items() if r.state in ("failed", "pending")]
+        if blocked:
+            res = StepResult(name, "pending", error=f"not run: upstream step `{blocked[0]}` did not finish")
+        else:
+            emit("start", name, None)
+            res = await _run_step(session, step, upstream, options, emit)
+            if res.cached:
+                res.result_id = store.record(run_id, res, options.notebook)
+            else:
+                session.remember(res, step)
+        results[name] = res
+        emit("end", name, res)
+        return res
+
+    status = "interrupted"
+    try:
+        for name in names:
+            tasks[name] = asyncio.ensure_future(run_one(name))
+        await asyncio.gather(*tasks.values())
+        states = {r.state for r in results.values()}
+        status = "failed" if states & {"failed", "pending"} else "flagged" if "flagged" in states else "passed"
+    finally:
+        for t in tasks.values():
+            t.cancel()
+        ordered = {n: results[n] for n in names if n in results}
+        run = RunResult(run_id, ordered, status, started, time.time())
+        store.end_run(run_id, status, run.cost, "; ".join(r.error for r in ordered.values() if r.error) or None)
+    return run
+
+
+def _params(namespace: dict, graph: Graph, names: list[str]) -> dict:
+    wanted = set().union(*(graph.external_names(n) for n in names)) if names else set()
+    return {k: namespace[k] for k in sorted(wanted) if k in namespace and _jsonable(namespace[k])}
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult],
+                    options: RunOptions, emit: Observer) -> StepResult:
+    started = time.time()
+    if upstream and all(r.state == "skipped" for r in upstream.values()):
+        return StepResult(step.name, "skipped", None, started=started, ended=time.time())
+    values = {**session.namespace, **{d: r.output for d, r in upstream.items()}}
+    try:
+        if step.when and not _eval(step.when, values, step.name, "--when"):
+            return StepResult(step.name, "skipped", None, started=started, ended=time.time())
+        if step.map:
+            var, expr = parse_map(step.map, step.name)
+            items = list(_eval(expr, values, step.name, "--map"))
+            parts = await asyncio.gather(*(
+                _run_single(session, step, {**values, var: item}, options, emit, i) for i, item in enumerate(items)
+            ))
+            for i, part in enumerate(parts):
+                if not part.cached:
+                    session.remember(part, step, i)
+            return _combine(step, parts, started, len(items))
+        return await _run_single(session, step, values, options, emit, None)
+    except asyncio.CancelledError:
+        raise
+    except DefinitionError:
+        raise
+    except LadderFailed as exc:
+        usage = Usage()
+        for a in exc.attempts:
+            usage = usage + a.usage
+        return StepResult(step.name, "failed", exc.output, attempts=exc.attempts, gates=exc.gates,
+                          usage=usage, started=started, ended=time.time(), error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a step's failure is recorded, not raised
+        return StepResult(step.name, "failed", None, started=started, ended=time.time(),
+                          error=_describe(exc), cost=0.0 if step.kind in ("python", "function") else None)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, StepFailed):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _combine(step: Step, parts: list[StepResult], started: float, n: int) -> StepResult:
+    states = {p.state for p in parts}
+    state = "failed" if "failed" in states else "flagged" if "flagged" in states else (
+        "cached" if states == {"cached"} else "passed")
+    usage = Usage()
+    cost: float | None = 0.0
+    for p in parts:
+        usage = usage + p.usage
+        cost = None if cost is None or p.cost is None else cost + p.cost
+    errors = [f"item {i}: {p.error}" for i, p in enumerate(parts) if p.error]
+    key = hashlib.sha256("".join(p.cache_key or "" for p in parts).encode()).hexdigest()
+    return StepResult(
+        step.name, state, [p.output for p in parts], prompt=parts[0].prompt if parts else None,
+        model=", ".join(dict.fromkeys(p.model for p in parts if p.model)) or None,
+        attempts=[a for p in parts for a in p.attempts], gates=[g for p in parts for g in p.gates],
+        usage=usage, cost=cost, started=started, ended=time.time(), error="; ".join(errors) or None,
+        cache_key=key, cached=state == "cached", items=n,
+    )
+
+
+def _eval(expr: str, values: dict, step: str, option: str) -> Any:
+    try:
+        return eval(expr, {"__builtins__": builtins}, values)  # noqa: S307 - the notebook's own code
+    except Exception as exc:  # noqa: BLE001
+        raise StepFailed(step, f"{option} {expr!r} raised {type(exc).__name__}: {exc}") from None
+
+
+def stable_hash(value: Any) -> str:
+    """A hash of a value that is equal across processes when the value is."""
+    if hasattr(value, "model_dump_json"):
+        data = value.model_dump_json().encode()
+    else:
+        try:
+            data = json.dumps(value, sort_keys=True, default=_no_default).encode()
+        except (TypeError, ValueError):
+            try:
+                data = pickle.dumps(value)
+            except Exception:  # noqa: BLE001
+                data = repr(value).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _no_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if isinstance(value, bytes):
+        return hashlib.sha256(value).hexdigest()
+    raise TypeError
+
+
+def _cache_lookup(session: Session, key: str, step: Step, options: RunOptions) -> StepResult | None:
+    force = options.force
+    if step.no_cache or force is True or (isinstance(force, set) and step.name in force):
+        return None
+    hit = session.memory.get(key) or session.store.lookup(key)
+    if hit is None:
+        return None
+    output = hit.output
+    if step.schema and isinstance(output, dict):
+        output = _schema_class(step, session.namespace).model_validate(output)
+    if step.kind == "image" and isinstance(output, bytes):
+        output = PNG(output)
+    now = time.time()
+    return StepResult(step.name, "cached", output, prompt=hit.prompt, model=hit.model, attempts=hit.attempts,
+                      gates=hit.gates, usage=hit.usage, cost=hit.cost, started=now, ended=now,
+                      cache_key=key, cached=True, items=hit.items)
+
+
+async def _run_single(session: Session, step: Step, values: dict, options: RunOptions,
+                      emit: Observer, item: int | None) -> StepResult:
+    if step.kind in ("python", "function"):
+        return await _run_python(session, step, values, options)
+    started = time.time()
+    request, models, key = build_request(session, step, values)
+    hit = _cache_lookup(session, key, step, options)
+    if hit is not None:
+        return hit
+    if options.stream and item is None:
+        request.on_text = lambda delta: emit("text", step.name, delta)
+    gates = gates_for(step, values)
+    schema_cls = _schema_class(step, values) if step.schema else None
+    outcome = await run_ladder(
+        step, request, models, session.pool, _parser(step, schema_cls), gates, values,
+        on_attempt=lambda a: emit("attempt", step.name, a), image=step.kind == "image",
+    )
+    return StepResult(step.name, outcome.state, outcome.output, prompt=request.prompt, model=outcome.model,
+                      attempts=outcome.attempts, gates=outcome.gates, usage=outcome.usage, cost=outcome.cost,
+                      started=started, ended=time.time(), cache_key=key)
+
+
+def build_request(session: Session, step: Step, values: dict) -> tuple[Request, list, str]:
+    """The request an LLM/image step would send, its models in order, and its cache key."""
+    prompt = render(step.body, _template_values(session, values), step.name)
+    contexts = [(c, session.contexts[c]) for c in step.contexts]
+    system = render(step.system, values, step.name) if step.system and "{" in step.system else step.system
+    schema_cls = _schema_class(step, values) if step.schema else None
+    models = [session.pool.resolve(step.model)] + [session.pool.resolve(f) for f in step.fallbacks]
+    tools = _tool_specs(step, values)
+    request = Request(
+        model=models[0].model, prompt=prompt, system=system, contexts=contexts,
+        json=step.json or schema_cls is not None,
+        schema=schema_cls.model_json_schema() if schema_cls else None,
+        schema_name=schema_cls.__name__ if schema_cls else None,
+        temperature=step.temperature, max_tokens=step.max_tokens, tools=tools,
+    )
+    key = _key({
+        "kind": step.kind, "model": models[0].spec, "fallbacks": [m.spec for m in models[1:]],
+        "base_url": models[0].base_url, "system": request.system_text(), "prompt": prompt,
+        "json": request.json, "schema": request.schema, "temperature": step.temperature,
+        "max_tokens": step.max_tokens, "tools": tools, "checks": step.checks,
+        "rubric": step.rubric and vars(step.rubric), "on_fail": step.on_fail, "retries": step.retries,
+    })
+    return request, models, key
+
+
+def _template_values(session: Session, values: dict) -> dict:
+    from ._history import history_function
+
+    return {**values, "history": history_function(session.store)}
+
+
+async def _run_python(session: Session, step: Step, values: dict, options: RunOptions) -> StepResult:
+    started = time.time()
+    if step.kind == "function":
+        import inspect
+
+        params = list(inspect.signature(step.fn).parameters)
+        code_id = getattr(step.fn, "__qualname__", step.name) + (
+            hashlib.sha256(step.fn.__code__.co_code).hexdigest() if hasattr(step.fn, "__code__") else "")
+    else:
+        from ._template import python_names
+
+        params = sorted(python_names(step.body, step.name))
+        code_id = step.body
+    inputs = {p: values[p] for p in params if p in values}
+    key = None
+    if not step.no_cache:
+        key = _key({"kind": step.kind, "code": code_id, "inputs": {k: stable_hash(v) for k, v in inputs.items()},
+                    "checks": step.checks})
+        hit = _cache_lookup(session, key, step, options)
+        if hit is not None:
+            return hit
+    if step.kind == "function":
+        output = step.fn(**inputs)
+        if asyncio.iscoroutine(output):
+            output = await output
+    else:
+        output = run_python(step.body, values, step.name)
+    gates = gates_for(step, values)
+    results = []
+    for gate in gates:
+        results.append(await gate.check(output, None))
+    state = "passed" if all(g.passed for g in results) else ("flagged" if step.on_fail == "review" else "failed")
+    error = None if state != "failed" else "; ".join(g.feedback for g in results if not g.passed)
+    return StepResult(step.name, state, output, gates=results, started=started, ended=time.time(),
+                      cache_key=key, cost=0.0, error=error)
+
+
+def _key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _schema_class(step: Step, values: dict):
+    cls = values.get(step.schema)
+    if cls is None or not hasattr(cls, "model_validate"):
+        raise UnknownNameError(step.name, step.schema or "", [k for k, v in values.items() if hasattr(v, "model_validate")])
+    return cls
+
+
+def _parser(step: Step, schema_cls) -> Callable[[Response], Any]:
+    def parse(response: Response) -> Any:
+        if step.kind == "image":
+            return PNG(response.data)
+        if schema_cls is not None:
+            from pydantic import ValidationError
+
+            data = response.data if response.data is not None else _loads(response.text)
+            try:
+                return schema_cls.model_validate(data)
+            except ValidationError as exc:
+                raise OutputError(f"output does not match schema {schema_cls.__name__}: {exc}") from None
+        if step.json:
+            return response.data if response.data is not None else _loads(response.text)
+        return response.text
+
+    return parse
+
+
+def _loads(text: str) -> Any:
+    cleaned = text.strip()
+    if cleaned.startswith("```"):
+        cleaned = cleaned.split("\n", 1)[1].rsplit("```", 1)[0]
+    try:
+        return json.loads(cleaned)
+    except ValueError as exc:
+        raise OutputError(f"output is not valid JSON: {exc}") from None
+
+
+def _tool_specs(step: Step, values: dict) -> list[dict]:
+    if not step.tools:
+        return []
+    from ._tools import tool_spec
+
+    return [tool_spec(name, values, step.name) for name in step.tools]

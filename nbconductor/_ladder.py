@@ -1,0 +1,161 @@
+"""The attempt ladder: retries, gates, fallbacks — owned once, above the providers.
+
+For each model (the step's model, then each ``--fallback``), up to ``1 + retries`` attempts.
+An attempt fails on a retryable provider error (waiting ``retry-after`` when the server says,
+exponential backoff with jitter otherwise), on unusable output, or on a failed gate (whose
+feedback goes into the next attempt's prompt). A non-retryable error moves to the next model
+at once. When every model is exhausted, a gate failure is flagged for review (``--on-fail
+review``) or fails the step; any other failure fails the step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ._config import ModelRef
+from ._errors import OutputError, ProviderError, StepFailed
+from ._pool import ProviderPool
+from ._pricing import cost_of
+from ._types import Attempt, GateResult, Request, Response, Step, Usage
+
+
+class Gate(Protocol):
+    name: str
+
+    async def check(self, output: Any, ctx: GateContext) -> GateResult: ...
+
+
+@dataclass
+class GateContext:
+    step: Step
+    prompt: str
+    text: str
+    pool: ProviderPool
+    namespace: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    state: str  # passed | flagged
+    output: Any
+    model: str
+    attempts: list[Attempt]
+    gates: list[GateResult]
+    usage: Usage
+    cost: float | None
+
+
+class LadderFailed(StepFailed):
+    def __init__(self, step: str, message: str, attempts: list[Attempt], gates: list[GateResult],
+                 output: Any = None, cause: BaseException | None = None):
+        super().__init__(step, message, cause)
+        self.attempts, self.gates, self.output = attempts, gates, output
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff for attempt number ``attempt`` (0-based)."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+async def run_ladder(
+    step: Step,
+    request: Request,
+    models: list[ModelRef],
+    pool: ProviderPool,
+    parse: Callable[[Response], Any],
+    gates: list[Gate] = (),
+    namespace: dict | None = None,
+    on_attempt: Callable[[Attempt], None] | None = None,
+    image: bool = False,
+) -> Outcome:
+    """Run one step's request through the ladder; returns an `Outcome` or raises `LadderFailed`."""
+    policy = pool.config.retry
+    attempts: list[Attempt] = []
+    usage = Usage()
+    total_cost: float | None = 0.0
+    feedback: str | None = None
+    last_gates: list[GateResult] = []
+    last_output: Any = None
+    last_error: BaseException | None = None
+    gate_failed = False
+    last_model = ""
+
+    for index, ref in enumerate(models):
+        if pool.cooling(ref.provider) and index < len(models) - 1:
+            attempts.append(_skipped(ref))
+            continue
+        provider = pool.provider(ref)
+        for n in range(1 + step.retries):
+            req = dataclasses.replace(request, model=ref.model, feedback=feedback)
+            started = time.time()
+            try:
+                async with pool.slot(ref.provider):
+                    response = await (provider.image(req) if image else provider.complete(req))
+                output = parse(response)
+            except ProviderError as exc:
+                exc.provider = exc.provider or ref.provider
+                exc.model = exc.model or ref.model
+                last_error, gate_failed = exc, False
+                att = Attempt(ref.spec, started, time.time(), "error", f"{type(exc).__name__}: {exc}")
+                attempts.append(att)
+                if on_attempt:
+                    on_attempt(att)
+                if isinstance(exc, OutputError):
+                    feedback = f"Your output was not valid: {exc}"
+                elif exc.retryable:
+                    pool.failed(ref.provider)
+                if not exc.retryable or n == step.retries:
+                    break
+                if exc.retry_after is not None:
+                    if exc.retry_after > policy.max_retry_after:
+                        break  # the server asks for longer than we will wait: fall back now
+                    await asyncio.sleep(exc.retry_after)
+                else:
+                    await asyncio.sleep(backoff(n, policy.base_delay, policy.max_delay))
+                continue
+            pool.succeeded(ref.provider)
+            call_cost = response.cost if response.cost is not None else cost_of(ref, response.usage, pool.config)
+            usage = usage + response.usage
+            total_cost = None if total_cost is None or call_cost is None else total_cost + call_cost
+            results = []
+            ctx = GateContext(step, req.prompt, response.text, pool, namespace or {})
+            for gate in gates:
+                results.append(await gate.check(output, ctx))
+            passed = all(g.passed for g in results)
+            att = Attempt(ref.spec, started, time.time(), "passed" if passed else "gate",
+                          None if passed else "; ".join(g.feedback for g in results if not g.passed),
+                          response.usage, call_cost)
+            attempts.append(att)
+            if on_attempt:
+                on_attempt(att)
+            if passed:
+                return Outcome("passed", output, response.model or ref.spec, attempts, results, usage, total_cost)
+            last_gates, last_output, gate_failed = results, output, True
+            last_model = response.model or ref.spec
+            feedback = "\n".join(f"- {g.name}: {g.feedback}" for g in results if not g.passed)
+            if step.on_fail == "fallback":
+                break
+        if gate_failed and step.on_fail == "retry":
+            break
+
+    if gate_failed and step.on_fail == "review":
+        return Outcome("flagged", last_output, last_model, attempts, last_gates, usage, total_cost)
+    if gate_failed:
+        detail = "; ".join(f"{g.name}" + (f" scored {g.score:.2f}" if g.score is not None else "")
+                           + f": {g.feedback}" for g in last_gates if not g.passed)
+        raise LadderFailed(step.name, f"did not pass its gates after {len(attempts)} attempts ({detail})",
+                           attempts, last_gates, last_output)
+    tried = ", ".join(dict.fromkeys(a.model for a in attempts))
+    raise LadderFailed(step.name, f"{last_error} (after {len(attempts)} attempts; models tried: {tried})",
+                       attempts, [], None, last_error)
+
+
+def _skipped(ref: ModelRef) -> Attempt:
+    now = time.time()
+    return Attempt(ref.spec, now, now, "skipped", f"provider `{ref.provider}` is cooling down after repeated failures")

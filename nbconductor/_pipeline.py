@@ -1,0 +1,223 @@
+"""`Pipeline`: the public, IPython-free way to declare and run steps. The magics use it too."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ._config import Config, load_config
+from ._errors import OptionError
+from ._executor import RunOptions, RunResult, Session, execute
+from ._graph import Graph
+from ._loop import run_sync
+from ._pool import ProviderPool
+from ._store import Store, default_store_path
+from ._template import parse_map
+from ._types import ON_FAIL, Rubric, Step, StepResult
+
+
+class Pipeline:
+    """A set of named steps and context blocks, a store, and the results of the last runs.
+
+    >>> p = Pipeline(store=":memory:")
+    >>> p.step("hello", "Say hello to {{ name }}", model="offline:demo")
+    >>> p.run({"name": "Ada"})["hello"]  # doctest: +ELLIPSIS
+    '[offline:demo] Say hello to Ada...'
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store | str | os.PathLike | None = None,
+        config: Config | str | os.PathLike | None = None,
+        namespace: dict[str, Any] | None = None,
+        root: str | os.PathLike | None = None,
+        notebook: str | None = None,
+    ):
+        self.root = Path(root or os.getcwd())
+        self.config = config if isinstance(config, Config) else load_config(config, start=self.root)
+        self.steps: dict[str, Step] = {}
+        self.contexts: dict[str, str] = {}
+        self.namespace: dict[str, Any] = namespace if namespace is not None else {}
+        self.aliases: dict[str, str] = {}
+        self.pool = ProviderPool(self.config, self.aliases)
+        self.notebook = notebook
+        self._store_arg = store
+        self._store: Store | None = store if isinstance(store, Store) else None
+        self.memory: dict[str, StepResult] = {}
+        self.results: dict[str, StepResult] = {}
+        self.last_run: RunResult | None = None
+
+    # declaring -----------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            arg = self._store_arg
+            path = arg if arg is not None else (self.config.store and self.root / self.config.store)
+            self._store = Store(path or default_store_path(self.root))
+        return self._store
+
+    def add(self, step: Step) -> Step:
+        """Register (or replace) a step after checking its options; returns it."""
+        _validate(step)
+        if step.name in self.steps and self.steps[step.name].rubric and step.rubric is None:
+            step = step.replace(rubric=self.steps[step.name].rubric)
+        self.steps[step.name] = step
+        return step
+
+    def step(self, name: str, body: str = "", *, python: bool = False, image: bool = False,
+             **options: Any) -> Step:
+        """Declare an LLM step (``body`` is a Jinja2 template), or a Python/image step.
+
+        Options are `Step`'s fields: model, fallbacks, contexts, system, after, json, schema,
+        map, temperature, max_tokens, retries, checks, on_fail, when, tools, lazy, no_cache.
+        """
+        kind = "python" if python else "image" if image else "llm"
+        for single, plural in (("context", "contexts"), ("fallback", "fallbacks"), ("check", "checks")):
+            if single in options:
+                value = options.pop(single)
+                options[plural] = [value] if isinstance(value, str) else list(value)
+        if isinstance(options.get("after"), str):
+            options["after"] = [options["after"]]
+        try:
+            step = Step(name=name, body=body, kind=kind, **options)
+        except TypeError as exc:
+            raise OptionError(f"step `{name}`: {exc}") from None
+        return self.add(step)
+
+    def function(self, name: str | None = None, **options: Any) -> Callable:
+        """Decorator: a Python function as a step; its parameter names are its inputs."""
+
+        def register(fn: Callable) -> Callable:
+            self.add(Step(name=name or fn.__name__, kind="function", fn=fn, **options))
+            return fn
+
+        return register
+
+    def context(self, name: str, text: str | None = None, *, file: str | os.PathLike | None = None) -> str:
+        """Store a named context block (text, or a file's contents); returns the text."""
+        if file is not None:
+            path = Path(file)
+            if not path.is_absolute():
+                path = self.root / path
+            if not path.is_file():
+                raise OptionError(f"context `{name}`: file {str(file)!r} not found")
+            text = path.read_text()
+        if text is None:
+            raise OptionError(f"context `{name}` needs a body or --file PATH")
+        self.contexts[name] = text.strip()
+        return self.contexts[name]
+
+    def rubric(self, step: str, text: str, *, judge: str | None = None, threshold: float = 0.8,
+               retries: int | None = None, on_fail: str | None = None) -> None:
+        """Attach an LLM-judge gate to ``step``."""
+        if step not in self.steps:
+            raise OptionError(f"%%rubric: no step named `{step}`; declare the step first")
+        if not 0 <= threshold <= 1:
+            raise OptionError(f"--threshold must be between 0 and 1, got {threshold}")
+        if on_fail is not None and on_fail not in ON_FAIL:
+            raise OptionError(f"--on-fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
+        s = self.steps[step]
+        changes: dict[str, Any] = {"rubric": Rubric(text.strip(), judge, threshold, retries, on_fail)}
+        if retries is not None:
+            changes["retries"] = retries
+        if on_fail is not None:
+            changes["on_fail"] = on_fail
+        self.steps[step] = s.replace(**changes)
+
+    def alias(self, name: str, spec: str) -> None:
+        """Define a model alias for this pipeline (checked now)."""
+        self.aliases[name] = spec
+        try:
+            self.pool.resolve(name)
+        except OptionError:
+            del self.aliases[name]
+            raise
+
+    @property
+    def graph(self) -> Graph:
+        """The current step graph (raises `DefinitionError` for a cycle or unknown --after)."""
+        graph = Graph(self.steps)
+        graph.check()
+        return graph
+
+    # running -------------------------------------------------------------------------------
+    def run(self, params: dict[str, Any] | None = None, targets: Iterable[str] | None = None, *,
+            force: bool | Iterable[str] = False, observer=None, stream: bool = False) -> RunResult:
+        """Run ``targets`` (default: all steps) and their upstream; returns a `RunResult`.
+
+        Unchanged steps come from the cache. Raises `DefinitionError` for a graph that cannot
+        run; a step's own failure is recorded in the result (see `RunResult.raise_for_status`).
+        """
+        return run_sync(self.arun(params, targets, force=force, observer=observer, stream=stream))
+
+    async def arun(self, params: dict[str, Any] | None = None, targets: Iterable[str] | None = None, *,
+                   force: bool | Iterable[str] = False, observer=None, stream: bool = False) -> RunResult:
+        """`run`, as a coroutine."""
+        graph = self.graph
+        namespace = {**self.namespace, **(params or {})} if params else self.namespace
+        session = Session(graph, namespace, self.contexts, self.store, self.pool, self.memory)
+        force_opt = force if isinstance(force, bool) else set(force)
+        result = await execute(
+            session, list(targets) if targets else None,
+            RunOptions(force_opt, observer, stream, self.notebook),
+        )
+        self.results.update(result.results)
+        self.last_run = result
+        return result
+
+    def plan(self, params: dict[str, Any] | None = None, targets: Iterable[str] | None = None) -> list[dict]:
+        """What a run would do, with estimated tokens and cost; sends nothing."""
+        from ._plan import plan
+
+        namespace = {**self.namespace, **(params or {})}
+        return plan(self, namespace, list(targets) if targets else None)
+
+    def outputs(self) -> dict[str, Any]:
+        return {name: r.output for name, r in self.results.items()}
+
+    def close(self) -> None:
+        run_sync(self.pool.aclose())
+        if self._store is not None and not isinstance(self._store_arg, Store):
+            self._store.close()
+            self._store = None
+
+    # notebooks -----------------------------------------------------------------------------
+    @classmethod
+    def from_notebook(cls, path: str | os.PathLike, *, run_code: bool = True, **kwargs: Any) -> Pipeline:
+        """Read a pipeline from an ``.ipynb`` written with the magics.
+
+        The parameters cell and helper code cells are executed (``run_code``) so steps can
+        use their names; step, context and rubric cells are declared, not run.
+        """
+        from ._notebook import load_pipeline
+
+        return load_pipeline(cls, Path(path), run_code=run_code, **kwargs)
+
+
+def _validate(step: Step) -> None:
+    if not step.name or not step.name.isidentifier():
+        raise OptionError(
+            f"step name {step.name!r} is not a valid Python identifier: use letters, digits and _ "
+            "(e.g. %%step draft)"
+        )
+    if step.on_fail not in ON_FAIL:
+        raise OptionError(f"step `{step.name}`: --on-fail must be one of {', '.join(ON_FAIL)}, got {step.on_fail!r}")
+    if step.retries < 0:
+        raise OptionError(f"step `{step.name}`: --retries must be 0 or more, got {step.retries}")
+    if step.map:
+        parse_map(step.map, step.name)
+    if step.kind in ("llm", "image"):
+        from ._template import compile_template
+
+        compile_template(step.body, step.name)
+    elif step.kind == "python":
+        from ._pycode import _compile
+
+        _compile(step.body, step.name)
+    if step.when:
+        from ._template import python_names
+
+        python_names(step.when, step.name, "eval")

@@ -1,0 +1,63 @@
+"""``--dry-run``: what a run would send, with estimated tokens and cost. Sends nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._executor import Session, build_request, check_names
+from ._pricing import cost_of
+from ._template import parse_map
+from ._types import Usage
+
+DEFAULT_OUTPUT_TOKENS = 500
+
+
+def _tokens(text: str | None) -> int:
+    return len(text or "") // 4 + 1
+
+
+def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list[dict]:
+    """One dict per step: step, model, cached, calls, input_tokens, output_tokens, cost."""
+    graph = pipeline.graph
+    names = graph.order(graph.upstream(targets) if targets else None)
+    check_names(graph, names, namespace)
+    session = Session(graph, namespace, pipeline.contexts, pipeline.store, pipeline.pool, pipeline.memory)
+    known: dict[str, Any] = {}
+    rows = []
+    for name in names:
+        step = graph.steps[name]
+        values = {**namespace, **{d: known.get(d, f"<output of {d}>") for d in graph.deps[name]}}
+        row = {"step": name, "model": None, "cached": False, "calls": 0, "input_tokens": 0,
+               "output_tokens": 0, "cost": 0.0}
+        if step.kind in ("python", "function"):
+            prev = pipeline.results.get(name)
+            known[name] = prev.output if prev else None
+            rows.append(row)
+            continue
+        items: list = [None]
+        if step.map:
+            var, expr = parse_map(step.map, name)
+            try:
+                items = [{var: v} for v in eval(expr, {}, values)]  # noqa: S307
+            except Exception:  # noqa: BLE001 - upstream output not known yet
+                items = [{var: f"<item of {expr}>"}]
+        cached_all = True
+        for item in items:
+            request, models, key = build_request(session, step, {**values, **(item or {})})
+            cached = bool(pipeline.memory.get(key) or pipeline.store.lookup(key))
+            cached_all &= cached
+            row["model"] = models[0].spec
+            if cached:
+                continue
+            out = step.max_tokens or DEFAULT_OUTPUT_TOKENS
+            inp = _tokens(request.system_text()) + _tokens(request.prompt)
+            row["calls"] += 1
+            row["input_tokens"] += inp
+            row["output_tokens"] += out
+            c = cost_of(models[0], Usage(inp, out), pipeline.config)
+            row["cost"] = None if row["cost"] is None or c is None else row["cost"] + c
+        row["cached"] = cached_all
+        prev = pipeline.results.get(name)
+        known[name] = prev.output if prev and cached_all else f"<output of {name}>"
+        rows.append(row)
+    return rows

@@ -1,0 +1,75 @@
+"""Plain-text and Markdown summaries of runs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def fmt_cost(cost: float | None) -> str:
+    if cost is None:
+        return "?"
+    return "$0" if cost == 0 else f"${cost:.4f}"
+
+
+def fmt_tokens(n: int | None) -> str:
+    return "?" if n is None else f"{n:,}"
+
+
+def preview(value: Any, width: int = 60) -> str:
+    if value is None:
+        return "—"
+    if hasattr(value, "model_dump_json"):
+        text = value.model_dump_json()
+    elif isinstance(value, (bytes, bytearray)):
+        return f"<image, {len(value):,} bytes>"
+    elif isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            text = repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summary_rows(run) -> list[list[str]]:
+    rows = []
+    for name, r in run.results.items():
+        gates = ", ".join(
+            f"{g.name}{' ✓' if g.passed else ' ✗'}" + (f" {g.score:.2f}" if g.score is not None and g.name == "rubric" else "")
+            for g in r.gates
+        )
+        rows.append([
+            name, r.state, r.model or "—", str(len(r.attempts)) if r.attempts else "—",
+            fmt_tokens(r.usage.total), fmt_cost(r.cost), f"{r.latency:.2f}s" if r.latency is not None else "—",
+            gates or "—", preview(r.error or r.output),
+        ])
+    return rows
+
+
+HEADER = ["step", "state", "model", "attempts", "tokens", "cost", "time", "gates", "output"]
+
+
+def summary_table(run) -> str:
+    """A Markdown table of a run, one row a step, with totals."""
+    rows = summary_rows(run)
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    total = run.usage.total
+    lines.append(
+        f"\n**run {run.run_id}**: {run.status} · {len(rows)} steps · "
+        f"{fmt_tokens(total)} tokens · {fmt_cost(run.cost)} · {run.ended - run.started:.2f}s"
+    )
+    return "\n".join(lines)
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """A fixed-width table for terminals."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*map(str, row)) for row in rows]
+    return "\n".join(out)

@@ -1,0 +1,34 @@
+"""The provider interface."""
+
+from __future__ import annotations
+
+from .._config import ModelRef
+from .._types import Request, Response
+
+
+class Provider:
+    """Base class of provider adapters. One instance serves every model of its provider.
+
+    Subclasses implement `complete` (and `image` if they can make images). They raise
+    `ProviderError` subclasses from ``nbconductor._errors`` and never retry themselves.
+    """
+
+    name = "base"
+    #: whether `complete` honours Request.json/schema natively
+    structured_output = True
+
+    def __init__(self, ref: ModelRef, *, timeout: float = 600.0, read_timeout: float = 120.0):
+        self.ref = ref
+        self.timeout = timeout
+        self.read_timeout = read_timeout
+
+    async def complete(self, request: Request) -> Response:
+        raise NotImplementedError
+
+    async def image(self, request: Request) -> Response:
+        from .._errors import RequestError
+
+        raise RequestError(f"provider `{self.name}` cannot generate images", provider=self.name)
+
+    async def aclose(self) -> None:
+        """Release clients; called when a pipeline is closed."""
