@@ -21,7 +21,7 @@ from typing import Any
 from ._errors import DefinitionError, OutputError, StepFailed, UnknownNameError
 from ._gates import gates_for
 from ._graph import Graph
-from ._ladder import LadderFailed, run_ladder
+from ._ladder import GateContext, LadderFailed, run_ladder
 from ._pool import ProviderPool
 from ._pycode import run_python
 from ._store import Store
@@ -382,12 +382,17 @@ async def _run_python(session: Session, step: Step, values: dict, options: RunOp
         output = run_python(step.body, values, step.name)
     gates = gates_for(step, values)
     results = []
+    ctx = GateContext(step, "", "", session.pool, values)
     for gate in gates:
-        results.append(await gate.check(output, None))
+        results.append(await gate.check(output, ctx))
     state = "passed" if all(g.passed for g in results) else ("flagged" if step.on_fail == "review" else "failed")
     error = None if state != "failed" else "; ".join(g.feedback for g in results if not g.passed)
+    usage, cost = Usage(), 0.0  # a rubric judge's call is the only model cost of a Python step
+    for g in results:
+        if g.usage is not None:
+            usage, cost = usage + g.usage, None if cost is None or g.cost is None else cost + g.cost
     return StepResult(step.name, state, output, gates=results, started=started, ended=time.time(),
-                      cache_key=key, cost=0.0, error=error)
+                      cache_key=key, cost=cost, usage=usage, error=error)
 
 
 def _key(parts: dict) -> str:

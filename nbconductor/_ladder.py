@@ -121,16 +121,21 @@ async def run_ladder(
                 continue
             pool.succeeded(ref.provider)
             call_cost = response.cost if response.cost is not None else cost_of(ref, response.usage, pool.config)
-            usage = usage + response.usage
-            total_cost = None if total_cost is None or call_cost is None else total_cost + call_cost
+            call_usage = response.usage
             results = []
             ctx = GateContext(step, req.prompt, response.text, pool, namespace or {})
             for gate in gates:
                 results.append(await gate.check(output, ctx))
+            for g in results:  # a judge's tokens and cost belong to the attempt it judged
+                if g.usage is not None:
+                    call_usage = call_usage + g.usage
+                    call_cost = None if call_cost is None or g.cost is None else call_cost + g.cost
+            usage = usage + call_usage
+            total_cost = None if total_cost is None or call_cost is None else total_cost + call_cost
             passed = all(g.passed for g in results)
             att = Attempt(ref.spec, started, time.time(), "passed" if passed else "gate",
                           None if passed else "; ".join(g.feedback for g in results if not g.passed),
-                          response.usage, call_cost)
+                          call_usage, call_cost)
             attempts.append(att)
             if on_attempt:
                 on_attempt(att)
@@ -138,7 +143,8 @@ async def run_ladder(
                 return Outcome("passed", output, response.model or ref.spec, attempts, results, usage, total_cost)
             last_gates, last_output, gate_failed = results, output, True
             last_model = response.model or ref.spec
-            feedback = "\n".join(f"- {g.name}: {g.feedback}" for g in results if not g.passed)
+            feedback = "\n".join(f"- {g.name}: {g.feedback}" + (f"\n  Suggested edit: {g.suggestion}" if g.suggestion else "")
+                                 for g in results if not g.passed)
             if step.on_fail == "fallback":
                 break
         if gate_failed and step.on_fail == "retry":

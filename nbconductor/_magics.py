@@ -11,7 +11,7 @@ import shlex
 from contextlib import contextmanager
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import Markdown, display
 
@@ -92,15 +92,18 @@ class ConductorMagics(Magics):
     @magic_arguments()
     @argument("name", nargs="?", help="the block's name, used with --context NAME")
     @argument("--file", help="read the block from this file instead of the cell body")
-    @cell_magic
-    def context(self, line: str, cell: str):
-        """Store a named context block; steps attach it with ``--context NAME``."""
+    @line_cell_magic
+    def context(self, line: str, cell: str | None = None):
+        """Store a named context block; steps attach it with ``--context NAME``.
+
+        ``%%context NAME`` takes the cell body; ``%context NAME --file PATH`` reads a file.
+        """
         args = _parse(self.context, line)
         if not args.name:
             raise UsageError("%%context needs a name: %%context NAME [--file PATH]")
         with usage_errors():
             self.pipeline.context(args.name, cell if not args.file else None, file=args.file)
-        self.cells[f"context:{args.name}"] = f"%%context {line}\n{cell}"
+        self.cells[f"context:{args.name}"] = f"%%context {line}\n{cell}" if cell is not None else f"%context {line}"
 
     # %%rubric ----------------------------------------------------------------------------------
     @magic_arguments()

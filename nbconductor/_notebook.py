@@ -16,6 +16,8 @@ def cell_kind(source: str) -> str:
     for magic in MAGIC_CELLS:
         if text.startswith(magic + " ") or text.startswith(magic + "\n") or text == magic:
             return magic[2:]
+    if text.startswith("%context "):
+        return "context"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if lines and all(ln.startswith("%load_ext") for ln in lines):
         return "load_ext"

@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS reviews (
 CREATE INDEX IF NOT EXISTS reviews_result ON reviews(result_id);
 """
 
-ACCEPTED = ("passed", "flagged")
+ACCEPTED = ("passed", "flagged", "approved", "edited")
 
 
 def default_store_path(notebook_dir: str | os.PathLike | None = None) -> Path:
@@ -179,7 +179,8 @@ class Store:
     def lookup(self, cache_key: str) -> StepResult | None:
         """The latest accepted result with this cache key, or None."""
         rows = self.query(
-            "SELECT * FROM results WHERE cache_key=? AND state IN ('passed','flagged') AND cached=0 "
+            "SELECT * FROM results WHERE cache_key=? AND state IN ('passed','flagged','approved','edited') "
+            "AND cached=0 "
             "ORDER BY id DESC LIMIT 1",
             (cache_key,),
         )
@@ -217,7 +218,8 @@ class Store:
 
 def row_to_result(row: sqlite3.Row) -> StepResult:
     attempts = [Attempt(**{**a, "usage": Usage(**a["usage"])}) for a in json.loads(row["attempt_log"] or "[]")]
-    gates = [GateResult(**g) for g in json.loads(row["gates"] or "[]")]
+    gates = [GateResult(**{**g, "usage": Usage(**g["usage"]) if g.get("usage") else None})
+             for g in json.loads(row["gates"] or "[]")]
     return StepResult(
         step=row["step"], state=row["state"], output=decode_output(row["output_kind"], row["output"]),
         prompt=row["prompt"], model=row["model"], attempts=attempts, gates=gates,

@@ -125,6 +125,8 @@ class GateResult:
     score: float | None = None
     feedback: str = ""
     suggestion: str | None = None
+    usage: Usage | None = None  # a model-backed gate (the rubric judge): its tokens and cost
+    cost: float | None = None
 
 
 @dataclass

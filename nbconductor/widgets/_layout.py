@@ -46,7 +46,7 @@ PALETTE: dict[str, dict[str, str]] = {
     "skipped": {"stroke": "#B0B0B0", "fill": "#FAFAFA", "glyph": "–"},
 }
 
-NODE_W, NODE_H = 190.0, 66.0
+NODE_W, NODE_H = 212.0, 66.0
 LAYER_GAP = 64.0  # horizontal space between layers, where edges bend
 SLOT_GAP = 18.0  # vertical space between nodes of a layer
 DUMMY_H = 10.0  # height of the slot a long edge takes in a layer it crosses
@@ -263,7 +263,7 @@ def gate_summary(gate: Mapping[str, Any]) -> str:
 
 def _fit(text: str, px: float, size: float) -> str:
     """Truncate ``text`` to roughly ``px`` pixels at font ``size`` (no font metrics here)."""
-    limit = max(int(px / (size * 0.58)), 3)
+    limit = max(int(px / (size * 0.55)), 3)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -288,7 +288,7 @@ def run_summary(run: Mapping[str, Any]) -> str:
 
 
 def box_caption(node: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``node_caption`` truncated to fit a node box, plus the badge width in px."""
+    """Return ``node_caption`` truncated to fit a node box, the badge width and a tooltip."""
     cap = node_caption(node)
     badge_w = 10 + 7 * len(cap["badge"]) if cap["badge"] else 0
     return {
@@ -297,7 +297,14 @@ def box_caption(node: Mapping[str, Any]) -> dict[str, Any]:
         "metrics": _fit(cap["metrics"], NODE_W - 24, 11),
         "badge": cap["badge"],
         "badge_w": badge_w,
+        "tooltip": _tooltip(node, _state(node)),
     }
+
+
+def _tooltip(node: Mapping[str, Any], state: str) -> str:
+    cap = node_caption(node)
+    head = f"{cap['title']} {cap['badge']}".strip() + f" — {state}"
+    return "\n".join(t for t in (head, cap["subtitle"], cap["metrics"]) if t)
 
 
 def _svg_node(node: Mapping[str, Any], x: float, y: float, selected: bool) -> str:
@@ -310,7 +317,7 @@ def _svg_node(node: Mapping[str, Any], x: float, y: float, selected: bool) -> st
     out = [
         f'<g class="nbc-node" data-node="{nid}" data-state="{state}" '
         f'transform="translate({x:.1f},{y:.1f})">',
-        f"<title>{escape(str(node.get('label') or node['id']))} — {state}</title>",
+        f"<title>{escape(cap['tooltip'])}</title>",
         f'<rect width="{NODE_W:.0f}" height="{NODE_H:.0f}" rx="8" fill="{colours["fill"]}" '
         f'stroke="{colours["stroke"]}" stroke-width="{width}"{dash}/>',
         f'<rect width="5" height="{NODE_H - 12:.0f}" x="5" y="6" rx="2.5" fill="{colours["stroke"]}"/>',

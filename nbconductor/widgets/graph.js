@@ -73,7 +73,7 @@ function render({ model, el }) {
       const g = svg("g", { class: "nbc-node", transform: `translate(${n.x},${n.y})`,
         tabindex: 0, role: "button", "data-node": n.id, "data-state": n.state,
         "aria-label": `${n.label}: ${n.state}`, "aria-pressed": String(n.id === selected) }, root);
-      svg("title", {}, g).textContent = `${n.label} — ${n.state}`;
+      svg("title", {}, g).textContent = cap.tooltip;
       svg("rect", { class: "nbc-box", width: n.w, height: n.h, rx: 8,
         fill: c.fill, stroke: c.stroke }, g);
       svg("rect", { x: 5, y: 6, width: 5, height: n.h - 12, rx: 2.5, fill: c.stroke }, g);

@@ -98,6 +98,11 @@ def render_timeline_svg(snapshot: Mapping[str, Any]) -> str:
         f'<text x="12" y="20" font-size="13" font-weight="600" fill="#1B1B1B">'
         f"{escape(_headline(snapshot, rows, t0, t1))}</text>",
     ]
+    for i in range(0, len(rows), 2):  # zebra rows, under the grid
+        out.append(
+            f'<rect x="0" y="{TOP + i * ROW_H:.0f}" width="{width:.0f}" height="{ROW_H:.0f}" '
+            f'fill="#F6F6F6"/>'
+        )
     if t1 > t0:
         step = _tick_step(span)
         k = 0
@@ -124,7 +129,7 @@ def render_timeline_svg(snapshot: Mapping[str, Any]) -> str:
                 f"{escape(str(row['state']))}</text>"
             )
         for n, (a, b, state, is_open) in enumerate(row["spans"], 1):
-            x, w = LABEL_W + (a - t0) * scale, max((b - a) * scale, 2.0)
+            x, w = LABEL_W + (a - t0) * scale, max((b - a) * scale, 4.0)
             c = PALETTE.get(state, PALETTE["pending"])
             dash = ' stroke-dasharray="4 2"' if is_open else ""
             out.append(

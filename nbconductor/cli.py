@@ -1,0 +1,102 @@
+"""The ``nbconductor`` command line: run, batch, report, review, new."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._runner import run_notebook
+
+    return run_notebook(args.notebook, args.output, dict(args.parameters or []), engine=args.engine)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from ._batch import cli_batch
+
+    return cli_batch(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ._report import cli_report
+
+    return cli_report(args)
+
+
+def _review(args: argparse.Namespace) -> int:
+    from .review import cli_review
+
+    return cli_review(args)
+
+
+def _new(args: argparse.Namespace) -> int:
+    from ._templates import new_from_template
+
+    return new_from_template(args.template, args.path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbconductor", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"nbconductor {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a notebook once (papermill-compatible)")
+    run.add_argument("notebook")
+    run.add_argument("-p", "--parameters", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                     help="a parameter (repeatable); values are read as YAML, like papermill -p")
+    run.add_argument("-o", "--output", help="the executed notebook (default: NOTEBOOK with .out.ipynb)")
+    run.add_argument("--engine", default=None, help="papermill engine (default: nbconductor's in-process engine "
+                                                     "for exported jobs, else papermill's kernel engine)")
+    run.set_defaults(func=_run)
+
+    batch = sub.add_parser("batch", help="one run per parameter row, in parallel")
+    batch.add_argument("notebook")
+    batch.add_argument("--params", required=True, help="rows of parameters: .csv, .yaml or .json")
+    batch.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
+    batch.add_argument("--dask", metavar="ADDRESS", help="send rows to a Dask cluster, e.g. tcp://host:8786")
+    batch.add_argument("--out", default="batch-out", help="folder for output notebooks (default batch-out)")
+    batch.add_argument("--resume", action="store_true", help="skip rows that finished in an earlier batch")
+    batch.add_argument("--engine", default=None, help="papermill engine for each row")
+    batch.add_argument("--store", help="run store (default: .nbconductor/store.sqlite beside the notebook)")
+    batch.set_defaults(func=_batch)
+
+    report = sub.add_parser("report", help="per-step quality and cost metrics across runs")
+    report.add_argument("--store", help="run store path")
+    report.add_argument("--json", action="store_true", help="print JSON")
+    report.set_defaults(func=_report)
+
+    review = sub.add_parser("review", help="list flagged outputs; approve or reject by id")
+    review.add_argument("--store", help="run store path")
+    review.add_argument("--approve", type=int, action="append", default=[], metavar="ID")
+    review.add_argument("--reject", type=int, action="append", default=[], metavar="ID")
+    review.add_argument("--note", default="", help="a note recorded with the decisions")
+    review.set_defaults(func=_review)
+
+    new = sub.add_parser("new", help="start a notebook from a template")
+    new.add_argument("template", help="newsletter, content-factory or support-triage")
+    new.add_argument("path", help="the notebook to create")
+    new.set_defaults(func=_new)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nbconductor`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from ._errors import ConductorError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConductorError as exc:
+        print(f"nbconductor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nbconductor: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

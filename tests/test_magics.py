@@ -1,0 +1,153 @@
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from nbconductor._magics import ConductorMagics
+from nbconductor._store import Store
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    shell = InteractiveShell.instance()
+    shell.user_ns.clear()
+    shell.init_user_ns()
+    shell.run_line_magic("load_ext", "nbconductor")
+    magics = ConductorMagics(shell)  # a fresh pipeline per test
+    shell.register_magics(magics)
+    shell.user_ns["__nbconductor__"] = magics
+    shell.run_cell('topic = "pricing pages"\nmarkets = ["fr", "de"]')
+    yield shell
+
+
+def cell(ip, line, body):
+    with capture_output() as cap:
+        ip.run_cell_magic("step", line, body)
+    return cap
+
+
+def test_steps_bind_typed_outputs(ip):
+    cell(ip, "research --json", 'List five competitors on {{ topic }} as JSON: [{"name": ..., "angle": ...}]')
+    cell(ip, "draft --model writer", "Write about {{ topic }} avoiding {{ research }}")
+    cell(ip, 'translate --map "lang in markets"', "Translate into {{ lang }}: {{ draft }}")
+    cap = cell(ip, "stats --python", '{"words": len(draft.split()), "languages": len(translate)}')
+    ns = ip.user_ns
+    assert isinstance(ns["research"], list) and len(ns["research"]) == 5 and set(ns["research"][0]) == {"name", "angle"}
+    assert isinstance(ns["draft"], str) and ns["draft"].startswith("[offline:writer] Write about pricing pages")
+    assert [t[:38] for t in ns["translate"]] == [f"[offline:default] Translate into {m}: [" for m in ("fr", "de")]
+    assert ns["stats"] == {"words": len(ns["draft"].split()), "languages": 2}
+    # the output is shown inline with a footer line
+    texts = [o.data.get("text/plain", "") for o in cap.outputs]
+    assert any("✓ stats · passed" in t for t in texts)
+
+
+def test_when_false_binds_none_and_lazy_does_not_run(ip):
+    cell(ip, "maybe --when \"topic == 'other'\"", "Only for other")
+    assert ip.user_ns["maybe"] is None
+    cell(ip, "later --lazy", "Not yet {{ topic }}")
+    assert "later" not in ip.user_ns
+    with capture_output():
+        ip.run_line_magic("conductor", "run later")
+    assert ip.user_ns["later"].startswith("[offline:default] Not yet pricing pages")
+
+
+def test_step_help_documents_every_option(ip):
+    doc = ip.find_cell_magic("step").__doc__
+    for option in ["--model", "--fallback", "--context", "--system", "--after", "--json", "--schema", "--python",
+                   "--image", "--map", "--when", "--temperature", "--max-tokens", "--retries", "--check",
+                   "--on-fail", "--tools", "--max-turns", "--lazy", "--no-cache"]:
+        assert option in doc
+
+
+@pytest.mark.parametrize("line, body, message", [
+    ("b", "{{ topc }}", "step `b` refers to unknown name `topc`: did you mean `topic`?"),
+    ("b --bogus", "x", "unrecognized arguments: --bogus"),
+    ("", "x", "%%step needs a step name"),
+    ('b --map "x of y"', "x", '--map must look like "VAR in EXPR"'),
+    ("b", "{{ topic ", "step `b`: template syntax error on line 1"),
+    ("b -m nope:x", "x", "unknown provider `nope` in model `nope:x`"),
+    ("b -m fastt", "x", "unknown model `fastt`"),
+    ("b --python", "x = (", "step `b`: Python syntax error on line 1"),
+])
+def test_bad_input_is_a_one_line_usage_error(ip, line, body, message):
+    with pytest.raises(UsageError) as err:
+        ip.run_cell_magic("step", line, body)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cycle_is_reported_and_not_registered(ip):
+    cell(ip, "a --lazy", "{{ b }}")
+    with pytest.raises(UsageError, match="cycle: (a → b → a|b → a → b)"):
+        ip.run_cell_magic("step", "b", "{{ a }}")
+    assert "b" not in ip.user_ns["__nbconductor__"].pipeline.steps
+
+
+def test_usage_error_shows_without_traceback(ip, capsys):
+    result = ip.run_cell("%%step b\n{{ topc }}")
+    assert isinstance(result.error_in_exec, UsageError)
+    err = capsys.readouterr()
+    shown = err.out + err.err
+    assert "did you mean `topic`" in shown and "Traceback" not in shown and "_magics.py" not in shown
+
+
+def test_python_step_error_shows_its_own_line_and_keeps_other_results(ip, capsys):
+    cell(ip, "ok", "A fine step about {{ topic }}")
+    result = ip.run_cell("%%step boom --python\nx = 1\ny = x / 0")
+    assert type(result.error_in_exec).__name__ == "StepFailed"
+    shown = "".join(capsys.readouterr())
+    assert "ZeroDivisionError: division by zero (line 2: y = x / 0)" in shown
+    assert "_executor.py" not in shown and "Traceback" not in shown
+    assert ip.user_ns["ok"].startswith("[offline:default] A fine step")
+    rows = Store(ip.user_ns["__nbconductor__"].pipeline.store.path).results()
+    assert [(r["step"], r["state"]) for r in rows] == [("ok", "passed"), ("boom", "failed")]
+
+
+def test_conductor_run_status_show_dry_run_alias_models(ip, capsys):
+    cell(ip, "a --lazy", "First about {{ topic }}")
+    cell(ip, "b --lazy", "Second from {{ a }}")
+    store = ip.user_ns["__nbconductor__"].pipeline.store
+    with capture_output() as cap:
+        plan = ip.run_line_magic("conductor", "run --dry-run")
+    assert [p["step"] for p in plan] == ["a", "b"] and all(p["calls"] == 1 for p in plan)
+    assert "nothing was sent" in cap.stdout
+    assert store.results() == []
+    with capture_output():
+        ip.run_line_magic("conductor", "run")
+    assert [r["state"] for r in store.results()] == ["passed", "passed"]
+    with capture_output() as cap:
+        ip.run_line_magic("conductor", "status")
+    assert "b " in cap.stdout and "passed" in cap.stdout
+    with capture_output() as cap:
+        ip.run_line_magic("conductor", "show b")
+    assert any("Second from" in o.data.get("text/markdown", "") for o in cap.outputs)
+    with capture_output() as cap:
+        ip.run_line_magic("conductor", "alias quick offline:quick")
+        ip.run_line_magic("conductor", "models")
+    assert "quick" in cap.stdout and "offline:quick" in cap.stdout
+    with pytest.raises(UsageError, match="unknown subcommand `rnu`: did you mean `run`"):
+        ip.run_line_magic("conductor", "rnu")
+
+
+def test_offline_notice_is_shown_once(ip):
+    first = cell(ip, "a", "one")
+    second = cell(ip, "b", "two")
+    notice = "no `ANTHROPIC_API_KEY` or `OPENAI_API_KEY` is set"
+    assert sum(notice in o.data.get("text/markdown", "") for o in first.outputs) == 1
+    assert not any(notice in o.data.get("text/markdown", "") for o in second.outputs)
+
+
+def test_context_blocks(ip, tmp_path):
+    (tmp_path / "voice.md").write_text("Warm and direct.")
+    ip.run_line_magic("context", "voice --file voice.md")
+    ip.run_cell_magic("context", "extra", "Be brief.")
+    cell(ip, "draft --context voice --context extra", "Write about {{ topic }}")
+    assert "(Written with context: voice, extra.)" in ip.user_ns["draft"]
+    with pytest.raises(UsageError, match="file 'missing.md' not found"):
+        ip.run_line_magic("context", "x --file missing.md")
+    with pytest.raises(UsageError, match="refers to unknown name `nope`"):
+        ip.run_cell_magic("step", "d2 --context nope", "x")
