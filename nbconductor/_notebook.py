@@ -79,20 +79,15 @@ def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):
     import nbformat
 
     from ._errors import OptionError
+    from ._template import python_names
 
     nb = nbformat.read(path, as_version=4)
     kwargs.setdefault("root", path.parent)
     kwargs.setdefault("notebook", str(path))
     pipeline = cls(**kwargs)
-    ns = pipeline.namespace
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    for cell in code_cells:
         kind = cell_kind(cell.source)
-        if kind == "code":
-            if run_code and "skip-export" not in cell.get("metadata", {}).get("tags", []):
-                exec(compile(cell.source, str(path), "exec"), ns)  # noqa: S102 - the notebook's code
-            continue
         if kind not in ("step", "context", "rubric"):
             continue
         line, body = split_magic(cell.source)
@@ -108,6 +103,18 @@ def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):
             pipeline.rubric(words[0], body, **opts)
         else:
             pipeline.add(step_from_cell(words, body))
+    if run_code:
+        # The parameters cell and helper cells (functions, constants); cells that read step
+        # outputs are exploration and are left out, as are cells tagged skip-export.
+        for cell in code_cells:
+            if cell_kind(cell.source) != "code" or "skip-export" in cell.get("metadata", {}).get("tags", []):
+                continue
+            try:
+                if python_names(cell.source) & pipeline.steps.keys():
+                    continue
+            except OptionError:
+                continue  # IPython syntax (%magics, !shell): not a helper cell
+            exec(compile(cell.source, str(path), "exec"), pipeline.namespace)  # noqa: S102 - the notebook's code
     return pipeline
 
 

@@ -39,9 +39,10 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any
 
 __all__ = [
     "FakeAPI",
@@ -121,8 +122,8 @@ class ToolCall:
 
     name: str
     arguments: dict = field(default_factory=dict)
-    id: Optional[str] = None
-    text: Optional[str] = None
+    id: str | None = None
+    text: str | None = None
     input_tokens: int = 10
     output_tokens: int = 5
     cache_read: int = 0
@@ -175,10 +176,10 @@ class Error:
 
     status: int = 500
     message: str = "fake error"
-    retry_after: Union[float, str, None] = None
-    retry_after_ms: Optional[float] = None
-    err_type: Optional[str] = None
-    code: Optional[str] = None
+    retry_after: float | str | None = None
+    retry_after_ms: float | None = None
+    err_type: str | None = None
+    code: str | None = None
     headers: dict = field(default_factory=dict)
 
 
@@ -240,7 +241,12 @@ class Slow:
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + tag
+        + data
+        + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    )
 
 
 def tiny_png(width: int = 8, height: int = 8, rgb: tuple = (200, 30, 30)) -> bytes:
@@ -260,8 +266,8 @@ class Image:
     """OpenAI images response: ``{"created":..,"data":[{"b64_json":..}] * n}``
     where n is the request's ``n`` (default 1).  Default image: 8x8 PNG."""
 
-    png_bytes: Optional[bytes] = None
-    revised_prompt: Optional[str] = None
+    png_bytes: bytes | None = None
+    revised_prompt: str | None = None
 
 
 @dataclass
@@ -274,7 +280,20 @@ class Raw:
     content_type: str = "application/json"
 
 
-Reply = Union[Text, JSONText, ToolCall, Error, StreamError, Cut, Stall, Malformed, Slow, Image, Raw, Callable[[Any], Any]]
+Reply = (
+    Text
+    | JSONText
+    | ToolCall
+    | Error
+    | StreamError
+    | Cut
+    | Stall
+    | Malformed
+    | Slow
+    | Image
+    | Raw
+    | Callable[[Any], Any]
+)
 
 
 # --------------------------------------------------------------------------- records
@@ -291,7 +310,7 @@ class Recorded:
     json: Any  # parsed body, or None if not JSON (e.g. multipart images/edits)
     time: float  # time.monotonic() when the request head was received
     wall_time: float  # time.time()
-    endpoint: Optional[str]  # "anthropic" | "openai" | "images" | None
+    endpoint: str | None  # "anthropic" | "openai" | "images" | None
     reply: Any = None  # the reply object used (after resolving callables)
 
     @property
@@ -299,7 +318,7 @@ class Recorded:
         return bool(isinstance(self.json, dict) and self.json.get("stream"))
 
     @property
-    def model(self) -> Optional[str]:
+    def model(self) -> str | None:
         return self.json.get("model") if isinstance(self.json, dict) else None
 
 
@@ -321,7 +340,13 @@ def _split(text: str, n: int) -> list:
     return parts
 
 
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
 
 
 # --------------------------------------------------------------------------- server
@@ -332,7 +357,7 @@ class _Server(ThreadingHTTPServer):
     block_on_close = True
     allow_reuse_address = True
 
-    def __init__(self, fake: "FakeAPI"):
+    def __init__(self, fake: FakeAPI):
         self.fake = fake
         self.conns: set = set()
         self.conns_lock = threading.Lock()
@@ -371,7 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     @property
-    def fake(self) -> "FakeAPI":
+    def fake(self) -> FakeAPI:
         return self.server.fake
 
     def _wait(self, seconds: float) -> None:
@@ -402,7 +427,7 @@ class _Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n else b""
 
-    def _send_json(self, status: int, obj: Any, headers: Optional[dict] = None) -> None:
+    def _send_json(self, status: int, obj: Any, headers: dict | None = None) -> None:
         data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -411,7 +436,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _std_headers(self, extra: Optional[dict] = None) -> None:
+    def _std_headers(self, extra: dict | None = None) -> None:
         rid = self._request_id
         if self._endpoint == "anthropic":
             self.send_header("request-id", rid)
@@ -438,7 +463,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def _sse(self, event: Optional[str], data: Any) -> None:
+    def _sse(self, event: str | None, data: Any) -> None:
         payload = data if isinstance(data, str) else json.dumps(data)
         head = f"event: {event}\n" if event else ""
         self._chunk(f"{head}data: {payload}\n\n".encode())
@@ -454,14 +479,18 @@ class _Handler(BaseHTTPRequestHandler):
         t_mono, t_wall = time.monotonic(), time.time()
         body = self._read_body()
         path = self.path.split("?", 1)[0]
-        endpoint: Optional[str] = None
+        endpoint: str | None = None
         if path.endswith("/messages/count_tokens"):
             endpoint = "count_tokens"
         elif path.endswith("/messages"):
             endpoint = "anthropic"
         elif path.endswith("/chat/completions"):
             endpoint = "openai"
-        elif path.endswith("/images/generations") or path.endswith("/images/edits") or path.endswith("/images/variations"):
+        elif (
+            path.endswith("/images/generations")
+            or path.endswith("/images/edits")
+            or path.endswith("/images/variations")
+        ):
             endpoint = "images"
         parsed = None
         if body:
@@ -492,33 +521,64 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, {"input_tokens": n})
                 return
             if endpoint is None:
-                self._send_json(404, {"error": {"message": f"fakeapi: no route for {self.command} {path}", "type": "invalid_request_error", "param": None, "code": "not_found"}})
+                self._send_json(
+                    404,
+                    {
+                        "error": {
+                            "message": f"fakeapi: no route for {self.command} {path}",
+                            "type": "invalid_request_error",
+                            "param": None,
+                            "code": "not_found",
+                        }
+                    },
+                )
                 return
             if fake.require_key is not None and not self._key_ok(rec):
-                self._render(Error(401, "invalid x-api-key" if endpoint == "anthropic" else "Incorrect API key provided"), rec)
+                self._render(
+                    Error(
+                        401,
+                        "invalid x-api-key"
+                        if endpoint == "anthropic"
+                        else "Incorrect API key provided",
+                    ),
+                    rec,
+                )
                 return
             reply = fake._next_reply(endpoint, rec)
             self._render(reply, rec)
         except (_Stopped, _Dropped):
             self.close_connection = True
-        except (ConnectionError, BrokenPipeError, socket.timeout):
+        except (TimeoutError, ConnectionError, BrokenPipeError):
             self.close_connection = True
         except Exception as exc:  # bug in the fake or a bad script: report it
             fake.errors.append(exc)
             with contextlib.suppress(Exception):
-                self._send_json(500, {"error": {"message": f"fakeapi internal error: {exc!r}", "type": "fakeapi_error"}})
+                self._send_json(
+                    500,
+                    {
+                        "error": {
+                            "message": f"fakeapi internal error: {exc!r}",
+                            "type": "fakeapi_error",
+                        }
+                    },
+                )
             self.close_connection = True
 
     def _key_ok(self, rec: Recorded) -> bool:
         want = self.fake.require_key
         if self._endpoint == "anthropic":
-            return rec.headers.get("x-api-key") == want or rec.headers.get("authorization") == f"Bearer {want}"
+            return (
+                rec.headers.get("x-api-key") == want
+                or rec.headers.get("authorization") == f"Bearer {want}"
+            )
         return rec.headers.get("authorization") == f"Bearer {want}"
 
     def _resolve(self, reply: Any, rec: Recorded) -> Any:
         for _ in range(10):
             if reply is None:
                 reply = self.fake._default_for(self._endpoint)
+            elif isinstance(reply, type) and issubclass(reply, _REPLY_TYPES):
+                reply = reply()  # e.g. script(Malformed, Cut)
             elif callable(reply) and not _is_reply(reply):
                 reply = reply(rec.json)
             else:
@@ -556,15 +616,26 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(reply, Malformed):
                 return self._send_json(200, reply.body.encode())
             if isinstance(reply, Cut):
-                return self._cut_json({"created": int(time.time()), "data": [{"b64_json": base64.b64encode(tiny_png()).decode()}]})
-            raise TypeError(f"fakeapi: {type(reply).__name__} is not a valid reply for the images endpoint")
+                return self._cut_json(
+                    {
+                        "created": int(time.time()),
+                        "data": [{"b64_json": base64.b64encode(tiny_png()).decode()}],
+                    }
+                )
+            raise TypeError(
+                f"fakeapi: {type(reply).__name__} is not a valid reply for the images endpoint"
+            )
         if isinstance(reply, Image):
-            raise TypeError(f"fakeapi: Image is only valid for the images endpoint, not {self._endpoint}")
+            raise TypeError(
+                f"fakeapi: Image is only valid for the images endpoint, not {self._endpoint}"
+            )
         if isinstance(reply, StreamError) and not stream:
             return self._error(Error(reply.status, reply.message, err_type=reply.err_type))
         if isinstance(reply, Stall) and not stream:
             self._wait(reply.seconds)
-            reply = Text(reply.text, input_tokens=reply.input_tokens, output_tokens=reply.output_tokens)
+            reply = Text(
+                reply.text, input_tokens=reply.input_tokens, output_tokens=reply.output_tokens
+            )
         if isinstance(reply, Malformed) and not stream:
             return self._send_json(200, reply.body.encode())
         if self._endpoint == "anthropic":
@@ -581,12 +652,25 @@ class _Handler(BaseHTTPRequestHandler):
             headers["retry-after-ms"] = str(e.retry_after_ms)
         if self._endpoint == "anthropic":
             et = e.err_type or _ANTHROPIC_ERR_TYPES.get(e.status, "api_error")
-            body = {"type": "error", "error": {"type": et, "message": e.message}, "request_id": self._request_id}
+            body = {
+                "type": "error",
+                "error": {"type": et, "message": e.message},
+                "request_id": self._request_id,
+            }
             if e.status == 429:
                 headers.setdefault("anthropic-ratelimit-requests-remaining", "0")
         else:
-            t, c = _OPENAI_ERR.get(e.status, ("server_error" if e.status >= 500 else "invalid_request_error", None))
-            body = {"error": {"message": e.message, "type": e.err_type or t, "param": None, "code": e.code if e.code is not None else c}}
+            t, c = _OPENAI_ERR.get(
+                e.status, ("server_error" if e.status >= 500 else "invalid_request_error", None)
+            )
+            body = {
+                "error": {
+                    "message": e.message,
+                    "type": e.err_type or t,
+                    "param": None,
+                    "code": e.code if e.code is not None else c,
+                }
+            }
             if e.status == 429:
                 headers.setdefault("x-ratelimit-remaining-requests", "0")
         self._send_json(e.status, body, headers)
@@ -611,13 +695,19 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(reply, JSONText):
             forced = _forced_tool(rec.json, self._endpoint)
             if forced:
-                return [("tool", fake._tool_id(self._endpoint), forced, reply.obj)], reply, "tool_use"
+                return (
+                    [("tool", fake._tool_id(self._endpoint), forced, reply.obj)],
+                    reply,
+                    "tool_use",
+                )
             return [("text", json.dumps(reply.obj))], reply, "end_turn"
         if isinstance(reply, ToolCall):
             blocks: list = []
             if reply.text:
                 blocks.append(("text", reply.text))
-            blocks.append(("tool", reply.id or fake._tool_id(self._endpoint), reply.name, reply.arguments))
+            blocks.append(
+                ("tool", reply.id or fake._tool_id(self._endpoint), reply.name, reply.arguments)
+            )
             return blocks, reply, "tool_use"
         raise TypeError(f"fakeapi: cannot render {reply!r}")
 
@@ -638,14 +728,21 @@ class _Handler(BaseHTTPRequestHandler):
             "completion_tokens": u.output_tokens,
             "total_tokens": u.input_tokens + u.output_tokens,
             "prompt_tokens_details": details,
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         }
 
     def _model(self, rec: Recorded) -> str:
         return rec.model or "fake-model"
 
     # ---- Anthropic
-    def _anthropic_message(self, rec: Recorded, content: list, stop: Optional[str], usage: dict) -> dict:
+    def _anthropic_message(
+        self, rec: Recorded, content: list, stop: str | None, usage: dict
+    ) -> dict:
         return {
             "id": self.fake._msg_id("anthropic"),
             "type": "message",
@@ -659,7 +756,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _anthropic_json(self, reply: Any, rec: Recorded) -> None:
         if isinstance(reply, Cut):
-            msg = self._anthropic_message(rec, [{"type": "text", "text": reply.text}], "end_turn", self._anthropic_usage(Text()))
+            msg = self._anthropic_message(
+                rec,
+                [{"type": "text", "text": reply.text}],
+                "end_turn",
+                self._anthropic_usage(Text()),
+            )
             return self._cut_json(msg)
         blocks, u, stop = self._blocks(reply, rec)
         content = []
@@ -679,17 +781,35 @@ class _Handler(BaseHTTPRequestHandler):
         self._sse("message_start", {"type": "message_start", "message": msg})
 
         def text_block(index: int, pieces: list) -> Iterator[None]:
-            self._sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})
+            self._sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
             if index == 0:
                 self._sse("ping", {"type": "ping"})
             for p in pieces:
-                self._sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": p}})
+                self._sse(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": p},
+                    },
+                )
                 yield None
 
         def finish(stop: str, u: Any) -> None:
             self._sse(
                 "message_delta",
-                {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": self._anthropic_usage(u)},
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": self._anthropic_usage(u),
+                },
             )
             self._sse("message_stop", {"type": "message_stop"})
             self._end_stream()
@@ -702,11 +822,25 @@ class _Handler(BaseHTTPRequestHandler):
             if reply.text or reply.after_chunks:
                 for _ in text_block(0, _split(reply.text, reply.after_chunks)):
                     pass
-            self._sse("error", {"type": "error", "error": {"type": reply.err_type, "message": reply.message}, "request_id": self._request_id})
+            self._sse(
+                "error",
+                {
+                    "type": "error",
+                    "error": {"type": reply.err_type, "message": reply.message},
+                    "request_id": self._request_id,
+                },
+            )
             self._end_stream()
             return
         if isinstance(reply, Malformed):
-            self._sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+            self._sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
             self._sse("content_block_delta", reply.body)
             self._sse("content_block_stop", {"type": "content_block_stop", "index": 0})
             finish("end_turn", Text())
@@ -728,11 +862,34 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._sse(
                     "content_block_start",
-                    {"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": b[1], "name": b[2], "input": {}}},
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": b[1],
+                            "name": b[2],
+                            "input": {},
+                        },
+                    },
                 )
-                self._sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": ""}})
+                self._sse(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": ""},
+                    },
+                )
                 for p in _split(json.dumps(b[3]), 3):
-                    self._sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": p}})
+                    self._sse(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": p},
+                        },
+                    )
             self._sse("content_block_stop", {"type": "content_block_stop", "index": index})
         finish(stop, u)
 
@@ -743,11 +900,21 @@ class _Handler(BaseHTTPRequestHandler):
         blocks, u, stop = self._blocks(reply, rec)
         text = "".join(b[1] for b in blocks if b[0] == "text") or None
         calls = [
-            {"id": b[1], "type": "function", "function": {"name": b[2], "arguments": json.dumps(b[3])}} for b in blocks if b[0] == "tool"
+            {
+                "id": b[1],
+                "type": "function",
+                "function": {"name": b[2], "arguments": json.dumps(b[3])},
+            }
+            for b in blocks
+            if b[0] == "tool"
         ]
-        self._send_json(200, self._openai_completion(rec, text, calls or None, _FINISH.get(stop, "stop"), u))
+        self._send_json(
+            200, self._openai_completion(rec, text, calls or None, _FINISH.get(stop, "stop"), u)
+        )
 
-    def _openai_completion(self, rec: Recorded, text: Optional[str], calls: Optional[list], finish: str, u: Any) -> dict:
+    def _openai_completion(
+        self, rec: Recorded, text: str | None, calls: list | None, finish: str, u: Any
+    ) -> dict:
         message: dict = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
         if calls:
             message["tool_calls"] = calls
@@ -756,7 +923,9 @@ class _Handler(BaseHTTPRequestHandler):
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self._model(rec),
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
             "usage": self._openai_usage(u),
             "service_tier": "default",
             "system_fingerprint": "fp_fake",
@@ -769,7 +938,9 @@ class _Handler(BaseHTTPRequestHandler):
         opts = rec.json.get("stream_options") if isinstance(rec.json, dict) else None
         include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
 
-        def chunk(delta: dict, finish: Optional[str] = None, choices: bool = True, usage: Optional[dict] = None) -> None:
+        def chunk(
+            delta: dict, finish: str | None = None, choices: bool = True, usage: dict | None = None
+        ) -> None:
             obj: dict = {
                 "id": cid,
                 "object": "chat.completion.chunk",
@@ -777,7 +948,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "model": model,
                 "service_tier": "default",
                 "system_fingerprint": "fp_fake",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else [],
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+                if choices
+                else [],
             }
             if include_usage:
                 obj["usage"] = usage
@@ -799,7 +972,17 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(reply, StreamError):
             for p in _split(reply.text, reply.after_chunks) if reply.text else []:
                 chunk({"content": p})
-            self._sse(None, {"error": {"message": reply.message, "type": "server_error", "param": None, "code": reply.err_type}})
+            self._sse(
+                None,
+                {
+                    "error": {
+                        "message": reply.message,
+                        "type": "server_error",
+                        "param": None,
+                        "code": reply.err_type,
+                    }
+                },
+            )
             self._end_stream()
             return
         if isinstance(reply, Malformed):
@@ -821,7 +1004,18 @@ class _Handler(BaseHTTPRequestHandler):
                 for p in _split(b[1], n):
                     chunk({"content": p})
             else:
-                chunk({"tool_calls": [{"index": tool_index, "id": b[1], "type": "function", "function": {"name": b[2], "arguments": ""}}]})
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": tool_index,
+                                "id": b[1],
+                                "type": "function",
+                                "function": {"name": b[2], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
                 for p in _split(json.dumps(b[3]), 3):
                     chunk({"tool_calls": [{"index": tool_index, "function": {"arguments": p}}]})
                 tool_index += 1
@@ -839,14 +1033,26 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, {"created": int(time.time()), "data": [dict(item) for _ in range(n)]})
 
 
-_REPLY_TYPES = (Text, JSONText, ToolCall, Error, StreamError, Cut, Stall, Malformed, Slow, Image, Raw)
+_REPLY_TYPES = (
+    Text,
+    JSONText,
+    ToolCall,
+    Error,
+    StreamError,
+    Cut,
+    Stall,
+    Malformed,
+    Slow,
+    Image,
+    Raw,
+)
 
 
 def _is_reply(obj: Any) -> bool:
     return isinstance(obj, _REPLY_TYPES)
 
 
-def _forced_tool(body: Any, endpoint: Optional[str]) -> Optional[str]:
+def _forced_tool(body: Any, endpoint: str | None) -> str | None:
     if not isinstance(body, dict):
         return None
     tc = body.get("tool_choice")
@@ -866,7 +1072,7 @@ def _forced_tool(body: Any, endpoint: Optional[str]) -> Optional[str]:
 class FakeAPI:
     """The fake server.  ``start()``/``stop()`` or use as a context manager."""
 
-    def __init__(self, require_key: Optional[str] = None):
+    def __init__(self, require_key: str | None = None):
         self.require_key = require_key  # if set, other keys get a 401
         self.requests: list = []
         self.errors: list = []  # exceptions raised inside the fake (script bugs)
@@ -874,18 +1080,23 @@ class FakeAPI:
         self._queues: dict = {e: deque() for e in (*ENDPOINTS, None)}
         self._defaults: dict = {}
         self._stop = threading.Event()
-        self._server: Optional[_Server] = None
-        self._thread: Optional[threading.Thread] = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
         self._ids = itertools.count(1)
         self._counter = itertools.count(1)
 
     # -- lifecycle
-    def start(self) -> "FakeAPI":
+    def start(self) -> FakeAPI:
         if self._server is not None:
             return self
         self._stop.clear()
         self._server = _Server(self)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fakeapi-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fakeapi-server",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -906,7 +1117,7 @@ class FakeAPI:
         self._server = None
         self._thread = None
 
-    def __enter__(self) -> "FakeAPI":
+    def __enter__(self) -> FakeAPI:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -931,7 +1142,7 @@ class FakeAPI:
         return self.base_url + "/v1"
 
     # -- scripting
-    def script(self, *replies: Reply, endpoint: Optional[str] = None) -> "FakeAPI":
+    def script(self, *replies: Reply, endpoint: str | None = None) -> FakeAPI:
         """Queue replies, consumed in order.  ``endpoint`` in ("anthropic",
         "openai", "images") or None for a shared queue any endpoint draws from
         once its own queue is empty."""
@@ -941,7 +1152,7 @@ class FakeAPI:
             self._queues[endpoint].extend(replies)
         return self
 
-    def set_default(self, reply: Reply, endpoint: Optional[str] = None) -> "FakeAPI":
+    def set_default(self, reply: Reply, endpoint: str | None = None) -> FakeAPI:
         """Reply used when the queues are empty (None: for every endpoint)."""
         with self._lock:
             if endpoint is None:
@@ -951,7 +1162,7 @@ class FakeAPI:
                 self._defaults[endpoint] = reply
         return self
 
-    def pending(self, endpoint: Optional[str] = None) -> int:
+    def pending(self, endpoint: str | None = None) -> int:
         with self._lock:
             return len(self._queues[endpoint])
 
@@ -974,10 +1185,22 @@ class FakeAPI:
         with self._lock:
             return self.requests[-1]
 
-    def gaps(self, endpoint: Optional[str] = None) -> list:
+    def wait_for(self, n: int, endpoint: str | None = None, timeout: float = 5.0) -> list:
+        """Block until at least ``n`` requests (for ``endpoint``) were received;
+        returns them.  Raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rs = self.requests_for(endpoint) if endpoint else list(self.requests)
+            if len(rs) >= n:
+                return rs
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fakeapi: got {len(rs)} of {n} requests")
+            time.sleep(0.01)
+
+    def gaps(self, endpoint: str | None = None) -> list:
         """Seconds between consecutive requests (optionally for one endpoint)."""
         rs = self.requests_for(endpoint) if endpoint else list(self.requests)
-        return [b.time - a.time for a, b in zip(rs, rs[1:])]
+        return [b.time - a.time for a, b in zip(rs, rs[1:], strict=False)]
 
     # -- internals
     def _next_reply(self, endpoint: str, rec: Recorded) -> Any:
@@ -987,7 +1210,7 @@ class FakeAPI:
                     return q.popleft()
         return None  # -> default after resolution
 
-    def _default_for(self, endpoint: Optional[str]) -> Any:
+    def _default_for(self, endpoint: str | None) -> Any:
         with self._lock:
             d = self._defaults.get(endpoint)
         if d is not None:
@@ -1000,7 +1223,7 @@ class FakeAPI:
         n = next(self._counter)
         return f"msg_fake{n:06d}" if endpoint == "anthropic" else f"chatcmpl-fake{n:06d}"
 
-    def _tool_id(self, endpoint: Optional[str]) -> str:
+    def _tool_id(self, endpoint: str | None) -> str:
         n = next(self._counter)
         return f"toolu_fake{n:06d}" if endpoint == "anthropic" else f"call_fake{n:06d}"
 
@@ -1011,7 +1234,7 @@ def _default_text(body: Any) -> Text:
 
 
 @contextlib.contextmanager
-def fake_api(require_key: Optional[str] = None) -> Iterator[FakeAPI]:
+def fake_api(require_key: str | None = None) -> Iterator[FakeAPI]:
     """``with fake_api() as api: ...`` -- started server, stopped on exit."""
     api = FakeAPI(require_key=require_key)
     api.start()

@@ -42,12 +42,12 @@ def api():
         assert a.errors == []
 
 
-def ant(api: FakeAPI, **kw) -> "anthropic.AsyncAnthropic":
+def ant(api: FakeAPI, **kw) -> anthropic.AsyncAnthropic:
     kw.setdefault("max_retries", 0)
     return anthropic.AsyncAnthropic(base_url=api.anthropic_base_url, api_key="sk-ant-test", **kw)
 
 
-def oai(api: FakeAPI, **kw) -> "openai.AsyncOpenAI":
+def oai(api: FakeAPI, **kw) -> openai.AsyncOpenAI:
     kw.setdefault("max_retries", 0)
     return openai.AsyncOpenAI(base_url=api.openai_base_url, api_key="sk-test", **kw)
 
@@ -64,7 +64,9 @@ def test_anthropic_nonstream_text_usage(api):
 
     async def go():
         async with ant(api) as c:
-            return await c.messages.create(model="claude-test", max_tokens=50, messages=MSGS, system="be brief")
+            return await c.messages.create(
+                model="claude-test", max_tokens=50, messages=MSGS, system="be brief"
+            )
 
     m = run(go())
     assert m.content[0].type == "text" and m.content[0].text == "hello there"
@@ -75,13 +77,21 @@ def test_anthropic_nonstream_text_usage(api):
     assert req.endpoint == "anthropic" and req.path == "/v1/messages" and req.method == "POST"
     assert req.json["system"] == "be brief" and req.json["max_tokens"] == 50
     # anthropic 2.x sends the key as a bearer token; older SDKs used x-api-key
-    assert "sk-ant-test" in (req.headers.get("x-api-key"), req.headers.get("authorization", "").removeprefix("Bearer "))
+    assert "sk-ant-test" in (
+        req.headers.get("x-api-key"),
+        req.headers.get("authorization", "").removeprefix("Bearer "),
+    )
     assert "anthropic-version" in req.headers
     assert not req.stream
 
 
 def test_anthropic_stream_text_usage_and_cache(api):
-    api.script(Text("streamed words here", input_tokens=7, output_tokens=4, cache_read=100, cache_write=20), endpoint="anthropic")
+    api.script(
+        Text(
+            "streamed words here", input_tokens=7, output_tokens=4, cache_read=100, cache_write=20
+        ),
+        endpoint="anthropic",
+    )
 
     async def go():
         async with ant(api) as c:
@@ -98,11 +108,19 @@ def test_anthropic_stream_text_usage_and_cache(api):
     types, deltas, du = run(go())
     assert types[0] == "message_start" and types[-1] == "message_stop"
     assert types.count("content_block_delta") == 3 and "".join(deltas) == "streamed words here"
-    assert (du.output_tokens, du.input_tokens, du.cache_read_input_tokens, du.cache_creation_input_tokens) == (4, 7, 100, 20)
+    assert (
+        du.output_tokens,
+        du.input_tokens,
+        du.cache_read_input_tokens,
+        du.cache_creation_input_tokens,
+    ) == (4, 7, 100, 20)
     assert api.requests[-1].stream
 
     # and via the SDK's accumulating helper
-    api.script(Text("abc", input_tokens=5, output_tokens=2, cache_read=30, cache_write=0), endpoint="anthropic")
+    api.script(
+        Text("abc", input_tokens=5, output_tokens=2, cache_read=30, cache_write=0),
+        endpoint="anthropic",
+    )
 
     async def helper():
         async with ant(api) as c:
@@ -113,18 +131,31 @@ def test_anthropic_stream_text_usage_and_cache(api):
     text, final = run(helper())
     assert text == "abc" and final.content[0].text == "abc"
     u = final.usage
-    assert (u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens) == (5, 2, 30, 0)
+    assert (
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_input_tokens,
+        u.cache_creation_input_tokens,
+    ) == (5, 2, 30, 0)
 
 
 def test_anthropic_nonstream_cache_fields(api):
-    api.script(Text("x", input_tokens=3, output_tokens=1, cache_read=1500, cache_write=250), endpoint="anthropic")
+    api.script(
+        Text("x", input_tokens=3, output_tokens=1, cache_read=1500, cache_write=250),
+        endpoint="anthropic",
+    )
 
     async def go():
         async with ant(api) as c:
             return await c.messages.create(model="m", max_tokens=5, messages=MSGS)
 
     u = run(go()).usage
-    assert (u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens) == (3, 1, 1500, 250)
+    assert (
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_input_tokens,
+        u.cache_creation_input_tokens,
+    ) == (3, 1, 1500, 250)
 
 
 def test_openai_nonstream_text_usage(api):
@@ -145,7 +176,9 @@ def test_openai_nonstream_text_usage(api):
 
 
 def test_openai_stream_text_usage(api):
-    api.script(Text("one two three four", input_tokens=9, output_tokens=4, cache_read=8), endpoint="openai")
+    api.script(
+        Text("one two three four", input_tokens=9, output_tokens=4, cache_read=8), endpoint="openai"
+    )
 
     async def go():
         async with oai(api) as c:
@@ -177,7 +210,10 @@ def test_openai_stream_without_include_usage_has_no_usage(api):
 
     chunks = run(go())
     assert all(ch.usage is None for ch in chunks)
-    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "fake reply from gpt-q"
+    assert (
+        "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        == "fake reply from gpt-q"
+    )
 
 
 def test_default_reply_and_callable_reply(api):
@@ -189,8 +225,12 @@ def test_default_reply_and_callable_reply(api):
 
     async def go():
         async with oai(api) as o, ant(api) as a:
-            g = await o.chat.completions.create(model="m", messages=[{"role": "user", "content": "a good essay"}])
-            b = await o.chat.completions.create(model="m", messages=[{"role": "user", "content": "a bad essay"}])
+            g = await o.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "a good essay"}]
+            )
+            b = await o.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "a bad essay"}]
+            )
             d = await a.messages.create(model="claude-zz", max_tokens=5, messages=MSGS)
             return g, b, d
 
@@ -249,21 +289,30 @@ def test_openai_auth_error(api):
     with pytest.raises(openai.AuthenticationError) as ei:
         run(go())
     assert ei.value.status_code == 401
-    assert ei.value.body == {"message": "Incorrect API key provided", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+    assert ei.value.body == {
+        "message": "Incorrect API key provided",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
 
 
 def test_require_key():
     with fake_api(require_key="good") as api:
 
         async def go():
-            async with openai.AsyncOpenAI(base_url=api.openai_base_url, api_key="bad", max_retries=0) as c:
+            async with openai.AsyncOpenAI(
+                base_url=api.openai_base_url, api_key="bad", max_retries=0
+            ) as c:
                 await c.chat.completions.create(model="m", messages=MSGS)
 
         with pytest.raises(openai.AuthenticationError):
             run(go())
 
         async def ok():
-            async with anthropic.AsyncAnthropic(base_url=api.base_url, api_key="good", max_retries=0) as c:
+            async with anthropic.AsyncAnthropic(
+                base_url=api.base_url, api_key="good", max_retries=0
+            ) as c:
                 return await c.messages.create(model="m", max_tokens=5, messages=MSGS)
 
         assert run(ok()).content[0].text == "fake reply from m"
@@ -326,7 +375,10 @@ def test_error_status_matrix(api):
         else:
             assert e.body["message"] == f"boom {s}"
     over = [e for who, s, e in got if who == "a" and s == 529][0]
-    assert type(over).__name__ == "OverloadedError" and over.body["error"]["type"] == "overloaded_error"
+    assert (
+        type(over).__name__ == "OverloadedError"
+        and over.body["error"]["type"] == "overloaded_error"
+    )
 
 
 def test_sdk_retry_honours_retry_after_ms(api):
@@ -350,12 +402,16 @@ def test_stream_error_event(api):
         async with ant(api) as a, oai(api) as o:
             res = []
             try:
-                async for _ in await a.messages.create(model="m", max_tokens=5, messages=MSGS, stream=True):
+                async for _ in await a.messages.create(
+                    model="m", max_tokens=5, messages=MSGS, stream=True
+                ):
                     pass
             except anthropic.APIStatusError as e:
                 res.append(e)
             try:
-                async for _ in await o.chat.completions.create(model="m", messages=MSGS, stream=True):
+                async for _ in await o.chat.completions.create(
+                    model="m", messages=MSGS, stream=True
+                ):
                     pass
             except openai.APIError as e:
                 res.append(e)
@@ -382,7 +438,9 @@ def test_cut_stream(api):
         async with ant(api) as a, oai(api) as o:
             got = []
             with pytest.raises(httpx2.RemoteProtocolError):
-                async for ev in await a.messages.create(model="m", max_tokens=5, messages=MSGS, stream=True):
+                async for ev in await a.messages.create(
+                    model="m", max_tokens=5, messages=MSGS, stream=True
+                ):
                     if ev.type == "content_block_delta":
                         got.append(ev.delta.text)
             out["a"] = "".join(got)
@@ -394,7 +452,9 @@ def test_cut_stream(api):
             out["a2"] = "".join(got)
             got = []
             with pytest.raises(openai.APIConnectionError) as ei:
-                async for ch in await o.chat.completions.create(model="m", messages=MSGS, stream=True):
+                async for ch in await o.chat.completions.create(
+                    model="m", messages=MSGS, stream=True
+                ):
                     if ch.choices and ch.choices[0].delta.content:
                         got.append(ch.choices[0].delta.content)
             assert isinstance(ei.value.__cause__, httpx2.RemoteProtocolError)
@@ -436,13 +496,17 @@ def test_stall_triggers_timeouts(api):
                 await o.chat.completions.create(model="m", messages=MSGS)
             parts = []
             with pytest.raises(httpx2.ReadTimeout):
-                async for ev in await a.messages.create(model="m", max_tokens=5, messages=MSGS, stream=True):
+                async for ev in await a.messages.create(
+                    model="m", max_tokens=5, messages=MSGS, stream=True
+                ):
                     if ev.type == "content_block_delta":
                         parts.append(ev.delta.text)
             got["a"] = parts
             parts = []
             with pytest.raises(openai.APITimeoutError):
-                async for ch in await o.chat.completions.create(model="m", messages=MSGS, stream=True):
+                async for ch in await o.chat.completions.create(
+                    model="m", messages=MSGS, stream=True
+                ):
                     if ch.choices and ch.choices[0].delta.content:
                         parts.append(ch.choices[0].delta.content)
             got["o"] = parts
@@ -471,7 +535,7 @@ def test_stall_short_then_completes(api):
 def test_malformed(api):
     """Malformed (stream and non-stream, both SDKs): ``json.JSONDecodeError``
     (a ValueError) escapes the SDK unwrapped."""
-    api.script(Malformed(), Malformed(), endpoint="anthropic")
+    api.script(Malformed(), Malformed, endpoint="anthropic")  # a bare class is instantiated
     api.script(Malformed(), Malformed(), endpoint="openai")
 
     async def go():
@@ -479,12 +543,16 @@ def test_malformed(api):
             with pytest.raises(json.JSONDecodeError):
                 await a.messages.create(model="m", max_tokens=5, messages=MSGS)
             with pytest.raises(json.JSONDecodeError):
-                async for _ in await a.messages.create(model="m", max_tokens=5, messages=MSGS, stream=True):
+                async for _ in await a.messages.create(
+                    model="m", max_tokens=5, messages=MSGS, stream=True
+                ):
                     pass
             with pytest.raises(json.JSONDecodeError):
                 await o.chat.completions.create(model="m", messages=MSGS)
             with pytest.raises(json.JSONDecodeError):
-                async for _ in await o.chat.completions.create(model="m", messages=MSGS, stream=True):
+                async for _ in await o.chat.completions.create(
+                    model="m", messages=MSGS, stream=True
+                ):
                     pass
 
     run(go())
@@ -495,18 +563,37 @@ def test_malformed(api):
 
 def test_tool_calls(api):
     args = {"city": "Paris", "days": 3, "nested": {"a": [1, 2]}}
-    api.script(ToolCall("get_weather", args), ToolCall("get_weather", args, text="Let me check."), endpoint="anthropic")
+    api.script(
+        ToolCall("get_weather", args),
+        ToolCall("get_weather", args, text="Let me check."),
+        endpoint="anthropic",
+    )
     api.script(ToolCall("get_weather", args), ToolCall("get_weather", args), endpoint="openai")
-    tools_a = [{"name": "get_weather", "description": "w", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
-    tools_o = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
+    tools_a = [
+        {
+            "name": "get_weather",
+            "description": "w",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
+    tools_o = [
+        {
+            "type": "function",
+            "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
 
     async def go():
         async with ant(api) as a, oai(api) as o:
             m1 = await a.messages.create(model="m", max_tokens=50, messages=MSGS, tools=tools_a)
-            async with a.messages.stream(model="m", max_tokens=50, messages=MSGS, tools=tools_a) as s:
+            async with a.messages.stream(
+                model="m", max_tokens=50, messages=MSGS, tools=tools_a
+            ) as s:
                 m2 = await s.get_final_message()
             r1 = await o.chat.completions.create(model="m", messages=MSGS, tools=tools_o)
-            stream = await o.chat.completions.create(model="m", messages=MSGS, tools=tools_o, stream=True)
+            stream = await o.chat.completions.create(
+                model="m", messages=MSGS, tools=tools_o, stream=True
+            )
             name, argstr, finish = None, "", None
             async for ch in stream:
                 if ch.choices:
@@ -518,8 +605,14 @@ def test_tool_calls(api):
 
     m1, m2, r1, (name, argstr, finish) = run(go())
     assert m1.stop_reason == "tool_use" and m1.content[0].type == "tool_use"
-    assert m1.content[0].name == "get_weather" and m1.content[0].input == args and m1.content[0].id.startswith("toolu_")
-    assert [b.type for b in m2.content] == ["text", "tool_use"] and m2.content[0].text == "Let me check."
+    assert (
+        m1.content[0].name == "get_weather"
+        and m1.content[0].input == args
+        and m1.content[0].id.startswith("toolu_")
+    )
+    assert [b.type for b in m2.content] == ["text", "tool_use"] and m2.content[
+        0
+    ].text == "Let me check."
     assert m2.content[1].input == args and m2.stop_reason == "tool_use"
     tc = r1.choices[0].message.tool_calls[0]
     assert r1.choices[0].finish_reason == "tool_calls" and tc.type == "function"
@@ -544,7 +637,9 @@ def test_jsontext_structured_output(api):
     async def go():
         async with ant(api) as a, oai(api) as o:
             forced = await a.messages.create(
-                model="m", max_tokens=50, messages=MSGS,
+                model="m",
+                max_tokens=50,
+                messages=MSGS,
                 tools=[{"name": "emit", "input_schema": schema}],
                 tool_choice={"type": "tool", "name": "emit"},
             )
@@ -553,7 +648,11 @@ def test_jsontext_structured_output(api):
             return forced, plain, parsed
 
     forced, plain, parsed = run(go())
-    assert forced.content[0].type == "tool_use" and forced.content[0].name == "emit" and forced.content[0].input == obj
+    assert (
+        forced.content[0].type == "tool_use"
+        and forced.content[0].name == "emit"
+        and forced.content[0].input == obj
+    )
     assert json.loads(plain.content[0].text) == obj
     assert parsed.choices[0].message.parsed == Out(**obj)
     rf = api.requests_for("openai")[-1].json["response_format"]
@@ -569,7 +668,9 @@ def test_images_b64(api):
     async def go():
         async with oai(api) as o:
             r1 = await o.images.generate(model="gpt-image-1", prompt="a red square", n=2)
-            r2 = await o.images.edit(model="gpt-image-1", image=("in.png", tiny_png(), "image/png"), prompt="bluer")
+            r2 = await o.images.edit(
+                model="gpt-image-1", image=("in.png", tiny_png(), "image/png"), prompt="bluer"
+            )
             return r1, r2
 
     r1, r2 = run(go())
@@ -607,7 +708,9 @@ def test_stop_is_prompt_during_stall_and_no_thread_leak():
                 await a.messages.create(model="m", max_tokens=5, messages=MSGS)
             # a streaming stall leaves a handler thread sleeping, keep-alive conns are open
             with pytest.raises(openai.APITimeoutError):
-                async for _ in await o.chat.completions.create(model="m", messages=MSGS, stream=True):
+                async for _ in await o.chat.completions.create(
+                    model="m", messages=MSGS, stream=True
+                ):
                     pass
             t = time.monotonic()
             api.stop()
@@ -631,4 +734,8 @@ def test_reset_and_restart():
                 return await o.chat.completions.create(model="mm", messages=MSGS)
 
         assert run(go()).choices[0].message.content == "fake reply from mm"
-        assert len(api.requests) == 1 and api.last.model == "mm"
+        assert len(api.wait_for(1, "openai", timeout=1)) == 1 and api.last.model == "mm"
+        with pytest.raises(TimeoutError):
+            api.wait_for(2, timeout=0.05)
+    with api:  # can be started again after stop()
+        assert api.base_url.startswith("http://127.0.0.1:")

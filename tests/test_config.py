@@ -1,0 +1,49 @@
+import pytest
+
+from nbconductor._config import Config, ModelRef, load_config, resolve_model
+from nbconductor._errors import ConfigError, OptionError
+
+
+def test_nbconductor_toml_aliases_and_limits(tmp_path):
+    (tmp_path / "nbconductor.toml").write_text(
+        'default_model = "offline:house"\n'
+        '[aliases]\nfast = "offline:quick"\nlocal = { model = "openai-compatible:llama3.1", base_url = "http://localhost:11434/v1" }\n'
+        "[concurrency]\nanthropic = 3\n"
+    )
+    sub = tmp_path / "notebooks"
+    sub.mkdir()
+    config = load_config(start=sub)
+    assert config.limit("anthropic") == 3 and config.limit("openai") == 8
+    assert resolve_model("fast", config) == ModelRef("offline", "quick", alias="fast")
+    assert resolve_model(None, config).spec == "offline:house"
+    local = resolve_model("local", config)
+    assert local.provider == "openai-compatible" and local.base_url == "http://localhost:11434/v1"
+
+
+def test_pyproject_table(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[project]\nname="x"\n[tool.nbconductor.aliases]\nwriter = "offline:w"\n')
+    assert load_config(start=tmp_path).aliases == {"writer": "offline:w"}
+
+
+def test_bad_config_names_the_key(tmp_path):
+    (tmp_path / "nbconductor.toml").write_text("[concurrency]\nanthropic = 'lots'\n")
+    with pytest.raises(ConfigError, match="concurrency.anthropic"):
+        load_config(start=tmp_path)
+
+
+def test_default_aliases_follow_available_keys(monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert resolve_model("fast", Config()).spec == "offline:fast"
+    assert resolve_model(None, Config()).spec == "offline:default"
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    assert resolve_model("writer", Config()).provider == "openai"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "x")
+    assert resolve_model("writer", Config()).provider == "anthropic"
+
+
+def test_unknown_alias_and_alias_loop():
+    with pytest.raises(OptionError, match="unknown model `nope`"):
+        resolve_model("nope", Config())
+    with pytest.raises(OptionError, match="refers to itself"):
+        resolve_model("a", Config(aliases={"a": "b", "b": "a"}))

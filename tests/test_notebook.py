@@ -1,0 +1,44 @@
+import nbformat
+
+from nbconductor import Pipeline
+from nbconductor._notebook import cell_kind
+
+QUICKSTART = "notebooks/quickstart.ipynb"
+
+
+def test_from_notebook_reads_the_quickstart(tmp_path, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    p = Pipeline.from_notebook(QUICKSTART, store=tmp_path / "s.sqlite")
+    assert list(p.steps) == ["research", "draft", "translate", "stats"]
+    assert p.steps["draft"].contexts == ["brand_voice"] and p.steps["draft"].rubric.threshold == 0.8
+    assert p.steps["translate"].map == "lang in markets"
+    assert p.namespace["markets"] == ["fr", "de", "ja"]
+    assert p.graph.deps["stats"] == {"draft", "translate"}
+    run = p.run({"topic": "Pricing pages", "markets": ["it"]}, targets=["translate"])
+    assert run["translate"][0].startswith("[offline:fast] Translate into it")
+    assert "stats" not in run.results
+
+
+def test_cell_kinds():
+    assert cell_kind("%%step a\nx") == "step"
+    assert cell_kind("  %%rubric a --judge j\n- ok") == "rubric"
+    assert cell_kind("%context v --file v.md") == "context"
+    assert cell_kind("%load_ext nbconductor") == "load_ext"
+    assert cell_kind("# comment\n%conductor graph") == "conductor"
+    assert cell_kind("x = 1") == "code"
+
+
+def test_helper_cells_are_executed_and_skip_export_is_not(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("n = 3", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("def double(x):\n    return 2 * x"),
+        nbformat.v4.new_code_cell("raise RuntimeError('exploration only')", metadata={"tags": ["skip-export"]}),
+        nbformat.v4.new_code_cell("%%step twice --python\ndouble(n)"),
+    ]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    p = Pipeline.from_notebook(path, store=tmp_path / "s.sqlite")
+    assert p.run()["twice"] == 6
+    assert p.run({"n": 5})["twice"] == 10
