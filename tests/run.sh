@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on a fresh machine, then run all of it:
+# the unit and integration tests, the example notebooks under nbval, the Dask tests
+# (they start their own scheduler and workers) and the browser tests (JupyterLab in Chromium).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+python -m pip install --quiet --disable-pip-version-check -e ".[test]" || exit 1
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "tests/run.sh: installing Debian's chromium for the browser tests"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null || exit 1
+fi
+
+python -m pytest --nbval-lax -p no:cacheprovider "$@"
+status=$?
+if [ "$status" -eq 5 ]; then
+  echo "tests/run.sh: pytest collected no tests — that is a failure" >&2
+  exit 1
+fi
+exit "$status"
