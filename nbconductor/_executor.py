@@ -16,11 +16,12 @@ import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ._errors import DefinitionError, OutputError, StepFailed, UnknownNameError
 from ._gates import gates_for
-from ._graph import Graph
+from ._graph import Graph, function_params
 from ._ladder import GateContext, LadderFailed, run_ladder
 from ._pool import ProviderPool
 from ._pycode import run_python
@@ -145,8 +146,9 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
     async def run_one(name: str) -> StepResult:
         step = graph.steps[name]
         deps = graph.deps[name]
-        if deps:
-            await asyncio.wait([tasks[d] for d in deps])
+        pending = [tasks[d] for d in deps if not tasks[d].done()]
+        if pending:  # finished upstream tasks need no wait (a long chain then runs in one pass)
+            await asyncio.wait(pending)
         upstream = {d: results[d] for d in deps}
         blocked = [d for d, r in upstream.items() if r.state in ("failed", "pending")]
         if blocked:
@@ -335,13 +337,13 @@ def build_request(session: Session, step: Step, values: dict) -> tuple[Request, 
         json=step.json or schema_cls is not None,
         schema=schema_cls.model_json_schema() if schema_cls else None,
         schema_name=schema_cls.__name__ if schema_cls else None,
-        temperature=step.temperature, max_tokens=step.max_tokens, tools=tools,
+        temperature=step.temperature, max_tokens=step.max_tokens, tools=tools, max_turns=step.max_turns,
     )
     key = _key({
         "kind": step.kind, "model": models[0].spec, "fallbacks": [m.spec for m in models[1:]],
         "base_url": models[0].base_url, "system": request.system_text(), "prompt": prompt,
         "json": request.json, "schema": request.schema, "temperature": step.temperature,
-        "max_tokens": step.max_tokens, "tools": tools, "checks": step.checks,
+        "max_tokens": step.max_tokens, "tools": _tools_key(tools, step), "checks": step.checks,
         "rubric": step.rubric and vars(step.rubric), "on_fail": step.on_fail, "retries": step.retries,
     })
     return request, models, key
@@ -356,11 +358,9 @@ def _template_values(session: Session, values: dict) -> dict:
 async def _run_python(session: Session, step: Step, values: dict, options: RunOptions) -> StepResult:
     started = time.time()
     if step.kind == "function":
-        import inspect
-
-        params = list(inspect.signature(step.fn).parameters)
+        params = list(function_params(step.fn))
         code_id = getattr(step.fn, "__qualname__", step.name) + (
-            hashlib.sha256(step.fn.__code__.co_code).hexdigest() if hasattr(step.fn, "__code__") else "")
+            _code_digest(step.fn.__code__) if hasattr(step.fn, "__code__") else "")
     else:
         from ._template import python_names
 
@@ -370,7 +370,7 @@ async def _run_python(session: Session, step: Step, values: dict, options: RunOp
     key = None
     if not step.no_cache:
         key = _key({"kind": step.kind, "code": code_id, "inputs": {k: stable_hash(v) for k, v in inputs.items()},
-                    "checks": step.checks})
+                    "checks": step.checks, **({"rubric": vars(step.rubric)} if step.rubric else {})})
         hit = _cache_lookup(session, key, step, options)
         if hit is not None:
             return hit
@@ -379,7 +379,9 @@ async def _run_python(session: Session, step: Step, values: dict, options: RunOp
         if asyncio.iscoroutine(output):
             output = await output
     else:
-        output = run_python(step.body, values, step.name)
+        # In a worker thread, so the event loop stays free: other steps go on, and an
+        # interrupt cancels the run at once instead of waiting for the cell's code.
+        output = await asyncio.to_thread(run_python, step.body, values, step.name)
     gates = gates_for(step, values)
     results = []
     ctx = GateContext(step, "", "", session.pool, values)
@@ -393,6 +395,11 @@ async def _run_python(session: Session, step: Step, values: dict, options: RunOp
             usage, cost = usage + g.usage, None if cost is None or g.cost is None else cost + g.cost
     return StepResult(step.name, state, output, gates=results, started=started, ended=time.time(),
                       cache_key=key, cost=cost, usage=usage, error=error)
+
+
+@lru_cache(maxsize=4096)
+def _code_digest(code) -> str:
+    return hashlib.sha256(code.co_code).hexdigest()
 
 
 def _key(parts: dict) -> str:
@@ -441,3 +448,10 @@ def _tool_specs(step: Step, values: dict) -> list[dict]:
     from ._tools import tool_spec
 
     return [tool_spec(name, values, step.name) for name in step.tools]
+
+
+def _tools_key(tools: list[dict], step: Step) -> object:
+    # The callables stay out of the key (their repr differs per process); their code hash is in.
+    if not tools:
+        return []
+    return {"specs": [{k: v for k, v in t.items() if k != "fn"} for t in tools], "max_turns": step.max_turns}
