@@ -112,13 +112,11 @@ def _barycenter(order: list[list[str]], edges: list[tuple[str, str]], layer_of: 
         indices = range(1, len(order)) if down else range(len(order) - 2, -1, -1)
         for i in indices:
             pos = centred()
-            here = dict(pos)
-
-            def key(n: str, pos=pos, here=here) -> float:
+            bary = {}
+            for n in order[i]:
                 ns = [pos[m] for m in nbrs[n]]
-                return sum(ns) / len(ns) if ns else here[n]
-
-            order[i].sort(key=key)
+                bary[n] = sum(ns) / len(ns) if ns else pos[n]  # no neighbours: stay put
+            order[i].sort(key=bary.__getitem__)
         c = _crossings(order, edges, layer_of)
         if c < best_c:
             best, best_c = [list(layer) for layer in order], c
@@ -220,8 +218,11 @@ def fmt_cost(c: Any) -> str:
     c = float(c)
     if c == 0:
         return "$0"
-    digits = max(2, min(6, 1 - math.floor(math.log10(abs(c)))))
-    return f"${c:.{digits}f}"
+    digits = max(2, min(6, 1 - math.floor(math.log10(abs(c)))))  # two significant digits
+    text = f"{c:.{digits}f}"
+    if digits > 2:
+        text = text.rstrip("0")
+    return f"${text}"
 
 
 def fmt_seconds(s: Any) -> str:
@@ -258,7 +259,9 @@ def gate_summary(gate: Mapping[str, Any]) -> str:
     """Return a gate result as ``rubric ✓ 0.86`` (name, pass/fail glyph, score if any)."""
     mark = "✓" if gate.get("passed") else "✕"
     score = gate.get("score")
-    return f"{gate.get('name', 'gate')} {mark}" + (f" {float(score):.2f}" if score is not None else "")
+    return f"{gate.get('name', 'gate')} {mark}" + (
+        f" {float(score):.2f}" if score is not None else ""
+    )
 
 
 def _fit(text: str, px: float, size: float) -> str:
@@ -376,9 +379,14 @@ def render_svg(
         f'<svg xmlns="http://www.w3.org/2000/svg" class="nbc-graph-static" '
         f'width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
         f'font-family="{escape(FONT)}">',
-        "<defs><marker id=\"nbc-arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" "
-        'markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
-        '<path d="M0,0 L10,5 L0,10 z" fill="#8A8A8A"/></marker></defs>',
+        "<defs>"
+        + "".join(
+            f'<marker id="nbc-arrow{kind}" viewBox="0 0 10 10" refX="9" refY="5" '
+            'markerWidth="9" markerHeight="9" markerUnits="userSpaceOnUse" '
+            f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{fill}"/></marker>'
+            for kind, fill in (("", "#8A8A8A"), ("-hot", "#1B1B1B"))
+        )
+        + "</defs>",
         f'<rect width="{width:.0f}" height="{height:.0f}" fill="#FFFFFF"/>',
         f'<text x="{MARGIN:.0f}" y="20" font-size="13" font-weight="600" fill="#1B1B1B">'
         f"{escape(summary)}</text>",
@@ -390,7 +398,7 @@ def render_svg(
         out.append(
             f'<path class="nbc-edge" data-source="{escape(u)}" data-target="{escape(v)}" '
             f'd="{d}" fill="none" stroke="{"#1B1B1B" if hot else "#8A8A8A"}" '
-            f'stroke-width="{2 if hot else 1.4}" marker-end="url(#nbc-arrow)"/>'
+            f'stroke-width="{2 if hot else 1.4}" marker-end="url(#nbc-arrow{"-hot" if hot else ""})"/>'
         )
     for node in nodes:
         x, y = layout.positions.get(node["id"], (MARGIN, MARGIN))
@@ -426,7 +434,9 @@ def render_text(snapshot: Mapping[str, Any]) -> str:
                 f"{PALETTE[state]['glyph']} {state:<7}",
                 cap["subtitle"],
             ]
-            cols += [t for t in (cap["badge"], cap["metrics"], fmt_seconds(node.get("latency"))) if t]
+            cols += [
+                t for t in (cap["badge"], cap["metrics"], fmt_seconds(node.get("latency"))) if t
+            ]
             cols += [gate_summary(g) for g in node.get("gates") or []]
             if ups[nid]:
                 cols.append("← " + ", ".join(ups[nid]))

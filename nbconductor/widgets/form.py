@@ -120,7 +120,9 @@ class IntakeForm(w.VBox):
                 values = self.values()
                 result = self.on_run(values) if self.on_run is not None else values
                 self.last_result = result
-                if result is not None:
+                if isinstance(result, str):
+                    print(result)  # not its repr, quotes and escapes
+                elif result is not None:
                     display(result)
             except Exception as exc:
                 self.last_error = exc

@@ -54,18 +54,23 @@ function render({ model, el }) {
     const selected = model.get("selected");
     const { width, height } = model.get("size");
     root.replaceChildren();
-    svg("path", { d: "M0,0 L10,5 L0,10 z", class: "nbc-arrowhead" },
-      svg("marker", { id: `nbc-arrow-${model.cid}`, viewBox: "0 0 10 10", refX: 9, refY: 5,
-        markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
-        svg("defs", {}, root)));
+    const defs = svg("defs", {}, root);
+    for (const kind of ["", "-hot"]) {
+      svg("path", { d: "M0,0 L10,5 L0,10 z", class: `nbc-arrowhead${kind}` },
+        svg("marker", { id: `nbc-arrow${kind}-${model.cid}`, viewBox: "0 0 10 10", refX: 9,
+          refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: "userSpaceOnUse",
+          orient: "auto-start-reverse" }, defs));
+    }
     root.setAttribute("width", width);
     root.setAttribute("height", height);
     root.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    // As wide as the graph: the inspector sits beside a narrow graph, below a wide one.
+    canvas.style.flexBasis = `${width + 2}px`;
     for (const e of model.get("edges")) {
       const hot = selected && (e.source === selected || e.target === selected);
       svg("path", { d: e.path, class: hot ? "nbc-edge nbc-hot" : "nbc-edge",
         "data-source": e.source, "data-target": e.target,
-        "marker-end": `url(#nbc-arrow-${model.cid})` }, root);
+        "marker-end": `url(#nbc-arrow${hot ? "-hot" : ""}-${model.cid})` }, root);
     }
     for (const n of model.get("nodes")) {
       const c = palette[n.state];
@@ -115,8 +120,12 @@ function render({ model, el }) {
     close.title = "Close";
     close.addEventListener("click", () => select(d.id));
 
-    const facts = h("dl", "nbc-facts", null, inspector);
-    for (const [k, v] of d.facts) { h("dt", null, k, facts); h("dd", null, v, facts); }
+    const facts = h("table", "nbc-facts", null, inspector);
+    for (const [k, v] of d.facts) {
+      const row = h("tr", null, null, facts);
+      h("th", null, k, row);
+      h("td", null, v, row);
+    }
 
     if (d.error) h("pre", "nbc-error", d.error, section("Error", inspector));
     if (d.gates.length) {

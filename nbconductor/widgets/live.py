@@ -31,9 +31,9 @@ class LiveGraph:
         return snapshot(self.pipeline, self.results, self.running, run)
 
     def show(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+        # The widget's own show() refreshes the saved static SVG when the run ends, so
+        # papermill outputs, nbviewer and GitHub show the final states.
+        self.widget.show()
 
     def observe(self, event: str, step: str, payload: Any) -> None:
         with self._lock:
