@@ -133,31 +133,59 @@ def cmd_models(m, words):
 
 
 def cmd_graph(m, words):
+    """The step graph widget: nodes coloured by state; click one for its prompt, output, gates."""
+    _args("graph", words)
     from .widgets.live import graph_widget
 
     return graph_widget(m.pipeline)
 
 
 def cmd_timeline(m, words):
+    """When each step of the last run started and ended, one bar per attempt."""
+    _args("timeline", words)
+    last = m.pipeline.last_run
+    if last is None:
+        raise UsageError("%conductor timeline: nothing has run yet: run a %%step cell or %conductor run")
+    from ._snapshot import snapshot
     from .widgets.timeline import TimelineView
 
-    if m.pipeline.last_run is None:
-        raise UsageError("%conductor timeline: nothing has run yet: %conductor run")
-    from .widgets.live import snapshot
-
-    return TimelineView(snapshot(m.pipeline, m.pipeline.last_run.results))
+    return TimelineView(snapshot(m.pipeline, last.results, steps=list(last.results)))
 
 
 def cmd_form(m, words):
+    """An intake form built from the parameters cell; its Run button runs the pipeline."""
+    _args("form", words)
+    from IPython.display import clear_output
+
+    from ._errors import ConductorError
     from ._notebook import current_parameters
     from .widgets.form import IntakeForm
 
     params = current_parameters(m.shell)
+    if not params:
+        raise UsageError(
+            "%conductor form: no parameters found: tag the cell that sets them `parameters` "
+            "(papermill's convention) and save the notebook, or set __parameters__ = ['topic', ...]"
+        )
 
     def on_run(values):
+        if not m.pipeline.steps:
+            raise UsageError("no steps declared yet: run the %%step cells first")
         m.shell.user_ns.update(values)
-        run = m._run(None)
-        display(Markdown(run.summary()))
+        live = None
+        try:
+            live = _live_graph(m)
+            run = m._run(None, live=live.observe if live else None)
+        except ConductorError as exc:  # a bad name, a failed step: one line, not a traceback
+            raise UsageError(str(exc)) from None
+        finally:
+            if live is not None:
+                live.finish(m.pipeline)
+                # The form's Output widget ignores display updates, so the streamed-text
+                # preview would stay: redraw the area with just the finished graph.
+                clear_output(wait=True)
+                display(live.widget)
+        return Markdown(run.summary())
 
     return IntakeForm(params, on_run)
 

@@ -6,8 +6,11 @@ A check is a built-in (``max_words(400)``, ``contains("next step")``, ``regex(r"
 
 from __future__ import annotations
 
+import builtins
+import inspect
 import json as _json
 import re
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +31,7 @@ def _text(output: Any) -> str:
 def max_words(n: int) -> Checker:
     def check(output: Any):
         words = len(_text(output).split())
-        return words <= n, f"has {words} words; the limit is {n}"
+        return words <= n, f"output has {words} words; the limit is {n}"
     check.__name__ = f"max_words({n})"
     return check
 
@@ -36,7 +39,7 @@ def max_words(n: int) -> Checker:
 def min_words(n: int) -> Checker:
     def check(output: Any):
         words = len(_text(output).split())
-        return words >= n, f"has {words} words; at least {n} are needed"
+        return words >= n, f"output has {words} words; at least {n} are needed"
     check.__name__ = f"min_words({n})"
     return check
 
@@ -44,21 +47,21 @@ def min_words(n: int) -> Checker:
 def max_chars(n: int) -> Checker:
     def check(output: Any):
         size = len(_text(output))
-        return size <= n, f"has {size} characters; the limit is {n}"
+        return size <= n, f"output has {size} characters; the limit is {n}"
     check.__name__ = f"max_chars({n})"
     return check
 
 
 def contains(s: str) -> Checker:
     def check(output: Any):
-        return s.lower() in _text(output).lower(), f"does not contain {s!r}"
+        return s.lower() in _text(output).lower(), f"output does not contain {s!r}"
     check.__name__ = f"contains({s!r})"
     return check
 
 
 def not_contains(s: str) -> Checker:
     def check(output: Any):
-        return s.lower() not in _text(output).lower(), f"contains {s!r}, which is not allowed"
+        return s.lower() not in _text(output).lower(), f"output contains {s!r}, which is not allowed"
     check.__name__ = f"not_contains({s!r})"
     return check
 
@@ -67,25 +70,29 @@ def regex(pattern: str) -> Checker:
     compiled = re.compile(pattern, re.M)
 
     def check(output: Any):
-        return bool(compiled.search(_text(output))), f"does not match /{pattern}/"
+        return bool(compiled.search(_text(output))), f"output does not match /{pattern}/"
     check.__name__ = f"regex({pattern!r})"
     return check
 
 
 def json(output: Any):
+    """Valid JSON text (an output that is already parsed JSON passes)."""
     if not isinstance(output, str):
         return True, ""
     try:
         _json.loads(output)
         return True, ""
     except ValueError as exc:
-        return False, f"is not valid JSON: {exc}"
+        return False, f"output is not valid JSON: {exc}"
 
 
 BUILTIN_CHECKS: dict[str, Any] = {
     "max_words": max_words, "min_words": min_words, "max_chars": max_chars, "contains": contains,
     "not_contains": not_contains, "regex": regex, "json": json,
 }
+# Built-ins that take an argument and return the check; ``--check max_words`` alone is a mistake.
+_FACTORIES = {max_words: "max_words(400)", min_words: "min_words(50)", max_chars: "max_chars(2000)",
+              contains: 'contains("next step")', not_contains: 'not_contains("TODO")', regex: 'regex(r"^# ")'}
 
 
 class RuleGate:
@@ -97,31 +104,46 @@ class RuleGate:
     async def check(self, output: Any, ctx) -> GateResult:
         try:
             verdict = self.fn(output)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
         except Exception as exc:  # noqa: BLE001 - a user's check that raises fails the gate
-            return GateResult(self.name, False, None, f"check raised {type(exc).__name__}: {exc}")
+            return GateResult(self.name, False, 0.0, f"the check raised {type(exc).__name__}: {exc}")
+        if verdict is None:
+            return GateResult(self.name, False, 0.0, f"the check {self.name} returned None; it must return "
+                                                     "True/False or (passed, message)")
         if isinstance(verdict, tuple):
-            ok, message = bool(verdict[0]), str(verdict[1]) if len(verdict) > 1 else ""
+            ok, message = bool(verdict[0]), str(verdict[1]) if len(verdict) > 1 and verdict[1] else ""
         else:
             ok, message = bool(verdict), ""
         if not ok and not message:
             message = f"output failed the check {self.name}"
-        elif not ok:
-            message = f"output {message}" if not message.startswith("output") else message
         return GateResult(self.name, ok, 1.0 if ok else 0.0, "" if ok else message)
 
 
 def compile_check(expr: str, namespace: dict, step: str) -> RuleGate:
-    """Turn a ``--check`` expression into a gate; raises `OptionError` when it cannot."""
-    scope = {**BUILTIN_CHECKS, **{k: v for k, v in namespace.items() if callable(v)}}
+    """Turn a ``--check`` expression into a gate; raises `OptionError` when it cannot.
+
+    Notebook names (functions, parameters such as a word limit) are in scope; a built-in
+    check's name wins over a module of the same name (``import json`` in the notebook).
+    """
+    scope = dict(namespace)
+    for name, fn in BUILTIN_CHECKS.items():
+        if name not in scope or isinstance(scope[name], types.ModuleType):
+            scope[name] = fn
+    # One dict as globals, so names in a lambda body (``lambda o: len(o) < limit``) resolve.
+    scope["__builtins__"] = builtins
     try:
-        fn = eval(expr, {"__builtins__": {}}, scope)  # noqa: S307 - the notebook's own expression
+        fn = eval(expr, scope)  # noqa: S307 - the notebook's own expression
     except NameError as exc:
         raise OptionError(f"step `{step}`: --check {expr}: {exc}; built-in checks are "
                           f"{', '.join(BUILTIN_CHECKS)}, or name a function defined in the notebook") from None
     except Exception as exc:  # noqa: BLE001
-        raise OptionError(f"step `{step}`: --check {expr} is not valid: {exc}") from None
+        raise OptionError(f"step `{step}`: --check {expr} is not valid: {type(exc).__name__}: {exc}") from None
+    if isinstance(fn, types.FunctionType) and fn in _FACTORIES:
+        raise OptionError(f"step `{step}`: --check {expr} needs an argument, e.g. --check '{_FACTORIES[fn]}'")
     if not callable(fn):
-        raise OptionError(f"step `{step}`: --check {expr} is not a check: it must name a function of the output")
+        raise OptionError(f"step `{step}`: --check {expr} is not a check: it must be a built-in check or "
+                          "a function of the output returning a bool or (bool, message)")
     return RuleGate(expr, fn)
 
 

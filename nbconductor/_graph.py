@@ -6,12 +6,32 @@ A pure data model: no execution, no I/O. Widgets, the executor and export read i
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
 
 from ._errors import CycleError, UnknownNameError
 from ._template import parse_map, python_names, template_names
 from ._types import Step
+
+_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def function_params(fn: Callable) -> tuple[str, ...]:
+    """A function step's parameter names (its inputs); cached per function and code object."""
+    code = getattr(fn, "__code__", None)
+    try:
+        hit = _PARAMS.get(fn)
+    except TypeError:  # neither hashable nor weak-referenceable: no cache
+        return tuple(inspect.signature(fn).parameters)
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    params = tuple(inspect.signature(fn).parameters)
+    try:
+        _PARAMS[fn] = (code, params)
+    except TypeError:
+        pass
+    return params
 
 
 def free_names(step: Step) -> frozenset[str]:
@@ -24,7 +44,7 @@ def free_names(step: Step) -> frozenset[str]:
     if step.kind == "python":
         names |= python_names(step.body, step.name)
     elif step.kind == "function" and step.fn is not None:
-        names |= set(inspect.signature(step.fn).parameters)
+        names |= set(function_params(step.fn))
     elif step.body:
         names |= template_names(step.body, step.name)
     if step.when:
@@ -40,8 +60,10 @@ class Graph:
     def __init__(self, steps: Mapping[str, Step]):
         self.steps = dict(steps)
         self.deps: dict[str, frozenset[str]] = {}
+        self._names: dict[str, frozenset[str]] = {}  # free_names per step, computed once
         for name, step in self.steps.items():
-            refs = free_names(step) & self.steps.keys()
+            self._names[name] = names = free_names(step)
+            refs = names & self.steps.keys()
             for after in step.after:
                 if after not in self.steps:
                     raise UnknownNameError(name, after, self.steps)
@@ -61,7 +83,11 @@ class Graph:
 
     def external_names(self, name: str) -> frozenset[str]:
         """Names a step reads that are not steps: parameters and notebook variables."""
-        return free_names(self.steps[name]) - self.steps.keys()
+        names = self._names.get(name)
+        if names is None:
+            names = free_names(self.steps[name])
+        steps = self.steps  # a membership test per name: `names - steps.keys()` copies every key
+        return frozenset(n for n in names if n not in steps)
 
     def upstream(self, targets: Iterable[str]) -> set[str]:
         """``targets`` and everything they depend on, transitively."""

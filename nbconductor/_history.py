@@ -10,11 +10,13 @@ from ._store import Store, decode_output
 def history(store: Store, step: str, n: int = 3) -> list[Any]:
     """The last ``n`` outputs of ``step`` that a reviewer approved or that passed every gate.
 
-    Newest first. An edited output counts as its edited text.
+    Newest first. An edited output counts as its edited text; flagged outputs still waiting
+    for review, rejected ones and cache hits (the same output again) are left out. A ``--map``
+    step gives its whole list per run.
     """
     rows = store.query(
-        "SELECT output_kind, output FROM results WHERE step=? AND cached=0 AND state IN ('passed','approved','edited') "
-        "ORDER BY id DESC LIMIT ?",
+        "SELECT output_kind, output FROM results WHERE step=? AND cached=0 AND item IS NULL "
+        "AND state IN ('passed','approved','edited') ORDER BY id DESC LIMIT ?",
         (step, n),
     )
     return [decode_output(r["output_kind"], r["output"]) for r in rows]

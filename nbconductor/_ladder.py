@@ -94,6 +94,7 @@ async def run_ladder(
         for n in range(1 + step.retries):
             req = dataclasses.replace(request, model=ref.model, feedback=feedback)
             started = time.time()
+            response: Response | None = None
             try:
                 async with pool.slot(ref.provider):
                     response = await (provider.image(req) if image else provider.complete(req))
@@ -102,7 +103,14 @@ async def run_ladder(
                 exc.provider = exc.provider or ref.provider
                 exc.model = exc.model or ref.model
                 last_error, gate_failed = exc, False
-                att = Attempt(ref.spec, started, time.time(), "error", f"{type(exc).__name__}: {exc}")
+                # An unusable answer still cost tokens: they count, per attempt and in the total.
+                spent = response.usage if response is not None else getattr(exc, "usage", None) or Usage()
+                spent_cost = _spent_cost(ref, response, spent, pool, image)
+                usage = usage + spent
+                if spent_cost is not None and total_cost is not None:
+                    total_cost += spent_cost
+                att = Attempt(ref.spec, started, time.time(), "error", f"{type(exc).__name__}: {exc}",
+                              spent, spent_cost)
                 attempts.append(att)
                 if on_attempt:
                     on_attempt(att)
@@ -120,7 +128,7 @@ async def run_ladder(
                     await asyncio.sleep(backoff(n, policy.base_delay, policy.max_delay))
                 continue
             pool.succeeded(ref.provider)
-            call_cost = response.cost if response.cost is not None else cost_of(ref, response.usage, pool.config)
+            call_cost = _spent_cost(ref, response, response.usage, pool, image)
             call_usage = response.usage
             results = []
             ctx = GateContext(step, req.prompt, response.text, pool, namespace or {})
@@ -165,3 +173,13 @@ async def run_ladder(
 def _skipped(ref: ModelRef) -> Attempt:
     now = time.time()
     return Attempt(ref.spec, now, now, "skipped", f"provider `{ref.provider}` is cooling down after repeated failures")
+
+
+def _spent_cost(ref: ModelRef, response: Response | None, usage: Usage, pool: ProviderPool,
+                image: bool) -> float | None:
+    """The cost of one attempt: what the provider said, else priced from usage (None: unknown)."""
+    if response is not None and response.cost is not None:
+        return response.cost
+    if response is None and usage.total is None:
+        return 0.0  # no answer and no tokens reported: nothing to bill
+    return cost_of(ref, usage, pool.config, images=1 if image and response is not None else 0)

@@ -60,18 +60,97 @@ def parameter_values(source: str) -> dict[str, Any]:
 
 
 def current_parameters(shell) -> dict[str, Any]:
-    """The parameters cell's names with their current values in the kernel."""
-    import nbformat
+    """The notebook's parameters with their current values in the kernel (``{}`` if none found).
 
-    magics = shell.user_ns.get("__nbconductor__")
-    path = magics.pipeline.notebook if magics else None
-    names: list[str] = []
-    if path and Path(path).is_file():
-        cell = parameters_cell(nbformat.read(path, as_version=4))
-        names = list(parameter_values(cell.source)) if cell else []
-    if not names:
-        names = shell.user_ns.get("__parameters__", [])
-    return {n: shell.user_ns.get(n) for n in names}
+    The names come from, in order: the cell tagged ``parameters`` in the notebook file (the
+    pipeline's notebook, i.e. ``JPY_SESSION_NAME`` as Jupyter sets it, found relative to the
+    kernel's directory if need be); ``__parameters__`` in the namespace (a list of names); the
+    latest executed cell made only of literal assignments to names the steps read (what a
+    parameters cell is); else the names the steps read that hold plain values. A name not in
+    the namespace takes the parameters cell's literal.
+    """
+    ns = shell.user_ns
+    magics = ns.get("__nbconductor__")
+    pipeline = getattr(magics, "pipeline", None)
+    defaults: dict[str, Any] = {}
+    path = _notebook_file(pipeline)
+    if path is not None:
+        try:
+            import nbformat
+
+            cell = parameters_cell(nbformat.read(path, as_version=4))
+        except Exception:  # noqa: BLE001 - an unreadable file: fall back to the kernel
+            cell = None
+        if cell is not None:
+            defaults = parameter_values(cell.source)
+    names = list(defaults)
+    if not names and isinstance(ns.get("__parameters__"), (list, tuple)):
+        names = [str(n) for n in ns["__parameters__"]]
+    if not names and pipeline is not None:
+        used = _used_names(pipeline)
+        for source in reversed(_history(shell)):
+            values = _literal_cell(source)
+            if values and used & values.keys():
+                defaults, names = values, list(values)
+                break
+        if not names:
+            names = sorted(n for n in used if _plain_value(ns.get(n, _MISSING)))
+    return {n: ns.get(n, defaults.get(n)) for n in names}
+
+
+_MISSING = object()
+
+
+def _notebook_file(pipeline) -> Path | None:
+    """The notebook file the kernel runs, if it can be found on disk."""
+    import os
+
+    name = getattr(pipeline, "notebook", None) or os.environ.get("JPY_SESSION_NAME")
+    if not name:
+        return None
+    path = Path(name)
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, Path.cwd() / path.name]
+    if pipeline is not None and not path.is_absolute():
+        candidates.insert(1, Path(pipeline.root) / path.name)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _used_names(pipeline) -> set[str]:
+    """Names the steps read that no step provides (parameters and notebook variables)."""
+    try:
+        graph = pipeline.graph
+        return set().union(*(graph.external_names(n) for n in graph.steps)) - set(graph.steps)
+    except Exception:  # noqa: BLE001 - a broken graph has no reliable names
+        return set()
+
+
+def _history(shell) -> list[str]:
+    hm = getattr(shell, "history_manager", None)
+    cells = list(getattr(hm, "input_hist_raw", None) or shell.user_ns.get("In") or [])
+    return [c for c in cells if isinstance(c, str) and c.strip()]
+
+
+def _literal_cell(source: str) -> dict[str, Any]:
+    """The assignments of a cell made only of literal assignments (else ``{}``)."""
+    if source.lstrip().startswith(("%", "!")):
+        return {}
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {}
+    if not tree.body or not all(isinstance(n, (ast.Assign, ast.AnnAssign)) for n in tree.body):
+        return {}
+    values = parameter_values(source)
+    assigned = sum(len(n.targets) if isinstance(n, ast.Assign) else 1 for n in tree.body)
+    return values if len(values) == assigned else {}
+
+
+def _plain_value(value: Any) -> bool:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, (str, int, float, bool)) for v in value)
+    return False
 
 
 def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):

@@ -63,7 +63,10 @@ class Pipeline:
         """Register (or replace) a step after checking its options; returns it."""
         _validate(step)
         if step.name in self.steps and self.steps[step.name].rubric and step.rubric is None:
-            step = step.replace(rubric=self.steps[step.name].rubric)
+            rubric = self.steps[step.name].rubric
+            # Re-declaring the step keeps its rubric and the ladder options the rubric set.
+            step = step.replace(rubric=rubric, **{k: v for k, v in (("retries", rubric.retries),
+                                                                     ("on_fail", rubric.on_fail)) if v is not None})
         self.steps[step.name] = step
         return step
 

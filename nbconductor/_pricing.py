@@ -1,24 +1,106 @@
-"""Prices (US dollars per million tokens) and the cost of a call."""
+"""Prices (US dollars per million tokens, or per image) and the cost of a call.
+
+`DEFAULT_PRICES` holds published list prices of current Anthropic and OpenAI models (standard
+tier, short context; Anthropic cache writes at the 5-minute rate). Prices change: a model
+missing here, or priced differently for your account, goes in the config. ``[prices."provider:model"]`` in the config
+overrides or adds entries, e.g. for a model released after this table or a local server::
+
+    [prices."anthropic:claude-sonnet-4-5"]
+    input = 3.0
+    output = 15.0
+    cache_read = 0.3
+    cache_write = 3.75
+
+    [prices."openai-compatible:llama3.1"]   # a local model costs nothing
+    input = 0
+    output = 0
+
+A model without a price has an unknown cost (None), never a made-up one. Dated model names
+(``claude-sonnet-4-5-20250929``, ``gpt-4.1-2025-04-14``) use the undated entry.
+"""
 
 from __future__ import annotations
+
+import re
 
 from ._config import Config, ModelRef, Price
 from ._types import Usage
 
-# Defaults for current models; `[prices."provider:model"]` in the config overrides them.
-DEFAULT_PRICES: dict[str, Price] = {}
+
+def _p(input: float, output: float, cache_read: float | None = None, cache_write: float | None = None,
+       image: float | None = None) -> Price:
+    return Price(input=input, output=output, cache_read=cache_read, cache_write=cache_write, image=image)
+
+
+# Anthropic: cache reads cost 0.1x input, 5-minute cache writes 1.25x input.
+# OpenAI: cached input at the listed discount; writing the cache costs nothing extra.
+DEFAULT_PRICES: dict[str, Price] = {
+    "anthropic:claude-opus-4-8": _p(5.0, 25.0, 0.50, 6.25),
+    "anthropic:claude-opus-4-7": _p(5.0, 25.0, 0.50, 6.25),
+    "anthropic:claude-opus-4-6": _p(5.0, 25.0, 0.50, 6.25),
+    "anthropic:claude-opus-4-5": _p(5.0, 25.0, 0.50, 6.25),
+    "anthropic:claude-opus-4-1": _p(15.0, 75.0, 1.50, 18.75),
+    "anthropic:claude-opus-4-0": _p(15.0, 75.0, 1.50, 18.75),
+    "anthropic:claude-opus-4": _p(15.0, 75.0, 1.50, 18.75),
+    "anthropic:claude-sonnet-4-6": _p(3.0, 15.0, 0.30, 3.75),
+    "anthropic:claude-sonnet-4-5": _p(3.0, 15.0, 0.30, 3.75),
+    "anthropic:claude-sonnet-4-0": _p(3.0, 15.0, 0.30, 3.75),
+    "anthropic:claude-sonnet-4": _p(3.0, 15.0, 0.30, 3.75),
+    "anthropic:claude-3-7-sonnet": _p(3.0, 15.0, 0.30, 3.75),
+    "anthropic:claude-haiku-4-5": _p(1.0, 5.0, 0.10, 1.25),
+    "anthropic:claude-3-5-haiku": _p(0.80, 4.0, 0.08, 1.0),
+    "anthropic:claude-3-haiku": _p(0.25, 1.25, 0.03, 0.30),
+    "openai:gpt-5.5": _p(5.0, 30.0, 0.50, 5.0),
+    "openai:gpt-5.4": _p(2.50, 15.0, 0.25, 2.50),
+    "openai:gpt-5.4-mini": _p(0.75, 4.50, 0.075, 0.75),
+    "openai:gpt-5.4-nano": _p(0.20, 1.25, 0.02, 0.20),
+    "openai:gpt-5.2": _p(1.75, 14.0, 0.175, 1.75),
+    "openai:gpt-5": _p(1.25, 10.0, 0.125, 1.25),
+    "openai:gpt-5.1": _p(1.25, 10.0, 0.125, 1.25),
+    "openai:gpt-5-mini": _p(0.25, 2.0, 0.025, 0.25),
+    "openai:gpt-5-nano": _p(0.05, 0.40, 0.005, 0.05),
+    "openai:gpt-4.1": _p(2.0, 8.0, 0.50, 2.0),
+    "openai:gpt-4.1-mini": _p(0.40, 1.60, 0.10, 0.40),
+    "openai:gpt-4.1-nano": _p(0.10, 0.40, 0.025, 0.10),
+    "openai:gpt-4o": _p(2.50, 10.0, 1.25, 2.50),
+    "openai:gpt-4o-mini": _p(0.15, 0.60, 0.075, 0.15),
+    "openai:o3": _p(2.0, 8.0, 0.50, 2.0),
+    "openai:o4-mini": _p(1.10, 4.40, 0.275, 1.10),
+    "openai:o3-mini": _p(1.10, 4.40, 0.55, 1.10),
+    # GPT image models bill tokens: text input, image output.
+    "openai:gpt-image-1": _p(5.0, 40.0, 1.25, 5.0),
+    "openai:gpt-image-1-mini": _p(2.0, 8.0, 0.20, 2.0),
+    # DALL·E bills per image (standard quality, 1024x1024).
+    "openai:dall-e-3": _p(0.0, 0.0, image=0.04),
+    "openai:dall-e-2": _p(0.0, 0.0, image=0.02),
+}
+
+_DATED = re.compile(r"(-\d{8}|-\d{4}-\d{2}-\d{2}|-latest)$")
 
 
 def price_for(ref: ModelRef, config: Config) -> Price | None:
-    return config.prices.get(ref.spec) or DEFAULT_PRICES.get(ref.spec)
+    """The price of ``ref``: the config's entry, else the default, trying the undated name too."""
+    names = [ref.spec]
+    undated = _DATED.sub("", ref.spec)
+    if undated != ref.spec:
+        names.append(undated)
+    for table in (config.prices, DEFAULT_PRICES):
+        for name in names:
+            if name in table:
+                return table[name]
+    return None
 
 
-def cost_of(ref: ModelRef, usage: Usage, config: Config) -> float | None:
-    """Dollars for one call, or None when the price or the token counts are unknown."""
+def cost_of(ref: ModelRef, usage: Usage, config: Config, *, images: int = 0) -> float | None:
+    """Dollars for one call (``images`` made, for per-image prices), or None when unknown."""
     if ref.provider == "offline":
         return 0.0
     price = price_for(ref, config)
-    if price is None or usage.input_tokens is None:
+    if price is None:
+        return None
+    if images and price.image is not None:
+        return images * price.image
+    if usage.input_tokens is None:
         return None
     cost = usage.input_tokens * price.input + (usage.output_tokens or 0) * price.output
     if usage.cache_read_tokens:

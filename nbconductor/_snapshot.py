@@ -1,12 +1,23 @@
-"""A plain-dict picture of a pipeline and its results, for widgets, export and reports."""
+"""A plain-dict picture of a pipeline and its results, for widgets, export and reports.
+
+``snapshot(pipeline)`` is what the graph widget, the timeline and the static SVG draw: one
+node per declared step (in topological order) with its latest state, model, attempts,
+tokens, cost, latency, item count, gates, prompt and output, plus the edges and a run line.
+Node states are the widget palette's: pending, running, cached, passed, flagged, failed,
+skipped (a reviewed result shows as passed, a rejected one as failed).
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._types import StepResult
+from ._types import Attempt, StepResult
+
+#: review decisions kept in a result's state -> the state the graph shows
+_DECIDED = {"approved": "passed", "edited": "passed", "rejected": "failed"}
 
 
 def _output(result: StepResult | None) -> tuple[str, str, str | None]:
@@ -22,9 +33,61 @@ def _output(result: StepResult | None) -> tuple[str, str, str | None]:
     if isinstance(out, list) and out and all(isinstance(x, str) for x in out):
         return "\n\n---\n\n".join(out), "markdown", None
     try:
-        return json.dumps(out, indent=2, ensure_ascii=False, default=str), "json", None
+        return json.dumps(out, indent=2, ensure_ascii=False, default=_plain), "json", None
     except (TypeError, ValueError):
         return repr(out), "text", None
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
+def _attempt_state(att: Attempt, last: bool, final: str) -> str:
+    """An attempt's outcome in palette terms: a gate failure that ended a flagged step is
+    ``flagged``, one that led to a retry is ``failed``."""
+    if att.outcome == "passed":
+        return "passed"
+    if att.outcome == "skipped":
+        return "skipped"
+    if att.outcome == "gate" and last and final == "flagged":
+        return "flagged"
+    return "failed"
+
+
+def attempt_spans(result: StepResult | None) -> list[list[Any]]:
+    """``[[start, end, state], ...]`` of a result's attempts, for the timeline.
+
+    A cached result is one span at the moment it was served (its stored attempts belong to
+    the run that produced it); a result without attempts (a Python step) is its own span.
+    """
+    if result is None or result.started is None:
+        return []
+    state = _DECIDED.get(result.state, result.state)
+    if result.cached or state == "cached":
+        return [[result.started, result.ended, "cached"]]
+    if not result.attempts:
+        return [[result.started, result.ended, state]]
+    last = len(result.attempts) - 1
+    return [[a.started, a.ended, _attempt_state(a, i == last, state)] for i, a in enumerate(result.attempts)]
+
+
+def _awaiting_review(pipeline, result: StepResult) -> bool:
+    """Whether a cached result is a flagged output nobody has decided on yet.
+
+    The executor calls any cache hit ``cached``; the graph shows one still waiting in the
+    review queue as ``flagged``, so the signal is not lost on the next run.
+    """
+    if not result.cache_key or result.items is not None or all(g.passed for g in result.gates):
+        return False
+    hit = pipeline.memory.get(result.cache_key)
+    if hit is None:
+        try:
+            hit = pipeline.store.lookup(result.cache_key)
+        except Exception:  # noqa: BLE001 - a closed or missing store: show what the run said
+            return False
+    return hit is not None and hit.state == "flagged"
 
 
 def node(name: str, step, result: StepResult | None, state: str | None = None, model: str | None = None) -> dict:
@@ -33,7 +96,7 @@ def node(name: str, step, result: StepResult | None, state: str | None = None, m
     r = result
     return {
         "id": name, "label": name, "kind": "python" if step.kind == "function" else step.kind,
-        "state": state or (r.state if r else "pending"),
+        "state": state or (_DECIDED.get(r.state, r.state) if r else "pending"),
         "model": (r.model if r and r.model else model),
         "attempts": len(r.attempts) if r and r.attempts else None,
         "tokens": r.usage.total if r else None, "cost": r.cost if r else None,
@@ -41,18 +104,45 @@ def node(name: str, step, result: StepResult | None, state: str | None = None, m
         "gates": [{"name": g.name, "passed": g.passed, "score": g.score, "feedback": g.feedback} for g in (r.gates if r else [])],
         "prompt": r.prompt if r else None, "output": text, "output_kind": kind, "image_b64": image,
         "error": r.error if r else None, "started": r.started if r else None, "ended": r.ended if r else None,
-        "attempt_spans": [[a.started, a.ended, a.outcome] for a in (r.attempts if r else [])],
+        "attempt_spans": attempt_spans(r),
     }
 
 
-def snapshot(pipeline, results: dict[str, StepResult] | None = None, running: dict[str, float] | None = None,
-             run: dict[str, Any] | None = None) -> dict:
-    """The pipeline's graph with each step's latest state, in the widgets' snapshot format."""
+def _running_node(name: str, step, model: str | None, started: float, attempts: Sequence[Attempt]) -> dict:
+    n = node(name, step, None, "running", model)
+    done = list(attempts)
+    tokens = [a.usage.total for a in done if a.usage.total is not None]
+    costs = [a.cost for a in done]
+    n.update(
+        started=started,
+        attempts=len(done) + 1,  # the one in flight
+        tokens=sum(tokens) if tokens else None,
+        cost=sum(costs) if done and None not in costs else None,
+        model=done[-1].model if done else model,
+        attempt_spans=[[a.started, a.ended, "failed" if a.outcome != "passed" else "passed"] for a in done]
+        + [[done[-1].ended if done else started, None, "running"]],
+    )
+    return n
+
+
+def snapshot(pipeline, results: Mapping[str, StepResult] | None = None, running: Mapping[str, float] | None = None,
+             run: Mapping[str, Any] | None = None, *, attempts: Mapping[str, Sequence[Attempt]] | None = None,
+             steps: Sequence[str] | None = None) -> dict:
+    """The pipeline's graph with each step's latest state, in the widgets' snapshot format.
+
+    ``results`` default to the pipeline's latest; a step in ``running`` (name -> start time)
+    is drawn running, with its finished ``attempts`` so far. ``steps`` keeps only those
+    nodes (and the edges between them). ``run`` defaults to the pipeline's last run.
+    """
     graph = pipeline.graph
     results = pipeline.results if results is None else results
     running = running or {}
+    attempts = attempts or {}
+    keep = set(graph.steps) if steps is None else set(steps)
     nodes = []
     for name in graph.order():
+        if name not in keep:
+            continue
         step = graph.steps[name]
         model = None
         if step.kind in ("llm", "image"):
@@ -60,14 +150,14 @@ def snapshot(pipeline, results: dict[str, StepResult] | None = None, running: di
                 model = pipeline.pool.resolve(step.model).spec
             except Exception:  # noqa: BLE001 - an unresolvable alias still draws
                 model = step.model
-        r = results.get(name)
         if name in running:
-            n = node(name, step, None, "running", model)
-            n["started"] = running[name]
+            nodes.append(_running_node(name, step, model, running[name], attempts.get(name, ())))
         else:
-            n = node(name, step, r, None, model)
-        nodes.append(n)
+            r = results.get(name)
+            flagged = r is not None and r.state == "cached" and _awaiting_review(pipeline, r)
+            nodes.append(node(name, step, r, "flagged" if flagged else None, model))
     if run is None:
         last = pipeline.last_run
         run = {"id": last.run_id, "status": last.status, "cost": last.cost, "tokens": last.usage.total} if last else {}
-    return {"nodes": nodes, "edges": [list(e) for e in graph.edges], "run": run}
+    edges = [list(e) for e in graph.edges if e[0] in keep and e[1] in keep]
+    return {"nodes": nodes, "edges": edges, "run": dict(run)}

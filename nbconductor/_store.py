@@ -18,11 +18,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from ._redact import redact
+from ._redact import env_secrets, redact
 from ._types import Attempt, GateResult, StepResult, Usage
 
 SCHEMA = """
@@ -50,6 +51,44 @@ CREATE INDEX IF NOT EXISTS reviews_result ON reviews(result_id);
 """
 
 ACCEPTED = ("passed", "flagged", "approved", "edited")
+# Values that cannot hold a key: redacting them would only cost an environment scan per write.
+_NOTHING_TO_REDACT = frozenset({"[]", "{}", "null", "true", "false"})
+
+
+class _Redactor:
+    """`redact` for the values of one write: reads the environment at most once, and only if needed."""
+
+    __slots__ = ("_secrets",)
+
+    def __init__(self) -> None:
+        self._secrets: list[str] | None = None
+
+    def __call__(self, text: str) -> str:
+        if not text or text in _NOTHING_TO_REDACT:
+            return text
+        if self._secrets is None:
+            self._secrets = env_secrets()
+        return redact(text, self._secrets)
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """`dataclasses.asdict` for JSON: the same dicts, without asdict's deep copy of every leaf."""
+    if isinstance(value, (str, int, float)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    cls = type(value)
+    names = _FIELDS.get(cls)
+    if names is None:
+        if not is_dataclass(cls):
+            return value
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
+    return {name: _plain(getattr(value, name)) for name in names}
 
 
 def default_store_path(notebook_dir: str | os.PathLike | None = None) -> Path:
@@ -60,16 +99,17 @@ def default_store_path(notebook_dir: str | os.PathLike | None = None) -> Path:
     return Path(notebook_dir or os.getcwd()) / ".nbconductor" / "store.sqlite"
 
 
-def encode_output(value: Any) -> tuple[str, bytes]:
+def encode_output(value: Any, redactor: Callable[[str], str] | None = None) -> tuple[str, bytes]:
     """(kind, bytes) for storing a step output: JSON when possible, PNG bytes, else pickle."""
+    redactor = redactor or _Redactor()
     if isinstance(value, (bytes, bytearray)):
         return "bytes", bytes(value)
     if hasattr(value, "model_dump"):
         return "pydantic", json.dumps(value.model_dump(mode="json")).encode()
     if isinstance(value, str):
-        return "text", redact(value).encode()
+        return "text", redactor(value).encode()
     try:
-        return "json", redact(json.dumps(value, ensure_ascii=False, allow_nan=False)).encode()
+        return "json", redactor(json.dumps(value, ensure_ascii=False, allow_nan=False)).encode()
     except (TypeError, ValueError):
         return "pickle", pickle.dumps(value)
 
@@ -157,8 +197,9 @@ class Store:
     def record(self, run_id: str, result: StepResult, notebook: str | None = None, params: dict | None = None,
                item: int | None = None) -> int:
         """Write one step result (or one item of a --map step); returns its id."""
-        kind, blob = encode_output(result.output)
-        prompt = redact(result.prompt) if result.prompt else None
+        r = _Redactor()
+        kind, blob = encode_output(result.output, r)
+        prompt = r(result.prompt) if result.prompt else None
         u = result.usage
         cur = self.execute(
             """INSERT INTO results (run_id, step, state, cache_key, cached, output_kind, output, prompt,
@@ -167,11 +208,11 @@ class Store:
                output_hash, params) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 run_id, result.step, result.state, result.cache_key, int(result.cached), kind, blob, prompt,
-                result.model, len(result.attempts), redact(json.dumps([asdict(a) for a in result.attempts])),
-                redact(json.dumps([asdict(g) for g in result.gates])), u.input_tokens, u.output_tokens,
+                result.model, len(result.attempts), r(json.dumps(_plain(result.attempts))),
+                r(json.dumps(_plain(result.gates))), u.input_tokens, u.output_tokens,
                 u.cache_read_tokens, u.cache_write_tokens, result.cost, result.started, result.ended,
-                redact(result.error) if result.error else None, result.items, item, notebook, self.user,
-                digest(prompt) if prompt else None, digest(blob), redact(_json(params or {})),
+                r(result.error) if result.error else None, result.items, item, notebook, self.user,
+                digest(prompt) if prompt else None, digest(blob), r(_json(params or {})),
             ),
         )
         return cur.lastrowid

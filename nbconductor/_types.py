@@ -90,6 +90,7 @@ class Request:
     temperature: float | None = None
     max_tokens: int | None = None
     tools: list[dict] = field(default_factory=list)
+    max_turns: int = 8
     feedback: str | None = None
     on_text: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 

@@ -39,7 +39,10 @@ class OfflineProvider(Provider):
         if latency:
             await asyncio.sleep(latency)
         seed = _seed(self.ref.model, request.system_text() or "", request.messages()[0]["content"])
-        if request.schema is not None:
+        if request.schema is not None and _is_verdict(request.schema):
+            data = _verdict(self.ref.model, request.prompt)
+            text = json.dumps(data, ensure_ascii=False)
+        elif request.schema is not None:
             data = _from_schema(request.schema, seed, request.prompt)
             text = json.dumps(data, ensure_ascii=False)
         elif request.json:
@@ -78,6 +81,46 @@ def _prose(model: str, request: Request, seed: int) -> str:
     if request.feedback:
         tail += "\n\n(Revised after feedback.)"
     return f"[offline:{model}] {first[:120]}\n\n{body}{tail}"
+
+
+def _is_verdict(schema: dict) -> bool:
+    return {"score", "feedback", "suggested_edit"} <= set(schema.get("properties", {}))
+
+
+_WORD_LIMIT = re.compile(r"(?:under|at most|fewer than|no more than|less than|max(?:imum)?(?: of)?)\s+(\d+)\s+words", re.I)
+
+
+def _between(text: str, start: str, end: str) -> str:
+    i = text.find(start)
+    j = text.find(end, i + len(start)) if i >= 0 else -1
+    return text[i + len(start) : j].strip() if i >= 0 and j >= 0 else ""
+
+
+def _verdict(model: str, prompt: str) -> dict:
+    """A rubric judge's verdict: a score from a hash of rubric and output, so the same output
+    always gets the same score and roughly a third of first drafts fall below 0.8. A revised
+    output scores a little higher; a rubric line with a word limit is actually checked."""
+    rubric = _between(prompt, "<rubric>", "</rubric>")
+    output = _between(prompt, "<output>", "</output>") or prompt
+    lines = [ln.strip().lstrip("-*•0123456789.) ").strip() for ln in rubric.splitlines()]
+    lines = [ln for ln in lines if ln] or ["the rubric"]
+    h = _seed("verdict", model, rubric, output)
+    score = 0.45 + 0.55 * (h % 1000) / 1000
+    if "(Revised after feedback.)" in output:
+        score += 0.1
+    weakest = lines[(h >> 16) % len(lines)]
+    reason = "make the output meet it more clearly"
+    words = len(output.split())
+    for line in lines:
+        m = _WORD_LIMIT.search(line)
+        if m and words > int(m.group(1)):
+            score, weakest, reason = min(score, 0.4), line, f"the output has {words} words"
+    score = round(min(score, 1.0), 2)
+    return {
+        "score": score,
+        "feedback": f'[offline judge] weakest rubric line: "{weakest}" — {reason}.',
+        "suggested_edit": f'Revise the output so that it clearly meets "{weakest}".',
+    }
 
 
 def _from_prompt(prompt: str, seed: int) -> Any:

@@ -64,6 +64,8 @@ function render({ model, el }) {
     root.setAttribute("width", width);
     root.setAttribute("height", height);
     root.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    // Shrink a wide graph to the cell's width, down to 70%; wider than that, it scrolls.
+    root.style.minWidth = `${Math.round(width * 0.7)}px`;
     // As wide as the graph: the inspector sits beside a narrow graph, below a wide one.
     canvas.style.flexBasis = `${width + 2}px`;
     for (const e of model.get("edges")) {

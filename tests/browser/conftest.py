@@ -79,6 +79,10 @@ class JupyterServer:
         """Return the JupyterLab URL for ``path`` (e.g. ``tree/x.ipynb``), token included."""
         return f"{self.url}/lab/{path}?reset&token={self.token}"
 
+    def notebook_url(self, name: str) -> str:
+        """Return the Notebook 7 URL of notebook ``name`` (same server), token included."""
+        return f"{self.url}/notebooks/{name}?token={self.token}"
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -97,6 +101,10 @@ def _isolated_env(home: Path) -> dict[str, str]:
         # kernels import nbconductor from this checkout, installed or not
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
     )
+    # Kernels run on the offline provider, whatever keys or stores the caller's shell has.
+    for var in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL",
+                "NBCONDUCTOR_STORE", "NBCONDUCTOR_OFFLINE_LATENCY", "JPY_SESSION_NAME"):
+        env.pop(var, None)
     # No news/update toasts over the page (and no requests to the internet for them).
     labconfig = home / "config" / "labconfig"
     labconfig.mkdir(parents=True, exist_ok=True)
@@ -118,6 +126,7 @@ def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter
         f"--IdentityProvider.token={token}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
         "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
         "--ServerApp.disable_check_xsrf=True", "--LabApp.expose_app_in_browser=True",
+        "--JupyterNotebookApp.expose_app_in_browser=True",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--LabApp.extension_manager=readonly",
     ]  # fmt: skip
@@ -209,9 +218,11 @@ class Lab:
 
     # -- driving JupyterLab --------------------------------------------------------------
 
-    def open(self, name: str, timeout: float = 90) -> None:
-        """Open notebook ``name`` (relative to the root) and wait until its kernel is idle."""
-        self.page.goto(self.server.lab_url(f"tree/{name}"))
+    def open(self, name: str, timeout: float = 90, ui: str = "lab") -> None:
+        """Open notebook ``name`` (relative to the root) in JupyterLab (or ``ui="notebook"``:
+        Notebook 7) and wait until its kernel is idle."""
+        url = self.server.lab_url(f"tree/{name}") if ui == "lab" else self.server.notebook_url(name)
+        self.page.goto(url)
         self.page.wait_for_function(
             "() => window.jupyterapp && window.jupyterapp.shell", timeout=timeout * 1000
         )
@@ -304,8 +315,8 @@ class Lab:
         return self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").nth(index)
 
     def output(self, index: int) -> Any:
-        """Return a locator for the output area of cell ``index``."""
-        return self.cell(index).locator(".jp-OutputArea")
+        """Return a locator for the output area of cell ``index`` (not of Output widgets in it)."""
+        return self.cell(index).locator(".jp-Cell-outputArea")
 
     def error_outputs(self) -> list[str]:
         """Return the text of every error (traceback) output in the current notebook."""

@@ -1,0 +1,125 @@
+"""``nbconductor batch --dask ADDRESS``: rows as tasks on an existing Dask cluster.
+
+Each row is one task (``client.submit``, a distinct key per row). A task runs the row on the
+worker — in-process engine for exported jobs — against a private temporary store, and returns
+the output notebook and the store rows it wrote. The coordinator writes the notebook into the
+output folder and the rows into the batch's store, so workers need no shared filesystem and the
+store has one writer. Workers need nbconductor installed, and the provider keys in their own
+environment (keys are never sent with tasks). A task that fails or whose worker dies marks its
+row failed; the other rows go on.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from ._batch import Row, RowResult, execute_row
+
+TABLES = ("runs", "results")
+
+
+def run_row_task(notebook_text: str, notebook_name: str, params: dict[str, Any], engine: str | None,
+                 label: str, index: int) -> dict[str, Any]:
+    """The Dask task: run one row in a temporary folder; returns its result, notebook and store rows."""
+    with tempfile.TemporaryDirectory(prefix="nbconductor-row-") as tmp:
+        folder = Path(tmp)
+        nb_path = folder / notebook_name
+        nb_path.write_text(notebook_text, encoding="utf-8")
+        out = folder / "out.ipynb"
+        store = folder / "store.sqlite"
+        result = execute_row(str(nb_path), str(out), params, engine, str(store), label, index)
+        result["notebook_text"] = out.read_text(encoding="utf-8") if out.is_file() else None
+        result["store_rows"] = dump_store(store)
+    return result
+
+
+def dump_store(path: Path) -> dict[str, list[dict]]:
+    """Every row of the runs and results tables of a store file."""
+    if not path.is_file():
+        return {t: [] for t in TABLES}
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        return {t: [dict(r) for r in db.execute(f"SELECT * FROM {t} ORDER BY rowid")] for t in TABLES}
+    finally:
+        db.close()
+
+
+def merge_store(rows: dict[str, list[dict]], store_path: str) -> None:
+    """Write a task's runs and results into the batch's store (results get new ids)."""
+    from ._store import Store
+
+    store = Store(store_path)
+    try:
+        with store._lock:
+            db = store._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for run in rows.get("runs", []):
+                    cols = list(run)
+                    db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                               [run[c] for c in cols])
+                for res in rows.get("results", []):
+                    cols = [c for c in res if c != "id"]
+                    db.execute(f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                               [res[c] for c in cols])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+    finally:
+        store.close()
+
+
+def run_dask(address: str, rows: list[Row], job: dict[str, Any], on_done: Callable[[dict], None]) -> None:
+    """Submit every row to the cluster at ``address``; calls ``on_done(result)`` as each row ends."""
+    from ._errors import OptionError, missing_dependency
+
+    missing_dependency("distributed", "dask", "--dask")
+    from distributed import Client, as_completed
+
+    notebook = Path(job["notebook"])
+    text = notebook.read_text(encoding="utf-8")
+    try:
+        client = Client(address, timeout=30)
+    except (OSError, TimeoutError) as exc:
+        raise OptionError(f"--dask {address}: cannot reach the Dask scheduler ({exc}); "
+                          "start one with `dask scheduler` and pass its tcp://host:port") from None
+    batch = f"nbconductor-{int(time.time())}-{os.getpid()}"
+    try:
+        futures = {}
+        for row in rows:
+            future = client.submit(run_row_task, text, notebook.name, row.params, job["engine"], row.output,
+                                   row.index, key=f"{batch}-row-{row.index}", pure=False, retries=0)
+            futures[future] = row
+        for future in as_completed(futures):
+            row = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - a lost task fails its row, not the batch
+                result = asdict(RowResult(index=row.index, status="failed", output=row.output, params=row.params,
+                                          error=f"the Dask task failed: {type(exc).__name__}: {exc}".splitlines()[0],
+                                          key=row.key))
+            else:
+                _land(result, row, job["store"])
+            on_done(result)
+    finally:
+        client.close()
+
+
+def _land(result: dict, row: Row, store: str) -> None:
+    """Write what a task brought back: the output notebook and the store rows."""
+    text = result.pop("notebook_text", None)
+    rows = result.pop("store_rows", None) or {}
+    result["output"] = row.output
+    if text is not None:
+        Path(row.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(row.output).write_text(text, encoding="utf-8")
+    if rows.get("runs") or rows.get("results"):
+        merge_store(rows, store)

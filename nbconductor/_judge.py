@@ -1,0 +1,150 @@
+"""The rubric gate: an LLM judge scores a step's output against a rubric (``%%rubric``).
+
+The judge answers through structured output (a ``Verdict``: score in [0, 1], feedback, a
+suggested edit), through the same provider pool as the steps, so aliases, concurrency limits,
+cooldowns, pricing and test servers apply to it too. Its tokens and cost are reported on the
+`GateResult` and folded by the ladder into the attempt it judged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from ._errors import OutputError, ProviderError, StepFailed
+from ._gates import _text
+from ._ladder import backoff
+from ._pricing import cost_of
+from ._types import GateResult, Request, Rubric, Usage
+
+if TYPE_CHECKING:
+    from ._ladder import GateContext
+
+#: The judge's answer. Every field required, no extras: accepted by strict structured outputs.
+VERDICT_SCHEMA: dict = {
+    "title": "Verdict",
+    "type": "object",
+    "properties": {
+        "score": {
+            "type": "number", "minimum": 0, "maximum": 1,
+            "description": "How well the output meets the rubric: 1 = every line fully met, 0 = none.",
+        },
+        "feedback": {
+            "type": "string",
+            "description": "Which rubric lines are not met and why, quoting them; what to change.",
+        },
+        "suggested_edit": {
+            "type": "string",
+            "description": "A concrete edit that would make the output pass (rewritten passage or "
+                           "exact change); empty when nothing needs changing.",
+        },
+    },
+    "required": ["score", "feedback", "suggested_edit"],
+    "additionalProperties": False,
+}
+
+JUDGE_SYSTEM = (
+    "You are a strict, fair reviewer. You judge one output against a rubric and answer only with "
+    "a Verdict: a score from 0 to 1 (1 means every rubric line is fully met), feedback that names "
+    "the rubric lines the output misses and why, and a concrete suggested edit that would fix it."
+)
+
+#: Attempts at the judge per verdict (1 + retries) on retryable errors or an unusable verdict.
+JUDGE_ATTEMPTS = 3
+JUDGE_MAX_TOKENS = 1024
+
+
+def judge_prompt(rubric: str, task: str, output: str) -> str:
+    """The judge's user turn. The tags delimit what is judged from what it is judged against."""
+    task_part = f"<task>\n{task.strip()}\n</task>\n\n" if task and task.strip() else ""
+    return (
+        "Judge the output below against the rubric.\n\n"
+        f"<rubric>\n{rubric.strip()}\n</rubric>\n\n"
+        f"{task_part}"
+        f"<output>\n{output}\n</output>\n\n"
+        "Score each rubric line, then give one overall score from 0 to 1. In feedback, quote the rubric "
+        "lines the output misses. In suggested_edit, write the change that would make it pass."
+    )
+
+
+def parse_verdict(data: Any, text: str) -> tuple[float, str, str]:
+    """(score, feedback, suggested edit) from a judge's answer; raises `OutputError`."""
+    if not isinstance(data, dict):
+        cleaned = (text or "").strip()
+        if cleaned.startswith("```"):
+            cleaned = cleaned.split("\n", 1)[-1].rsplit("```", 1)[0]
+        try:
+            data = json.loads(cleaned)
+        except ValueError:
+            raise OutputError(f"the judge did not answer with a Verdict (JSON): {text[:120]!r}") from None
+    if not isinstance(data, dict) or "score" not in data:
+        raise OutputError(f"the judge's verdict has no score: {str(data)[:120]}")
+    score = data["score"]
+    if isinstance(score, str):
+        try:
+            score = float(score.strip())
+        except ValueError:
+            pass
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+        raise OutputError(f"the judge's score {data['score']!r} is not a number between 0 and 1")
+    return float(score), str(data.get("feedback") or "").strip(), str(data.get("suggested_edit") or "").strip()
+
+
+class RubricGate:
+    """``%%rubric``: passes when the judge's score reaches the rubric's threshold."""
+
+    name = "rubric"
+
+    def __init__(self, rubric: Rubric):
+        self.rubric = rubric
+
+    async def check(self, output: Any, ctx: GateContext) -> GateResult:
+        """The judge's verdict as a `GateResult` (with the judge's usage and cost).
+
+        Raises `StepFailed` naming the judge when it cannot give a verdict after its retries:
+        an unreachable or misconfigured judge is an error to fix, not a verdict on the output.
+        """
+        pool = ctx.pool
+        ref = pool.resolve(self.rubric.judge or "judge")
+        provider = pool.provider(ref)
+        request = Request(
+            model=ref.model,
+            prompt=judge_prompt(self.rubric.text, ctx.prompt, ctx.text or _text(output)),
+            system=JUDGE_SYSTEM, json=True, schema=VERDICT_SCHEMA, schema_name="Verdict",
+            max_tokens=JUDGE_MAX_TOKENS,
+        )
+        policy = pool.config.retry
+        usage, cost = Usage(), 0.0
+        error: ProviderError | None = None
+        for n in range(JUDGE_ATTEMPTS):
+            try:
+                async with pool.slot(ref.provider):
+                    response = await provider.complete(request)
+            except ProviderError as exc:
+                error = exc
+                if exc.retryable:
+                    pool.failed(ref.provider)
+                if not exc.retryable or n == JUDGE_ATTEMPTS - 1:
+                    break
+                wait = exc.retry_after if exc.retry_after is not None else backoff(n, policy.base_delay, policy.max_delay)
+                if wait > policy.max_retry_after:
+                    break
+                await asyncio.sleep(wait)
+                continue
+            pool.succeeded(ref.provider)
+            usage = usage + response.usage
+            call_cost = response.cost if response.cost is not None else cost_of(ref, response.usage, pool.config)
+            cost = None if cost is None or call_cost is None else cost + call_cost
+            try:
+                score, feedback, suggestion = parse_verdict(response.data, response.text)
+            except OutputError as exc:
+                error = exc
+                request.feedback = f"Your answer was not a valid Verdict: {exc}"
+                continue
+            passed = score >= self.rubric.threshold
+            if not passed and not feedback:
+                feedback = f"scored {score:.2f}, below the threshold {self.rubric.threshold:.2f}"
+            return GateResult(self.name, passed, score, feedback, suggestion or None, usage, cost)
+        raise StepFailed(ctx.step.name, f"the rubric judge `{ref.spec}` gave no verdict after "
+                                        f"{JUDGE_ATTEMPTS} tries: {type(error).__name__}: {error}", error)

@@ -1,0 +1,201 @@
+"""``--tools f,g``: notebook functions offered to a model, and the tool-use loop.
+
+`tool_spec` describes a function as a JSON-schema tool (from its signature and docstring);
+`run_tool_loop` drives the conversation: the adapter sends a turn, the model asks for tool
+calls, the functions run, their results go back, until the model answers or ``--max-turns``
+model calls have been made (the last turn is sent with tools disabled, so it must answer).
+The loop is provider-neutral; each adapter supplies how to send a turn and how to append
+tool results to its own message format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import OptionError, OutputError, UnknownNameError
+from ._types import Usage
+
+_ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters)\s*:?\s*$")
+_ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.+)$")
+
+
+def tool_spec(name: str, namespace: dict, step: str) -> dict:
+    """The tool description of notebook function ``name``: name, description, JSON-schema
+    ``parameters``, a hash of its code (for the cache key) and the callable under ``fn``.
+
+    Raises `UnknownNameError` if no such name exists and `OptionError` if it is not a function
+    or its signature cannot be described.
+    """
+    fn = namespace.get(name)
+    if fn is None:
+        known = [k for k, v in namespace.items() if callable(v) and not k.startswith("_")]
+        raise UnknownNameError(step, name, known)
+    if not callable(fn) or inspect.isclass(fn):
+        raise OptionError(
+            f"step `{step}`: --tools {name}: `{name}` is not a function ({type(fn).__name__}); "
+            "define it with def in a cell"
+        )
+    from pydantic import TypeAdapter
+
+    try:
+        schema = TypeAdapter(fn).json_schema()
+    except Exception as exc:  # noqa: BLE001 - pydantic raises several kinds here
+        raise OptionError(
+            f"step `{step}`: --tools {name}: cannot describe its parameters ({exc}); "
+            "give them simple type hints (str, int, float, bool, list, dict, pydantic models)"
+        ) from None
+    summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
+    for arg, text in arg_docs.items():
+        prop = schema.get("properties", {}).get(arg)
+        if isinstance(prop, dict):
+            prop.setdefault("description", text)
+    for prop in schema.get("properties", {}).values():
+        if isinstance(prop, dict):
+            prop.pop("title", None)
+    schema.pop("title", None)
+    schema.setdefault("type", "object")
+    schema.setdefault("properties", {})
+    return {
+        "name": name,
+        "description": summary or f"The notebook function {name}.",
+        "parameters": schema,
+        "code": _code_hash(fn),
+        "fn": fn,
+    }
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """(description without the Args section, {argument: description}) of a Google-style docstring."""
+    lines = doc.splitlines()
+    summary: list[str] = []
+    args: dict[str, str] = {}
+    in_args = False
+    current = None
+    for line in lines:
+        if _ARGS_HEADER.match(line):
+            in_args = True
+            continue
+        if in_args:
+            if not line.strip():
+                current = None
+                continue
+            if re.match(r"^\S", line) and line.rstrip().endswith(":"):  # the next section
+                in_args = False
+                summary.append(line)
+                continue
+            m = _ARG_LINE.match(line)
+            if m:
+                current = m.group(1).lstrip("*")
+                args[current] = m.group(3).strip()
+            elif current:
+                args[current] += " " + line.strip()
+            continue
+        summary.append(line)
+    return "\n".join(summary).strip(), args
+
+
+def _code_hash(fn: Callable) -> str:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return getattr(fn, "__qualname__", repr(type(fn)))
+    data = code.co_code + repr(code.co_consts).encode() + repr(getattr(fn, "__defaults__", None)).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def public_spec(tool: dict) -> dict:
+    """``tool`` without the callable: what may go into a cache key or a log."""
+    return {k: v for k, v in tool.items() if k != "fn"}
+
+
+@dataclass
+class ToolCall:
+    """A model's request to call a tool. ``arguments`` is a dict, or the raw JSON text."""
+
+    id: str
+    name: str
+    arguments: Any
+
+
+@dataclass
+class Turn:
+    """One model call of a conversation, as an adapter reports it."""
+
+    text: str
+    calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    model: str | None = None
+    raw: Any = None  # whatever the adapter needs to replay this turn in the history
+    stop: str | None = None  # the provider's stop / finish reason
+
+
+async def call_tool(tools: dict[str, dict], call: ToolCall) -> tuple[str, bool]:
+    """Run one tool call; returns (result text, is_error). Failures go back to the model."""
+    spec = tools.get(call.name)
+    if spec is None:
+        return f"there is no tool named {call.name!r}; available: {', '.join(sorted(tools))}", True
+    args = call.arguments
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError as exc:
+            return f"the arguments are not valid JSON: {exc}", True
+    if not isinstance(args, dict):
+        return "the arguments must be a JSON object", True
+    from pydantic import ValidationError, validate_call
+
+    try:
+        result = validate_call(spec["fn"])(**args)
+        if inspect.isawaitable(result):
+            result = await result
+    except ValidationError as exc:
+        return f"invalid arguments for {call.name}: {exc}", True
+    except Exception as exc:  # noqa: BLE001 - the model sees the error and may try again
+        return f"{call.name} raised {type(exc).__name__}: {exc}", True
+    return _to_text(result), False
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "model_dump_json"):
+        return value.model_dump_json()
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+async def run_tool_loop(
+    send: Callable[[bool], Awaitable[Turn]],
+    add_results: Callable[[Turn, list[tuple[ToolCall, str, bool]]], None],
+    tools: list[dict],
+    max_turns: int,
+) -> tuple[Turn, Usage, int]:
+    """Drive a tool-use conversation; returns (final turn, usage of all turns, model calls).
+
+    ``send(final)`` makes one model call over the conversation so far (``final``: tools
+    disabled, the model must answer); ``add_results(turn, results)`` appends the model's
+    turn and the tool results to the conversation.
+    """
+    by_name = {t["name"]: t for t in tools}
+    usage = Usage()
+    turns = max(1, max_turns)
+    for n in range(turns):
+        turn = await send(n == turns - 1)
+        usage = usage + turn.usage
+        if not turn.calls:
+            return turn, usage, n + 1
+        if n == turns - 1:
+            err = OutputError(f"the model still asked for tools after {turns} turns; raise --max-turns "
+                              "or make the task smaller")
+            err.usage = usage
+            raise err
+        results = [(call, *(await call_tool(by_name, call))) for call in turn.calls]
+        add_results(turn, results)
+    raise AssertionError("unreachable")  # pragma: no cover

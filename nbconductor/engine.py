@@ -1,0 +1,501 @@
+"""A kernel-free papermill engine: each notebook runs in a fresh in-process IPython shell.
+
+Registered with papermill as ``nbconductor`` (entry point group ``papermill.engine``)::
+
+    papermill job.ipynb out.ipynb -p topic "Pricing pages" --engine nbconductor
+
+Starting a kernel costs a second or more per notebook (a process, ZMQ sockets, the imports);
+here a notebook costs a new `InteractiveShell` (tens of milliseconds) in a process whose
+imports are already warm. Outputs are recorded the way nbclient records a kernel's messages
+(``stream``, ``display_data`` with display-id updates, ``execute_result``, ``error``), with the
+same papermill cell metadata, so output notebooks look alike. Differences from a kernel: no
+``input()``, cells of one process run one notebook at a time, and imported modules are shared
+between notebooks run in the same process (the shell, its namespace and ``os.environ`` are not).
+Outputs are redacted (`nbconductor._redact`) before they are recorded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import builtins
+import contextlib
+import datetime as _dt
+import io
+import json
+import linecache
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from nbformat import NotebookNode
+from nbformat.v4 import new_output
+
+from ._redact import redact
+
+__all__ = ["NBConductorEngine", "register"]
+
+ENGINE_NAME = "nbconductor"
+# One notebook at a time per process: the shell singleton, sys.stdout and os.environ are global.
+_LOCK = threading.RLock()
+
+
+def register() -> None:
+    """Register the engine with papermill under ``nbconductor`` (the entry point does this too)."""
+    from papermill.engines import papermill_engines
+
+    engine = __getattr__("NBConductorEngine")
+    if papermill_engines._engines.get(ENGINE_NAME) is not engine:
+        papermill_engines.register(ENGINE_NAME, engine)
+
+
+def __getattr__(name: str) -> Any:
+    # The class is built on first use: importing papermill scans its entry points, which import
+    # this module, so papermill cannot be imported while this module is being imported.
+    if name == "NBConductorEngine":
+        cls = globals().get("_ENGINE")
+        if cls is None:
+            built = _build_engine()  # may re-enter through papermill's entry-point scan
+            cls = globals().setdefault("_ENGINE", built)
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _build_engine():
+    from papermill.engines import Engine
+    from papermill.exceptions import PapermillException
+
+    class NBConductorEngine(Engine):
+        """papermill engine that runs code cells in an in-process IPython shell, one per notebook."""
+
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
+                                     stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs):
+            """Run every cell of ``nb_man.nb`` in order; stop at the first error, as papermill does."""
+            nb = nb_man.nb
+            language = (nb.metadata.get("kernelspec") or {}).get("language") or "python"
+            if language != "python":
+                raise PapermillException(
+                    f"the {ENGINE_NAME} engine runs Python notebooks; this one is {language}: use --engine nbclient"
+                )
+            input_path = kwargs.get("input_path")
+            _execute(nb_man, input_path if isinstance(input_path, str) else None, execution_timeout,
+                     log_output, stdout_file, stderr_file)
+            return nb
+
+        @classmethod
+        def nb_kernel_name(cls, nb, name=None):
+            """The kernel name papermill records; no kernel starts, so any Python kernel name will do."""
+            return name or (nb.metadata.get("kernelspec") or {}).get("name") or "python3"
+
+        @classmethod
+        def nb_language(cls, nb, language=None):
+            return language or (nb.metadata.get("kernelspec") or {}).get("language") or "python"
+
+    NBConductorEngine.__module__, NBConductorEngine.__qualname__ = __name__, "NBConductorEngine"
+    return NBConductorEngine
+
+
+def _execute(nb_man, notebook: str | None, timeout, log_output, stdout_file, stderr_file) -> None:
+    nb = nb_man.nb
+    with _LOCK, _isolated(notebook):
+        shell = _new_shell()
+        sink = _Sink(nb)
+        shell._nbc_sink = sink
+        try:
+            for index, cell in enumerate(nb.cells):
+                try:
+                    nb_man.cell_start(cell, index)
+                    if not _run_cell(shell, sink, cell, index, timeout):
+                        nb_man.cell_exception(nb.cells[index], cell_index=index)
+                        break
+                finally:
+                    nb_man.cell_complete(nb.cells[index], cell_index=index)
+                    _log(cell, log_output, stdout_file, stderr_file)
+            _set_widget_state(nb, sink.widgets_before)
+        finally:
+            _dispose(shell)
+    nb.metadata["language_info"] = _language_info()
+
+
+# ------------------------------------------------------------------------------- the shell
+
+
+def _shell_class():
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets import Type
+
+    class _Publisher(DisplayPublisher):
+        def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
+            self.shell._nbc_sink.display(data, metadata or {}, transient or {}, update)
+
+        def clear_output(self, wait=False):
+            self.shell._nbc_sink.clear(wait)
+
+    class _DisplayHook(DisplayHook):
+        def write_output_prompt(self):
+            pass
+
+        def write_format_data(self, format_dict, md_dict=None):
+            self.shell._nbc_sink.result(format_dict, md_dict or {}, self.prompt_count)
+
+        def finish_displayhook(self):
+            pass
+
+    class EngineShell(InteractiveShell):
+        """An InteractiveShell whose display and tracebacks go into notebook outputs."""
+
+        display_pub_class = Type(_Publisher)
+        displayhook_class = Type(_DisplayHook)
+        system = InteractiveShell.system_piped  # `!cmd` output goes to sys.stdout, as in ipykernel
+        _nbc_sink = None
+
+        def _showtraceback(self, etype, evalue, stb):
+            self._nbc_sink.error(etype.__name__, str(evalue), list(stb))
+
+        def init_environment(self):
+            # What ipykernel sets for commands run from cells.
+            os.environ.update({"TERM": "xterm-color", "CLICOLOR": "1", "PAGER": "cat", "GIT_PAGER": "cat"})
+
+        def enable_gui(self, gui=None):
+            pass
+
+    return EngineShell
+
+
+_SHELL_CLASS = None
+
+
+def _engine_shell_class():
+    global _SHELL_CLASS
+    if _SHELL_CLASS is None:
+        _SHELL_CLASS = _shell_class()
+    return _SHELL_CLASS
+
+
+def _new_shell():
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.enabled = False  # no shared history.sqlite between worker processes
+    shell = _engine_shell_class().instance(config=config)
+    atexit.unregister(shell.atexit_operations)  # it is disposed of explicitly, per notebook
+    _matplotlib_inline(shell)
+    return shell
+
+
+def _matplotlib_inline(shell) -> None:
+    # Figures become display_data outputs, as with ipykernel's default inline backend.
+    if "matplotlib_inline.backend_inline" in sys.modules:
+        try:
+            from matplotlib_inline.backend_inline import configure_inline_support
+
+            configure_inline_support(shell, "inline")
+        except Exception:  # noqa: BLE001 - plotting support is best effort
+            pass
+
+
+def _dispose(shell) -> None:
+    magics = shell.user_ns.get("__nbconductor__")
+    pipeline = getattr(magics, "pipeline", None)
+    if pipeline is not None:
+        with contextlib.suppress(Exception):
+            pipeline.close()
+    # Not shell.reset(): its gc.collect() costs more than the whole notebook; the shell is dropped.
+    for ns in (shell.user_ns, shell.user_ns_hidden):
+        ns.clear()
+    shell._nbc_sink = None
+
+
+@contextlib.contextmanager
+def _isolated(notebook: str | None) -> Iterator[None]:
+    """Give a notebook the process state a fresh kernel would have, and put everything back."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    klasses = [k for k in _engine_shell_class().mro() if hasattr(k, "_instance")]
+    saved_instances = {k: k.__dict__.get("_instance", _MISSING) for k in klasses}
+    saved_sys = {name: getattr(sys, name) for name in ("stdout", "stderr", "displayhook", "excepthook")}
+    saved_main = sys.modules.get("__main__")
+    saved_builtins = {name: builtins.__dict__.get(name, _MISSING) for name in ("__IPYTHON__", "display", "get_ipython")}
+    saved_env = dict(os.environ)
+    saved_path = list(sys.path)
+    saved_lines = set(linecache.cache)
+    for k in klasses:  # a new singleton for this notebook (restored afterwards, e.g. inside a kernel)
+        k._instance = None
+    InteractiveShell._instance = None
+    if notebook and not os.environ.get("JPY_SESSION_NAME"):
+        os.environ["JPY_SESSION_NAME"] = notebook  # as Jupyter does: the notebook being run
+    if "MPLBACKEND" not in os.environ:
+        with contextlib.suppress(ImportError):
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib_inline"):
+                os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    try:
+        yield
+    finally:
+        for name, value in saved_sys.items():
+            setattr(sys, name, value)
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main
+        for name, value in saved_builtins.items():
+            if value is _MISSING:
+                builtins.__dict__.pop(name, None)
+            else:
+                builtins.__dict__[name] = value
+        for k, value in saved_instances.items():
+            if value is _MISSING:
+                with contextlib.suppress(AttributeError):
+                    delattr(k, "_instance")
+            else:
+                k._instance = value
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.path[:] = saved_path
+        for key in set(linecache.cache) - saved_lines:
+            if key.startswith("<ipython-input-") or key.startswith("<step "):
+                linecache.cache.pop(key, None)
+
+
+_MISSING = object()
+
+
+# --------------------------------------------------------------------------------- outputs
+
+
+class _Sink:
+    """Turns what a cell prints and displays into nbformat outputs, the way nbclient does."""
+
+    def __init__(self, nb: NotebookNode):
+        self.nb = nb
+        self.index = -1
+        self.outputs: list = []
+        self.clear_pending = False
+        self.display_ids: dict[str, list[tuple[int, NotebookNode]]] = {}
+        self.lock = threading.RLock()
+        self.widgets_before = _widget_ids()
+
+    def start(self, index: int, cell: NotebookNode) -> None:
+        self.index = index
+        self.outputs = cell.outputs = []
+        self.clear_pending = False
+
+    def _add(self, output: NotebookNode) -> None:
+        if self.clear_pending:
+            self._clear_now()
+        self.outputs.append(output)
+
+    def _clear_now(self) -> None:
+        self.clear_pending = False
+        self.outputs[:] = []
+        for entries in self.display_ids.values():
+            entries[:] = [(i, o) for i, o in entries if i != self.index]
+
+    def stream(self, name: str, text: str) -> None:
+        if not text:
+            return
+        with self.lock:
+            if self.clear_pending:
+                self._clear_now()
+            last = self.outputs[-1] if self.outputs else None
+            if last is not None and last.output_type == "stream" and last.name == name:
+                last.text += text
+            else:
+                self.outputs.append(new_output("stream", name=name, text=text))
+
+    def display(self, data: dict, metadata: dict, transient: dict, update: bool) -> None:
+        data, metadata = _clean(data), _jsonable(metadata)
+        display_id = transient.get("display_id")
+        with self.lock:
+            if display_id:
+                for _, out in self.display_ids.get(display_id, []):
+                    out["data"], out["metadata"] = data, metadata
+            if update:
+                return
+            out = new_output("display_data", data=data, metadata=metadata)
+            if display_id:
+                self.display_ids.setdefault(display_id, []).append((self.index, out))
+            self._add(out)
+
+    def result(self, data: dict, metadata: dict, count: int) -> None:
+        with self.lock:
+            self._add(new_output("execute_result", data=_clean(data), metadata=_jsonable(metadata),
+                                 execution_count=count))
+
+    def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        with self.lock:
+            self._add(new_output("error", ename=ename, evalue=redact(evalue),
+                                 traceback=[redact(line) for line in traceback]))
+
+    def clear(self, wait: bool) -> None:
+        with self.lock:
+            if wait:
+                self.clear_pending = True
+            else:
+                self._clear_now()
+
+    def finish(self) -> None:
+        for out in self.outputs:
+            if out.output_type == "stream":
+                out.text = redact(out.text)
+
+
+def _clean(data: dict) -> dict:
+    """JSON-safe output data: bytes become base64 (as ipykernel does), text is redacted."""
+    out = {}
+    for mime, value in data.items():
+        if isinstance(value, (bytes, bytearray)):
+            value = base64.b64encode(bytes(value)).decode("ascii")
+        elif isinstance(value, str):
+            if not mime.startswith("image/") or mime == "image/svg+xml":
+                value = redact(value)
+        else:
+            value = _jsonable(value)
+            text = json.dumps(value, ensure_ascii=False)
+            if redact(text) != text:
+                value = json.loads(redact(text))
+        out[mime] = value
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return json.loads(json.dumps(value, default=str))
+
+
+class _Stream(io.TextIOBase):
+    """``sys.stdout`` / ``sys.stderr`` while a cell runs."""
+
+    def __init__(self, sink: _Sink, name: str):
+        self.sink, self.name = sink, name
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self.sink.stream(self.name, text)
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class _CellTimeout(Exception):
+    pass
+
+
+def _run_cell(shell, sink: _Sink, cell: NotebookNode, index: int, timeout: float | None) -> bool:
+    """Execute one cell; returns False when it raised (the run stops there)."""
+    if cell.cell_type != "code" or not cell.source.strip():
+        return True
+    tags = cell.get("metadata", {}).get("tags", [])
+    if "skip-execution" in tags:
+        return True
+    sink.start(index, cell)
+    cell.execution_count = shell.execution_count
+    timing = cell.metadata.setdefault("execution", {})
+    timing["iopub.status.busy"] = timing["iopub.execute_input"] = _now()
+    alarm = timeout and threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if alarm:
+        def on_alarm(signum, frame):
+            raise _CellTimeout(f"cell {index} ran longer than {timeout} s")
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, float(timeout))
+    old = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Stream(sink, "stdout"), _Stream(sink, "stderr")
+    try:
+        result = shell.run_cell(cell.source, store_history=True, cell_id=cell.get("id"))
+    finally:
+        sys.stdout, sys.stderr = old
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    sink.finish()
+    timing["shell.execute_reply"] = timing["iopub.status.idle"] = _now()
+    return result.success or "raises-exception" in tags
+
+
+def _log(cell: NotebookNode, log_output: bool, stdout_file, stderr_file) -> None:
+    if cell.cell_type != "code" or not (log_output or stdout_file or stderr_file):
+        return
+    from papermill.log import logger
+
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            target = stdout_file if out.name == "stdout" else stderr_file
+            if target is not None:
+                target.write(out.text)
+                target.flush()
+            if log_output:
+                (logger.info if out.name == "stdout" else logger.warning)(out.text)
+        elif log_output and "text/plain" in out.get("data", {}):
+            logger.info(out.data["text/plain"])
+
+
+def _language_info() -> dict:
+    major = sys.version_info[0]
+    return {"codemirror_mode": {"name": "ipython", "version": major}, "file_extension": ".py",
+            "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+            "pygments_lexer": f"ipython{major}", "version": sys.version.split()[0]}
+
+
+# --------------------------------------------------------------------------------- widgets
+
+
+def _widget_registry() -> dict | None:
+    module = sys.modules.get("ipywidgets.widgets.widget")
+    return getattr(module, "_instances", None) if module is not None else None
+
+
+def _widget_ids() -> set:
+    registry = _widget_registry()
+    return set(registry) if registry is not None else set()
+
+
+def _set_widget_state(nb: NotebookNode, before: set) -> None:
+    """Save the state of widgets this notebook created in its metadata, as nbclient does; close them."""
+    registry = _widget_registry()
+    if not registry:
+        return
+    new = {k: w for k, w in list(registry.items()) if k not in before}
+    if not new:
+        return
+    from ipywidgets.widgets.widget import _remove_buffers
+
+    state = {}
+    for model_id, widget in new.items():
+        try:
+            st, paths, buffers = _remove_buffers(widget.get_state())
+        except Exception:  # noqa: BLE001 - a widget that cannot serialise is left out
+            continue
+        entry = {"model_name": st.get("_model_name"), "model_module": st.get("_model_module"),
+                 "model_module_version": st.get("_model_module_version"), "state": _jsonable(st)}
+        if buffers:
+            entry["buffers"] = [{"data": base64.b64encode(bytes(b)).decode("ascii"), "encoding": "base64",
+                                 "path": p} for p, b in zip(paths, buffers)]
+        state[model_id] = entry
+    for widget in new.values():
+        with contextlib.suppress(Exception):
+            widget.close()
+    if state:
+        nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
+            "state": state, "version_major": 2, "version_minor": 0}}

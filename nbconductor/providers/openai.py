@@ -1,0 +1,276 @@
+"""``openai:MODEL`` and ``openai-compatible:MODEL`` — Chat Completions and Images through the
+official async SDK.
+
+Chat calls always stream (with ``stream_options.include_usage`` so usage still arrives):
+text deltas reach `Request.on_text`, and the read timeout catches a stream that stalls.
+The SDK's own retries are off; nbconductor's ladder owns retries. ``openai:`` reads
+``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` as the SDK does. ``openai-compatible:`` (Ollama,
+vLLM, LM Studio, …) needs an alias with ``base_url`` and sends the key named by the alias's
+``api_key_env`` — never ``OPENAI_API_KEY``, which must not leak to another server — or a
+placeholder when the server needs none.
+
+``--schema`` uses ``response_format`` ``json_schema`` (strict when the schema allows it),
+``--json`` uses ``json_object``. Usage is normalised to Anthropic's convention:
+``input_tokens`` excludes cached prompt tokens, which are counted in ``cache_read_tokens``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from typing import Any
+
+from .._errors import AuthError, RequestError, TransportError, missing_dependency
+from .._redact import redact
+from .._tools import ToolCall, Turn, run_tool_loop
+from .._types import Request, Response, Usage
+from ._base import Provider
+from ._common import LoopClients, guarded, output_error, parse_json, strict_schema
+
+JSON_INSTRUCTION = "Respond with a single JSON object only."
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+    #: the request field that caps the answer's length
+    max_tokens_param = "max_completion_tokens"
+
+    def __init__(self, ref, *, timeout: float = 600.0, read_timeout: float = 120.0):
+        super().__init__(ref, timeout=timeout, read_timeout=read_timeout)
+        self.sdk = missing_dependency("openai", "openai", f"`{self.name}:` models")
+        self.key_env = ref.api_key_env or "OPENAI_API_KEY"
+        self._clients = LoopClients(self._new_client)
+
+    # clients ---------------------------------------------------------------------------------
+    def client_options(self) -> dict[str, Any]:
+        """``api_key`` / ``base_url`` for the client; raises `AuthError` when the key is missing."""
+        key = os.environ.get(self.key_env)
+        if not key:
+            raise AuthError(
+                f"{self.key_env} is not set: export {self.key_env}=sk-... before starting Jupyter "
+                "(nbconductor reads keys from the environment only)",
+                provider=self.name, model=self.ref.model,
+            )
+        options: dict[str, Any] = {"api_key": key}
+        if self.ref.base_url:
+            options["base_url"] = self.ref.base_url
+        return options
+
+    def _new_client(self) -> Any:
+        timeout = self.sdk.Timeout(self.timeout, connect=min(self.timeout, 30.0), read=self.read_timeout)
+        return self.sdk.AsyncOpenAI(max_retries=0, timeout=timeout, **self.client_options())
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
+
+    def _guard(self, call: Any, model: str) -> Any:
+        return guarded(call, self.sdk, provider=self.name, model=model, key_env=self.key_env,
+                       timeout=self.timeout, read_timeout=self.read_timeout)
+
+    # chat ------------------------------------------------------------------------------------
+    def params(self, request: Request) -> dict:
+        """The keyword arguments of ``chat.completions.create`` for ``request`` (without history)."""
+        params: dict[str, Any] = {
+            "model": request.model or self.ref.model,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.max_tokens:
+            params[self.max_tokens_param] = request.max_tokens
+        if request.schema is not None:
+            strict = strict_schema(request.schema)
+            params["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": _schema_name(request.schema_name),
+                "schema": strict if strict is not None else request.schema,
+                "strict": strict is not None,
+            }}
+        elif request.json:
+            params["response_format"] = {"type": "json_object"}
+        if request.tools:
+            params["tools"] = [
+                {"type": "function", "function": {
+                    "name": t["name"], "description": t["description"], "parameters": t["parameters"]}}
+                for t in request.tools
+            ]
+        return params
+
+    def messages(self, request: Request) -> list[dict]:
+        """System message (context blocks first, so steps sharing them share a cached prefix), user turn."""
+        parts = [text for _, text in request.contexts if text.strip()]
+        if request.system and request.system.strip():
+            parts.append(request.system)
+        if request.json and request.schema is None:
+            parts.append(JSON_INSTRUCTION)  # JSON mode requires the word JSON in the messages
+        system = [{"role": "system", "content": "\n\n".join(parts)}] if parts else []
+        return system + request.messages()
+
+    async def complete(self, request: Request) -> Response:
+        return await self._guard(self._complete(request), request.model or self.ref.model)
+
+    async def _complete(self, request: Request) -> Response:
+        client = await self._clients.get()
+        params = self.params(request)
+        messages = self.messages(request)
+        if request.tools:
+
+            async def send(final: bool) -> Turn:
+                extra = {"tool_choice": "none"} if final else {}
+                return await self._turn(client, {**params, **extra, "messages": messages}, request)
+
+            def add_results(turn: Turn, results: list) -> None:
+                messages.append({"role": "assistant", "content": turn.text or None, "tool_calls": [
+                    {"id": call.id, "type": "function", "function": {
+                        "name": call.name,
+                        "arguments": call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)}}
+                    for call in turn.calls
+                ]})
+                for call, text, failed in results:
+                    messages.append({"role": "tool", "tool_call_id": call.id,
+                                     "content": f"ERROR: {text}" if failed else text})
+
+            turn, usage, _ = await run_tool_loop(send, add_results, request.tools, request.max_turns)
+        else:
+            turn = await self._turn(client, {**params, "messages": messages}, request)
+            usage = turn.usage
+        model = turn.model or params["model"]
+        # A model can echo a key it saw (in a context file, say): it must not reach any output.
+        text = redact(turn.text)
+        data = None
+        if request.json or request.schema is not None:
+            if turn.stop == "length":
+                raise output_error(f"{self.name}:{model} stopped at the token limit before the JSON was "
+                                   "complete; raise --max-tokens", provider=self.name, model=model, usage=usage)
+            data = parse_json(text, provider=self.name, model=model, usage=usage)
+        return Response(text=text, usage=usage, model=f"{self.name}:{model}", data=data)
+
+    async def _turn(self, client: Any, params: dict, request: Request) -> Turn:
+        on_text = request.on_text
+        text: list[str] = []
+        refusal: list[str] = []
+        calls: dict[int, dict] = {}
+        finish = model = usage = None
+        stream = await client.chat.completions.create(**params)
+        try:
+            async for chunk in stream:
+                model = chunk.model or model
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices or []:
+                    if choice.index != 0:
+                        continue
+                    delta = choice.delta
+                    if delta is not None:
+                        if delta.content:
+                            text.append(delta.content)
+                            if on_text is not None:
+                                on_text(redact(delta.content))
+                        if getattr(delta, "refusal", None):
+                            refusal.append(delta.refusal)
+                        for tc in delta.tool_calls or []:
+                            slot = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+                            slot["id"] = tc.id or slot["id"]
+                            if tc.function is not None:
+                                slot["name"] = tc.function.name or slot["name"]
+                                slot["arguments"] += tc.function.arguments or ""
+                    finish = choice.finish_reason or finish
+        finally:
+            await stream.close()
+        model = model or params["model"]
+        spent = _usage(usage)
+        if finish is None:
+            raise TransportError(f"{self.name}:{model} stream ended before the answer was complete",
+                                 provider=self.name, model=model)
+        if refusal or finish == "content_filter":
+            reason = "".join(refusal) or "content filter"
+            raise output_error(f"{self.name}:{model} declined to answer: {reason}", provider=self.name,
+                               model=model, usage=spent)
+        tool_calls = [ToolCall(slot["id"] or f"call_{i}", slot["name"], slot["arguments"])
+                      for i, slot in sorted(calls.items())]
+        return Turn("".join(text), tool_calls, spent, model, None, finish)
+
+    # images ----------------------------------------------------------------------------------
+    async def image(self, request: Request) -> Response:
+        """One image from ``images.generate`` as PNG bytes in `Response.data`."""
+        model = request.model or self.ref.model
+        return await self._guard(self._image(request, model), model)
+
+    async def _image(self, request: Request, model: str) -> Response:
+        client = await self._clients.get()
+        prompt = request.messages()[0]["content"]
+        params: dict[str, Any] = {"model": model, "prompt": prompt, "n": 1}
+        if model.startswith("dall-e"):
+            params["response_format"] = "b64_json"  # GPT image models always answer in base64
+        result = await client.images.generate(**params)
+        usage = _image_usage(getattr(result, "usage", None))
+        item = (result.data or [None])[0]
+        if item is None or not getattr(item, "b64_json", None):
+            raise output_error(f"{self.name}:{model} returned no image data", provider=self.name, model=model,
+                               usage=usage)
+        try:
+            png = base64.b64decode(item.b64_json, validate=True)
+        except ValueError:
+            raise output_error(f"{self.name}:{model} returned image data that is not base64",
+                               provider=self.name, model=model, usage=usage) from None
+        if not png.startswith(PNG_MAGIC):
+            raise output_error(f"{self.name}:{model} returned an image that is not a PNG", provider=self.name,
+                               model=model, usage=usage)
+        text = getattr(item, "revised_prompt", None) or prompt
+        return Response(text=text, usage=usage, model=f"{self.name}:{model}", data=png)
+
+
+class OpenAICompatibleProvider(OpenAIProvider):
+    """An OpenAI-compatible server (Ollama, vLLM, LM Studio, …) reached through an alias's base URL."""
+
+    name = "openai-compatible"
+    max_tokens_param = "max_tokens"  # what the compatible servers understand
+
+    def __init__(self, ref, *, timeout: float = 600.0, read_timeout: float = 120.0):
+        super().__init__(ref, timeout=timeout, read_timeout=read_timeout)
+        self.key_env = ref.api_key_env or "the alias's api_key_env"
+
+    def client_options(self) -> dict[str, Any]:
+        if not self.ref.base_url:
+            raise RequestError(
+                f"model `{self.ref.spec}` needs a server address: define an alias in nbconductor.toml, e.g. "
+                f'[aliases] local = {{ model = "{self.ref.spec}", base_url = "http://localhost:11434/v1" }}',
+                provider=self.name, model=self.ref.model,
+            )
+        key = None
+        if self.ref.api_key_env:
+            key = os.environ.get(self.ref.api_key_env)
+            if not key:
+                raise AuthError(
+                    f"{self.ref.api_key_env} is not set (the api_key_env of the alias for {self.ref.spec}): "
+                    f"export {self.ref.api_key_env}=... before starting Jupyter",
+                    provider=self.name, model=self.ref.model,
+                )
+        # The SDK insists on a key; a local server without authentication ignores this one.
+        return {"api_key": key or "not-needed", "base_url": self.ref.base_url}
+
+
+def _schema_name(name: str | None) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "_", name or "output")[:64]
+    return cleaned or "output"
+
+
+def _usage(u: Any) -> Usage:
+    if u is None:
+        return Usage()
+    details = getattr(u, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    written = getattr(details, "cache_write_tokens", None) if details is not None else None
+    prompt = getattr(u, "prompt_tokens", None)
+    # prompt_tokens counts every prompt token; cached and newly cached ones are reported apart.
+    uncached = max(0, prompt - (cached or 0) - (written or 0)) if prompt is not None else None
+    return Usage(uncached, getattr(u, "completion_tokens", None), cached, written)
+
+
+def _image_usage(u: Any) -> Usage:
+    if u is None:
+        return Usage()
+    return Usage(getattr(u, "input_tokens", None), getattr(u, "output_tokens", None))

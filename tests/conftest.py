@@ -1,0 +1,54 @@
+"""Shared fixtures.
+
+- ``fake_api``: the loopback fake of the Anthropic / OpenAI HTTP APIs (tests/fakeapi.py),
+  started for one test, with the official SDKs pointed at it the way a user would point
+  them at a proxy — ``ANTHROPIC_BASE_URL`` / ``OPENAI_BASE_URL`` — and fake keys in
+  ``ANTHROPIC_API_KEY`` / ``OPENAI_API_KEY``. The test fails if the fake itself hit a bug.
+- ``fast_config``: a `Config` whose retry backoff and read timeout are short, for tests.
+- every test: ``sys.modules["__main__"]`` is put back afterwards. An IPython
+  ``InteractiveShell`` replaces it with its user module, and multiprocessing's spawn start
+  method (used by later tests) cannot start workers from that.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from fakeapi import FakeAPI
+
+FAKE_ANTHROPIC_KEY = "sk-ant-test-key-0000000000000000"
+FAKE_OPENAI_KEY = "sk-test-key-00000000000000000000"
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module(monkeypatch):
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
+
+
+@pytest.fixture
+def fake_api(monkeypatch):
+    api = FakeAPI().start()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", api.anthropic_base_url)
+    monkeypatch.setenv("OPENAI_BASE_URL", api.openai_base_url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", FAKE_ANTHROPIC_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_OPENAI_KEY)
+    for var in ("ANTHROPIC_AUTH_TOKEN", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_ADMIN_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        yield api
+    finally:
+        api.stop()
+    assert api.errors == [], f"the fake API hit errors: {api.errors}"
+
+
+@pytest.fixture
+def fast_config():
+    """Retries back off for milliseconds; a stream stalls out after 0.5 s."""
+    from nbconductor._config import Config, RetryPolicy
+
+    return Config(
+        retry=RetryPolicy(base_delay=0.01, max_delay=0.05, max_retry_after=5.0, cooldown=60.0, cooldown_after=3),
+        timeout=20.0,
+        read_timeout=0.5,
+    )

@@ -1,0 +1,182 @@
+"""The attempt ladder against real SDKs and the fake API: exact attempt counts, retry-after,
+backoff, fallbacks, cooldowns, faulty streams and per-provider concurrency."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import pytest
+from fakeapi import Cut, Error, Malformed, Slow, Stall, StreamError, Text
+
+from nbconductor import Pipeline
+from nbconductor.providers._common import retry_after
+
+pytest.importorskip("anthropic")
+pytest.importorskip("openai")
+
+CLAUDE = "anthropic:claude-haiku-4-5"
+GPT = "openai:gpt-4.1-mini"
+
+
+def make(tmp_path, config) -> Pipeline:
+    return Pipeline(store=tmp_path / "store.sqlite", config=config, root=tmp_path)
+
+
+def outcomes(result) -> list[tuple[str, str]]:
+    return [(a.model, a.outcome) for a in result.attempts]
+
+
+def test_two_rate_limits_then_success_is_three_requests_honouring_retry_after(fake_api, fast_config, tmp_path):
+    fake_api.script(Error(429, "slow down", retry_after_ms=300), Error(429, "slow down", retry_after="0.4"),
+                    Text("finally"), endpoint="anthropic")
+    p = make(tmp_path, fast_config)
+    p.step("a", "Hi", model=CLAUDE, retries=2)
+    res = p.run().results["a"]
+    assert res.state == "passed" and res.output == "finally"
+    assert len(fake_api.requests_for("anthropic")) == 3
+    first_gap, second_gap = fake_api.gaps("anthropic")
+    assert first_gap >= 0.3 and second_gap >= 0.4
+    assert first_gap < 1.5 and second_gap < 1.5
+    assert outcomes(res) == [(CLAUDE, "error"), (CLAUDE, "error"), (CLAUDE, "passed")]
+    assert "RateLimitError" in res.attempts[0].error and "429" in res.attempts[0].error
+
+
+def test_retries_mean_exactly_one_plus_n_attempts(fake_api, fast_config, tmp_path):
+    fake_api.set_default(Error(503, "unavailable"), endpoint="anthropic")
+    p = make(tmp_path, fast_config)
+    p.step("a", "Hi", model=CLAUDE, retries=4)
+    res = p.run().results["a"]
+    assert res.state == "failed"
+    assert len(fake_api.requests_for("anthropic")) == 5 and len(res.attempts) == 5
+    assert "after 5 attempts" in res.error
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_client_errors_are_not_retried(fake_api, fast_config, tmp_path, status):
+    fake_api.script(Error(status, "nope"), endpoint="anthropic")
+    p = make(tmp_path, fast_config)
+    p.step("a", "Hi", model=CLAUDE, retries=2)
+    res = p.run().results["a"]
+    assert res.state == "failed" and len(fake_api.requests_for("anthropic")) == 1
+    if status in (401, 403):
+        assert "AuthError" in res.attempts[0].error and "set ANTHROPIC_API_KEY" in res.error
+    else:
+        assert "RequestError" in res.attempts[0].error
+
+
+def test_a_client_error_goes_straight_to_the_fallback(fake_api, fast_config, tmp_path):
+    fake_api.script(Error(404, "model not found"), endpoint="anthropic")
+    p = make(tmp_path, fast_config)
+    p.step("a", "Hi", model=CLAUDE, fallbacks=[GPT], retries=2)
+    res = p.run().results["a"]
+    assert res.state == "passed" and res.model == GPT
+    assert outcomes(res) == [(CLAUDE, "error"), (GPT, "passed")]
+
+
+def test_server_errors_then_fallback_records_who_answered(fake_api, fast_config, tmp_path):
+    fake_api.script(Error(500), Error(529, "Overloaded"), Error(502), endpoint="anthropic")
+    fake_api.script(Text("from openai", input_tokens=7, output_tokens=3), endpoint="openai")
+    p = make(tmp_path, fast_config)
+    p.step("a", "Hi", model=CLAUDE, fallbacks=[GPT], retries=2)
+    run = p.run()
+    res = run.results["a"]
+    assert res.state == "passed" and res.output == "from openai" and res.model == GPT
+    assert len(fake_api.requests_for("anthropic")) == 3 and len(fake_api.requests_for("openai")) == 1
+    assert outcomes(res) == [(CLAUDE, "error")] * 3 + [(GPT, "passed")]
+    assert ["ServerError", "RateLimitError", "ServerError"] == [a.error.split(":")[0] for a in res.attempts[:3]]
+    row = p.store.results(run.run_id, "a")[0]
+    assert row["model"] == GPT and row["attempts"] == 4
+
+
+def test_retry_after_above_the_cap_falls_back_at_once(fake_api, fast_config, tmp_path):
+    config = fast_config.model_copy(update={"retry": fast_config.retry.model_copy(update={"max_retry_after": 1.0})})
+    fake_api.script(Error(429, "come back in a minute", retry_after=60), endpoint="anthropic")
+    p = make(tmp_path, config)
+    p.step("a", "Hi", model=CLAUDE, fallbacks=[GPT], retries=2)
+    started = time.monotonic()
+    res = p.run().results["a"]
+    assert res.model == GPT and len(fake_api.requests_for("anthropic")) == 1
+    assert fake_api.requests_for("openai")[0].time - fake_api.requests_for("anthropic")[0].time < 1.0
+    assert time.monotonic() - started < 5
+
+
+def test_server_error_retry_after_is_honoured(fake_api, fast_config, tmp_path):
+    fake_api.script(Error(503, "busy", retry_after_ms=250), Text("ok"), endpoint="openai")
+    p = make(tmp_path, fast_config)
+    p.step("a", "Hi", model=GPT)
+    assert p.run().results["a"].output == "ok"
+    assert fake_api.gaps("openai")[0] >= 0.25
+
+
+def test_retry_after_parsing():
+    assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert retry_after({"retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after": "0.25"}) == 0.25
+    future = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < retry_after({"retry-after": future}) <= 30
+    assert retry_after({"retry-after": "soon"}) is None
+    assert retry_after({}) is None
+
+
+def test_backoff_without_retry_after(fake_api, fast_config, tmp_path):
+    fake_api.script(Error(500), Error(500), Text("ok"), endpoint="anthropic")
+    p = make(tmp_path, fast_config)
+    p.step("a", "Hi", model=CLAUDE, retries=2)
+    assert p.run().results["a"].output == "ok"
+    # full-jitter backoff: at most base_delay * 2**n (0.01, 0.02 s here) plus request time
+    assert all(gap < 1.0 for gap in fake_api.gaps("anthropic"))
+
+
+def test_failing_provider_cools_down_so_later_steps_go_straight_to_the_fallback(fake_api, fast_config, tmp_path):
+    fake_api.set_default(Error(500), endpoint="anthropic")
+    p = make(tmp_path, fast_config)
+    p.step("first", "One", model=CLAUDE, fallbacks=[GPT], retries=2)
+    p.step("second", "Two {{ first }}", model=CLAUDE, fallbacks=[GPT], retries=2)
+    run = p.run()
+    assert run.results["first"].model == GPT and run.results["second"].model == GPT
+    assert len(fake_api.requests_for("anthropic")) == 3  # only the first step tried it
+    assert outcomes(run.results["second"]) == [(CLAUDE, "skipped"), (GPT, "passed")]
+    assert "cooling down" in run.results["second"].attempts[0].error
+
+
+@pytest.mark.parametrize("provider, endpoint", [(CLAUDE, "anthropic"), (GPT, "openai")])
+@pytest.mark.parametrize("fault, kind", [
+    (Cut("partial answ", after_chunks=2), "TransportError"),
+    (Stall(5, text="stalled answer"), "TransportError"),
+    (Malformed(), "OutputError"),
+    (StreamError("Overloaded", text="half"), "RateLimitError"),
+])
+def test_faulty_streams_are_failed_attempts_then_retried(fake_api, fast_config, tmp_path, provider, endpoint,
+                                                         fault, kind):
+    fake_api.script(fault, Text("the full answer"), endpoint=endpoint)
+    p = make(tmp_path, fast_config)
+    p.step("a", "Hi", model=provider, retries=1)
+    texts = []
+    res = p.run(observer=lambda e, s, payload: texts.append(payload) if e == "text" else None,
+                stream=True).results["a"]
+    assert res.state == "passed" and res.output == "the full answer"
+    assert len(fake_api.requests_for(endpoint)) == 2
+    assert [a.outcome for a in res.attempts] == ["error", "passed"]
+    assert res.attempts[0].error.startswith(kind), res.attempts[0].error
+    assert "".join(texts).endswith("the full answer")
+
+
+def test_faulty_stream_with_no_retries_left_is_never_a_success(fake_api, fast_config, tmp_path):
+    fake_api.script(Cut("half an answ"), endpoint="anthropic")
+    p = make(tmp_path, fast_config)
+    p.step("a", "Hi", model=CLAUDE, retries=0)
+    res = p.run().results["a"]
+    assert res.state == "failed" and res.output is None
+    assert p.store.lookup(res.cache_key) is None  # nothing cached for a re-run to pick up
+
+
+def test_per_provider_concurrency_limit(fake_api, fast_config, tmp_path):
+    config = fast_config.model_copy(update={"concurrency": {"anthropic": 1}})
+    fake_api.set_default(Slow(0.2, Text("done")), endpoint="anthropic")
+    p = make(tmp_path, config)
+    p.step("each", "Item {{ i }}", model=CLAUDE, map="i in items")
+    res = p.run({"items": [1, 2, 3]}).results["each"]
+    assert res.output == ["done"] * 3
+    gaps = fake_api.gaps("anthropic")
+    assert len(gaps) == 2 and all(g >= 0.2 for g in gaps)  # one request at a time
