@@ -40,8 +40,10 @@ def machine() -> str:
     load = ""
     if hasattr(os, "getloadavg"):
         load = f", load {os.getloadavg()[0]:.1f}"
-    return (f"{cpu}, {os.cpu_count()} cores{load}; {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}; " + ", ".join(versions))
+    return (
+        f"{cpu}, {os.cpu_count()} cores{load}; {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}; " + ", ".join(versions)
+    )
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -56,7 +58,9 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def interleaved(cases: dict[str, tuple], repeats: int, warmup: int = 1) -> dict[str, dict[str, list[float]]]:
+def interleaved(
+    cases: dict[str, tuple], repeats: int, warmup: int = 1
+) -> dict[str, dict[str, list[float]]]:
     """Time each case ``repeats`` times, alternating between cases so load drift hits all alike.
 
     ``cases`` maps a label to ``(setup, run)`` or ``(setup, run, teardown)``: ``setup()`` is
@@ -67,7 +71,7 @@ def interleaved(cases: dict[str, tuple], repeats: int, warmup: int = 1) -> dict[
     for i in range(warmup + repeats):
         for label, (setup, run, *rest) in cases.items():
             setup_s, prepared = timed(setup)
-            run_s, _ = timed(lambda: run(prepared))
+            run_s, _ = timed(lambda run=run, prepared=prepared: run(prepared))
             if rest:
                 rest[0](prepared)
             if i >= warmup:
@@ -79,10 +83,15 @@ def interleaved(cases: dict[str, tuple], repeats: int, warmup: int = 1) -> dict[
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """A plain-text table with right-aligned numbers."""
     cells = [[_cell(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
 
     def line(values: list[str], numeric: list[bool]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric))
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        )
 
     numeric = [all(_is_number(r[i]) for r in rows) and bool(rows) for i in range(len(headers))]
     out = [line(headers, numeric), line(["-" * w for w in widths], numeric)]
@@ -100,7 +109,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def make_function(name: str, params: list[str], body: str = "return None", *, is_async: bool = False) -> Callable:
+def make_function(
+    name: str, params: list[str], body: str = "return None", *, is_async: bool = False
+) -> Callable:
     """A function ``name(params...)`` with the given body: how a step names its upstream steps."""
     source = f"{'async ' if is_async else ''}def {name}({', '.join(params)}):\n    {body}\n"
     namespace: dict[str, Any] = {"asyncio": __import__("asyncio")}

@@ -52,7 +52,7 @@ def probe(statement: str) -> tuple[float, float, list[str]]:
 
 def measure(repeats: int = 10) -> tuple[list[list], list[dict], dict[str, list[str]]]:
     results: dict[str, list[tuple[float, float, list[str]]]] = {label: [] for label in CASES}
-    for label, statement in CASES.items():  # warm-up: the OS file cache
+    for statement in CASES.values():  # warm-up: the OS file cache
         probe(statement)
     for _ in range(repeats):
         for label, statement in CASES.items():
@@ -64,21 +64,30 @@ def measure(repeats: int = 10) -> tuple[list[list], list[dict], dict[str, list[s
         rows.append([label, took * 1e3, median([r[1] for r in runs]) * 1e3, took / base, len(runs)])
         heavy[label] = sorted(set().union(*(r[2] for r in runs)))
     ratio = median([r[0] for r in results["import nbconductor"]]) / base
-    summary = [{
-        "benchmark": "import nbconductor vs import json, sqlite3, asyncio",
-        "figure": f"{rows[1][1]:.2f} ms vs {rows[0][1]:.2f} ms = {ratio:.2f}×",
-        "goal": f"≤ {GOAL:.0f}×",
-        "met": ratio <= GOAL,
-    }, {
-        "benchmark": "import nbconductor loads no SDK/widgets/papermill/IPython",
-        "figure": ", ".join(heavy["import nbconductor"]) or "none of " + ", ".join(HEAVY),
-        "goal": "none",
-        "met": not heavy["import nbconductor"],
-    }]
+    summary = [
+        {
+            "benchmark": "import nbconductor vs import json, sqlite3, asyncio",
+            "figure": f"{rows[1][1]:.2f} ms vs {rows[0][1]:.2f} ms = {ratio:.2f}×",
+            "goal": f"≤ {GOAL:.0f}×",
+            "met": ratio <= GOAL,
+        },
+        {
+            "benchmark": "import nbconductor loads no SDK/widgets/papermill/IPython",
+            "figure": ", ".join(heavy["import nbconductor"]) or "none of " + ", ".join(HEAVY),
+            "goal": "none",
+            "met": not heavy["import nbconductor"],
+        },
+    ]
     return rows, summary, heavy
 
 
-HEADERS = ["statement (fresh interpreter)", "import ms", "process ms", "× json+sqlite3+asyncio", "n"]
+HEADERS = [
+    "statement (fresh interpreter)",
+    "import ms",
+    "process ms",
+    "× json+sqlite3+asyncio",
+    "n",
+]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -56,16 +56,35 @@ def declare(store_path: str):
     p = Pipeline(store=store_path)
     p.context("voice", "Warm, direct, no jargon. Short sentences. End with one concrete next step.")
     m = "counting:writer"
-    p.step("research", 'List five competitors writing about {{ topic }}, as JSON: [{"name": ..., "angle": ...}].',
-           model=m, json=True)
+    p.step(
+        "research",
+        'List five competitors writing about {{ topic }}, as JSON: [{"name": ..., "angle": ...}].',
+        model=m,
+        json=True,
+    )
     p.step("angles", "[c['angle'] for c in research]", python=True)
-    p.step("outline", f"Outline a {{{{ words }}}}-word post about {{{{ topic }}}} in {SECTIONS} sections, "
-           "avoiding these angles: {{ angles | join(', ') }}", model=m, context="voice")
+    p.step(
+        "outline",
+        f"Outline a {{{{ words }}}}-word post about {{{{ topic }}}} in {SECTIONS} sections, "
+        "avoiding these angles: {{ angles | join(', ') }}",
+        model=m,
+        context="voice",
+    )
     for i in range(SECTIONS):
-        p.step(f"section{i}", f"Write section {i + 1} of this outline:\n{{{{ outline }}}}", model=m, context="voice")
+        p.step(
+            f"section{i}",
+            f"Write section {i + 1} of this outline:\n{{{{ outline }}}}",
+            model=m,
+            context="voice",
+        )
     sections = " ".join(f"section{i}" for i in range(SECTIONS))
-    p.step("draft", "Join these sections into one post:\n" + "\n\n".join(f"{{{{ section{i} }}}}" for i in range(SECTIONS)),
-           model=m, context="voice")
+    p.step(
+        "draft",
+        "Join these sections into one post:\n"
+        + "\n\n".join(f"{{{{ section{i} }}}}" for i in range(SECTIONS)),
+        model=m,
+        context="voice",
+    )
     p.step("stats", '{"words": len(draft.split()), "chars": len(draft)}', python=True)
     p.step("title", "Write a title for:\n{{ draft }}", model=m)
     p.step("summary", "Summarise in two sentences:\n{{ draft }}", model=m)
@@ -73,15 +92,21 @@ def declare(store_path: str):
     p.step("tweet", "Write a tweet announcing {{ title }}:\n{{ summary }}", model=m)
     p.step("readability", "round(stats['words'] / max(1, draft.count('.')), 1)", python=True)
     p.step("lengths", f"[len(s) for s in [{', '.join(sections.split())}]]", python=True)
-    p.step("package", '{"title": title, "summary": summary, "tweet": tweet, "translations": translate, '
-           '"stats": stats, "lengths": lengths, "readability": readability}', python=True)
+    p.step(
+        "package",
+        '{"title": title, "summary": summary, "tweet": tweet, "translations": translate, '
+        '"stats": stats, "lengths": lengths, "readability": readability}',
+        python=True,
+    )
     assert len(p.steps) == 20, len(p.steps)
     return p
 
 
 def fresh_rows(p, run_id: str) -> int:
     """Store rows of ``run_id`` that are not cache hits (a re-run must write none)."""
-    return p.store.query("SELECT COUNT(*) AS n FROM results WHERE run_id=? AND cached=0", (run_id,))[0]["n"]
+    return p.store.query(
+        "SELECT COUNT(*) AS n FROM results WHERE run_id=? AND cached=0", (run_id,)
+    )[0]["n"]
 
 
 _NEW_PROCESS = """
@@ -121,7 +146,7 @@ def measure(repeats: int = 10, stores: int = 3) -> tuple[list[list], list[dict]]
         path = tmp_store("rerun")
         p = declare(path)
         before = provider.calls
-        seconds, result = timed(lambda: p.run(PARAMS))
+        seconds, result = timed(lambda p=p: p.run(PARAMS))
         result.raise_for_status()
         if _ == 0:
             p.close()
@@ -130,16 +155,16 @@ def measure(repeats: int = 10, stores: int = 3) -> tuple[list[list], list[dict]]
         calls["first"].append(provider.calls - before)
         for _r in range(repeats):
             before = provider.calls
-            seconds, again = timed(lambda: p.run(PARAMS))
+            seconds, again = timed(lambda p=p: p.run(PARAMS))
             assert again.outputs == result.outputs
             same.append(seconds)
             calls["same"].append(provider.calls - before)
             rows_written["same"].append(fresh_rows(p, again.run_id))
         p.close()
         for _r in range(repeats):
-            d_seconds, q = timed(lambda: declare(path))
+            d_seconds, q = timed(lambda path=path: declare(path))
             before = provider.calls
-            seconds, again = timed(lambda: q.run(PARAMS))
+            seconds, again = timed(lambda q=q: q.run(PARAMS))
             assert again.outputs == result.outputs
             fresh.append(seconds)
             declare_s.append(d_seconds)
@@ -151,21 +176,45 @@ def measure(repeats: int = 10, stores: int = 3) -> tuple[list[list], list[dict]]
 
     rows = [
         ["first run", median(first) * 1e3, "", max(calls["first"]), "", len(first)],
-        ["re-run, same Pipeline", median(same) * 1e3, "", max(calls["same"]), max(rows_written["same"]), len(same)],
-        ["re-run, fresh Pipeline on the store", median(fresh) * 1e3, median(declare_s) * 1e3, max(calls["fresh"]),
-         max(rows_written["fresh"]), len(fresh)],
-        ["re-run, new process (reference)", median([x[1] for x in process]) * 1e3,
-         median([x[0] for x in process]) * 1e3, max(x[2] for x in process), max(x[3] for x in process), len(process)],
+        [
+            "re-run, same Pipeline",
+            median(same) * 1e3,
+            "",
+            max(calls["same"]),
+            max(rows_written["same"]),
+            len(same),
+        ],
+        [
+            "re-run, fresh Pipeline on the store",
+            median(fresh) * 1e3,
+            median(declare_s) * 1e3,
+            max(calls["fresh"]),
+            max(rows_written["fresh"]),
+            len(fresh),
+        ],
+        [
+            "re-run, new process (reference)",
+            median([x[1] for x in process]) * 1e3,
+            median([x[0] for x in process]) * 1e3,
+            max(x[2] for x in process),
+            max(x[3] for x in process),
+            len(process),
+        ],
     ]
     summary = []
-    for label, times, key in (("same Pipeline", same, "same"), ("fresh Pipeline, same store", fresh, "fresh")):
+    for label, times, key in (
+        ("same Pipeline", same, "same"),
+        ("fresh Pipeline, same store", fresh, "fresh"),
+    ):
         ms, n_calls = median(times) * 1e3, max(calls[key])
-        summary.append({
-            "benchmark": f"unchanged 20-step re-run, {label}",
-            "figure": f"{ms:.1f} ms, {n_calls} model calls, {max(rows_written[key])} fresh rows",
-            "goal": f"< {GOAL_MS:.0f} ms, 0 calls",
-            "met": ms < GOAL_MS and n_calls == 0 and max(rows_written[key]) == 0,
-        })
+        summary.append(
+            {
+                "benchmark": f"unchanged 20-step re-run, {label}",
+                "figure": f"{ms:.1f} ms, {n_calls} model calls, {max(rows_written[key])} fresh rows",
+                "goal": f"< {GOAL_MS:.0f} ms, 0 calls",
+                "met": ms < GOAL_MS and n_calls == 0 and max(rows_written[key]) == 0,
+            }
+        )
     return rows, summary
 
 
@@ -177,7 +226,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--stores", type=int, default=3)
     args = parser.parse_args(argv)
-    header(f"re-running an unchanged 20-step pipeline (store on disk; median of {args.repeats} × {args.stores})")
+    header(
+        f"re-running an unchanged 20-step pipeline (store on disk; median of {args.repeats} × {args.stores})"
+    )
     rows, summary = measure(args.repeats, args.stores)
     print(table(HEADERS, rows))
     return summary

@@ -227,30 +227,100 @@ def _host() -> str:
 # --------------------------------------------------------------------------- local workers
 
 
-PRELOAD = ["nbconductor._batch", "papermill", "nbconductor.engine", "IPython.core.interactiveshell",
-           "nbconductor._magics", "nbconductor._commands", "nbconductor._executor", "nbconductor._judge",
-           "nbconductor.providers.offline", "nbconductor.widgets.live", "jinja2.sandbox", "networkx"]
+_WARM_FLAG = "NBCONDUCTOR_WARM_FORKSERVER"  # set only in the environment the forkserver starts with
 
 
-def _context(prestart: bool = False):
-    """The multiprocessing context for workers: a forkserver that has done the imports, if possible.
+def _context():
+    """The multiprocessing context for workers: a warm forkserver where possible, else spawn.
 
-    Workers fork from a server that imported papermill, IPython and nbconductor once, so each
-    is warm from its first row. ``prestart`` starts that server now, in parallel with whatever
-    the coordinator does next.
+    The forkserver imports this module with ``_WARM_FLAG`` set, which makes it import
+    papermill, IPython and nbconductor and run a tiny notebook on the in-process engine once
+    (`_warm_forkserver`); every worker forks from that process, warm from its first row.
+    Starting it here, early, overlaps that work with the coordinator's own.
     """
     import multiprocessing as mp
 
-    if sys.platform != "win32" and "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(PRELOAD)
-        if prestart:
-            from multiprocessing import forkserver
+    if sys.platform == "win32" or "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    from multiprocessing import forkserver
 
-            with contextlib.suppress(Exception):
-                forkserver.ensure_running()
-        return ctx
-    return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["nbconductor._batch"])
+    os.environ[_WARM_FLAG] = "1"
+    try:
+        forkserver.ensure_running()
+    except Exception:  # noqa: BLE001 - Process.start() will try again and report
+        pass
+    finally:
+        os.environ.pop(_WARM_FLAG, None)
+    return ctx
+
+
+def _warm_forkserver() -> None:
+    """Do once, before workers fork, what each worker's first row would otherwise do."""
+    _defer_rfc3987_syntax()
+    try:
+        import nbformat
+        from nbformat.v4 import new_code_cell, new_notebook
+        from papermill.engines import papermill_engines
+
+        from .engine import ENGINE_NAME, register
+
+        register()
+        for name in ("nbconductor._magics", "nbconductor._commands", "nbconductor._executor", "nbconductor._judge",
+                     "nbconductor.providers.offline", "nbconductor.widgets.live", "networkx", "jinja2.sandbox"):
+            with contextlib.suppress(ImportError):
+                __import__(name)
+        nb = new_notebook(cells=[new_code_cell("%load_ext nbconductor"),
+                                 new_code_cell("%%step warm --model offline:warm --lazy\nwarm up"),
+                                 new_code_cell("%conductor run")],
+                          metadata={"kernelspec": {"name": "python3", "language": "python"}, "papermill": {}})
+        nb = nbformat.reads(nbformat.writes(nb), as_version=4)  # compiles the schema validator
+        saved = os.environ.get("NBCONDUCTOR_STORE")
+        os.environ["NBCONDUCTOR_STORE"] = ":memory:"
+        try:
+            papermill_engines.execute_notebook_with_engine(ENGINE_NAME, nb, kernel_name="python3", output_path=None,
+                                                           progress_bar=False)
+        finally:
+            if saved is None:
+                os.environ.pop("NBCONDUCTOR_STORE", None)
+            else:
+                os.environ["NBCONDUCTOR_STORE"] = saved
+    except Exception:  # noqa: BLE001 - warming is an optimisation; rows report real problems
+        pass
+
+
+def _defer_rfc3987_syntax() -> None:
+    """Defer ``rfc3987_syntax`` until a JSON-schema ``iri`` check needs it.
+
+    nbformat imports jsonschema, which imports rfc3987_syntax when installed (as it is with
+    JupyterLab), and that builds an Earley parser at import time: seconds per process. In our
+    own worker processes a stand-in module loads the real one on first use, so behaviour is
+    unchanged and start-up is not billed for a check nbformat never makes.
+    """
+    import importlib
+    import importlib.util
+    import types
+
+    name = "rfc3987_syntax"
+    if name in sys.modules or "jsonschema" in sys.modules or importlib.util.find_spec(name) is None:
+        return
+
+    def real():
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        return importlib.import_module(name)
+
+    stand_in = types.ModuleType(name)
+    stand_in.is_valid_syntax = lambda term, value: real().is_valid_syntax(term, value)
+
+    def attribute(attr: str):
+        if attr.startswith("__"):  # the import system probing the module
+            raise AttributeError(attr)
+        return getattr(real(), attr)
+
+    stand_in.__getattr__ = attribute
+    sys.modules[name] = stand_in
 
 
 def _worker_main(conn, env: dict[str, str], cwd: str, log: str | None) -> None:
@@ -278,7 +348,11 @@ def _worker_main(conn, env: dict[str, str], cwd: str, log: str | None) -> None:
         except (EOFError, OSError):
             break
         if job is None:
-            break
+            # Nothing is pending (each row closed its store): skip the interpreter's slow teardown.
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(0)
         result = execute_row(**job)
         try:
             conn.send(result)
@@ -361,6 +435,9 @@ def run_local(rows: list[Row], job: dict[str, Any], workers: int, on_done: Calla
                 w.row = None
                 on_done(result)
     finally:
+        for w in pool:  # all at once, then wait: workers exit in parallel
+            with contextlib.suppress(Exception):
+                w.conn.send(None)
         for w in pool:
             w.stop()
         leftover = sweep(token)
@@ -490,15 +567,15 @@ class Progress:
 
 def cli_batch(args: argparse.Namespace) -> int:
     """``nbconductor batch``; returns 0 when every row finished, 1 when one failed, 2 for bad input."""
-    if not args.dask:
-        _context(prestart=True)  # the workers' imports overlap with the coordinator's
-    from ._runner import choose_engine, engine_label, read_notebook
+    from ._runner import choose_engine, engine_label
 
     notebook = Path(args.notebook).resolve()
-    nb = read_notebook(notebook)
+    nb = _read_notebook(notebook)  # as JSON: the coordinator never imports nbformat or papermill
     rows_in = read_rows(args.params)
+    if not args.dask:
+        _context()  # the workers' start-up overlaps with what the coordinator does next
     _warn_unknown(nb, rows_in)
-    engine = choose_engine(nb, args.engine)
+    engine = choose_engine(nb, args.engine, register=False)
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     store = str(_store_path(args.store, notebook))
@@ -570,15 +647,28 @@ def _store_path(arg: str | None, notebook: Path) -> Path:
     return default_store_path(notebook.parent).resolve()
 
 
-def _warn_unknown(nb, rows: list[dict]) -> None:
-    from ._notebook import parameter_values, parameters_cell
+def _read_notebook(path: Path) -> dict:
+    if not path.is_file():
+        raise OptionError(f"notebook {str(path)!r} not found")
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        nb["cells"]  # noqa: B018
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OptionError(f"{path.name} is not a readable notebook: {exc}") from None
+    return nb
 
-    cell = parameters_cell(nb)
+
+def _warn_unknown(nb: dict, rows: list[dict]) -> None:
+    from ._notebook import parameter_values
+
+    cell = next((c for c in nb["cells"] if c.get("cell_type") == "code"
+                 and "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if cell is None:
         print("nbconductor: the notebook has no cell tagged `parameters`; papermill puts row values "
               "at the top", file=sys.stderr)
         return
-    known = set(parameter_values(cell.source))
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    known = set(parameter_values(source))
     unknown = sorted({k for r in rows for k in r} - known)
     if unknown and known:
         print(f"nbconductor: parameters not in the notebook's parameters cell: {', '.join(unknown)} "
@@ -624,3 +714,7 @@ def _relative(path: str, base: Path) -> str:
         return str(Path(path).relative_to(base))
     except ValueError:
         return path
+
+
+if os.environ.get(_WARM_FLAG) == "1":  # imported by the batch's forkserver: see _context()
+    _warm_forkserver()

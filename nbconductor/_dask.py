@@ -87,6 +87,7 @@ def run_dask(address: str, rows: list[Row], job: dict[str, Any], on_done: Callab
     notebook = Path(job["notebook"])
     text = notebook.read_text(encoding="utf-8")
     try:
+        _probe(address)
         client = Client(address, timeout=30)
     except (OSError, TimeoutError) as exc:
         raise OptionError(f"--dask {address}: cannot reach the Dask scheduler ({exc}); "
@@ -111,6 +112,16 @@ def run_dask(address: str, rows: list[Row], job: dict[str, Any], on_done: Callab
             on_done(result)
     finally:
         client.close()
+
+
+def _probe(address: str) -> None:
+    """Fail fast (OSError) when nothing listens at a tcp:// address, instead of retrying for long."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme == "tcp" and parts.hostname and parts.port:
+        socket.create_connection((parts.hostname, parts.port), timeout=10).close()
 
 
 def _land(result: dict, row: Row, store: str) -> None:

@@ -54,17 +54,19 @@ def read_notebook(path: str | os.PathLike):
         raise OptionError(f"{p.name} is not a readable notebook: {exc}") from None
 
 
-def choose_engine(nb, engine: str | None) -> str | None:
-    """The papermill engine name for ``nb``: in-process for exported jobs unless told otherwise."""
+def choose_engine(nb, engine: str | None, *, register: bool = True) -> str | None:
+    """The papermill engine name for ``nb`` (a dict will do): in-process for exported jobs by default."""
     from ._export import is_job
-    from .engine import ENGINE_NAME, register
+    from .engine import ENGINE_NAME
 
     if engine in (None, "", "auto"):
         engine = ENGINE_NAME if is_job(nb) else "nbclient"
     elif engine in KERNEL_NAMES:
         engine = "nbclient"
-    if engine == ENGINE_NAME:
-        register()  # in case the package was not reinstalled since the entry point was added
+    if engine == ENGINE_NAME and register:
+        from .engine import register as register_engine
+
+        register_engine()  # in case the package was not reinstalled since the entry point was added
     return engine
 
 

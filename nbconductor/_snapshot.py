@@ -70,7 +70,10 @@ def attempt_spans(result: StepResult | None) -> list[list[Any]]:
     if not result.attempts:
         return [[result.started, result.ended, state]]
     last = len(result.attempts) - 1
-    return [[a.started, a.ended, _attempt_state(a, i == last, state)] for i, a in enumerate(result.attempts)]
+    return [
+        [a.started, a.ended, _attempt_state(a, i == last, state)]
+        for i, a in enumerate(result.attempts)
+    ]
 
 
 def _awaiting_review(pipeline, result: StepResult) -> bool:
@@ -90,25 +93,41 @@ def _awaiting_review(pipeline, result: StepResult) -> bool:
     return hit is not None and hit.state == "flagged"
 
 
-def node(name: str, step, result: StepResult | None, state: str | None = None, model: str | None = None) -> dict:
+def node(
+    name: str, step, result: StepResult | None, state: str | None = None, model: str | None = None
+) -> dict:
     """One graph node in the widget snapshot format."""
     text, kind, image = _output(result)
     r = result
     return {
-        "id": name, "label": name, "kind": "python" if step.kind == "function" else step.kind,
+        "id": name,
+        "label": name,
+        "kind": "python" if step.kind == "function" else step.kind,
         "state": state or (_DECIDED.get(r.state, r.state) if r else "pending"),
         "model": (r.model if r and r.model else model),
         "attempts": len(r.attempts) if r and r.attempts else None,
-        "tokens": r.usage.total if r else None, "cost": r.cost if r else None,
-        "latency": r.latency if r else None, "items": r.items if r else None,
-        "gates": [{"name": g.name, "passed": g.passed, "score": g.score, "feedback": g.feedback} for g in (r.gates if r else [])],
-        "prompt": r.prompt if r else None, "output": text, "output_kind": kind, "image_b64": image,
-        "error": r.error if r else None, "started": r.started if r else None, "ended": r.ended if r else None,
+        "tokens": r.usage.total if r else None,
+        "cost": r.cost if r else None,
+        "latency": r.latency if r else None,
+        "items": r.items if r else None,
+        "gates": [
+            {"name": g.name, "passed": g.passed, "score": g.score, "feedback": g.feedback}
+            for g in (r.gates if r else [])
+        ],
+        "prompt": r.prompt if r else None,
+        "output": text,
+        "output_kind": kind,
+        "image_b64": image,
+        "error": r.error if r else None,
+        "started": r.started if r else None,
+        "ended": r.ended if r else None,
         "attempt_spans": attempt_spans(r),
     }
 
 
-def _running_node(name: str, step, model: str | None, started: float, attempts: Sequence[Attempt]) -> dict:
+def _running_node(
+    name: str, step, model: str | None, started: float, attempts: Sequence[Attempt]
+) -> dict:
     n = node(name, step, None, "running", model)
     done = list(attempts)
     tokens = [a.usage.total for a in done if a.usage.total is not None]
@@ -119,15 +138,23 @@ def _running_node(name: str, step, model: str | None, started: float, attempts: 
         tokens=sum(tokens) if tokens else None,
         cost=sum(costs) if done and None not in costs else None,
         model=done[-1].model if done else model,
-        attempt_spans=[[a.started, a.ended, "failed" if a.outcome != "passed" else "passed"] for a in done]
+        attempt_spans=[
+            [a.started, a.ended, "failed" if a.outcome != "passed" else "passed"] for a in done
+        ]
         + [[done[-1].ended if done else started, None, "running"]],
     )
     return n
 
 
-def snapshot(pipeline, results: Mapping[str, StepResult] | None = None, running: Mapping[str, float] | None = None,
-             run: Mapping[str, Any] | None = None, *, attempts: Mapping[str, Sequence[Attempt]] | None = None,
-             steps: Sequence[str] | None = None) -> dict:
+def snapshot(
+    pipeline,
+    results: Mapping[str, StepResult] | None = None,
+    running: Mapping[str, float] | None = None,
+    run: Mapping[str, Any] | None = None,
+    *,
+    attempts: Mapping[str, Sequence[Attempt]] | None = None,
+    steps: Sequence[str] | None = None,
+) -> dict:
     """The pipeline's graph with each step's latest state, in the widgets' snapshot format.
 
     ``results`` default to the pipeline's latest; a step in ``running`` (name -> start time)
@@ -158,6 +185,15 @@ def snapshot(pipeline, results: Mapping[str, StepResult] | None = None, running:
             nodes.append(node(name, step, r, "flagged" if flagged else None, model))
     if run is None:
         last = pipeline.last_run
-        run = {"id": last.run_id, "status": last.status, "cost": last.cost, "tokens": last.usage.total} if last else {}
+        run = (
+            {
+                "id": last.run_id,
+                "status": last.status,
+                "cost": last.cost,
+                "tokens": last.usage.total,
+            }
+            if last
+            else {}
+        )
     edges = [list(e) for e in graph.edges if e[0] in keep and e[1] in keep]
     return {"nodes": nodes, "edges": edges, "run": dict(run)}

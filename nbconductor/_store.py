@@ -71,6 +71,11 @@ class _Redactor:
         return redact(text, self._secrets)
 
 
+def _dumps_list(items: list, redactor: Callable[[str], str]) -> str:
+    """Redacted JSON of a list of dataclasses (attempts, gate results); most lists are empty."""
+    return redactor(json.dumps(_plain(items))) if items else "[]"
+
+
 _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
@@ -208,11 +213,11 @@ class Store:
                output_hash, params) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 run_id, result.step, result.state, result.cache_key, int(result.cached), kind, blob, prompt,
-                result.model, len(result.attempts), r(json.dumps(_plain(result.attempts))),
-                r(json.dumps(_plain(result.gates))), u.input_tokens, u.output_tokens,
+                result.model, len(result.attempts), _dumps_list(result.attempts, r),
+                _dumps_list(result.gates, r), u.input_tokens, u.output_tokens,
                 u.cache_read_tokens, u.cache_write_tokens, result.cost, result.started, result.ended,
                 r(result.error) if result.error else None, result.items, item, notebook, self.user,
-                digest(prompt) if prompt else None, digest(blob), r(_json(params or {})),
+                digest(prompt) if prompt else None, digest(blob), r(_json(params)) if params else "{}",
             ),
         )
         return cur.lastrowid

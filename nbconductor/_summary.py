@@ -55,13 +55,14 @@ HEADER = ["step", "state", "model", "attempts", "tokens", "cost", "time", "gates
 def summary_table(run) -> str:
     """A Markdown table of a run, one row a step, with totals."""
     rows = summary_rows(run)
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    # `\$`: Jupyter's Markdown would typeset the text between two dollar signs as LaTeX.
+    esc = lambda s: str(s).replace("|", "\\|").replace("$", "\\$")  # noqa: E731
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
     total = run.usage.total
     lines.append(
         f"\n**run {run.run_id}**: {run.status} · {len(rows)} steps · "
-        f"{fmt_tokens(total)} tokens · {fmt_cost(run.cost)} · {run.ended - run.started:.2f}s"
+        f"{fmt_tokens(total)} tokens · {esc(fmt_cost(run.cost))} · {run.ended - run.started:.2f}s"
     )
     return "\n".join(lines)
 

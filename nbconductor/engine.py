@@ -29,12 +29,12 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
-
-from nbformat import NotebookNode
-from nbformat.v4 import new_output
+from typing import TYPE_CHECKING, Any
 
 from ._redact import redact
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
 
 __all__ = ["NBConductorEngine", "register"]
 
@@ -266,6 +266,12 @@ _MISSING = object()
 
 
 # --------------------------------------------------------------------------------- outputs
+
+
+def new_output(output_type: str, **fields: Any):
+    from nbformat.v4 import new_output as make
+
+    return make(output_type, **fields)
 
 
 class _Sink:

@@ -3,6 +3,7 @@ InteractiveShell, the live graph following run events, and the parameters the fo
 
 from __future__ import annotations
 
+import re
 import time
 
 import nbformat
@@ -23,8 +24,14 @@ from nbconductor.widgets.live import LiveGraph
 from nbconductor.widgets.timeline import TimelineView, timeline_rows
 
 PARAMS = 'topic = "pricing pages"\nmarkets = ["fr", "de", "ja"]'
-RESEARCH = ("research --json", 'List five competitors on {{ topic }} as JSON: [{"name": ..., "angle": ...}]')
-DRAFT = ('draft --check "max_words(3)" --retries 0 --on-fail review', "Write about {{ topic }} avoiding {{ research }}")
+RESEARCH = (
+    "research --json",
+    'List five competitors on {{ topic }} as JSON: [{"name": ..., "angle": ...}]',
+)
+DRAFT = (
+    'draft --check "max_words(3)" --retries 0 --on-fail review',
+    "Write about {{ topic }} avoiding {{ research }}",
+)
 TRANSLATE = ('translate --map "lang in markets"', "Translate into {{ lang }}: {{ draft }}")
 STATS = ("stats --python", '{"words": len(draft.split()), "languages": len(translate)}')
 
@@ -32,7 +39,12 @@ STATS = ("stats --python", '{"words": len(draft.split()), "languages": len(trans
 @pytest.fixture
 def ip(tmp_path, monkeypatch):
     monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
-    for var in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "JPY_SESSION_NAME", "NBCONDUCTOR_OFFLINE_LATENCY"):
+    for var in (
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "JPY_SESSION_NAME",
+        "NBCONDUCTOR_OFFLINE_LATENCY",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     shell = InteractiveShell.instance()
@@ -98,21 +110,39 @@ def test_graph_shows_states_items_and_inspector(ip):
     widget, _ = conductor(ip, "graph")
     # Each %%step cell re-served its upstream from the cache; the flagged draft, served from
     # the cache, still shows flagged: it waits in the review queue.
-    assert states(widget) == {"research": "cached", "draft": "flagged", "translate": "cached", "stats": "passed"}
+    assert states(widget) == {
+        "research": "cached",
+        "draft": "flagged",
+        "translate": "cached",
+        "stats": "passed",
+    }
     translate = next(n for n in widget.nodes if n["id"] == "translate")
     assert translate["items"] == 3 and translate["caption"]["badge"] == "×3"
     assert sorted((e["source"], e["target"]) for e in widget.edges) == [
-        ("draft", "stats"), ("draft", "translate"), ("research", "draft"), ("translate", "stats")]
+        ("draft", "stats"),
+        ("draft", "translate"),
+        ("research", "draft"),
+        ("translate", "stats"),
+    ]
 
     widget.select("draft")
     detail = widget.detail
     assert detail["state"] == "flagged"
     assert detail["output_html"].startswith("<p>[offline:default] Write about pricing pages")
-    assert detail["gates"] == [{"name": "max_words(3)", "passed": False, "score": "0.00",
-                                "feedback": detail["gates"][0]["feedback"]}]
+    assert detail["gates"] == [
+        {
+            "name": "max_words(3)",
+            "passed": False,
+            "score": "0.00",
+            "feedback": detail["gates"][0]["feedback"],
+        }
+    ]
     assert "words" in detail["gates"][0]["feedback"]
     assert detail["prompt"].startswith("Write about pricing pages avoiding [")
-    assert ["Upstream", "research"] in detail["facts"] and ["Downstream", "translate, stats"] in detail["facts"]
+    assert ["Upstream", "research"] in detail["facts"] and [
+        "Downstream",
+        "translate, stats",
+    ] in detail["facts"]
     widget.select("research")
     assert '"name": "name 1"' in widget.detail["output_text"]
 
@@ -144,13 +174,27 @@ def test_graph_rejects_arguments(ip):
 def test_snapshot_maps_review_decisions_and_attempt_outcomes(ip):
     ip.run_cell_magic("step", "a --lazy", "Say {{ 1 }}")
     t = 1000.0
-    tries = [Attempt("offline:x", t, t + 1, "error", "boom"), Attempt("offline:x", t + 1, t + 2, "gate", "long"),
-             Attempt("offline:x", t + 2, t + 3, "gate", "long")]
-    flagged = StepResult("a", "flagged", "out", attempts=tries, started=t, ended=t + 3,
-                         gates=[GateResult("max_words(3)", False)])
+    tries = [
+        Attempt("offline:x", t, t + 1, "error", "boom"),
+        Attempt("offline:x", t + 1, t + 2, "gate", "long"),
+        Attempt("offline:x", t + 2, t + 3, "gate", "long"),
+    ]
+    flagged = StepResult(
+        "a",
+        "flagged",
+        "out",
+        attempts=tries,
+        started=t,
+        ended=t + 3,
+        gates=[GateResult("max_words(3)", False)],
+    )
     node = snapshot(pipeline(ip), {"a": flagged})["nodes"][0]
     assert node["state"] == "flagged" and node["attempts"] == 3 and node["latency"] == 3
-    assert node["attempt_spans"] == [[t, t + 1, "failed"], [t + 1, t + 2, "failed"], [t + 2, t + 3, "flagged"]]
+    assert node["attempt_spans"] == [
+        [t, t + 1, "failed"],
+        [t + 1, t + 2, "failed"],
+        [t + 2, t + 3, "flagged"],
+    ]
 
     approved = StepResult("a", "approved", "out", attempts=tries[:1], started=t, ended=t + 1)
     assert snapshot(pipeline(ip), {"a": approved})["nodes"][0]["state"] == "passed"
@@ -158,7 +202,9 @@ def test_snapshot_maps_review_decisions_and_attempt_outcomes(ip):
     assert snapshot(pipeline(ip), {"a": rejected})["nodes"][0]["state"] == "failed"
 
     # a cache hit keeps the producing run's attempts (the count), but its span is when it was served
-    hit = StepResult("a", "cached", "out", attempts=tries, started=t + 50, ended=t + 50, cached=True)
+    hit = StepResult(
+        "a", "cached", "out", attempts=tries, started=t + 50, ended=t + 50, cached=True
+    )
     assert attempt_spans(hit) == [[t + 50, t + 50, "cached"]]
     assert snapshot(pipeline(ip), {"a": hit})["nodes"][0]["attempts"] == 3
 
@@ -200,7 +246,11 @@ def test_live_graph_follows_a_run(ip):
         ip.run_cell_magic("step", line + " --lazy", body)
     magics = ip.user_ns["__nbconductor__"]
     live = LiveGraph(magics.pipeline, interval=0)
-    assert states(live.widget) == {"research": "pending", "draft": "pending", "translate": "pending"}
+    assert states(live.widget) == {
+        "research": "pending",
+        "draft": "pending",
+        "translate": "pending",
+    }
     seen = []
 
     def observer(event, name, payload):
@@ -210,16 +260,24 @@ def test_live_graph_follows_a_run(ip):
 
     with capture_output():
         magics._run(None, live=observer)
-    assert seen[:2] == [("start", "research", "running", "running"), ("attempt", "research", "running", "running")]
+    assert seen[:2] == [
+        ("start", "research", "running", "running"),
+        ("attempt", "research", "running", "running"),
+    ]
     assert ("end", "research", "passed", "running") in seen
     assert ("end", "draft", "flagged", "running") in seen
     assert ("end", "translate", "passed", "running") in seen
     # tokens are counted as steps finish
-    assert live.widget.run["tokens"] > 0 and live.widget.run["summary"].startswith("run · running · ")
+    assert live.widget.run["tokens"] > 0 and live.widget.run["summary"].startswith(
+        "run · running · "
+    )
 
     live.finish(magics.pipeline)
     assert states(live.widget) == {"research": "passed", "draft": "flagged", "translate": "passed"}
-    assert live.widget.run["status"] == "flagged" and live.widget.run["id"] == magics.pipeline.last_run.run_id
+    assert (
+        live.widget.run["status"] == "flagged"
+        and live.widget.run["id"] == magics.pipeline.last_run.run_id
+    )
     live.observe("start", "draft", None)  # late events after the end change nothing
     assert states(live.widget)["draft"] == "flagged"
 
@@ -236,9 +294,18 @@ def test_live_graph_counts_attempts_while_running(ip):
     assert states(live.widget) == {"a": "pending", "b": "passed"}
     live.observe("start", "a", None)
     t = time.time()
-    live.observe("attempt", "a", Attempt("offline:default", t, t + 0.1, "gate", "too long", Usage(10, 5), 0.25))
+    live.observe(
+        "attempt",
+        "a",
+        Attempt("offline:default", t, t + 0.1, "gate", "too long", Usage(10, 5), 0.25),
+    )
     node = next(n for n in live.widget.nodes if n["id"] == "a")
-    assert node["state"] == "running" and node["attempts"] == 2 and node["tokens"] == 15 and node["cost"] == 0.25
+    assert (
+        node["state"] == "running"
+        and node["attempts"] == 2
+        and node["tokens"] == 15
+        and node["cost"] == 0.25
+    )
     assert node["caption"]["metrics"] == "2 attempts · 15 tok · $0.25"
     spans = live._snapshot()["nodes"][0]["attempt_spans"]
     assert spans == [[t, t + 0.1, "failed"], [t + 0.1, None, "running"]]
@@ -256,7 +323,8 @@ def test_live_graph_throttles_and_sends_the_last_update(ip):
     while states(live.widget)["b"] != "running" and time.monotonic() < deadline:
         time.sleep(0.02)
     assert states(live.widget)["b"] == "running"  # ...and sent when the interval has passed
-    live.observe("end", "a", StepResult("a", "passed", "x", started=1.0, ended=2.0))  # an end: at once
+    # a step ending goes out at once
+    live.observe("end", "a", StepResult("a", "passed", "x", started=1.0, ended=2.0))
     assert states(live.widget)["a"] == "passed"
 
 
@@ -294,7 +362,7 @@ def test_timeline_needs_a_run(ip):
         ip.run_line_magic("conductor", "timeline")
 
 
-def test_timeline_shows_the_last_run(ip):
+def test_timeline_shows_the_last_run(ip, monkeypatch):
     newsletter(ip)
     view, _ = conductor(ip, "timeline")
     assert isinstance(view, TimelineView)
@@ -302,19 +370,36 @@ def test_timeline_shows_the_last_run(ip):
     rows, t0, t1 = timeline_rows(view.snapshot)
     assert [r["id"] for r in rows] == ["research", "draft", "translate", "stats"]
     assert {r["id"]: [s[2] for s in r["spans"]] for r in rows} == {
-        "research": ["cached"], "draft": ["cached"], "translate": ["cached"], "stats": ["passed"]}
+        "research": ["cached"],
+        "draft": ["cached"],
+        "translate": ["cached"],
+        "stats": ["passed"],
+    }
     last = pipeline(ip).last_run
     assert last.started <= t0 <= t1 <= last.ended  # not the times of the runs that made the cache
 
+    monkeypatch.setenv("NBCONDUCTOR_OFFLINE_LATENCY", "0.05")  # so the translations overlap
     conductor(ip, "run --force")
     view, _ = conductor(ip, "timeline")
     rows, _, _ = timeline_rows(view.snapshot)
     spans = {r["id"]: [s[2] for s in r["spans"]] for r in rows}
-    assert spans == {"research": ["passed"], "draft": ["flagged"], "translate": ["passed"] * 3, "stats": ["passed"]}
+    assert spans == {
+        "research": ["passed"],
+        "draft": ["flagged"],
+        "translate": ["passed"] * 3,
+        "stats": ["passed"],
+    }
     svg = view._repr_mimebundle_()["image/svg+xml"]
     assert svg.count('class="nbc-attempt"') == 6
     assert 'data-node="translate" data-attempt="3"' in svg
-    assert view.to_text().splitlines()[0].startswith(f"Timeline · run {pipeline(ip).last_run.run_id}")
+    # the three translations ran at once: one lane each, one above the other
+    tops = re.findall(
+        r'data-node="translate" data-attempt="\d" data-state="passed" x="[\d.]+" y="([\d.]+)"', svg
+    )
+    assert len(set(tops)) == 3
+    assert (
+        view.to_text().splitlines()[0].startswith(f"Timeline · run {pipeline(ip).last_run.run_id}")
+    )
 
 
 def test_timeline_keeps_to_the_steps_of_the_last_run(ip):
@@ -339,12 +424,18 @@ def write_notebook(path, params_source, tag=True):
 
 
 def test_parameters_come_from_the_tagged_cell_of_the_session_notebook(ip, tmp_path, monkeypatch):
-    path = write_notebook(tmp_path / "brief.ipynb", 'topic = "from the file"\nwords = 300\ndraft_only = False')
+    path = write_notebook(
+        tmp_path / "brief.ipynb", 'topic = "from the file"\nwords = 300\ndraft_only = False'
+    )
     monkeypatch.setenv("JPY_SESSION_NAME", str(path))  # as Jupyter sets it for the kernel
     fresh(ip)
     ip.run_cell('topic = "edited in the kernel"', store_history=True)
     # current values from the kernel; a name not run yet takes the cell's literal
-    assert current_parameters(ip) == {"topic": "edited in the kernel", "words": 300, "draft_only": False}
+    assert current_parameters(ip) == {
+        "topic": "edited in the kernel",
+        "words": 300,
+        "draft_only": False,
+    }
 
 
 def test_parameters_session_name_relative_to_the_kernel_directory(ip, tmp_path, monkeypatch):
@@ -360,7 +451,11 @@ def test_parameters_fall_back_to_the_kernel(ip, tmp_path):
     ip.run_cell("scratch = 1", store_history=True)  # no step reads it
     ip.run_cell("import math\nratio = math.pi", store_history=True)  # not literal
     step(ip, "draft --lazy", "Write {{ words }} words about {{ topic }} for {{ markets }}")
-    assert current_parameters(ip) == {"topic": "pricing pages", "markets": ["fr", "de"], "words": 200}
+    assert current_parameters(ip) == {
+        "topic": "pricing pages",
+        "markets": ["fr", "de"],
+        "words": 200,
+    }
     # an explicit list wins over the guess
     ip.user_ns["__parameters__"] = ["topic"]
     assert current_parameters(ip) == {"topic": "pricing pages"}
@@ -370,7 +465,11 @@ def test_parameters_fall_back_to_the_kernel(ip, tmp_path):
     ip.user_ns.pop("In", None)
     ip.user_ns["helper"] = object()
     step(ip, "other --lazy", "{{ helper }}")
-    assert current_parameters(ip) == {"markets": ["fr", "de"], "topic": "pricing pages", "words": 200}
+    assert current_parameters(ip) == {
+        "markets": ["fr", "de"],
+        "topic": "pricing pages",
+        "words": 200,
+    }
 
 
 def test_form_without_parameters_says_how_to_get_them(ip):
@@ -385,7 +484,11 @@ def test_form_run_uses_the_new_values(ip, tmp_path, monkeypatch):
     newsletter(ip)
     form, _ = conductor(ip, "form")
     assert isinstance(form, IntakeForm) and list(form.fields) == ["topic", "markets"]
-    assert form.fields["topic"].value == "pricing pages" and form.fields["markets"].value == ["fr", "de", "ja"]
+    assert form.fields["topic"].value == "pricing pages" and form.fields["markets"].value == [
+        "fr",
+        "de",
+        "ja",
+    ]
     form.fields["topic"].value = "bakery websites"
     form.fields["markets"].value = ["it", "es"]
     with capture_output() as cap:
@@ -394,11 +497,15 @@ def test_form_run_uses_the_new_values(ip, tmp_path, monkeypatch):
     assert ip.user_ns["topic"] == "bakery websites"
     assert ip.user_ns["draft"].startswith("[offline:default] Write about bakery websites")
     assert [t[:38] for t in ip.user_ns["translate"]] == [
-        "[offline:default] Translate into it: [", "[offline:default] Translate into es: ["]
+        "[offline:default] Translate into it: [",
+        "[offline:default] Translate into es: [",
+    ]
     run = pipeline(ip).last_run
     assert result.data == run.summary() and run.status == "flagged"
     # the run showed its live graph, ending in the final states
-    assert any(o.data.get("text/plain", "").startswith(f"run {run.run_id} · flagged") for o in cap.outputs)
+    assert any(
+        o.data.get("text/plain", "").startswith(f"run {run.run_id} · flagged") for o in cap.outputs
+    )
 
 
 def test_form_run_reports_a_failed_step_in_one_line(ip, tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ def ip(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)
     shell = InteractiveShell.instance()
+    # Another test may have started a terminal shell, whose formatter emits text/plain only.
+    shell.display_formatter.active_types = shell.display_formatter.format_types
     shell.user_ns.clear()
     shell.init_user_ns()
     shell.run_line_magic("load_ext", "nbconductor")

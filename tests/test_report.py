@@ -145,8 +145,11 @@ def test_cli_without_a_store_fails_cleanly(tmp_path, capsys):
 
 
 @pytest.fixture
-def shell():
-    return InteractiveShell.instance()  # tests/conftest.py puts sys.modules["__main__"] back
+def shell(monkeypatch):
+    shell = InteractiveShell.instance()  # tests/conftest.py puts sys.modules["__main__"] back
+    # A terminal shell (if another test started one) formats text/plain only; a notebook does all.
+    monkeypatch.setattr(shell.display_formatter, "active_types", shell.display_formatter.format_types)
+    return shell
 
 
 def test_show_report_displays_a_table_and_a_plot(store, shell):

@@ -62,7 +62,9 @@ class LiveGraph:
         }
 
     def _snapshot(self) -> dict:
-        return snapshot(self.pipeline, self.results, self.running, self._run_line(), attempts=self.attempts)
+        return snapshot(
+            self.pipeline, self.results, self.running, self._run_line(), attempts=self.attempts
+        )
 
     def show(self) -> Any:
         """Display the widget; its static SVG is refreshed when the run ends (papermill, nbviewer)."""

@@ -64,6 +64,22 @@ def _peak(rows: list[dict[str, Any]]) -> int:
     return peak
 
 
+def _lanes(spans: list) -> tuple[list[int], int]:
+    """A lane per span so that overlapping spans (a ``--map`` step's items, run in
+    parallel) sit one above the other: ``(lane of each span, number of lanes)``."""
+    ends: list[float] = []
+    lane = []
+    for a, b, _, _ in spans:
+        free = next((i for i, end in enumerate(ends) if end <= a + 1e-9), None)
+        if free is None:
+            free = len(ends)
+            ends.append(b)
+        else:
+            ends[free] = b
+        lane.append(free)
+    return lane, max(len(ends), 1)
+
+
 def _tick_step(span: float) -> float:
     raw = span / 6 if span > 0 else 1.0
     base = 10 ** math.floor(math.log10(raw))
@@ -128,19 +144,23 @@ def render_timeline_svg(snapshot: Mapping[str, Any]) -> str:
                 f'<text x="{LABEL_W + 4:.0f}" y="{y + 15:.0f}" font-size="11" fill="#8C8C8C">'
                 f"{escape(str(row['state']))}</text>"
             )
+        lane, lanes = _lanes(row["spans"])
+        gap = 2.0 if lanes <= 4 else 0.0  # many parallel items: a solid band
+        bar_h = BAR_H if lanes == 1 else max((ROW_H - 6 - gap * (lanes - 1)) / lanes, 1.0)
         for n, (a, b, state, is_open) in enumerate(row["spans"], 1):
             x, w = LABEL_W + (a - t0) * scale, max((b - a) * scale, 4.0)
+            top = y + (ROW_H - BAR_H) / 2 if lanes == 1 else y + 3 + lane[n - 1] * (bar_h + gap)
             c = PALETTE.get(state, PALETTE["pending"])
             dash = ' stroke-dasharray="4 2"' if is_open else ""
             out.append(
                 f'<rect class="nbc-attempt" data-node="{escape(row["id"])}" data-attempt="{n}" '
-                f'data-state="{escape(str(state))}" x="{x:.1f}" y="{y + (ROW_H - BAR_H) / 2:.1f}" '
-                f'width="{w:.1f}" height="{BAR_H:.0f}" rx="3" fill="{c["fill"]}" '
-                f'stroke="{c["stroke"]}" stroke-width="1.5"{dash}>'
+                f'data-state="{escape(str(state))}" x="{x:.1f}" y="{top:.1f}" '
+                f'width="{w:.1f}" height="{bar_h:.1f}" rx="{min(3.0, bar_h / 2):.1f}" fill="{c["fill"]}" '
+                f'stroke="{c["stroke"]}" stroke-width="{1.5 if lanes == 1 else 1}"{dash}>'
                 f"<title>{escape(row['label'])} attempt {n}: {escape(str(state))}, "
                 f"{fmt_seconds(b - a)}</title></rect>"
             )
-            if w > 26:
+            if w > 26 and lanes == 1:
                 out.append(
                     f'<text x="{x + w / 2:.1f}" y="{y + 17:.0f}" font-size="10" '
                     f'text-anchor="middle" fill="#1B1B1B">{c["glyph"]} {n}</text>'

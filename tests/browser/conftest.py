@@ -102,8 +102,15 @@ def _isolated_env(home: Path) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
     )
     # Kernels run on the offline provider, whatever keys or stores the caller's shell has.
-    for var in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL",
-                "NBCONDUCTOR_STORE", "NBCONDUCTOR_OFFLINE_LATENCY", "JPY_SESSION_NAME"):
+    for var in (
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "OPENAI_BASE_URL",
+        "NBCONDUCTOR_STORE",
+        "NBCONDUCTOR_OFFLINE_LATENCY",
+        "JPY_SESSION_NAME",
+    ):
         env.pop(var, None)
     # No news/update toasts over the page (and no requests to the internet for them).
     labconfig = home / "config" / "labconfig"

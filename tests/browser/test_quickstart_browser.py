@@ -61,8 +61,14 @@ print(json.dumps({"graphs": graphs, "draft": p.results["draft"].output}))
 
 def _kernel_env() -> dict[str, str]:
     env = dict(os.environ)
-    for var in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL",
-                "NBCONDUCTOR_STORE", "NBCONDUCTOR_OFFLINE_LATENCY"):
+    for var in (
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "OPENAI_BASE_URL",
+        "NBCONDUCTOR_STORE",
+        "NBCONDUCTOR_OFFLINE_LATENCY",
+    ):
         env.pop(var, None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     return env
@@ -81,15 +87,23 @@ def expected(tmp_path_factory) -> dict:
     """What a Python-side run of the extended quickstart gives (its own directory and store)."""
     path = with_extra_cells(QUICKSTART, tmp_path_factory.mktemp("expected") / "quickstart.ipynb")
     env = {**_kernel_env(), "JPY_SESSION_NAME": str(path)}
-    proc = subprocess.run([sys.executable, "-c", EXPECT, str(path)], cwd=path.parent, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", EXPECT, str(path)],
+        cwd=path.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def code_index(nb: nbformat.NotebookNode, source: str, nth: int = 0) -> int:
     """The index (among all cells, as the page counts them) of the nth cell with ``source``."""
-    hits = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip() == source]
+    hits = [
+        i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip() == source
+    ]
     return hits[nth]
 
 
@@ -107,14 +121,20 @@ def graph_states(graph) -> dict[str, list]:
 def store_rows(path: Path, step: str) -> list[dict]:
     with sqlite3.connect(path) as db:
         db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute(
-            "SELECT id, state, cached FROM results WHERE step=? AND item IS NULL ORDER BY id", (step,))]
+        return [
+            dict(r)
+            for r in db.execute(
+                "SELECT id, state, cached FROM results WHERE step=? AND item IS NULL ORDER BY id",
+                (step,),
+            )
+        ]
 
 
 def test_quickstart_in_jupyterlab(lab, expected):
     from playwright.sync_api import expect
 
-    lab.page.set_viewport_size({"width": 1280, "height": 1800})  # room for whole widgets in screenshots
+    # room for whole widgets in the screenshots
+    lab.page.set_viewport_size({"width": 1280, "height": 1800})
     path = with_extra_cells(QUICKSTART, lab.root_dir / "lab" / "quickstart.ipynb")
     nb = nbformat.read(path, as_version=4)
     lab.open("lab/quickstart.ipynb")
@@ -132,13 +152,16 @@ def test_quickstart_in_jupyterlab(lab, expected):
     live = lab.output(code_index(nb, "%conductor run")).locator(".nbc-graph")
     assert graph_states(live) == expected["graphs"][0]
     expect(live.locator(".nbc-run")).to_contain_text("· passed")
+    lab.screenshot("quickstart-run", lab.cell(code_index(nb, "%conductor run")))
 
     # -- click a node: the inspector shows its output, model and prompt
     first.locator('.nbc-node[data-node="draft"]').click()
     inspector = first.locator('.nbc-inspector[data-node="draft"]')
     expect(inspector).to_be_visible()
     text = inspector.locator(".nbc-output .nbc-md").inner_text()
-    assert text.startswith("[offline:writer] Write a newsletter issue about AI orchestration for small teams")
+    assert text.startswith(
+        "[offline:writer] Write a newsletter issue about AI orchestration for small teams"
+    )
     assert text.split()[:6] == expected["draft"].split()[:6]
     expect(inspector.locator(".nbc-facts")).to_contain_text("offline:writer")
     expect(inspector.locator(".nbc-gates")).to_contain_text("rubric")
@@ -161,7 +184,9 @@ def test_quickstart_in_jupyterlab(lab, expected):
     expect(card).to_contain_text("approved by")
     expect(card.locator("button[title='Approve']")).to_be_disabled()
     expect(review).to_contain_text("0 of 1 flagged outputs waiting")
-    assert [r["state"] for r in store_rows(store, "tagline") if r["id"] == flagged[0]["id"]] == ["approved"]
+    assert [r["state"] for r in store_rows(store, "tagline") if r["id"] == flagged[0]["id"]] == [
+        "approved"
+    ]
     lab.screenshot("quickstart-review-approved", review)
 
     # -- the form: a new topic, Run, and the pipeline runs with it
@@ -173,10 +198,12 @@ def test_quickstart_in_jupyterlab(lab, expected):
     form.get_by_role("button", name="Run").click()
     expect(form).to_contain_text("done in", timeout=60_000)
     form_graph = form.locator(".nbc-graph")
-    expect(form_graph.locator(".nbc-run")).to_contain_text("flagged")  # the new tagline is flagged again
+    # the new tagline is flagged again
+    expect(form_graph.locator(".nbc-run")).to_contain_text("flagged")
     form_graph.locator('.nbc-node[data-node="draft"]').click()
     expect(form_graph.locator(".nbc-inspector .nbc-md")).to_contain_text(
-        f"[offline:writer] Write a newsletter issue about {NEW_TOPIC}")
+        f"[offline:writer] Write a newsletter issue about {NEW_TOPIC}"
+    )
     lab.screenshot("quickstart-form-run", form)
 
     check = lab.append_cell("print(topic)\nprint(draft[:80])")
@@ -197,8 +224,13 @@ def test_quickstart_in_jupyterlab(lab, expected):
     for name in ("research", "draft", "translate", "stats", "tagline"):
         assert f'class="nbc-attempt" data-node="{name}"' in svg, name
     # the three translations ran side by side: their bars overlap
-    bars = [(float(x), float(x) + float(w)) for x, w in re.findall(
-        r'class="nbc-attempt" data-node="translate"[^>]* x="([\d.]+)"[^>]* width="([\d.]+)"', svg)]
+    bars = [
+        (float(x), float(x) + float(w))
+        for x, w in re.findall(
+            r'class="nbc-attempt" data-node="translate"[^>]* x="([\d.]+)"[^>]* width="([\d.]+)"',
+            svg,
+        )
+    ]
     assert len(bars) == 3
     assert max(a for a, _ in bars) < min(b for _, b in bars)
     assert int(re.search(r"peak (\d+) in parallel", svg)[1]) >= 2  # tagline beside research
