@@ -65,17 +65,24 @@ def interleaved(
 
     ``cases`` maps a label to ``(setup, run)`` or ``(setup, run, teardown)``: ``setup()`` is
     timed separately (it builds the graph) and returns what ``run(prepared)`` needs; teardown
-    is untimed. Returns ``{label: {"run": [...], "setup": [...]}}`` in seconds, warm-up excluded.
+    is untimed. Returns ``{label: {"run": [...], "cpu": [...], "setup": [...]}}`` in seconds,
+    warm-up excluded; "cpu" is the process's CPU time during the run (all its threads), which
+    a busy machine inflates less than wall time.
     """
-    times: dict[str, dict[str, list[float]]] = {label: {"run": [], "setup": []} for label in cases}
+    times: dict[str, dict[str, list[float]]] = {
+        label: {"run": [], "cpu": [], "setup": []} for label in cases
+    }
     for i in range(warmup + repeats):
         for label, (setup, run, *rest) in cases.items():
             setup_s, prepared = timed(setup)
+            cpu = time.process_time()
             run_s, _ = timed(lambda run=run, prepared=prepared: run(prepared))
+            cpu = time.process_time() - cpu
             if rest:
                 rest[0](prepared)
             if i >= warmup:
                 times[label]["run"].append(run_s)
+                times[label]["cpu"].append(cpu)
                 times[label]["setup"].append(setup_s)
     return times
 

@@ -108,9 +108,16 @@ def nbconductor_batch(job: Path, params: Path, out: Path, store: Path, workers: 
            str(workers), "--out", str(out), "--store", str(store)]
     if engine:
         cmd += ["--engine", engine]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env_with(), cwd=job.parent)
-    return time.perf_counter() - start, proc
+    # Output to files, not pipes: the time is until the command returns, as in a shell (the
+    # workers' forkserver, which shares the command's stdio, may still be exiting then).
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        start = time.perf_counter()
+        code = subprocess.call(cmd, stdout=out_f, stderr=err_f, env=env_with(), cwd=job.parent)
+        seconds = time.perf_counter() - start
+        out_f.seek(0)
+        err_f.seek(0)
+        proc = subprocess.CompletedProcess(cmd, code, out_f.read(), err_f.read())
+    return seconds, proc
 
 
 # ------------------------------------------------------------------------------ comparing
@@ -161,7 +168,7 @@ def compare(a_dir: Path, b_dir: Path, n: int) -> list[str]:
     for i in range(n):
         a, b = comparable(a_dir / f"job-{i:03d}.ipynb"), comparable(b_dir / f"job-{i:03d}.ipynb")
         if a != b:
-            where = next((j for j, (x, y) in enumerate(zip(a["cells"], b["cells"])) if x != y), "metadata")
+            where = next((j for j, (x, y) in enumerate(zip(a["cells"], b["cells"], strict=False)) if x != y), "metadata")
             bad.append(f"row {i}: differs at cell {where}")
     return bad
 

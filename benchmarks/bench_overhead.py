@@ -6,12 +6,14 @@ scheduling, cache keys, store writes. Graphs are built outside the timed region 
 is reported apart), each case is warmed up once, then timed ``--repeats`` times, the cases
 interleaved so machine load drifts onto all of them alike; figures are medians.
 
-nbconductor runs `Pipeline.function` steps (and, on the chain, ``--python`` steps) through
-`Pipeline.run`, with the store on disk (a fresh file per repeat) and in memory. LangGraph
-runs a compiled `StateGraph`: on the chain, both the brief's "one key per node" state and
-the leaner one-counter state; on the wide DAG, `Send`-free static fan-out with a list
-reducer and a fan-in edge; each with `invoke` (sync node functions) and `ainvoke` (async
-node functions). The ratio compares with LangGraph's fastest variant on each shape.
+nbconductor runs `Pipeline.function` steps (and, on the chain, ``--python`` steps, whose code
+runs in a worker thread so an interrupt can cancel it) through `Pipeline.run`, with the
+store on disk (a fresh file per repeat) and in memory; every step is computed, recorded and
+checked against the cache, as in real use. LangGraph runs a compiled `StateGraph`: on the
+chain, both a state with one key per node and the leaner one-counter state; on the wide DAG,
+static fan-out with a list reducer and a fan-in edge; each with `invoke` (sync node
+functions) and `ainvoke` (async node functions). The ratio compares with LangGraph's fastest
+variant on each shape. "CPU µs/step" is the process's CPU time (all threads) per step.
 
     python benchmarks/bench_overhead.py [--steps 1000] [--repeats 5] [--slow-repeats 2]
 """
@@ -280,6 +282,7 @@ def measure(
                     median(t["run"]) * 1e3,
                     per_step[label],
                     per_step[label] / lg_best,
+                    median(t["cpu"]) / steps * 1e6,
                     len(t["run"]),
                 ]
             )
@@ -296,7 +299,7 @@ def measure(
     return rows, summary
 
 
-HEADERS = ["shape", "engine", "build ms", "run ms", "µs/step", "× LG best", "n"]
+HEADERS = ["shape", "engine", "build ms", "run ms", "µs/step", "× LG best", "CPU µs/step", "n"]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -21,11 +21,13 @@ import signal
 import sys
 import threading
 import time
+import types
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ._errors import OptionError
 
@@ -372,7 +374,15 @@ class _Worker:
         log = str(self.log_dir / f"worker-{self.n}.log") if self.log_dir else None
         self.proc = self.ctx.Process(target=_worker_main, args=(child, self.env, os.getcwd(), log),
                                      name=f"nbconductor-worker-{self.n}", daemon=True)
-        self.proc.start()
+        # Workers need nothing from the caller's __main__ (a script, stdin, a kernel): without this,
+        # multiprocessing would re-run that script in every worker.
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            self.proc.start()
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
         child.close()
         self.conn = parent
 
@@ -384,7 +394,8 @@ class _Worker:
             return
         with contextlib.suppress(Exception):
             self.conn.send(None)
-        self.proc.join(timeout)
+        if timeout:
+            self.proc.join(timeout)
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(2)
@@ -408,6 +419,7 @@ def run_local(rows: list[Row], job: dict[str, Any], workers: int, on_done: Calla
     env = {**os.environ, WORKER_ENV: token}
     pool = [_Worker(ctx, n, env, log_dir) for n in range(max(1, min(workers, len(rows))))]
     queue = deque(rows)
+    finished = False
     try:
         while queue or any(w.row is not None for w in pool):
             for w in pool:
@@ -434,12 +446,13 @@ def run_local(rows: list[Row], job: dict[str, Any], workers: int, on_done: Calla
                     continue
                 w.row = None
                 on_done(result)
+        finished = True
     finally:
         for w in pool:  # all at once, then wait: workers exit in parallel
             with contextlib.suppress(Exception):
                 w.conn.send(None)
         for w in pool:
-            w.stop()
+            w.stop(5.0 if finished else 0.0)  # interrupted: do not wait for rows in flight
         leftover = sweep(token)
         if leftover:
             print(f"nbconductor: stopped {leftover} leftover kernel process{'es' if leftover > 1 else ''}",

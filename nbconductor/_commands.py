@@ -31,23 +31,23 @@ def cmd_run(m, words):
               (["--dry-run"], {"action": "store_true"}))
     if a.dry_run:
         return _dry_run(m, a.steps or None)
-    live = _live_graph(m)
-    run = None
+    live = _live_graph(m, a.steps or None)
     try:
-        run = m._run(a.steps or None, force=a.force, live=live.observe if live else None)
+        run = m._run(a.steps or None, force=a.force, live=live.observe if live else None, raise_failed=False)
     finally:
         if live is not None:
             live.finish(m.pipeline)
     display(Markdown(run.summary()))
+    m._raise_failed(run)  # after the summary, so a failed job still shows what ran
     return None
 
 
-def _live_graph(m):
+def _live_graph(m, targets):
     try:
         from .widgets.live import LiveGraph
     except ImportError:
         return None
-    live = LiveGraph(m.pipeline)
+    live = LiveGraph(m.pipeline, targets=targets)
     live.show()
     return live
 
@@ -174,7 +174,7 @@ def cmd_form(m, words):
         m.shell.user_ns.update(values)
         live = None
         try:
-            live = _live_graph(m)
+            live = _live_graph(m, None)
             run = m._run(None, live=live.observe if live else None)
         except ConductorError as exc:  # a bad name, a failed step: one line, not a traceback
             raise UsageError(str(exc)) from None

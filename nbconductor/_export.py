@@ -362,7 +362,7 @@ def _job_from_history(magics: Any) -> _Job:
         job.cells.append(_Cell("alias", "\n".join(f"%conductor alias {k} {v}" for k, v in aliases.items())))
     declared = dict(getattr(magics, "cells", {}))
     for kind in ("context", "step", "rubric"):
-        for key, source in declared.items():
+        for source in declared.values():
             if cell_kind(source) != kind:
                 continue
             src = redact(source)
@@ -424,14 +424,15 @@ def _job_from_pipeline(pipeline: Any) -> _Job:
                 continue
             lines = [ln for ln in src.splitlines() if not ln.lstrip().startswith("@")]
             # The step's output takes the step's name, so the function is renamed.
+            new_name = _function_name(step)
             text = re.sub(rf"^(async\s+)?def\s+{re.escape(step.fn.__name__)}\s*\(",
-                          lambda m: f"{m.group(1) or ''}def {_function_name(step)}(", "\n".join(lines), count=1,
+                          lambda m, name=new_name: f"{m.group(1) or ''}def {name}(", "\n".join(lines), count=1,
                           flags=re.M)
             helpers.append(_Cell("code", redact(text)))
     job.cells.extend(helpers)
     if pipeline.aliases:
         job.cells.append(_Cell("alias", "\n".join(f"%conductor alias {k} {v}" for k, v in pipeline.aliases.items())))
-    for key, source in _pipeline_cells(pipeline).items():
+    for source in _pipeline_cells(pipeline).values():
         kind = cell_kind(source)
         cell = _Cell(kind, _lazy(redact(source)) if kind == "step" else redact(source).strip())
         job.cells.append(cell)
@@ -590,7 +591,7 @@ def _check_helpers(job: _Job) -> None:
     """Leave out helper cells that read step outputs before the run; warn about missing names."""
     steps = {_declared_names(c) for c in job.cells if c.kind == "step"}
     kept = []
-    for i, cell in enumerate(job.cells):
+    for cell in job.cells:
         if cell.kind == "code":
             tree = _parse(cell.source)
             reads = _top_level_reads(tree) & steps if tree is not None else set()

@@ -146,7 +146,8 @@ class ConductorMagics(Magics):
             return getattr(_commands, f"cmd_{sub}")(self, rest)
 
     # running -----------------------------------------------------------------------------------
-    def _run(self, targets: list[str] | None, *, force=False, show: list[str] | None = None, live=None):
+    def _run(self, targets: list[str] | None, *, force=False, show: list[str] | None = None, live=None,
+             raise_failed: bool = True):
         """Run ``targets``; bind outputs; show ``show`` steps' outputs; raise if one failed."""
         from ._display import LiveText, show_result
 
@@ -169,12 +170,18 @@ class ConductorMagics(Magics):
         for name in show or []:
             if name in run.results:
                 show_result(run.results[name])
-        failed = [n for n in run.failed]
+        if raise_failed:
+            self._raise_failed(run)
+        return run
+
+    @staticmethod
+    def _raise_failed(run) -> None:
+        """Raise `StepFailed` for the run's first failed step (so papermill marks the cell)."""
+        failed = run.failed
         if failed:
             first = run.results[failed[0]]
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             raise StepFailed(failed[0], (first.error or "failed").removeprefix(f"step `{failed[0]}` failed: ") + more)
-        return run
 
     def _say_offline(self, targets) -> None:
         if self._said_offline or keys_available():

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from nbformat import NotebookNode
 
 __all__ = ["NBConductorEngine", "register"]
+NBConductorEngine: type  # built on first access, see __getattr__
 
 ENGINE_NAME = "nbconductor"
 # One notebook at a time per process: the shell singleton, sys.stdout and os.environ are global.
@@ -254,8 +255,11 @@ def _isolated(notebook: str | None) -> Iterator[None]:
                     delattr(k, "_instance")
             else:
                 k._instance = value
-        os.environ.clear()
-        os.environ.update(saved_env)
+        for key in [k for k in os.environ if k not in saved_env]:
+            del os.environ[key]
+        for key, value in saved_env.items():  # only what changed: other threads may be reading
+            if os.environ.get(key) != value:
+                os.environ[key] = value
         sys.path[:] = saved_path
         for key in set(linecache.cache) - saved_lines:
             if key.startswith("<ipython-input-") or key.startswith("<step "):
@@ -497,7 +501,7 @@ def _set_widget_state(nb: NotebookNode, before: set) -> None:
                  "model_module_version": st.get("_model_module_version"), "state": _jsonable(st)}
         if buffers:
             entry["buffers"] = [{"data": base64.b64encode(bytes(b)).decode("ascii"), "encoding": "base64",
-                                 "path": p} for p, b in zip(paths, buffers)]
+                                 "path": p} for p, b in zip(paths, buffers, strict=False)]
         state[model_id] = entry
     for widget in new.values():
         with contextlib.suppress(Exception):

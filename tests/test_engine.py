@@ -160,9 +160,9 @@ def test_each_notebook_gets_a_fresh_shell_and_the_process_is_put_back(tmp_path, 
 
 def test_inside_a_running_ipython_shell_the_users_shell_is_untouched(tmp_path):
     from IPython import get_ipython
-    from IPython.testing.globalipapp import start_ipython
+    from IPython.testing import globalipapp
 
-    ip = start_ipython()
+    ip = globalipapp.start_ipython() or globalipapp.get_ipython()  # None once started
     ip.user_ns["mine"] = 41
     out = run(tmp_path, notebook("mine = 1\nprint(get_ipython().__class__.__name__)"))
     assert out.cells[1].outputs[0].text == "EngineShell\n"

@@ -97,7 +97,7 @@ def test_export_writes_a_clean_documented_job(exported):
     assert load.source == "%load_ext nbconductor"
     body = sources(job)[3:]
     assert body == [
-        f'LEGACY_KEY = "[REDACTED]"  # pasted while debugging',
+        'LEGACY_KEY = "[REDACTED]"  # pasted while debugging',
         "def shout(text):\n    return text.upper()",
         "%%context tone\nWarm and direct.",
         "The draft, in the house tone:",
@@ -174,12 +174,12 @@ def test_papermill_runs_the_job_with_parameters_and_failure_semantics(exported, 
 
 
 def test_export_from_kernel_history_when_the_file_is_unknown(tmp_path, monkeypatch):
-    from IPython.testing.globalipapp import start_ipython
+    from IPython.testing import globalipapp
 
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
-    ip = start_ipython()
+    ip = globalipapp.start_ipython() or globalipapp.get_ipython()  # None once started
     ip.run_line_magic("load_ext", "nbconductor")
     if "__nbconductor__" not in ip.user_ns:  # an earlier test unloaded it
         ip.run_line_magic("reload_ext", "nbconductor")
