@@ -2,7 +2,7 @@
 
 Example::
 
-    default_model = "anthropic:claude-sonnet-4-5"
+    default_model = "anthropic:claude-sonnet-4-6"
     [aliases]
     fast = "anthropic:claude-haiku-4-5"
     local = { model = "openai-compatible:llama3.1", base_url = "http://localhost:11434/v1" }
@@ -33,9 +33,9 @@ KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 _BUILTIN_ALIASES = {
     "anthropic": {
         "fast": "anthropic:claude-haiku-4-5",
-        "writer": "anthropic:claude-sonnet-4-5",
-        "judge": "anthropic:claude-sonnet-4-5",
-        "default": "anthropic:claude-sonnet-4-5",
+        "writer": "anthropic:claude-sonnet-4-6",
+        "judge": "anthropic:claude-sonnet-4-6",
+        "default": "anthropic:claude-sonnet-4-6",
     },
     "openai": {
         "fast": "openai:gpt-4.1-mini",
@@ -167,15 +167,18 @@ def resolve_model(
         target = aliases.get(spec)
         if target is None:
             keyed = keys_available()
-            builtin = _BUILTIN_ALIASES[keyed[0]].get(spec) if keyed else None
+            builtin = next((_BUILTIN_ALIASES[p][spec] for p in keyed if spec in _BUILTIN_ALIASES[p]), None)
             if builtin:
                 target = builtin
             elif not keyed and spec in {"fast", "writer", "judge", "default", "image"}:
                 target = f"offline:{spec}"
             else:
                 known = sorted(set(aliases) | {"fast", "writer", "judge"})
+                if spec == "image":
+                    raise OptionError("image steps need OPENAI_API_KEY (OpenAI Images) or an `image` alias: "
+                                      "%conductor alias image openai:gpt-image-1")
                 raise OptionError(
-                    f"unknown model `{spec}`: use provider:model (e.g. anthropic:claude-sonnet-4-5) "
+                    f"unknown model `{spec}`: use provider:model (e.g. anthropic:claude-sonnet-4-6) "
                     f"or an alias ({', '.join(known)}); define one with `%conductor alias {spec} provider:model`"
                 )
         if isinstance(target, AliasSpec):

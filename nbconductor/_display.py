@@ -85,6 +85,10 @@ class LiveText:
         self._lock = threading.Lock()
 
     def __call__(self, event: str, step: str, payload: Any) -> None:
+        if event == "attempt" and getattr(payload, "outcome", None) != "passed":
+            with self._lock:
+                self.buffer.pop(step, None)  # a retry streams afresh, not after the cut text
+            return
         if event != "text":
             return
         with self._lock:

@@ -330,7 +330,8 @@ def build_request(session: Session, step: Step, values: dict) -> tuple[Request, 
     contexts = [(c, session.contexts[c]) for c in step.contexts]
     system = render(step.system, values, step.name) if step.system and "{" in step.system else step.system
     schema_cls = _schema_class(step, values) if step.schema else None
-    models = [session.pool.resolve(step.model)] + [session.pool.resolve(f) for f in step.fallbacks]
+    default = "image" if step.kind == "image" and step.model is None else step.model
+    models = [session.pool.resolve(default)] + [session.pool.resolve(f) for f in step.fallbacks]
     tools = _tool_specs(step, values)
     request = Request(
         model=models[0].model, prompt=prompt, system=system, contexts=contexts,

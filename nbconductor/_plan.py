@@ -54,7 +54,7 @@ def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list
             row["calls"] += 1
             row["input_tokens"] += inp
             row["output_tokens"] += out
-            c = cost_of(models[0], Usage(inp, out), pipeline.config)
+            c = cost_of(models[0], Usage(inp, out), pipeline.config, images=int(step.kind == "image"))
             row["cost"] = None if row["cost"] is None or c is None else row["cost"] + c
         row["cached"] = cached_all
         prev = pipeline.results.get(name)

@@ -47,3 +47,15 @@ def test_unknown_alias_and_alias_loop():
         resolve_model("nope", Config())
     with pytest.raises(OptionError, match="refers to itself"):
         resolve_model("a", Config(aliases={"a": "b", "b": "a"}))
+
+
+def test_image_alias_needs_an_images_provider(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "x")
+    with pytest.raises(OptionError, match="image steps need OPENAI_API_KEY"):
+        resolve_model("image", Config())
+    monkeypatch.setenv("OPENAI_API_KEY", "y")
+    assert resolve_model("image", Config()).spec == "openai:gpt-image-1"
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert resolve_model("image", Config()).spec == "offline:image"
