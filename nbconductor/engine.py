@@ -229,8 +229,8 @@ def _isolated(notebook: str | None) -> Iterator[None]:
     for k in klasses:  # a new singleton for this notebook (restored afterwards, e.g. inside a kernel)
         k._instance = None
     InteractiveShell._instance = None
-    if notebook and not os.environ.get("JPY_SESSION_NAME"):
-        os.environ["JPY_SESSION_NAME"] = notebook  # as Jupyter does: the notebook being run
+    if notebook and not os.environ.get("JPY_SESSION_NAME") and os.path.isfile(notebook):
+        os.environ["JPY_SESSION_NAME"] = os.path.abspath(notebook)  # as Jupyter does: the notebook being run
     if "MPLBACKEND" not in os.environ:
         with contextlib.suppress(ImportError):
             import importlib.util
