@@ -221,8 +221,9 @@ async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult
         usage = Usage()
         for a in exc.attempts:
             usage = usage + a.usage
-        return StepResult(step.name, "failed", exc.output, attempts=exc.attempts, gates=exc.gates,
-                          usage=usage, started=started, ended=time.time(), error=str(exc))
+        return StepResult(step.name, "failed", exc.output, prompt=getattr(exc, "prompt", None),
+                          attempts=exc.attempts, gates=exc.gates, usage=usage, started=started,
+                          ended=time.time(), error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a step's failure is recorded, not raised
         return StepResult(step.name, "failed", None, started=started, ended=time.time(),
                           error=_describe(exc), cost=0.0 if step.kind in ("python", "function") else None)
@@ -250,7 +251,7 @@ def _combine(step: Step, parts: list[StepResult], started: float, n: int) -> Ste
         model=", ".join(dict.fromkeys(p.model for p in parts if p.model)) or None,
         attempts=[a for p in parts for a in p.attempts], gates=[g for p in parts for g in p.gates],
         usage=usage, cost=cost, started=started, ended=time.time(), error="; ".join(errors) or None,
-        cache_key=key, cached=state == "cached", items=n,
+        cache_key=key, cached=all(p.cached for p in parts) and bool(parts), items=n,
     )
 
 
@@ -297,7 +298,9 @@ def _cache_lookup(session: Session, key: str, step: Step, options: RunOptions) -
     if step.kind == "image" and isinstance(output, bytes):
         output = PNG(output)
     now = time.time()
-    return StepResult(step.name, "cached", output, prompt=hit.prompt, model=hit.model, attempts=hit.attempts,
+    # A flagged output stays flagged until a reviewer decides it, however often it is reused.
+    state = "flagged" if hit.state == "flagged" else "cached"
+    return StepResult(step.name, state, output, prompt=hit.prompt, model=hit.model, attempts=hit.attempts,
                       gates=hit.gates, usage=hit.usage, cost=hit.cost, started=now, ended=now,
                       cache_key=key, cached=True, items=hit.items)
 
@@ -315,10 +318,14 @@ async def _run_single(session: Session, step: Step, values: dict, options: RunOp
         request.on_text = lambda delta: emit("text", step.name, delta)
     gates = gates_for(step, values)
     schema_cls = _schema_class(step, values) if step.schema else None
-    outcome = await run_ladder(
-        step, request, models, session.pool, _parser(step, schema_cls), gates, values,
-        on_attempt=lambda a: emit("attempt", step.name, a), image=step.kind == "image",
-    )
+    try:
+        outcome = await run_ladder(
+            step, request, models, session.pool, _parser(step, schema_cls), gates, values,
+            on_attempt=lambda a: emit("attempt", step.name, a), image=step.kind == "image",
+        )
+    except LadderFailed as exc:
+        exc.prompt = request.prompt  # the audit trail keeps what was sent, even on failure
+        raise
     return StepResult(step.name, outcome.state, outcome.output, prompt=request.prompt, model=outcome.model,
                       attempts=outcome.attempts, gates=outcome.gates, usage=outcome.usage, cost=outcome.cost,
                       started=started, ended=time.time(), cache_key=key)

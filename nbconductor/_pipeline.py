@@ -54,9 +54,12 @@ class Pipeline:
     @property
     def store(self) -> Store:
         if self._store is None:
+            # An explicit store, then $NBCONDUCTOR_STORE (how batch rows share one), then the
+            # config's `store`, then .nbconductor/store.sqlite beside the notebook.
             arg = self._store_arg
-            path = arg if arg is not None else (self.config.store and self.root / self.config.store)
-            self._store = Store(path or default_store_path(self.root))
+            if arg is None and not os.environ.get("NBCONDUCTOR_STORE") and self.config.store:
+                arg = self.root / self.config.store
+            self._store = Store(arg if arg is not None else default_store_path(self.root))
         return self._store
 
     def add(self, step: Step) -> Step:

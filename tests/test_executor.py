@@ -248,3 +248,31 @@ def test_definition_errors_are_definition_errors(tmp_path):
     with pytest.raises(DefinitionError, match="unknown provider `nope`"):
         p.step("b", "x", model="nope:m")
         p.run()
+
+
+def test_a_reused_flagged_output_stays_flagged(counting, tmp_path):
+    p = Pipeline(store=tmp_path / "s.sqlite")
+    p.step("short", "Write {{ topic }}", model="counting:m", checks=["max_words(1)"], retries=0)
+    first = p.run({"topic": "a long topic"})
+    assert first.results["short"].state == "flagged" and first.status == "flagged"
+    again = p.run({"topic": "a long topic"})
+    r = again.results["short"]
+    assert r.cached and r.state == "flagged" and again.status == "flagged"
+    assert len(model_calls()) == 1
+
+
+def test_failed_step_keeps_its_rendered_prompt(tmp_path):
+    p = Pipeline(store=tmp_path / "s.sqlite")
+    p.step("strict", "Write about {{ topic }}", model="offline:m", checks=["max_words(1)"], retries=0, on_fail="fail")
+    run = p.run({"topic": "pricing"})
+    assert run.results["strict"].state == "failed"
+    row = Store(tmp_path / "s.sqlite").results(run.run_id)[0]
+    assert row["prompt"] == "Write about pricing"
+
+
+def test_environment_store_wins_over_config(tmp_path, monkeypatch):
+    (tmp_path / "nbconductor.toml").write_text('store = "from-config.sqlite"\n')
+    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "from-env.sqlite"))
+    assert Pipeline(root=tmp_path).store.path == str(tmp_path / "from-env.sqlite")
+    monkeypatch.delenv("NBCONDUCTOR_STORE")
+    assert Pipeline(root=tmp_path).store.path == str(tmp_path / "from-config.sqlite")

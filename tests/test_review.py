@@ -58,7 +58,8 @@ def click(button):
 def test_edit_and_approve_replaces_output_and_reruns_downstream(ip):
     m = flagged_pipeline(ip)
     original = ip.user_ns["draft"]
-    assert m.pipeline.results["draft"].state == "cached"  # the second cell reused the flagged draft
+    draft = m.pipeline.results["draft"]
+    assert draft.cached and draft.state == "flagged"  # the second cell reused the flagged draft, still flagged
     widget = review_widget(m)
     assert [c.item.step for c in widget.cards] == ["draft"]
     card = widget.cards[0]
