@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ._batch import Row, RowResult, execute_row
+from ._row import Row, RowResult, execute_row
 
 TABLES = ("runs", "results")
 
