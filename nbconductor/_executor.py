@@ -56,10 +56,11 @@ class RunResult:
 
     @property
     def usage(self) -> Usage:
-        total = Usage()
-        for r in self.results.values():
-            if not r.cached:
-                total = total + r.usage
+        """Tokens this run spent (cache hits spend none; None where a provider did not say)."""
+        fresh = [r for r in self.results.values() if not r.cached and r.state not in ("skipped", "pending")]
+        total = Usage() if fresh else Usage(0, 0)
+        for r in fresh:
+            total = total + r.usage
         return total
 
     def names(self, state: str) -> list[str]:
@@ -397,7 +398,7 @@ async def _run_python(session: Session, step: Step, values: dict, options: RunOp
         results.append(await gate.check(output, ctx))
     state = "passed" if all(g.passed for g in results) else ("flagged" if step.on_fail == "review" else "failed")
     error = None if state != "failed" else "; ".join(g.feedback for g in results if not g.passed)
-    usage, cost = Usage(), 0.0  # a rubric judge's call is the only model cost of a Python step
+    usage, cost = Usage(0, 0), 0.0  # a rubric judge's call is the only model cost of a Python step
     for g in results:
         if g.usage is not None:
             usage, cost = usage + g.usage, None if cost is None or g.cost is None else cost + g.cost
