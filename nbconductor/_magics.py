@@ -17,8 +17,8 @@ from IPython.display import Markdown, display
 
 from ._config import keys_available
 from ._errors import ConductorError, DefinitionError, StepFailed
-from ._pipeline import Pipeline
 from ._options import STEP_OPTIONS, step_from_args
+from ._pipeline import Pipeline
 
 SUBCOMMANDS = ("run", "status", "show", "alias", "models", "graph", "timeline", "form", "review", "report",
                "export", "reset")

@@ -69,7 +69,7 @@ def summary_table(run) -> str:
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     """A fixed-width table for terminals."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)] if rows else [len(h) for h in header]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*map(str, row)) for row in rows]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 StepKind = Literal["llm", "python", "image", "function"]
 State = Literal["pending", "running", "cached", "passed", "flagged", "failed", "skipped"]
