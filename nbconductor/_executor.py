@@ -258,7 +258,8 @@ def _combine(step: Step, parts: list[StepResult], started: float, n: int) -> Ste
 
 def _eval(expr: str, values: dict, step: str, option: str) -> Any:
     try:
-        return eval(expr, {"__builtins__": builtins}, values)  # noqa: S307 - the notebook's own code
+        # One dict as globals, so a generator or lambda in the expression sees the values too.
+        return eval(expr, {**values, "__builtins__": builtins})  # noqa: S307 - the notebook's own code
     except Exception as exc:  # noqa: BLE001
         raise StepFailed(step, f"{option} {expr!r} raised {type(exc).__name__}: {exc}") from None
 

@@ -189,11 +189,13 @@ def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):
             if cell_kind(cell.source) != "code" or "skip-export" in cell.get("metadata", {}).get("tags", []):
                 continue
             try:
-                if python_names(cell.source) & pipeline.steps.keys():
-                    continue
+                names = python_names(cell.source)
             except OptionError:
                 continue  # IPython syntax (%magics, !shell): not a helper cell
-            exec(compile(cell.source, str(path), "exec"), pipeline.namespace)  # noqa: S102 - the notebook's code
+            # A cell that reads step outputs, or names only a live kernel has, explores results.
+            if names & pipeline.steps.keys() or any(n not in pipeline.namespace for n in names):
+                continue
+            exec(compile(cell.source, str(path), "exec", dont_inherit=True), pipeline.namespace)  # noqa: S102 - the notebook's code
     return pipeline
 
 

@@ -38,7 +38,7 @@ def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list
         if step.map:
             var, expr = parse_map(step.map, name)
             try:
-                items = [{var: v} for v in eval(expr, {}, values)]  # noqa: S307
+                items = [{var: v} for v in eval(expr, {**values})]  # noqa: S307
             except Exception:  # noqa: BLE001 - upstream output not known yet
                 items = [{var: f"<item of {expr}>"}]
         cached_all = True

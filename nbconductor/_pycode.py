@@ -28,8 +28,10 @@ def _compile(source: str, step: str):
         last = ast.Expression(tree.body.pop().value)
     # Register the source so tracebacks show the user's line.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    body = compile(tree, filename, "exec")
-    tail = compile(last, filename, "eval") if last is not None else None
+    # dont_inherit: this module's `from __future__ import annotations` must not leak into the
+    # user's code (pydantic models defined in a step need real annotations).
+    body = compile(tree, filename, "exec", dont_inherit=True)
+    tail = compile(last, filename, "eval", dont_inherit=True) if last is not None else None
     return body, tail
 
 

@@ -276,3 +276,18 @@ def test_environment_store_wins_over_config(tmp_path, monkeypatch):
     assert Pipeline(root=tmp_path).store.path == str(tmp_path / "from-env.sqlite")
     monkeypatch.delenv("NBCONDUCTOR_STORE")
     assert Pipeline(root=tmp_path).store.path == str(tmp_path / "from-config.sqlite")
+
+
+def test_when_and_map_expressions_see_values_inside_generators(tmp_path):
+    p = Pipeline(store=tmp_path / "s.sqlite")
+    p.step("pick", "{{ w }}", model="offline:m", map="w in [w for w in words if w in allowed]",
+           when="any(w in allowed for w in words)")
+    run = p.run({"words": ["a", "b", "c"], "allowed": {"a", "c"}})
+    assert [o.split("] ")[1][:1] for o in run["pick"]] == ["a", "c"]
+
+
+def test_python_step_can_define_annotated_pydantic_models(tmp_path):
+    p = Pipeline(store=tmp_path / "s.sqlite")
+    p.step("typed", "from typing import Literal\nfrom pydantic import BaseModel\n"
+           "class T(BaseModel):\n    kind: Literal['a', 'b']\nT(kind='a').kind", python=True)
+    assert p.run()["typed"] == "a"
