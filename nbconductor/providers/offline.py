@@ -65,16 +65,32 @@ class OfflineProvider(Provider):
                         data=png, cost=0.0)
 
 
+_STOP = frozenset(
+    "this that with from into your their about what which when where while have will would should could "
+    "there these those them they then than also only just each every more most other some such very "
+    "keep keeping write list json name names".split()
+)
+
+
+def _key_terms(text: str, n: int = 5) -> list[str]:
+    """The prompt's most frequent content words, first-seen order breaking ties."""
+    counts: dict[str, int] = {}
+    for word in _WORD.findall(text):
+        w = word.lower().strip("'-")
+        if len(w) > 3 and w not in _STOP:
+            counts[w] = counts.get(w, 0) + 1
+    return sorted(counts, key=lambda w: -counts[w])[:n]
+
+
 def _prose(model: str, request: Request, seed: int) -> str:
-    prompt = request.messages()[0]["content"]
+    prompt = request.prompt
     first = prompt.strip().splitlines()[0] if prompt.strip() else ""
-    words = _WORD.findall(prompt) or ["nothing"]
-    sentences = []
-    for i in range(3):
-        k = (seed >> (i * 7)) % len(words)
-        picked = [words[(k + j * 3) % len(words)].lower() for j in range(6)]
-        sentences.append(" ".join(picked).capitalize() + ".")
-    body = " ".join(sentences)
+    terms = _key_terms(prompt) or ["nothing in particular"]
+    body = (
+        "This is the offline provider's stand-in for a model's answer: deterministic, no network, no key. "
+        f"The request ({len(prompt.split())} words) is mostly about {', '.join(terms)}. "
+        "Set ANTHROPIC_API_KEY or OPENAI_API_KEY to get real text."
+    )
     tail = ""
     if request.contexts:
         tail = f"\n\n(Written with context: {', '.join(n for n, _ in request.contexts)}.)"
