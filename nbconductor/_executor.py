@@ -205,7 +205,11 @@ async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult
             return StepResult(step.name, "skipped", None, started=started, ended=time.time())
         if step.map:
             var, expr = parse_map(step.map, step.name)
-            items = list(_eval(expr, values, step.name, "--map"))
+            source = _eval(expr, values, step.name, "--map")
+            if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
+                raise StepFailed(step.name, f"--map {expr!r} is {source!r}, not a list: pass a list such as "
+                                            f"['fr', 'de'] (a string would be mapped letter by letter)")
+            items = list(source)
             parts = await asyncio.gather(*(
                 _run_single(session, step, {**values, var: item}, options, emit, i) for i, item in enumerate(items)
             ))
@@ -227,7 +231,7 @@ async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult
                           ended=time.time(), error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a step's failure is recorded, not raised
         return StepResult(step.name, "failed", None, started=started, ended=time.time(),
-                          error=_describe(exc), cost=0.0 if step.kind in ("python", "function") else None)
+                          error=_describe(exc), cost=0.0, usage=Usage(0, 0))  # failed before any model call
 
 
 def _describe(exc: BaseException) -> str:

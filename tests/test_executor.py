@@ -291,3 +291,10 @@ def test_python_step_can_define_annotated_pydantic_models(tmp_path):
     p.step("typed", "from typing import Literal\nfrom pydantic import BaseModel\n"
            "class T(BaseModel):\n    kind: Literal['a', 'b']\nT(kind='a').kind", python=True)
     assert p.run()["typed"] == "a"
+
+
+def test_map_over_a_string_is_an_error_not_letters(tmp_path):
+    p = Pipeline(store=tmp_path / "s.sqlite")
+    p.step("t", "{{ lang }}", model="offline:m", map="lang in markets")
+    r = p.run({"markets": "fr"}).results["t"]
+    assert r.state == "failed" and "--map 'markets' is 'fr', not a list" in r.error
