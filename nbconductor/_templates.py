@@ -6,7 +6,8 @@ import shutil
 import sys
 from pathlib import Path
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+# `nbconductor/templates` links to the repository's `templates/`; a wheel carries the files.
+TEMPLATES_DIR = Path(__file__).parent / "templates"
 
 
 def available() -> list[str]:

@@ -35,3 +35,11 @@ def test_support_triage_routes_with_when(tmp_path):
 def test_unknown_template(capsys):
     assert main(["new", "nope", "x.ipynb"]) == 2
     assert "templates: content-factory, newsletter, support-triage" in capsys.readouterr().err
+
+
+def test_templates_ship_inside_the_package():
+    from nbconductor import _templates
+
+    # the package's templates folder is the repository's templates/, so a wheel carries them
+    assert _templates.TEMPLATES_DIR.parent.name == "nbconductor"
+    assert (_templates.TEMPLATES_DIR / "newsletter.ipynb").resolve().parent.name == "templates"
