@@ -6,7 +6,7 @@ from typing import Any
 
 from ._executor import Session, build_request, check_names
 from ._pricing import cost_of
-from ._template import parse_map
+from ._template import parse_map, template_names
 from ._types import Usage
 
 DEFAULT_OUTPUT_TOKENS = 500
@@ -23,6 +23,7 @@ def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list
     check_names(graph, names, namespace)
     session = Session(graph, namespace, pipeline.contexts, pipeline.store, pipeline.pool, pipeline.memory)
     known: dict[str, Any] = {}
+    pending_out: dict[str, int] = {}  # estimated output tokens of steps that will run
     rows = []
     for name in names:
         step = graph.steps[name]
@@ -41,6 +42,10 @@ def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list
                 items = [{var: v} for v in eval(expr, {**values})]  # noqa: S307
             except Exception:  # noqa: BLE001 - upstream output not known yet
                 items = [{var: f"<item of {expr}>"}]
+        # An upstream step that will run is a placeholder in the prompt; count its estimated
+        # output instead, since that is what the real prompt will carry.
+        in_prompt = template_names(step.body, name)
+        upstream_tokens = sum(pending_out.get(d, 0) for d in graph.deps[name] if d in in_prompt)
         cached_all = True
         for item in items:
             request, models, key = build_request(session, step, {**values, **(item or {})})
@@ -50,7 +55,7 @@ def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list
             if cached:
                 continue
             out = step.max_tokens or DEFAULT_OUTPUT_TOKENS
-            inp = _tokens(request.system_text()) + _tokens(request.prompt)
+            inp = _tokens(request.system_text()) + _tokens(request.prompt) + upstream_tokens
             row["calls"] += 1
             row["input_tokens"] += inp
             row["output_tokens"] += out
@@ -59,5 +64,7 @@ def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list
         row["cached"] = cached_all
         prev = pipeline.results.get(name)
         known[name] = prev.output if prev and cached_all else f"<output of {name}>"
+        if row["output_tokens"]:
+            pending_out[name] = row["output_tokens"]
         rows.append(row)
     return rows

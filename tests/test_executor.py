@@ -298,3 +298,13 @@ def test_map_over_a_string_is_an_error_not_letters(tmp_path):
     p.step("t", "{{ lang }}", model="offline:m", map="lang in markets")
     r = p.run({"markets": "fr"}).results["t"]
     assert r.state == "failed" and "--map 'markets' is 'fr', not a list" in r.error
+
+
+def test_dry_run_counts_upstream_output_into_downstream_input(tmp_path):
+    p = Pipeline(store=tmp_path / "s.sqlite")
+    p.step("a", "Write about {{ t }}", model="anthropic:claude-sonnet-4-6", max_tokens=800)
+    p.step("b", "Translate {{ a }} into {{ lang }}", model="openai:gpt-4.1-mini", map="lang in langs")
+    a, b = p.plan({"t": "x", "langs": ["fr", "de"]})
+    assert a["calls"] == 1 and a["output_tokens"] == 800 and a["cost"] > 0
+    assert b["calls"] == 2 and b["input_tokens"] > 2 * 800  # each item's prompt carries a's output
+    assert Store(tmp_path / "s.sqlite").results() == []  # nothing was sent or recorded
