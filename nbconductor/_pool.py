@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 
 from ._config import Config, ModelRef, resolve_model
 from .providers import registry
@@ -22,7 +23,9 @@ class ProviderPool:
         self.config = config
         self.aliases = aliases if aliases is not None else {}
         self._instances: dict[ModelRef, Provider] = {}
-        self._semaphores: dict[tuple[int, str], asyncio.Semaphore] = {}
+        # Per event loop (a semaphore binds to the loop that first uses it), weakly keyed so a
+        # finished loop's semaphores go with it and a new loop never inherits them.
+        self._semaphores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._failures: dict[str, int] = {}
         self._cool_until: dict[str, float] = {}
 
@@ -40,10 +43,10 @@ class ProviderPool:
     @contextlib.asynccontextmanager
     async def slot(self, provider: str):
         # One semaphore per event loop: a pipeline may be run from several loops over time.
-        key = (id(asyncio.get_running_loop()), provider)
-        sem = self._semaphores.get(key)
+        per_loop = self._semaphores.setdefault(asyncio.get_running_loop(), {})
+        sem = per_loop.get(provider)
         if sem is None:
-            sem = self._semaphores[key] = asyncio.Semaphore(self.config.limit(provider))
+            sem = per_loop[provider] = asyncio.Semaphore(self.config.limit(provider))
         async with sem:
             yield
 

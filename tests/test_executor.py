@@ -308,3 +308,17 @@ def test_dry_run_counts_upstream_output_into_downstream_input(tmp_path):
     assert a["calls"] == 1 and a["output_tokens"] == 800 and a["cost"] > 0
     assert b["calls"] == 2 and b["input_tokens"] > 2 * 800  # each item's prompt carries a's output
     assert Store(tmp_path / "s.sqlite").results() == []  # nothing was sent or recorded
+
+
+def test_many_runs_on_fresh_event_loops_share_no_loop_bound_state(counting, tmp_path):
+    # Pipeline.run outside a notebook starts a new event loop each time; nothing bound to an
+    # earlier loop (semaphores, clients) may leak into a later one.
+    import gc
+
+    p = Pipeline(store=tmp_path / "s.sqlite", config=Config(concurrency={"counting": 1}))
+    for i in range(30):
+        p.step("s", f"call {i}", model="counting:m", map="x in range(2)")
+        assert p.run().status == "passed"
+        gc.collect()
+    assert len(model_calls()) == 60
+    assert len(p.pool._semaphores) <= 1
