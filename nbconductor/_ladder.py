@@ -83,8 +83,7 @@ async def run_ladder(
     last_gates: list[GateResult] = []
     last_output: Any = None
     last_error: BaseException | None = None
-    gate_failed = False
-    last_model = ""
+    last_model = ""  # last_gates/last_output/last_model: the latest output a gate rejected
 
     for index, ref in enumerate(models):
         if pool.cooling(ref.provider) and index < len(models) - 1:
@@ -102,7 +101,7 @@ async def run_ladder(
             except ProviderError as exc:
                 exc.provider = exc.provider or ref.provider
                 exc.model = exc.model or ref.model
-                last_error, gate_failed = exc, False
+                last_error = exc
                 # An unusable answer still cost tokens: they count, per attempt and in the total.
                 spent = response.usage if response is not None else getattr(exc, "usage", None) or Usage()
                 spent_cost = _spent_cost(ref, response, spent, pool, image)
@@ -149,18 +148,20 @@ async def run_ladder(
                 on_attempt(att)
             if passed:
                 return Outcome("passed", output, response.model or ref.spec, attempts, results, usage, total_cost)
-            last_gates, last_output, gate_failed = results, output, True
+            last_gates, last_output = results, output
             last_model = response.model or ref.spec
             feedback = "\n".join(f"- {g.name}: {g.feedback}" + (f"\n  Suggested edit: {g.suggestion}" if g.suggestion else "")
                                  for g in results if not g.passed)
             if step.on_fail == "fallback":
                 break
-        if gate_failed and step.on_fail == "retry":
+        if last_gates and step.on_fail == "retry":
             break
 
-    if gate_failed and step.on_fail == "review":
+    # An output that a gate rejected beats none: if a fallback then failed outright, the
+    # rejected output is still what goes to review (or names the failure).
+    if last_gates and step.on_fail == "review":
         return Outcome("flagged", last_output, last_model, attempts, last_gates, usage, total_cost)
-    if gate_failed:
+    if last_gates:
         detail = "; ".join(f"{g.name}" + (f" scored {g.score:.2f}" if g.score is not None else "")
                            + f": {g.feedback}" for g in last_gates if not g.passed)
         raise LadderFailed(step.name, f"did not pass its gates after {len(attempts)} attempts ({detail})",

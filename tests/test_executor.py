@@ -322,3 +322,22 @@ def test_many_runs_on_fresh_event_loops_share_no_loop_bound_state(counting, tmp_
         gc.collect()
     assert len(model_calls()) == 60
     assert len(p.pool._semaphores) <= 1
+
+
+def test_gate_rejected_output_is_flagged_even_if_the_fallback_then_errors(tmp_path):
+    from nbconductor._config import RetryPolicy
+    from nbconductor._errors import AuthError
+
+    class Down(Provider):
+        name = "down"
+
+        async def complete(self, request):
+            raise AuthError("no key", status=401)
+
+    registry.register("down", Down)
+    p = Pipeline(store=tmp_path / "s.sqlite", config=Config(retry=RetryPolicy(base_delay=0.001)))
+    p.step("a", "A long answer about {{ t }}", model="offline:m", fallbacks=["down:x"],
+           checks=["max_words(2)"], retries=1)
+    r = p.run({"t": "x"}).results["a"]
+    assert r.state == "flagged" and r.output.startswith("[offline:m] A long answer")
+    assert [a.outcome for a in r.attempts] == ["gate", "gate", "error"]
