@@ -124,11 +124,12 @@ def compile_check(expr: str, namespace: dict, step: str) -> RuleGate:
     """Turn a ``--check`` expression into a gate; raises `OptionError` when it cannot.
 
     Notebook names (functions, parameters such as a word limit) are in scope; a built-in
-    check's name wins over a module of the same name (``import json`` in the notebook).
+    check's name wins over anything of that name that is not a function (``import json``,
+    a parameter ``max_words = 400``), and a notebook function of that name wins over it.
     """
     scope = dict(namespace)
     for name, fn in BUILTIN_CHECKS.items():
-        if name not in scope or isinstance(scope[name], types.ModuleType):
+        if name not in scope or not callable(scope[name]):
             scope[name] = fn
     # One dict as globals, so names in a lambda body (``lambda o: len(o) < limit``) resolve.
     scope["__builtins__"] = builtins
