@@ -173,9 +173,9 @@ def test_schema_validation_retries_with_the_validation_error_as_feedback(tmp_pat
 
 
 def test_a_parameter_named_like_a_builtin_check_does_not_hide_it():
-    from nbconductor._gates import compile_check
-
     import asyncio
+
+    from nbconductor._gates import compile_check
 
     gate = compile_check("max_words(limit)", {"max_words": 400, "limit": 3}, "s")
     assert asyncio.run(gate.check("one two three", None)).passed is True
