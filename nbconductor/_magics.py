@@ -49,7 +49,7 @@ def _step_options(fn):
     for names, kwargs in reversed(STEP_OPTIONS):
         kwargs = {**kwargs, "help": kwargs.get("help", "").replace("%%", "%%%%")}
         fn = argument(*names, **kwargs)(fn)
-    return magic_arguments()(fn)
+    return magic_arguments(name="%step")  # IPython adds one more %(fn)
 
 
 @magics_class
@@ -89,7 +89,7 @@ class ConductorMagics(Magics):
             self._run([step.name], show=[step.name])
 
     # %%context ---------------------------------------------------------------------------------
-    @magic_arguments()
+    @magic_arguments(name="%context")
     @argument("name", nargs="?", help="the block's name, used with --context NAME")
     @argument("--file", help="read the block from this file instead of the cell body")
     @line_cell_magic
@@ -106,7 +106,7 @@ class ConductorMagics(Magics):
         self.cells[f"context:{args.name}"] = f"%%context {line}\n{cell}" if cell is not None else f"%context {line}"
 
     # %%rubric ----------------------------------------------------------------------------------
-    @magic_arguments()
+    @magic_arguments(name="%rubric")
     @argument("step", nargs="?", help="the step this rubric judges")
     @argument("--judge", help="the judge model SPEC (default: the `judge` alias)")
     @argument("--threshold", type=float, default=0.8, help="the lowest passing score, 0..1 (default 0.8)")
