@@ -49,7 +49,7 @@ def _step_options(fn):
     for names, kwargs in reversed(STEP_OPTIONS):
         kwargs = {**kwargs, "help": kwargs.get("help", "").replace("%%", "%%%%")}
         fn = argument(*names, **kwargs)(fn)
-    return magic_arguments(name="%step")  # IPython adds one more %(fn)
+    return magic_arguments(name="%step")(fn)  # IPython adds the second %
 
 
 @magics_class
