@@ -124,7 +124,7 @@ def test_batch_with_a_failing_row_a_crash_and_resume(tmp_path, batch):
 
 
 def test_kernel_engine_batch_leaves_no_kernels(tmp_path, batch):
-    psutil = pytest.importorskip("psutil")
+    import psutil
     make_job(tmp_path)
     (tmp_path / "rows.json").write_text(json.dumps([{"topic": "a"}, {"topic": "b", "divisor": 2}]))
     result = batch(tmp_path, "--params", "rows.json", "--workers", "2", "--engine", "kernel")

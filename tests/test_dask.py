@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import distributed
 import nbformat
 import pytest
 
@@ -18,7 +19,7 @@ from nbconductor import Pipeline
 from nbconductor._export import export_pipeline
 
 pytestmark = pytest.mark.dask
-distributed = pytest.importorskip("distributed")
+
 CANARY = "sk-ant-" "api03-canaryDASKcanary0123456789abcdef"
 
 

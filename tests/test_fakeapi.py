@@ -9,11 +9,14 @@ import json
 import threading
 import time
 
+import anthropic
+import openai
 import pytest
 
-anthropic = pytest.importorskip("anthropic")
-openai = pytest.importorskip("openai")
-httpx2 = pytest.importorskip("httpx2")  # transport used by both SDK versions installed here
+try:  # the SDKs' HTTP library: httpx2 for current releases, httpx for older ones
+    import httpx2
+except ImportError:  # pragma: no cover - older SDKs
+    import httpx as httpx2
 
 from fakeapi import (  # noqa: E402
     Cut,

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 
+import anthropic  # noqa: F401 - the test extras install both SDKs
+import openai  # noqa: F401
 import pytest
+from fakeapi import Error, JSONText, Text  # noqa: E402
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-
-pytest.importorskip("anthropic")
-pytest.importorskip("openai")
-
-from fakeapi import Error, JSONText, Text  # noqa: E402
 
 from nbconductor import Pipeline  # noqa: E402
 from nbconductor._errors import OutputError, StepFailed  # noqa: E402

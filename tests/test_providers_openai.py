@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import openai  # noqa: F401 - the test extras install it
 import pytest
 from conftest import FAKE_OPENAI_KEY
 from fakeapi import Image, JSONText, Raw, Text, ToolCall, tiny_png
@@ -13,8 +14,6 @@ from nbconductor import Pipeline
 from nbconductor._config import AliasSpec
 from nbconductor._pricing import DEFAULT_PRICES
 from nbconductor._types import PNG
-
-pytest.importorskip("openai")
 
 MODEL = "openai:gpt-4.1-mini"
 

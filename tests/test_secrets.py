@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 
+import anthropic  # noqa: F401 - the test extras install both SDKs
+import openai  # noqa: F401
 import pytest
 from fakeapi import Error, Text
 
 from nbconductor import Pipeline
 from nbconductor._redact import redact
-
-pytest.importorskip("anthropic")
-pytest.importorskip("openai")
 
 CANARY = "sk-ant-" "canary0123456789abcdef0123"
 OPENAI_CANARY = "sk-proj-" "canaryOPENAI0123456789abcdef"

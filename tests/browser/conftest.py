@@ -172,10 +172,12 @@ def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    """Launch headless Chromium through Playwright (skips if either is missing)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    """Launch headless Chromium through Playwright (fails, never skips, if Chromium is missing)."""
+    from playwright import sync_api
+
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM} (set NBCONDUCTOR_CHROMIUM)")
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (tests/run.sh does), "
+                    "or set NBCONDUCTOR_CHROMIUM", pytrace=False)
     with sync_api.sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield chromium
