@@ -164,11 +164,16 @@ async def run_ladder(
     if last_gates:
         detail = "; ".join(f"{g.name}" + (f" scored {g.score:.2f}" if g.score is not None else "")
                            + f": {g.feedback}" for g in last_gates if not g.passed)
-        raise LadderFailed(step.name, f"did not pass its gates after {len(attempts)} attempts ({detail})",
+        raise LadderFailed(step.name, f"did not pass its gates after {_attempts(attempts)} ({detail})",
                            attempts, last_gates, last_output)
     tried = ", ".join(dict.fromkeys(a.model for a in attempts))
-    raise LadderFailed(step.name, f"{last_error} (after {len(attempts)} attempts; models tried: {tried})",
+    raise LadderFailed(step.name, f"{last_error} (after {_attempts(attempts)}; models tried: {tried})",
                        attempts, [], None, last_error)
+
+
+def _attempts(attempts: list[Attempt]) -> str:
+    n = len(attempts)
+    return f"{n} attempt{'' if n == 1 else 's'}"
 
 
 def _skipped(ref: ModelRef) -> Attempt:
