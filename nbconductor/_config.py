@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._env import offline_forced
 from ._errors import ConfigError, OptionError
 
 if sys.version_info >= (3, 11):
@@ -152,8 +153,21 @@ def resolve_model(
     """Turn ``--model`` (an alias, ``provider:model`` or nothing) into a `ModelRef`.
 
     With no spec and no default model, the first provider with a key is used, else the
-    offline provider. Raises `OptionError` for unknown aliases or providers.
+    offline provider. Under `offline_forced`, the resolved model is replaced by
+    ``offline:<alias or model>``. Raises `OptionError` for unknown aliases or providers.
     """
+    ref = _resolve(spec, config, session_aliases, providers)
+    if offline_forced() and ref.provider != "offline":
+        return ModelRef("offline", ref.alias or ref.model, alias=ref.alias)
+    return ref
+
+
+def _resolve(
+    spec: str | None,
+    config: Config,
+    session_aliases: dict[str, str] | None,
+    providers: set[str] | None,
+) -> ModelRef:
     aliases: dict[str, str | AliasSpec] = {**config.aliases, **(session_aliases or {})}
     seen: list[str] = []
     alias_name = None

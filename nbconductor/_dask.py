@@ -20,15 +20,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ._env import offline_forced
 from ._row import Row, RowResult, execute_row
 
 TABLES = ("runs", "results")
 
 
 def run_row_task(notebook_text: str, notebook_name: str, params: dict[str, Any], engine: str | None,
-                 label: str, index: int) -> dict[str, Any]:
+                 label: str, index: int, offline: bool = False) -> dict[str, Any]:
     """The Dask task: run one row in a temporary folder; returns its result, notebook and store rows."""
-    with tempfile.TemporaryDirectory(prefix="nbconductor-row-") as tmp:
+    from ._runner import environ
+
+    # `--offline` travels with the task (the worker's environment is its own); keys never do.
+    with environ({"NBCONDUCTOR_OFFLINE": "1"} if offline else {}), \
+            tempfile.TemporaryDirectory(prefix="nbconductor-row-") as tmp:
         folder = Path(tmp)
         nb_path = folder / notebook_name
         nb_path.write_text(notebook_text, encoding="utf-8")
@@ -98,7 +103,8 @@ def run_dask(address: str, rows: list[Row], job: dict[str, Any], on_done: Callab
         futures = {}
         for row in rows:
             future = client.submit(run_row_task, text, notebook.name, row.params, job["engine"], row.output,
-                                   row.index, key=f"{batch}-row-{row.index}", pure=False, retries=0)
+                                   row.index, offline_forced(), key=f"{batch}-row-{row.index}", pure=False,
+                                   retries=0)
             futures[future] = row
         for future in as_completed(futures):
             row = futures[future]

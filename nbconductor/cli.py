@@ -9,14 +9,25 @@ from collections.abc import Sequence
 from . import __version__
 
 
+def _offline(args: argparse.Namespace) -> None:
+    if getattr(args, "offline", False):
+        import os
+
+        os.environ["NBCONDUCTOR_OFFLINE"] = "1"  # inherited by kernels and batch workers
+
+
 def _run(args: argparse.Namespace) -> int:
     from ._runner import run_notebook
+
+    _offline(args)
 
     return run_notebook(args.notebook, args.output, dict(args.parameters or []), engine=args.engine)
 
 
 def _batch(args: argparse.Namespace) -> int:
     from ._batch import cli_batch
+
+    _offline(args)
 
     return cli_batch(args)
 
@@ -51,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", help="the executed notebook (default: NOTEBOOK with .out.ipynb)")
     run.add_argument("--engine", default=None, help="papermill engine (default: nbconductor's in-process engine "
                                                      "for exported jobs, else papermill's kernel engine)")
+    run.add_argument("--offline", action="store_true",
+                     help="every step uses the offline provider, even with API keys set (no network, no cost)")
     run.set_defaults(func=_run)
 
     batch = sub.add_parser("batch", help="one run per parameter row, in parallel")
@@ -62,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--resume", action="store_true", help="skip rows that finished in an earlier batch")
     batch.add_argument("--engine", default=None, help="papermill engine for each row")
     batch.add_argument("--store", help="run store (default: .nbconductor/store.sqlite beside the notebook)")
+    batch.add_argument("--offline", action="store_true", help="every step uses the offline provider")
     batch.set_defaults(func=_batch)
 
     report = sub.add_parser("report", help="per-step quality and cost metrics across runs")

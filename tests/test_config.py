@@ -59,3 +59,12 @@ def test_image_alias_needs_an_images_provider(monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     monkeypatch.delenv("OPENAI_API_KEY")
     assert resolve_model("image", Config()).spec == "offline:image"
+
+
+def test_offline_can_be_forced_even_with_keys(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "x")
+    monkeypatch.setenv("NBCONDUCTOR_OFFLINE", "1")
+    assert resolve_model("writer", Config()).spec == "offline:writer"
+    assert resolve_model("openai:gpt-4.1", Config()).spec == "offline:gpt-4.1"
+    monkeypatch.delenv("NBCONDUCTOR_OFFLINE")
+    assert resolve_model("writer", Config()).provider == "anthropic"

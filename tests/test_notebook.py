@@ -42,3 +42,22 @@ def test_helper_cells_are_executed_and_skip_export_is_not(tmp_path):
     p = Pipeline.from_notebook(path, store=tmp_path / "s.sqlite")
     assert p.run()["twice"] == 6
     assert p.run({"n": 5})["twice"] == 10
+
+
+def test_cli_run_offline_never_calls_a_provider(tmp_path, monkeypatch):
+    """`nbconductor run --offline` (README's first command) runs the quickstart offline even with keys set."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(QUICKSTART, tmp_path / "q.ipynb")
+    env = {**__import__("os").environ, "ANTHROPIC_API_KEY": "not-a-real-key", "NBCONDUCTOR_STORE": str(tmp_path / "s.sqlite")}
+    env.pop("NBCONDUCTOR_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-m", "nbconductor", "run", str(tmp_path / "q.ipynb"), "--offline",
+                          "-o", str(tmp_path / "out.ipynb"), "-p", "topic", "Pricing pages"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    text = str([c.get("outputs") for c in nb.cells])
+    assert "[offline:writer] Write a newsletter issue about Pricing pages" in text
+    assert "anthropic:" not in text
