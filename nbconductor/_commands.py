@@ -66,18 +66,28 @@ def _dry_run(m, targets):
 
 
 def cmd_status(m, words):
-    """One line per declared step: kind, model, upstream, last state, output preview."""
+    """One line per declared step: kind, model, upstream, last state, whether the next run calls
+    its model again (its definition or an upstream output changed), output preview."""
+    from ._errors import DefinitionError
     from ._summary import text_table
 
     graph = m.pipeline.graph
+    note = ""
+    try:
+        plan = {p["step"]: p for p in m.pipeline.plan()}
+    except DefinitionError as exc:
+        plan, note = {}, f"\nnext run: cannot tell yet: {exc}"
     rows = []
     for name in graph.order():
         step = graph.steps[name]
         r = m.pipeline.results.get(name)
         model = "—" if step.kind in ("python", "function") else (step.model or "default")
+        p = plan.get(name)
+        nxt = "—" if step.kind in ("python", "function") or p is None else (
+            "cached" if p["cached"] else f"calls model ×{p['calls']}")
         rows.append([name, step.kind, model, ", ".join(sorted(graph.deps[name])) or "—",
-                     r.state if r else "not run", preview(r.output if r else None, 50)])
-    print(text_table(["step", "kind", "model", "upstream", "state", "output"], rows))
+                     r.state if r else "not run", nxt, preview(r.output if r else None, 50)])
+    print(text_table(["step", "kind", "model", "upstream", "last state", "next run", "output"], rows) + note)
 
 
 def cmd_show(m, words):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import pickle
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +31,8 @@ from ._template import TEMPLATE_GLOBALS, parse_map, render
 from ._types import PNG, Request, Response, Step, StepResult, Usage
 
 Observer = Callable[[str, str, Any], None]  # (event, step, payload)
+# Names IPython puts in every notebook namespace: never what a typo meant.
+_SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
 
 
 @dataclass
@@ -123,7 +126,8 @@ def check_names(graph: Graph, names: list[str], namespace: dict) -> None:
         for ref in sorted(graph.external_names(name)):
             if ref in namespace or ref in TEMPLATE_GLOBALS or hasattr(builtins, ref):
                 continue
-            known = [*graph.steps, *(k for k in namespace if not k.startswith("_"))]
+            known = [*graph.steps, *(k for k, v in namespace.items() if not k.startswith("_")
+                                     and k not in _SHELL_NAMES and not isinstance(v, types.ModuleType))]
             raise UnknownNameError(step.name, ref, known)
 
 

@@ -153,3 +153,23 @@ def test_context_blocks(ip, tmp_path):
         ip.run_line_magic("context", "x --file missing.md")
     with pytest.raises(UsageError, match="refers to unknown name `nope`"):
         ip.run_cell_magic("step", "d2 --context nope", "x")
+
+
+def test_unknown_name_suggests_no_ipython_internals(ip):
+    with pytest.raises(UsageError) as err:
+        ip.run_cell_magic("step", "c", "{{ nope }}")
+    assert "did you mean" not in str(err.value) and "define it in a cell" in str(err.value)
+
+
+def test_status_says_which_steps_the_next_run_calls(ip):
+    cell(ip, "a --lazy", "About {{ topic }}")
+    cell(ip, "b --lazy", "From {{ a }}")
+    with capture_output():
+        ip.run_line_magic("conductor", "run")
+    cell(ip, "a --lazy", "About {{ topic }}, briefly")  # edited: a and b will call their model
+    with capture_output() as cap:
+        ip.run_line_magic("conductor", "status")
+    lines = {ln.split()[0]: ln for ln in cap.stdout.splitlines()[2:]}
+    assert "calls model ×1" in lines["a"]
+    # b's prompt embeds a's output, which is not known until a runs: shown as a call
+    assert "calls model ×1" in lines["b"]
