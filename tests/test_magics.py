@@ -166,6 +166,9 @@ def test_status_says_which_steps_the_next_run_calls(ip):
     cell(ip, "b --lazy", "From {{ a }}")
     with capture_output():
         ip.run_line_magic("conductor", "run")
+    with capture_output() as cap:
+        ip.run_line_magic("conductor", "status")
+    assert [ln.split()[5] for ln in cap.stdout.splitlines()[2:]] == ["cached", "cached"]
     cell(ip, "a --lazy", "About {{ topic }}, briefly")  # edited: a and b will call their model
     with capture_output() as cap:
         ip.run_line_magic("conductor", "status")
