@@ -110,7 +110,7 @@ def encode_output(value: Any, redactor: Callable[[str], str] | None = None) -> t
     if isinstance(value, (bytes, bytearray)):
         return "bytes", bytes(value)
     if hasattr(value, "model_dump"):
-        return "pydantic", json.dumps(value.model_dump(mode="json")).encode()
+        return "pydantic", redactor(json.dumps(value.model_dump(mode="json"))).encode()
     if isinstance(value, str):
         return "text", redactor(value).encode()
     try:

@@ -66,3 +66,16 @@ def test_keys_are_redacted_before_writing(tmp_path, monkeypatch):
     store.close()
     data = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert canary.encode() not in data
+
+
+def test_structured_outputs_are_redacted_too(monkeypatch):
+    from pydantic import BaseModel
+
+    canary = "sk-ant-" "canary-0123456789abcdefghij"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
+
+    class Reply(BaseModel):
+        text: str
+
+    kind, blob = encode_output(Reply(text=f"the key is {canary}"))
+    assert kind == "pydantic" and canary.encode() not in blob and b"[REDACTED]" in blob
