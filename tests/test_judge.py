@@ -12,13 +12,12 @@ import anthropic  # noqa: F401 - the test extras install both SDKs
 import openai  # noqa: F401
 import pytest
 from fakeapi import Error, JSONText, Text  # noqa: E402
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
+from notebook_shell import fresh_shell
 
 from nbconductor import Pipeline  # noqa: E402
 from nbconductor._errors import OutputError, StepFailed  # noqa: E402
 from nbconductor._judge import VERDICT_SCHEMA, judge_prompt, parse_verdict  # noqa: E402
-from nbconductor._magics import ConductorMagics  # noqa: E402
 from nbconductor._report import report  # noqa: E402
 from nbconductor.review import queue  # noqa: E402
 
@@ -231,15 +230,8 @@ def test_a_rubric_on_a_python_step_is_judged_too(api, pipeline):
 
 # %%rubric in a shell ---------------------------------------------------------------------------
 def test_rubric_magic_on_fail_fail_raises_in_the_cell(api, tmp_path, monkeypatch):
-    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
-    monkeypatch.chdir(tmp_path)
-    shell = InteractiveShell.instance()
-    shell.user_ns.clear()
-    shell.init_user_ns()
-    shell.run_line_magic("load_ext", "nbconductor")
-    magics = ConductorMagics(shell)
-    shell.register_magics(magics)
-    shell.user_ns["__nbconductor__"] = magics
+    shell = fresh_shell(tmp_path, monkeypatch)
+    magics = shell.user_ns["__nbconductor__"]
     magics.pipeline.config.retry.base_delay = 0.01
     use(api, Script(["d1", "d2", "d3"], [0.1, 0.2]))  # d1 runs before the rubric exists
     shell.user_ns["topic"] = "pricing"

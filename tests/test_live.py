@@ -9,11 +9,10 @@ import time
 import nbformat
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
+from notebook_shell import fresh_shell, new_magics
 
 from nbconductor._errors import StepFailed
-from nbconductor._magics import ConductorMagics
 from nbconductor._notebook import current_parameters
 from nbconductor._snapshot import attempt_spans, snapshot
 from nbconductor._types import Attempt, GateResult, StepResult, Usage
@@ -38,30 +37,12 @@ STATS = ("stats --python", '{"words": len(draft.split()), "languages": len(trans
 
 @pytest.fixture
 def ip(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
-    for var in (
-        "ANTHROPIC_API_KEY",
-        "OPENAI_API_KEY",
-        "JPY_SESSION_NAME",
-        "NBCONDUCTOR_OFFLINE_LATENCY",
-    ):
+    for var in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "NBCONDUCTOR_OFFLINE_LATENCY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    shell = InteractiveShell.instance()
-    shell.user_ns.clear()
-    shell.init_user_ns()
-    shell.history_manager.reset()
-    shell.run_line_magic("load_ext", "nbconductor")
-    fresh(shell)
-    yield shell
+    yield fresh_shell(tmp_path, monkeypatch)
 
 
-def fresh(shell) -> ConductorMagics:
-    """A new magics object (and pipeline), as a new kernel would have."""
-    magics = ConductorMagics(shell)
-    shell.register_magics(magics)
-    shell.user_ns["__nbconductor__"] = magics
-    return magics
+fresh = new_magics  # a new magics object (and pipeline), as a new kernel would have
 
 
 def pipeline(ip):

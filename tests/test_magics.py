@@ -1,27 +1,16 @@
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
+from notebook_shell import fresh_shell
 
-from nbconductor._magics import ConductorMagics
 from nbconductor._store import Store
 
 
 @pytest.fixture
 def ip(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.chdir(tmp_path)
-    shell = InteractiveShell.instance()
-    # Another test may have started a terminal shell, whose formatter emits text/plain only.
-    shell.display_formatter.active_types = shell.display_formatter.format_types
-    shell.user_ns.clear()
-    shell.init_user_ns()
-    shell.run_line_magic("load_ext", "nbconductor")
-    magics = ConductorMagics(shell)  # a fresh pipeline per test
-    shell.register_magics(magics)
-    shell.user_ns["__nbconductor__"] = magics
+    shell = fresh_shell(tmp_path, monkeypatch)
     shell.run_cell('topic = "pricing pages"\nmarkets = ["fr", "de"]')
     yield shell
 

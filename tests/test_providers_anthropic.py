@@ -216,20 +216,13 @@ def test_missing_sdk_names_the_extra(fast_config, tmp_path, monkeypatch):
 
 
 def test_step_magic_streams_and_binds_output(fake_api, tmp_path, monkeypatch):
-    from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output
+    from notebook_shell import fresh_shell
 
-    from nbconductor._magics import ConductorMagics
 
-    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
-    monkeypatch.chdir(tmp_path)
     fake_api.script(Text("A short issue about pricing.", input_tokens=11, output_tokens=7), endpoint="anthropic")
-    shell = InteractiveShell.instance()
-    shell.user_ns.clear()
-    shell.init_user_ns()
-    magics = ConductorMagics(shell)
-    shell.register_magics(magics)
-    shell.user_ns["__nbconductor__"] = magics
+    shell = fresh_shell(tmp_path, monkeypatch)
+    magics = shell.user_ns["__nbconductor__"]
     shell.run_cell('topic = "pricing"')
     with capture_output() as cap:
         shell.run_cell_magic("step", f"draft --model {MODEL}", "Write about {{ topic }}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
+from notebook_shell import fresh_shell
 
 from nbconductor import Pipeline
 from nbconductor._history import history
@@ -18,17 +18,9 @@ from nbconductor.review import ReviewError, ReviewWidget, decide, queue, review_
 
 @pytest.fixture
 def ip(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.chdir(tmp_path)
-    shell = InteractiveShell.instance()
-    shell.user_ns.clear()
-    shell.init_user_ns()
-    shell.run_line_magic("load_ext", "nbconductor")
-    magics = ConductorMagics(shell)  # a fresh pipeline per test
-    shell.register_magics(magics)
-    shell.user_ns["__nbconductor__"] = magics
+    shell = fresh_shell(tmp_path, monkeypatch)
     shell.run_cell('topic = "pricing pages"\nmarkets = ["fr", "de"]\nlimit = 3')
     yield shell
 

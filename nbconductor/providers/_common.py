@@ -28,7 +28,7 @@ from .._errors import (
     TransportError,
 )
 from .._redact import redact
-from .._types import Usage
+from .._types import Request, Response, Usage
 
 _RATE_KINDS = {"rate_limit_error", "overloaded_error", "overloaded", "rate_limit_exceeded", "requests"}
 
@@ -175,6 +175,24 @@ def parse_json(text: str, *, provider: str, model: str, usage: Usage) -> Any:
         err = OutputError(f"{provider}:{model} did not answer with valid JSON: {exc}", provider=provider, model=model)
         err.usage = usage  # the tokens were spent even though the answer is unusable
         raise err from None
+
+
+def final_response(provider: str, model: str, request: Request, text: str, usage: Usage,
+                   truncated: str | None) -> Response:
+    """The adapter's answer: redacted text, parsed JSON for a structured request.
+
+    ``truncated`` describes the token limit the model stopped at (None when it finished); a
+    structured answer cut there is an `OutputError` rather than a JSON parse error.
+    """
+    # A model can echo a key it saw (in a context file, say): it must not reach any output.
+    text = redact(text)
+    data = None
+    if request.json or request.schema is not None:
+        if truncated:
+            raise output_error(f"{provider}:{model} stopped at {truncated} before the JSON was complete; "
+                               "raise --max-tokens", provider=provider, model=model, usage=usage)
+        data = parse_json(text, provider=provider, model=model, usage=usage)
+    return Response(text=text, usage=usage, model=f"{provider}:{model}", data=data)
 
 
 def output_error(message: str, *, provider: str, model: str, usage: Usage | None = None) -> OutputError:

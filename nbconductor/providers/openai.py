@@ -27,7 +27,7 @@ from .._redact import redact
 from .._tools import ToolCall, Turn, run_tool_loop
 from .._types import Request, Response, Usage
 from ._base import Provider
-from ._common import LoopClients, guarded, output_error, parse_json, strict_schema
+from ._common import LoopClients, final_response, guarded, output_error, strict_schema
 
 JSON_INSTRUCTION = "Respond with a single JSON object only."
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -137,16 +137,8 @@ class OpenAIProvider(Provider):
         else:
             turn = await self._turn(client, {**params, "messages": messages}, request)
             usage = turn.usage
-        model = turn.model or params["model"]
-        # A model can echo a key it saw (in a context file, say): it must not reach any output.
-        text = redact(turn.text)
-        data = None
-        if request.json or request.schema is not None:
-            if turn.stop == "length":
-                raise output_error(f"{self.name}:{model} stopped at the token limit before the JSON was "
-                                   "complete; raise --max-tokens", provider=self.name, model=model, usage=usage)
-            data = parse_json(text, provider=self.name, model=model, usage=usage)
-        return Response(text=text, usage=usage, model=f"{self.name}:{model}", data=data)
+        truncated = "the token limit" if turn.stop == "length" else None
+        return final_response(self.name, turn.model or params["model"], request, turn.text, usage, truncated)
 
     async def _turn(self, client: Any, params: dict, request: Request) -> Turn:
         on_text = request.on_text
