@@ -472,4 +472,6 @@ def _tools_key(tools: list[dict], step: Step) -> object:
     # The callables stay out of the key (their repr differs per process); their code hash is in.
     if not tools:
         return []
-    return {"specs": [{k: v for k, v in t.items() if k != "fn"} for t in tools], "max_turns": step.max_turns}
+    from ._tools import public_spec
+
+    return {"specs": [public_spec(t) for t in tools], "max_turns": step.max_turns}
