@@ -17,7 +17,6 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from ._errors import DefinitionError, OutputError, StepFailed, UnknownNameError
@@ -377,8 +376,9 @@ async def _run_python(session: Session, step: Step, values: dict, options: RunOp
     started = time.time()
     if step.kind == "function":
         params = list(function_params(step.fn))
-        code_id = getattr(step.fn, "__qualname__", step.name) + (
-            _code_digest(step.fn.__code__) if hasattr(step.fn, "__code__") else "")
+        from ._tools import code_hash
+
+        code_id = getattr(step.fn, "__qualname__", step.name) + code_hash(step.fn)
     else:
         from ._template import python_names
 
@@ -413,11 +413,6 @@ async def _run_python(session: Session, step: Step, values: dict, options: RunOp
             usage, cost = usage + g.usage, None if cost is None or g.cost is None else cost + g.cost
     return StepResult(step.name, state, output, gates=results, started=started, ended=time.time(),
                       cache_key=key, cost=cost, usage=usage, error=error)
-
-
-@lru_cache(maxsize=4096)
-def _code_digest(code) -> str:
-    return hashlib.sha256(code.co_code).hexdigest()
 
 
 def _key(parts: dict) -> str:

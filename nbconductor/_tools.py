@@ -14,8 +14,10 @@ import hashlib
 import inspect
 import json
 import re
+import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ._errors import OptionError, OutputError, UnknownNameError
@@ -65,7 +67,7 @@ def tool_spec(name: str, namespace: dict, step: str) -> dict:
         "name": name,
         "description": summary or f"The notebook function {name}.",
         "parameters": schema,
-        "code": _code_hash(fn),
+        "code": code_hash(fn),
         "fn": fn,
     }
 
@@ -100,12 +102,68 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     return "\n".join(summary).strip(), args
 
 
-def _code_hash(fn: Callable) -> str:
+def code_hash(fn: Callable) -> str:
+    """A hash of everything in a function's code that decides what it returns.
+
+    Covers the bytecode, constants (nested functions and comprehensions recursively), the
+    names it reads, its defaults and keyword defaults, and the values its closure captured;
+    equal across processes for the same source. The one code hash for function steps and
+    ``--tools``: a cache key built from less serves stale results.
+    """
+    return _fn_hash(fn, frozenset())
+
+
+def _fn_hash(fn: Any, seen: frozenset[int]) -> str:
+    if id(fn) in seen:  # a recursive closure refers to itself
+        return "<self>"
+    seen = seen | {id(fn)}
     code = getattr(fn, "__code__", None)
-    if code is None:
-        return getattr(fn, "__qualname__", repr(type(fn)))
-    data = code.co_code + repr(code.co_consts).encode() + repr(getattr(fn, "__defaults__", None)).encode()
-    return hashlib.sha256(data).hexdigest()[:16]
+    if code is None:  # a builtin or a callable object: its type and name are all we can see
+        call = vars(type(fn)).get("__call__")
+        inner = _fn_hash(call, seen) if hasattr(call, "__code__") else ""
+        return hashlib.sha256(f"{_qualname(fn)}|{inner}".encode()).hexdigest()[:16]
+    parts = [_code_part(code), _value_part(getattr(fn, "__defaults__", None), seen),
+             _value_part(getattr(fn, "__kwdefaults__", None), seen)]
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            parts.append(_value_part(cell.cell_contents, seen))
+        except ValueError:  # an empty cell (a name assigned after the closure was made)
+            parts.append("<empty>")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _qualname(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or type(obj).__qualname__
+
+
+@lru_cache(maxsize=4096)
+def _code_part(code: types.CodeType) -> str:
+    consts = [_code_part(c) if isinstance(c, types.CodeType) else _value_part(c) for c in code.co_consts]
+    fields = (code.co_code.hex(), consts, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,
+              code.co_argcount, code.co_kwonlyargcount, code.co_posonlyargcount, code.co_flags)
+    return hashlib.sha256(repr(fields).encode()).hexdigest()
+
+
+def _value_part(value: Any, seen: frozenset[int] = frozenset()) -> str:
+    """A process-independent text for a constant, default or captured value."""
+    if isinstance(value, types.CodeType):
+        return _code_part(value)
+    if isinstance(value, (types.FunctionType, types.MethodType)):
+        return _fn_hash(value, seen)
+    if isinstance(value, (frozenset, set)):  # string hashing differs per process: sort
+        return "{" + ",".join(sorted(_value_part(v, seen) for v in value)) + "}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(_value_part(v, seen) for v in value) + ")"
+    if isinstance(value, dict):
+        items = (f"{_value_part(k, seen)}:{_value_part(v, seen)}" for k, v in value.items())
+        return "{" + ",".join(sorted(items)) + "}"
+    if value is None or isinstance(value, (str, bytes, int, float, complex, bool, type(...))):
+        return repr(value)
+    if isinstance(value, (type, types.ModuleType)):
+        return f"<{type(value).__name__} {getattr(value, '__module__', '')}.{_qualname(value)}>"
+    from ._executor import stable_hash
+
+    return f"{type(value).__qualname__}:{stable_hash(value)}"
 
 
 def public_spec(tool: dict) -> dict:

@@ -341,3 +341,50 @@ def test_gate_rejected_output_is_flagged_even_if_the_fallback_then_errors(tmp_pa
     r = p.run({"t": "x"}).results["a"]
     assert r.state == "flagged" and r.output.startswith("[offline:m] A long answer")
     assert [a.outcome for a in r.attempts] == ["gate", "gate", "error"]
+
+
+def test_function_step_cache_key_covers_the_whole_code_object(tmp_path):
+    p = Pipeline(store=tmp_path / "s.sqlite")
+
+    @p.function("v")
+    def v():
+        return "v1"
+
+    assert p.run()["v"] == "v1"
+
+    @p.function("v")
+    def v():  # noqa: F811 - only a constant differs
+        return "v2"
+
+    assert p.run()["v"] == "v2"
+
+    def make(suffix, sep="-"):
+        def w(v):
+            return sep.join([v, suffix])
+        return w
+
+    p.function("w")(make("a"))
+    assert p.run()["w"] == "v2-a"
+    p.function("w")(make("b"))  # same code, another closure value
+    assert p.run()["w"] == "v2-b"
+    p.function("w")(make("b", sep="+"))
+    assert p.run()["w"] == "v2+b"
+    p.function("w")(make("b", sep="+"))  # an equal function is a cache hit
+    assert p.run().results["w"].cached
+
+
+def test_code_hash_is_one_helper_equal_across_processes(tmp_path):
+    from nbconductor import _executor, _tools
+
+    assert not hasattr(_executor, "_code_digest") and not hasattr(_tools, "_code_hash")
+    src = textwrap.dedent('''
+        from nbconductor._tools import code_hash
+        def outer():
+            def f(n):
+                return f(n - 1) if n else [x for x in {"a", "b", "c"} if x in {"a", "z"}]
+            return f
+        print(code_hash(outer()))
+    ''')
+    hashes = {subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
+    assert len(hashes) == 1 and len(hashes.pop().strip()) == 16
