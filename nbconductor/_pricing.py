@@ -1,11 +1,13 @@
 """Prices (US dollars per million tokens, or per image) and the cost of a call.
 
 `DEFAULT_PRICES` holds published list prices of current Anthropic and OpenAI models (standard
-tier, short context; Anthropic cache writes at the 5-minute rate). Prices change: a model
+tier, short context; Anthropic cache writes at the 5-minute rate): the Anthropic models the
+installed SDK still accepts without a deprecation warning, plus ``claude-opus-4-5`` until its
+end of life (January 2027), so runs on it are still priced. Prices change: a model
 missing here, or priced differently for your account, goes in the config. ``[prices."provider:model"]`` in the config
 overrides or adds entries, e.g. for a model released after this table or a local server::
 
-    [prices."anthropic:claude-sonnet-4-5"]
+    [prices."anthropic:claude-sonnet-4-6"]
     input = 3.0
     output = 15.0
     cache_read = 0.3
@@ -16,7 +18,7 @@ overrides or adds entries, e.g. for a model released after this table or a local
     output = 0
 
 A model without a price has an unknown cost (None), never a made-up one. Dated model names
-(``claude-sonnet-4-5-20250929``, ``gpt-4.1-2025-04-14``) use the undated entry.
+(``claude-haiku-4-5-20251001``, ``gpt-4.1-2025-04-14``) use the undated entry.
 """
 
 from __future__ import annotations
@@ -27,9 +29,16 @@ from ._config import Config, ModelRef, Price
 from ._types import Usage
 
 
-def _p(input: float, output: float, cache_read: float | None = None, cache_write: float | None = None,
-       image: float | None = None) -> Price:
-    return Price(input=input, output=output, cache_read=cache_read, cache_write=cache_write, image=image)
+def _p(
+    input: float,
+    output: float,
+    cache_read: float | None = None,
+    cache_write: float | None = None,
+    image: float | None = None,
+) -> Price:
+    return Price(
+        input=input, output=output, cache_read=cache_read, cache_write=cache_write, image=image
+    )
 
 
 # Anthropic: cache reads cost 0.1x input, 5-minute cache writes 1.25x input.
@@ -38,18 +47,9 @@ DEFAULT_PRICES: dict[str, Price] = {
     "anthropic:claude-opus-4-8": _p(5.0, 25.0, 0.50, 6.25),
     "anthropic:claude-opus-4-7": _p(5.0, 25.0, 0.50, 6.25),
     "anthropic:claude-opus-4-6": _p(5.0, 25.0, 0.50, 6.25),
-    "anthropic:claude-opus-4-5": _p(5.0, 25.0, 0.50, 6.25),
-    "anthropic:claude-opus-4-1": _p(15.0, 75.0, 1.50, 18.75),
-    "anthropic:claude-opus-4-0": _p(15.0, 75.0, 1.50, 18.75),
-    "anthropic:claude-opus-4": _p(15.0, 75.0, 1.50, 18.75),
+    "anthropic:claude-opus-4-5": _p(5.0, 25.0, 0.50, 6.25),  # deprecated: end of life 2027-01-22
     "anthropic:claude-sonnet-4-6": _p(3.0, 15.0, 0.30, 3.75),
-    "anthropic:claude-sonnet-4-5": _p(3.0, 15.0, 0.30, 3.75),
-    "anthropic:claude-sonnet-4-0": _p(3.0, 15.0, 0.30, 3.75),
-    "anthropic:claude-sonnet-4": _p(3.0, 15.0, 0.30, 3.75),
-    "anthropic:claude-3-7-sonnet": _p(3.0, 15.0, 0.30, 3.75),
     "anthropic:claude-haiku-4-5": _p(1.0, 5.0, 0.10, 1.25),
-    "anthropic:claude-3-5-haiku": _p(0.80, 4.0, 0.08, 1.0),
-    "anthropic:claude-3-haiku": _p(0.25, 1.25, 0.03, 0.30),
     "openai:gpt-5.5": _p(5.0, 30.0, 0.50, 5.0),
     "openai:gpt-5.4": _p(2.50, 15.0, 0.25, 2.50),
     "openai:gpt-5.4-mini": _p(0.75, 4.50, 0.075, 0.75),
@@ -104,7 +104,11 @@ def cost_of(ref: ModelRef, usage: Usage, config: Config, *, images: int = 0) -> 
         return None
     cost = usage.input_tokens * price.input + (usage.output_tokens or 0) * price.output
     if usage.cache_read_tokens:
-        cost += usage.cache_read_tokens * (price.cache_read if price.cache_read is not None else price.input)
+        cost += usage.cache_read_tokens * (
+            price.cache_read if price.cache_read is not None else price.input
+        )
     if usage.cache_write_tokens:
-        cost += usage.cache_write_tokens * (price.cache_write if price.cache_write is not None else price.input)
+        cost += usage.cache_write_tokens * (
+            price.cache_write if price.cache_write is not None else price.input
+        )
     return cost / 1_000_000

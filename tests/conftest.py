@@ -5,6 +5,10 @@
   them at a proxy — ``ANTHROPIC_BASE_URL`` / ``OPENAI_BASE_URL`` — and fake keys in
   ``ANTHROPIC_API_KEY`` / ``OPENAI_API_KEY``. The test fails if the fake itself hit a bug.
 - ``fast_config``: a `Config` whose retry backoff and read timeout are short, for tests.
+- the whole session (set when pytest starts, so example notebooks under nbval and every
+  kernel or Jupyter server a test starts inherit it): ``JUPYTER_DATA_DIR``,
+  ``JUPYTER_RUNTIME_DIR`` and ``IPYTHONDIR`` point into a temporary directory removed at the
+  end, so no test writes to ``~/.local/share/jupyter`` or ``~/.ipython``.
 - every test: ``sys.modules["__main__"]`` is put back afterwards. An IPython
   ``InteractiveShell`` replaces it with its user module, and multiprocessing's spawn start
   method (used by later tests) cannot start workers from that.
@@ -12,13 +16,35 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 from fakeapi import FakeAPI
 
 FAKE_ANTHROPIC_KEY = "sk-ant-" "test-key-0000000000000000"
 FAKE_OPENAI_KEY = "sk-test-key-00000000000000000000"
+
+
+#: the user-level directories Jupyter and IPython write to, and their place under the session's
+#: temporary directory
+ISOLATED_DIRS = {
+    "JUPYTER_DATA_DIR": "data",
+    "JUPYTER_RUNTIME_DIR": "runtime",
+    "IPYTHONDIR": "ipython",
+}
+
+
+def pytest_configure(config):
+    """Point Jupyter's and IPython's user directories into a temporary directory."""
+    root = tempfile.mkdtemp(prefix="nbc-test-home-")
+    for var, sub in ISOLATED_DIRS.items():
+        os.environ[var] = os.path.join(root, sub)
+    # at exit, after IPython's own atexit hook has closed its history database there
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from nbconductor._report import report  # noqa: E402
 from nbconductor.review import queue  # noqa: E402
 
 WRITER = "anthropic:claude-haiku-4-5"
-JUDGE = "anthropic:claude-opus-4-5"
+JUDGE = "anthropic:claude-opus-4-8"
 FALLBACK = "openai:gpt-4.1-mini"
 RUBRIC = "- Is it under 50 words?\n- Does it end with one concrete next step?"
 
@@ -101,7 +101,7 @@ def test_a_passing_verdict_is_a_first_pass(api, pipeline):
     judged = judge_requests(api)
     assert len(step_requests(api)) == 1 and len(judged) == 1
     body = judged[0].json
-    assert body["model"] == "claude-opus-4-5"
+    assert body["model"] == "claude-opus-4-8"
     assert "score" in json.dumps(body.get("output_config") or body.get("extra_body") or body)
     assert "Is it under 50 words?" in message_text(judged[0]) and "Hello readers" in message_text(judged[0])
     # the judge's tokens and cost are part of the step's
@@ -202,7 +202,7 @@ def test_a_judge_that_cannot_answer_fails_the_step_naming_the_judge(api, pipelin
     newsletter(pipeline)
     run = pipeline.run({"topic": "pricing"})
     r = run.results["draft"]
-    assert r.state == "failed" and "rubric judge `anthropic:claude-opus-4-5`" in r.error
+    assert r.state == "failed" and "rubric judge `anthropic:claude-opus-4-8`" in r.error
     assert len(judge_requests(api)) == 1  # a 401 is not retried
 
 
