@@ -7,11 +7,12 @@ The hierarchy::
     │   ├── CycleError           .cycle: the steps in the cycle, in order
     │   ├── UnknownNameError     .step, .name, .suggestion
     │   ├── OptionError          an option or its value is wrong
+    │   │   └── ParameterError   a parameter name or value is not allowed (also a ValueError)
     │   └── TemplateError        a prompt template does not parse or render
     ├── ConfigError              nbconductor.toml / [tool.nbconductor] is wrong
     ├── MissingDependency        an optional package is absent; names the extra
     ├── ProviderError            a model call failed; .provider, .model, .status, .retryable
-    │   ├── TransportError       connection, timeout, cut or stalled stream (retryable)
+    │   ├── TransportError       connection, timeout, cut, stalled or malformed stream (retryable)
     │   ├── RateLimitError       429 / 529 / overloaded; .retry_after seconds (retryable)
     │   ├── ServerError          5xx, 408, 409 (retryable)
     │   ├── AuthError            401 / 403; says which key to set (not retried)
@@ -64,6 +65,14 @@ class UnknownNameError(DefinitionError):
 
 class OptionError(DefinitionError):
     """An option, or an option's value, is not valid."""
+
+
+class ParameterError(OptionError, ValueError):
+    """A run parameter's name is not an identifier, or its value is not plain data; ``.name``."""
+
+    def __init__(self, message: str, name: str | None = None):
+        self.name = name
+        super().__init__(message)
 
 
 class TemplateError(DefinitionError):

@@ -26,6 +26,7 @@ from typing import Any
 
 from ._store import Store
 from ._summary import fmt_cost, text_table
+from ._types import quality_failure
 
 COUNTED = ("passed", "flagged", "failed", "approved", "edited", "rejected")
 ACCEPTED = ("passed", "approved", "edited")
@@ -103,8 +104,7 @@ def _first_pass(row) -> bool:
     """Accepted on the first try: passed, and no attempt failed a gate or gave unusable output."""
     if row["state"] != "passed":
         return False
-    return all(a["outcome"] != "gate" and not (a.get("error") or "").startswith("OutputError")
-               for a in _attempts(row))
+    return not any(quality_failure(a["outcome"], a.get("error")) for a in _attempts(row))
 
 
 def _metrics(rows: list, cache_hits: int, decisions: dict[str, int]) -> dict[str, Any]:

@@ -136,10 +136,22 @@ class Attempt:
     model: str
     started: float
     ended: float
-    outcome: str  # "passed", "gate", "error"
+    outcome: str  # "passed", "gate", "error", "skipped"
     error: str | None = None
     usage: Usage = field(default_factory=Usage)
     cost: float | None = None
+
+    @property
+    def quality_failure(self) -> bool:
+        return quality_failure(self.outcome, self.error)
+
+
+def quality_failure(outcome: str, error: str | None) -> bool:
+    """Whether an attempt counts against first-pass yield: the model finished an answer that a
+    gate rejected or that was unusable (invalid JSON, schema, refusal, truncated). A transport
+    fault (connection, timeout, cut, stalled or malformed stream, 429/5xx) is reliability, not
+    quality: it is retried without feedback and does not count."""
+    return outcome == "gate" or (outcome == "error" and (error or "").startswith("OutputError"))
 
 
 @dataclass

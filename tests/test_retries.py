@@ -144,7 +144,7 @@ def test_failing_provider_cools_down_so_later_steps_go_straight_to_the_fallback(
 @pytest.mark.parametrize("fault, kind", [
     (Cut("partial answ", after_chunks=2), "TransportError"),
     (Stall(5, text="stalled answer"), "TransportError"),
-    (Malformed(), "OutputError"),
+    (Malformed(), "TransportError"),
     (StreamError("Overloaded", text="half"), "RateLimitError"),
 ])
 def test_faulty_streams_are_failed_attempts_then_retried(fake_api, fast_config, tmp_path, provider, endpoint,
@@ -180,3 +180,33 @@ def test_per_provider_concurrency_limit(fake_api, fast_config, tmp_path):
     assert res.output == ["done"] * 3
     gaps = fake_api.gaps("anthropic")
     assert len(gaps) == 2 and all(g >= 0.2 for g in gaps)  # one request at a time
+
+
+@pytest.mark.parametrize("provider, endpoint", [(CLAUDE, "anthropic"), (GPT, "openai")])
+@pytest.mark.parametrize("fault", [Malformed(), Cut("half an answ", after_chunks=2), Stall(5, text="stall")])
+def test_transport_faults_are_retried_without_feedback_and_keep_first_pass_yield(
+        fake_api, fast_config, tmp_path, provider, endpoint, fault):
+    from nbconductor._report import report
+
+    fake_api.script(fault, Text('{"ok": true}'), endpoint=endpoint)
+    p = make(tmp_path, fast_config)
+    p.step("a", "Answer in JSON", model=provider, json=True, retries=1)
+    res = p.run().results["a"]
+    assert res.state == "passed" and res.output == {"ok": True}
+    retry = fake_api.requests_for(endpoint)[1].json["messages"][-1]["content"]
+    assert "not valid" not in str(retry) and "rejected" not in str(retry)
+    assert res.attempts[0].error.startswith("TransportError") and not res.attempts[0].quality_failure
+    rep = report(p.store)
+    assert rep["steps"]["a"]["first_pass_yield"] == 1.0
+
+
+def test_an_invalid_answer_the_model_finished_counts_against_first_pass_yield(fake_api, fast_config, tmp_path):
+    from nbconductor._report import report
+
+    fake_api.script(Text("not json at all"), Text('{"ok": true}'), endpoint="anthropic")
+    p = make(tmp_path, fast_config)
+    p.step("a", "Answer in JSON", model=CLAUDE, json=True, retries=1)
+    res = p.run().results["a"]
+    assert res.state == "passed" and res.attempts[0].quality_failure
+    assert "not valid" in str(fake_api.requests_for("anthropic")[1].json["messages"][-1]["content"])
+    assert report(p.store)["steps"]["a"]["first_pass_yield"] == 0.0

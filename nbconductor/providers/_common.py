@@ -123,9 +123,11 @@ def map_error(exc: BaseException, sdk: Any, *, provider: str, model: str, key_en
         cause = exc.__cause__ or exc.__context__
         detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
         return TransportError(redact(f"{where} connection failed: {detail}"), provider=provider, model=model)
+    # A malformed event or body is a fault of the wire, not of the model's answer: it is retried
+    # without feedback and does not count against first-pass yield (the model never finished).
     if isinstance(exc, sdk.APIResponseValidationError):
-        return OutputError(redact(f"{where} sent a response that does not match its API: {exc}"),
-                           provider=provider, model=model)
+        return TransportError(redact(f"{where} sent a response that does not match its API: {exc}"),
+                              provider=provider, model=model)
     if isinstance(exc, sdk.APIStatusError):
         message, kind = _body_message(exc.body)
         status = exc.status_code if exc.status_code != 200 else None  # 200: an error event in a stream
@@ -143,8 +145,8 @@ def map_error(exc: BaseException, sdk: Any, *, provider: str, model: str, key_en
                                   provider=provider, model=model)
         return TransportError(redact(f"{where} stream broke off: {name}: {exc}"), provider=provider, model=model)
     if isinstance(exc, json.JSONDecodeError):
-        return OutputError(f"{where} sent a malformed event or body (not JSON: {exc.msg})",
-                           provider=provider, model=model)
+        return TransportError(f"{where} sent a malformed event or body (not JSON: {exc.msg})",
+                              provider=provider, model=model)
     return None
 
 
