@@ -22,7 +22,7 @@ from typing import Any
 from ._errors import DefinitionError, OutputError, StepFailed, UnknownNameError
 from ._gates import gates_for
 from ._graph import Graph, function_params
-from ._ladder import GateContext, LadderFailed, run_ladder
+from ._ladder import GateContext, GateError, LadderFailed, run_ladder
 from ._pool import ProviderPool
 from ._pycode import run_python
 from ._store import Store
@@ -53,7 +53,9 @@ class RunResult:
 
     @property
     def cost(self) -> float | None:
-        costs = [r.cost for r in self.results.values() if not r.cached]
+        """What this run spent: its fresh calls (a cache hit, a skipped or a never-run step costs
+        nothing); None when a call's price is unknown."""
+        costs = [r.cost for r in self.results.values() if not r.cached and r.state not in ("skipped", "pending")]
         return None if any(c is None for c in costs) else sum(costs)
 
     @property
@@ -226,15 +228,21 @@ async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult
     except DefinitionError:
         raise
     except LadderFailed as exc:
-        usage = Usage()
-        for a in exc.attempts:
-            usage = usage + a.usage
-        return StepResult(step.name, "failed", exc.output, prompt=getattr(exc, "prompt", None),
-                          attempts=exc.attempts, gates=exc.gates, usage=usage, started=started,
-                          ended=time.time(), error=str(exc))
+        return _ladder_failure(step, exc, started)
     except Exception as exc:  # noqa: BLE001 - a step's failure is recorded, not raised
         return StepResult(step.name, "failed", None, started=started, ended=time.time(),
                           error=_describe(exc), cost=0.0, usage=Usage(0, 0))  # failed before any model call
+
+
+def _ladder_failure(step: Step, exc: LadderFailed, started: float) -> StepResult:
+    """A failed step with every billed call of its attempts in its usage and cost."""
+    usage, cost = Usage(), 0.0
+    for a in exc.attempts:
+        usage = usage + a.usage
+        cost = None if cost is None or a.cost is None else cost + a.cost
+    return StepResult(step.name, "failed", exc.output, prompt=getattr(exc, "prompt", None),
+                      attempts=exc.attempts, gates=exc.gates, usage=usage, cost=cost, started=started,
+                      ended=time.time(), error=str(exc))
 
 
 def _describe(exc: BaseException) -> str:
@@ -342,9 +350,12 @@ async def _run_single(session: Session, step: Step, values: dict, options: RunOp
 
 def build_request(session: Session, step: Step, values: dict) -> tuple[Request, list, str]:
     """The request an LLM/image step would send, its models in order, and its cache key."""
-    prompt = render(step.body, _template_values(session, values), step.name)
+    # A template sees data only; its upstream steps' outputs pass whatever their type.
+    limits, outputs = session.pool.config.templates, session.graph.deps.get(step.name, ())
+    prompt = render(step.body, _template_values(session, values), step.name, outputs=outputs, limits=limits)
     contexts = [(c, session.contexts[c]) for c in step.contexts]
-    system = render(step.system, values, step.name) if step.system and "{" in step.system else step.system
+    system = (render(step.system, values, step.name, outputs=outputs, limits=limits)
+              if step.system and "{" in step.system else step.system)
     schema_cls = _schema_class(step, values) if step.schema else None
     default = "image" if step.kind == "image" and step.model is None else step.model
     models = [session.pool.resolve(default)] + [session.pool.resolve(f) for f in step.fallbacks]
@@ -403,8 +414,12 @@ async def _run_python(session: Session, step: Step, values: dict, options: RunOp
     gates = gates_for(step, values)
     results = []
     ctx = GateContext(step, "", "", session.pool, values)
-    for gate in gates:
-        results.append(await gate.check(output, ctx))
+    try:
+        for gate in gates:
+            results.append(await gate.check(output, ctx))
+    except GateError as exc:  # the judge gave no verdict; its calls were billed all the same
+        return StepResult(step.name, "failed", output, gates=results, started=started, ended=time.time(),
+                          cache_key=key, cost=exc.cost, usage=exc.usage, error=str(exc))
     state = "passed" if all(g.passed for g in results) else ("flagged" if step.on_fail == "review" else "failed")
     error = None if state != "failed" else "; ".join(g.feedback for g in results if not g.passed)
     usage, cost = Usage(0, 0), 0.0  # a rubric judge's call is the only model cost of a Python step

@@ -256,6 +256,8 @@ def _pipeline_cells(pipeline: Any, skip: set[str] | None = None) -> dict[str, st
                 words += ["--retries", str(r.retries)]
             if r.on_fail:
                 words += ["--on-fail", r.on_fail]
+            if r.max_tokens is not None:
+                words += ["--max-tokens", str(r.max_tokens)]
             out[f"rubric:{step.name}"] = f"%%rubric {shlex.join(words)}\n{r.text}"
     return out
 

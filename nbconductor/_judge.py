@@ -8,13 +8,12 @@ cooldowns, pricing and test servers apply to it too. Its tokens and cost are rep
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
-from ._errors import OutputError, ProviderError, StepFailed
+from ._errors import OutputError, ProviderError
 from ._gates import _text
-from ._ladder import backoff
+from ._ladder import GateError, pause_for_retry
 from ._pricing import cost_of
 from ._types import GateResult, Request, Rubric, Usage
 
@@ -50,8 +49,8 @@ JUDGE_SYSTEM = (
     "the rubric lines the output misses and why, and a concrete suggested edit that would fix it."
 )
 
-#: Attempts at the judge per verdict (1 + retries) on retryable errors or an unusable verdict.
-JUDGE_ATTEMPTS = 3
+#: The judge's token limit unless ``%%rubric --max-tokens`` says otherwise. Its attempts per
+#: verdict follow the step's ``--retries`` (1 + N), through the ladder's `pause_for_retry`.
 JUDGE_MAX_TOKENS = 1024
 
 
@@ -102,8 +101,9 @@ class RubricGate:
     async def check(self, output: Any, ctx: GateContext) -> GateResult:
         """The judge's verdict as a `GateResult` (with the judge's usage and cost).
 
-        Raises `StepFailed` naming the judge when it cannot give a verdict after its retries:
-        an unreachable or misconfigured judge is an error to fix, not a verdict on the output.
+        Raises `GateError` (with the usage and cost of the judge's calls) naming the judge when
+        it gives no verdict in ``1 + step.retries`` attempts: an unreachable or misconfigured
+        judge is an error to fix, not a verdict on the output.
         """
         pool = ctx.pool
         ref = pool.resolve(self.rubric.judge or "judge")
@@ -112,39 +112,46 @@ class RubricGate:
             model=ref.model,
             prompt=judge_prompt(self.rubric.text, ctx.prompt, ctx.text or _text(output)),
             system=JUDGE_SYSTEM, json=True, schema=VERDICT_SCHEMA, schema_name="Verdict",
-            max_tokens=JUDGE_MAX_TOKENS,
+            max_tokens=self.rubric.max_tokens or JUDGE_MAX_TOKENS,
         )
         policy = pool.config.retry
-        usage, cost = Usage(), 0.0
+        retries = ctx.step.retries  # the step's retry policy: 1 + --retries attempts per verdict
+        usage, cost, calls = Usage(), 0.0, 0
         error: ProviderError | None = None
-        for n in range(JUDGE_ATTEMPTS):
+        for n in range(1 + retries):
+            calls += 1
             try:
                 async with pool.slot(ref.provider):
                     response = await provider.complete(request)
+                pool.succeeded(ref.provider)
+                spent = response.usage
+                call_cost = response.cost if response.cost is not None else cost_of(ref, spent, pool.config)
+                usage, cost = usage + spent, None if cost is None or call_cost is None else cost + call_cost
+                score, feedback, suggestion = parse_verdict(response.data, response.text)
             except ProviderError as exc:
                 error = exc
+                spent = getattr(exc, "usage", None)  # an unusable answer was still billed
+                if spent is not None and spent.total:
+                    call_cost = cost_of(ref, spent, pool.config)
+                    usage, cost = usage + spent, None if cost is None or call_cost is None else cost + call_cost
+                if isinstance(exc, OutputError):
+                    request.feedback = f"Your answer was not a valid Verdict: {exc}"
+                    if n < retries:
+                        continue
+                    break
                 if exc.retryable:
                     pool.failed(ref.provider)
-                if not exc.retryable or n == JUDGE_ATTEMPTS - 1:
+                if not await pause_for_retry(exc, n, retries, policy):
                     break
-                wait = exc.retry_after if exc.retry_after is not None else backoff(n, policy.base_delay, policy.max_delay)
-                if wait > policy.max_retry_after:
-                    break
-                await asyncio.sleep(wait)
-                continue
-            pool.succeeded(ref.provider)
-            usage = usage + response.usage
-            call_cost = response.cost if response.cost is not None else cost_of(ref, response.usage, pool.config)
-            cost = None if cost is None or call_cost is None else cost + call_cost
-            try:
-                score, feedback, suggestion = parse_verdict(response.data, response.text)
-            except OutputError as exc:
-                error = exc
-                request.feedback = f"Your answer was not a valid Verdict: {exc}"
                 continue
             passed = score >= self.rubric.threshold
             if not passed and not feedback:
                 feedback = f"scored {score:.2f}, below the threshold {self.rubric.threshold:.2f}"
             return GateResult(self.name, passed, score, feedback, suggestion or None, usage, cost)
-        raise StepFailed(ctx.step.name, f"the rubric judge `{ref.spec}` gave no verdict after "
-                                        f"{JUDGE_ATTEMPTS} tries: {type(error).__name__}: {error}", error)
+        detail = f"{type(error).__name__}: {error}"
+        if "raise --max-tokens" in detail:
+            detail = detail.replace("raise --max-tokens", f"raise %%rubric {ctx.step.name} --max-tokens "
+                                                          f"(now {request.max_tokens})")
+        raise GateError(ctx.step.name, f"the rubric judge `{ref.spec}` gave no verdict after {calls} "
+                                       f"{'try' if calls == 1 else 'tries'}: {detail}",
+                        usage=usage, cost=cost, calls=calls, cause=error)

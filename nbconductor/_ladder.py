@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._config import ModelRef
+from ._config import ModelRef, RetryPolicy
 from ._errors import OutputError, ProviderError, StepFailed
 from ._pool import ProviderPool
 from ._pricing import cost_of
@@ -58,9 +58,34 @@ class LadderFailed(StepFailed):
         self.attempts, self.gates, self.output = attempts, gates, output
 
 
+class GateError(StepFailed):
+    """A model-backed gate (the rubric judge) gave no verdict; says what its calls spent."""
+
+    def __init__(self, step: str, reason: str, *, usage: Usage, cost: float | None, calls: int,
+                 cause: BaseException | None = None):
+        super().__init__(step, reason, cause)
+        self.reason, self.usage, self.cost, self.calls = reason, usage, cost, calls
+
+
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Full-jitter exponential backoff for attempt number ``attempt`` (0-based)."""
     return random.uniform(0, min(cap, base * 2**attempt))
+
+
+async def pause_for_retry(exc: ProviderError, n: int, retries: int, policy: RetryPolicy) -> bool:
+    """The retry policy, once for the ladder and the judge: after attempt ``n`` (0-based) of
+    ``1 + retries`` failed with ``exc``, wait as the server asks (``retry-after``) or back off,
+    and return True; return False at once when no attempt is left, ``exc`` is not retryable, or
+    the server asks for a longer wait than the policy allows."""
+    if not exc.retryable or n >= retries:
+        return False
+    if exc.retry_after is not None:
+        if exc.retry_after > policy.max_retry_after:
+            return False
+        await asyncio.sleep(exc.retry_after)
+    else:
+        await asyncio.sleep(backoff(n, policy.base_delay, policy.max_delay))
+    return True
 
 
 async def run_ladder(
@@ -117,28 +142,33 @@ async def run_ladder(
                     feedback = f"Your output was not valid: {exc}"
                 elif exc.retryable:
                     pool.failed(ref.provider)
-                if not exc.retryable or n == step.retries:
-                    break
-                if exc.retry_after is not None:
-                    if exc.retry_after > policy.max_retry_after:
-                        break  # the server asks for longer than we will wait: fall back now
-                    await asyncio.sleep(exc.retry_after)
-                else:
-                    await asyncio.sleep(backoff(n, policy.base_delay, policy.max_delay))
+                if not await pause_for_retry(exc, n, step.retries, policy):
+                    break  # not retryable, none left, or a longer wait than we allow: fall back
                 continue
             pool.succeeded(ref.provider)
             call_cost = _spent_cost(ref, response, response.usage, pool, image)
             call_usage = response.usage
             results = []
             ctx = GateContext(step, req.prompt, response.text, pool, namespace or {})
-            for gate in gates:
-                results.append(await gate.check(output, ctx))
+            try:
+                for gate in gates:
+                    results.append(await gate.check(output, ctx))
+            except GateError as exc:
+                # The judge gave no verdict, but the answer and the judge's calls were billed.
+                call_usage, call_cost = call_usage + exc.usage, _add_cost(call_cost, exc.cost)
+                usage, total_cost = usage + call_usage, _add_cost(total_cost, call_cost)
+                att = Attempt(ref.spec, started, time.time(), "error", f"GateError: {exc.reason}",
+                              call_usage, call_cost)
+                attempts.append(att)
+                if on_attempt:
+                    on_attempt(att)
+                raise LadderFailed(step.name, exc.reason, attempts, results, output, exc) from None
             for g in results:  # a judge's tokens and cost belong to the attempt it judged
                 if g.usage is not None:
                     call_usage = call_usage + g.usage
-                    call_cost = None if call_cost is None or g.cost is None else call_cost + g.cost
+                    call_cost = _add_cost(call_cost, g.cost)
             usage = usage + call_usage
-            total_cost = None if total_cost is None or call_cost is None else total_cost + call_cost
+            total_cost = _add_cost(total_cost, call_cost)
             passed = all(g.passed for g in results)
             att = Attempt(ref.spec, started, time.time(), "passed" if passed else "gate",
                           None if passed else "; ".join(g.feedback for g in results if not g.passed),
@@ -169,6 +199,10 @@ async def run_ladder(
     tried = ", ".join(dict.fromkeys(a.model for a in attempts))
     raise LadderFailed(step.name, f"{last_error} (after {_attempts(attempts)}; models tried: {tried})",
                        attempts, [], None, last_error)
+
+
+def _add_cost(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
 
 
 def _attempts(attempts: list[Attempt]) -> str:

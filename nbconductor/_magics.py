@@ -112,6 +112,7 @@ class ConductorMagics(Magics):
     @argument("--threshold", type=float, default=0.8, help="the lowest passing score, 0..1 (default 0.8)")
     @argument("--retries", type=int, help="re-runs of the step with the judge's feedback")
     @argument("--on-fail", help="after retries and fallbacks: retry|fallback|review|fail")
+    @argument("--max-tokens", type=int, help="the most tokens the judge may write (default 1024)")
     @cell_magic
     def rubric(self, line: str, cell: str):
         """Attach an LLM-judge gate to a step; the cell body is the rubric."""
@@ -120,7 +121,7 @@ class ConductorMagics(Magics):
             raise UsageError("%%rubric needs a step name: %%rubric STEP --judge SPEC --threshold X")
         with usage_errors():
             self.pipeline.rubric(args.step, cell, judge=args.judge or "judge", threshold=args.threshold,
-                                 retries=args.retries, on_fail=args.on_fail)
+                                 retries=args.retries, on_fail=args.on_fail, max_tokens=args.max_tokens)
         self.cells[f"rubric:{args.step}"] = f"%%rubric {line}\n{cell}"
 
     # %conductor --------------------------------------------------------------------------------
@@ -204,6 +205,9 @@ class ConductorMagics(Magics):
 
 
 def load(ipython) -> None:
+    from ._display import install_shell_redaction
+
+    install_shell_redaction(ipython)
     magics = ConductorMagics(ipython)
     ipython.register_magics(magics)
     ipython.user_ns["__nbconductor__"] = magics

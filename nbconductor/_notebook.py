@@ -178,7 +178,7 @@ def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):
             pipeline.context(words[0], body if "file" not in opts else None, **opts)
         elif kind == "rubric":
             opts = _options(words[1:], {"--judge": "judge", "--threshold": "threshold", "--retries": "retries",
-                                        "--on-fail": "on_fail"})
+                                        "--on-fail": "on_fail", "--max-tokens": "max_tokens"})
             pipeline.rubric(words[0], body, **opts)
         else:
             pipeline.add(step_from_cell(words, body))
@@ -209,7 +209,7 @@ def _options(words: list[str], names: dict[str, str]) -> dict[str, Any]:
 
             raise OptionError(f"unknown option {w}")
         value = next(it)
-        out[key] = float(value) if key == "threshold" else int(value) if key == "retries" else value
+        out[key] = float(value) if key == "threshold" else int(value) if key in ("retries", "max_tokens") else value
     return out
 
 

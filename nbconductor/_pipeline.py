@@ -117,16 +117,18 @@ class Pipeline:
         return self.contexts[name]
 
     def rubric(self, step: str, text: str, *, judge: str | None = None, threshold: float = 0.8,
-               retries: int | None = None, on_fail: str | None = None) -> None:
-        """Attach an LLM-judge gate to ``step``."""
+               retries: int | None = None, on_fail: str | None = None, max_tokens: int | None = None) -> None:
+        """Attach an LLM-judge gate to ``step`` (``max_tokens``: the judge's token limit)."""
         if step not in self.steps:
             raise OptionError(f"%%rubric: no step named `{step}`; declare the step first")
         if not 0 <= threshold <= 1:
             raise OptionError(f"--threshold must be between 0 and 1, got {threshold}")
         if on_fail is not None and on_fail not in ON_FAIL:
             raise OptionError(f"--on-fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
+        if max_tokens is not None and max_tokens <= 0:
+            raise OptionError(f"%%rubric {step}: --max-tokens must be 1 or more, got {max_tokens}")
         s = self.steps[step]
-        changes: dict[str, Any] = {"rubric": Rubric(text.strip(), judge, threshold, retries, on_fail)}
+        changes: dict[str, Any] = {"rubric": Rubric(text.strip(), judge, threshold, retries, on_fail, max_tokens)}
         if retries is not None:
             changes["retries"] = retries
         if on_fail is not None:

@@ -21,6 +21,7 @@ class Rubric:
     threshold: float = 0.8
     retries: int | None = None
     on_fail: str | None = None
+    max_tokens: int | None = None  # the judge's token limit (None: JUDGE_MAX_TOKENS)
 
 
 @dataclass

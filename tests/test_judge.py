@@ -291,3 +291,70 @@ def test_redeclaring_a_step_keeps_its_rubric_and_the_ladder_options_it_set(tmp_p
     s = p.steps["draft"]
     assert (s.rubric.threshold, s.retries, s.on_fail) == (0.9, 0, "fail")
     p.close()
+
+
+# the judge follows the step's retry policy; every billed call is recorded ------------------------
+@pytest.mark.parametrize("retries", [0, 4])
+def test_the_judges_transport_attempts_follow_retries(api, pipeline, retries):
+    use(api, Script(["d1"], [Error(503, "unavailable", retry_after=0)] * 10))
+    newsletter(pipeline, retries=retries)
+    r = pipeline.run({"topic": "pricing"}).results["draft"]
+    assert r.state == "failed" and len(judge_requests(api)) == 1 + retries
+    tries = "1 try" if retries == 0 else f"{1 + retries} tries"
+    assert f"gave no verdict after {tries}" in r.error
+
+
+def test_four_transport_faults_then_a_verdict_passes_with_retries_4(api, pipeline):
+    use(api, Script(["d1"], [Error(529, "overloaded", retry_after=0)] * 4 + [0.9]))
+    newsletter(pipeline, retries=4)
+    r = pipeline.run({"topic": "pricing"}).results["draft"]
+    assert r.state == "passed" and len(step_requests(api)) == 1 and len(judge_requests(api)) == 5
+
+
+def test_a_step_whose_judge_gave_no_verdict_records_every_billed_call(api, pipeline):
+    bad = JSONText({"score": 7, "feedback": "x", "suggested_edit": ""}, input_tokens=100, output_tokens=20)
+    use(api, Script(["d1"], [bad, bad, bad]))
+    newsletter(pipeline, retries=2)
+    run = pipeline.run({"topic": "pricing"})
+    r = run.results["draft"]
+    assert r.state == "failed" and len(judge_requests(api)) == 3
+    assert len(r.attempts) == 1 and r.attempts[0].error.startswith("GateError")
+    # the draft (10 in, 5 out) and three billed judge answers (100 in, 20 out each)
+    assert (r.usage.input_tokens, r.usage.output_tokens) == (310, 65)
+    assert r.cost is not None and r.cost > 0 and r.attempts[0].cost == pytest.approx(r.cost)
+    row = pipeline.store.results(run.run_id, "draft")[0]
+    assert (row["attempts"], row["input_tokens"], row["output_tokens"]) == (1, 310, 65)
+    assert row["cost"] == pytest.approx(r.cost) and pipeline.store.runs()[0]["cost"] == pytest.approx(r.cost)
+
+
+def test_a_python_step_whose_judge_gave_no_verdict_keeps_the_judges_cost(api, pipeline):
+    bad = JSONText({"score": 7, "feedback": "x", "suggested_edit": ""}, input_tokens=100, output_tokens=20)
+    use(api, Script([], [bad]))
+    pipeline.step("summary", "'summary of ' + topic", python=True)
+    pipeline.rubric("summary", RUBRIC, judge=JUDGE, threshold=0.5, retries=0)
+    r = pipeline.run({"topic": "x"}).results["summary"]
+    assert r.state == "failed" and r.usage.input_tokens == 100 and r.cost and r.cost > 0
+
+
+def test_rubric_max_tokens_reaches_the_judge_and_the_truncation_message_names_it(api, tmp_path, monkeypatch):
+    shell = fresh_shell(tmp_path, monkeypatch)
+    magics = shell.user_ns["__nbconductor__"]
+    magics.pipeline.config.retry.base_delay = 0.01
+    cut = Text('{"score": 0.9, "feedba', stop="max_tokens")
+    use(api, Script(["d1"], [cut]))
+    shell.user_ns["topic"] = "pricing"
+    with capture_output():
+        shell.run_cell_magic("step", f"draft --model {WRITER} --lazy", "Write about {{ topic }}")
+    shell.run_cell_magic("rubric", f"draft --judge {JUDGE} --retries 0 --max-tokens 77 --on-fail fail", RUBRIC)
+    assert magics.pipeline.steps["draft"].rubric.max_tokens == 77
+    with capture_output(), pytest.raises(StepFailed, match=r"raise %%rubric draft --max-tokens \(now 77\)"):
+        shell.run_line_magic("conductor", "run draft")
+    assert judge_requests(api)[0].json["max_tokens"] == 77
+
+
+def test_rubric_max_tokens_must_be_positive(pipeline):
+    from nbconductor._errors import OptionError
+
+    pipeline.step("draft", "x", model=WRITER)
+    with pytest.raises(OptionError, match="--max-tokens must be 1 or more"):
+        pipeline.rubric("draft", RUBRIC, judge=JUDGE, max_tokens=0)
