@@ -8,8 +8,10 @@ import threading
 import time
 from typing import Any
 
+from IPython.core.formatters import format_display_data
 from IPython.display import HTML, JSON, Markdown, display
 
+from ._redact import redact, redactor
 from ._summary import fmt_cost, fmt_tokens
 from ._types import StepResult
 
@@ -41,28 +43,32 @@ def footer(result: StepResult) -> str:
 
 
 def show_result(result: StepResult) -> None:
-    """Display a step's output inline, then its footer."""
+    """Display a step's output inline, then its footer; secrets in either are redacted."""
     out = result.output
+    clean = redactor()
     if result.state == "skipped":
         pass
     elif hasattr(out, "_repr_png_"):
         display(out)
     elif hasattr(out, "model_dump"):
-        display(JSON(out.model_dump(mode="json"), expanded=True))
+        display(JSON(clean.value(out.model_dump(mode="json")), expanded=True))
     elif isinstance(out, str):
-        display(Markdown(out))
+        display(Markdown(clean(out)))
     elif isinstance(out, list) and out and all(isinstance(x, str) for x in out):
-        display(Markdown("\n\n---\n\n".join(out)))
+        display(Markdown(clean("\n\n---\n\n".join(out))))
     elif isinstance(out, (dict, list)):
-        display(_json_bundle(out), raw=True)
+        display(_json_bundle(clean.value(out)), raw=True)
     elif out is not None:
-        display(out)
+        data, metadata = format_display_data(out)  # its rich reprs, each redacted
+        display({k: clean(v) if isinstance(v, str) and k[:6] != "image/" or k == "image/svg+xml" else v for k, v in data.items()},
+                metadata=metadata, raw=True)
     flagged = [g for g in result.gates if not g.passed]
     text = footer(result)
     if result.error:
         text += f"\n{result.error}"
     elif flagged and result.state == "flagged":
         text += "\n" + "\n".join(f"⚑ {g.name}: {g.feedback}" for g in flagged)
+    text = clean(text)
     color = {"failed": "#b42318", "flagged": "#b54708"}.get(result.state, "#667085")
     display({"text/plain": text,
              "text/html": f'<pre style="color:{color};font-size:0.85em;margin:0;white-space:pre-wrap">'
@@ -75,7 +81,11 @@ def _json_bundle(value: Any) -> dict:
 
 
 class LiveText:
-    """Streams a step's text into one output area, throttled; `close` removes it."""
+    """Streams a step's text into one output area, throttled; `close` removes it.
+
+    What is shown is the accumulated text redacted as a whole (a key split across chunks is still
+    found), without the last characters that may be the first part of a secret still arriving.
+    """
 
     def __init__(self, interval: float = 0.15):
         self.handle = None
@@ -97,7 +107,8 @@ class LiveText:
             if now - self._last < self.interval:
                 return
             self._last = now
-            text = "\n\n".join(f"**{name}** (streaming…)\n\n{t}" for name, t in self.buffer.items())
+            preview = redactor().preview
+            text = "\n\n".join(f"**{name}** (streaming…)\n\n{preview(t)}" for name, t in self.buffer.items())
             if self.handle is None:
                 self.handle = display(Markdown(text), display_id=True)
             else:
@@ -106,3 +117,24 @@ class LiveText:
     def close(self) -> None:
         if self.handle is not None:
             self.handle.update(HTML(""))
+
+
+def install_shell_redaction(shell) -> None:
+    """Redact the tracebacks and `UsageError` lines ``shell`` shows (in Jupyter, papermill's kernel
+    and the in-process engine alike): an exception's message may quote a secret."""
+    if getattr(shell, "_nbc_redacting", False):
+        return
+    show_traceback, show_usage_error = shell._showtraceback, shell.show_usage_error
+
+    def _showtraceback(etype, evalue, stb):
+        text = str(evalue)
+        clean = redact(text)
+        return show_traceback(etype, clean if clean != text else evalue, [redact(line) for line in stb])
+
+    def _show_usage_error(exc):
+        text = str(exc)
+        clean = redact(text)
+        return show_usage_error(type(exc)(clean) if clean != text else exc)
+
+    shell._showtraceback, shell.show_usage_error = _showtraceback, _show_usage_error
+    shell._nbc_redacting = True

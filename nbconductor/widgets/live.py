@@ -8,10 +8,17 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .._snapshot import snapshot
+from .._redact import redact_value
+from .._snapshot import snapshot as _snapshot
 from .graph import GraphWidget
 
 __all__ = ["LiveGraph", "graph_widget", "snapshot"]
+
+
+def snapshot(pipeline, *args, **kwargs) -> dict:
+    """`nbconductor._snapshot.snapshot` with every string redacted: prompts, outputs and errors
+    are shown in the graph widget and saved in the notebook with its state."""
+    return redact_value(_snapshot(pipeline, *args, **kwargs))
 
 
 def graph_widget(pipeline) -> GraphWidget:
