@@ -1,6 +1,7 @@
 """Recording a cell's output as nbformat outputs, the way nbclient records a kernel's messages.
 
-Used by the in-process papermill engine (`nbconductor.engine`).
+Used by the in-process papermill engine (`nbconductor.engine`). `install_write_redaction` makes
+papermill redact every notebook it writes that uses nbconductor, whichever engine runs it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ import base64
 import contextlib
 import io
 import json
+import os
+import re
 import sys
 import threading
+import time
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from ._redact import redact
+from ._redact import redact, redactor
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
@@ -25,8 +30,21 @@ def new_output(output_type: str, **fields: Any):
     return make(output_type, **fields)
 
 
+#: ipykernel's ``OutStream.flush_interval``: a stream's text is sent at most this long after
+#: it was written, or earlier when the cell displays something, ends, or flushes the stream.
+FLUSH_INTERVAL = 0.2
+
+
 class OutputSink:
-    """Turns what a cell prints and displays into nbformat outputs, the way nbclient does."""
+    """Turns what a cell prints and displays into nbformat outputs, the way nbclient does.
+
+    Streams are buffered the way ipykernel buffers them, so outputs come out in the same order
+    as from a kernel: a stream's pending text is flushed when it is older than
+    `FLUSH_INTERVAL`, when the stream is flushed (``sys.stdout.flush()``, every logging
+    handler's emit), and — stdout first, then stderr — before any display, result, error,
+    ``clear_output`` and at the end of the cell. A quick cell that prints to both therefore
+    shows all its stdout, then all its stderr, as in a kernel.
+    """
 
     def __init__(self, nb: NotebookNode):
         self.nb = nb
@@ -36,6 +54,10 @@ class OutputSink:
         self.display_ids: dict[str, list[tuple[int, NotebookNode]]] = {}
         self.lock = threading.RLock()
         self.widgets_before = _widget_ids()
+        self.pending: dict[str, list] = {}  # stream name -> [text, first write (monotonic)]
+        # one object per stream for the whole notebook, as a kernel's sys.stdout / sys.stderr,
+        # so a logging handler made in one cell writes into whichever cell is running
+        self.streams = {name: SinkStream(self, name) for name in ("stdout", "stderr")}
 
     def start(self, index: int, cell: NotebookNode) -> None:
         self.index = index
@@ -43,6 +65,7 @@ class OutputSink:
         self.clear_pending = False
 
     def _add(self, output: NotebookNode) -> None:
+        self._flush_streams()
         if self.clear_pending:
             self._clear_now()
         self.outputs.append(output)
@@ -54,8 +77,32 @@ class OutputSink:
             entries[:] = [(i, o) for i, o in entries if i != self.index]
 
     def stream(self, name: str, text: str) -> None:
+        """Buffer ``text`` written to stream ``name``, as a kernel's output stream does."""
         if not text:
             return
+        with self.lock:
+            now = time.monotonic()
+            due = [(since, n) for n, (_, since) in self.pending.items() if now - since >= FLUSH_INTERVAL]
+            for _, n in sorted(due):
+                self.flush_stream(n)
+            buffered = self.pending.get(name)
+            if buffered is None:
+                self.pending[name] = [text, now]
+            else:
+                buffered[0] += text
+
+    def flush_stream(self, name: str) -> None:
+        """Record stream ``name``'s pending text as an output now."""
+        with self.lock:
+            buffered = self.pending.pop(name, None)
+            if buffered is not None:
+                self._emit(name, buffered[0])
+
+    def _flush_streams(self) -> None:
+        for name in ("stdout", "stderr", *self.pending):
+            self.flush_stream(name)
+
+    def _emit(self, name: str, text: str) -> None:
         with self.lock:
             if self.clear_pending:
                 self._clear_now()
@@ -69,6 +116,7 @@ class OutputSink:
         data, metadata = _clean(data), _jsonable(metadata)
         display_id = transient.get("display_id")
         with self.lock:
+            self._flush_streams()
             if display_id:
                 for _, out in self.display_ids.get(display_id, []):
                     out["data"], out["metadata"] = data, metadata
@@ -91,12 +139,15 @@ class OutputSink:
 
     def clear(self, wait: bool) -> None:
         with self.lock:
+            self._flush_streams()
             if wait:
                 self.clear_pending = True
             else:
                 self._clear_now()
 
     def finish(self) -> None:
+        with self.lock:
+            self._flush_streams()
         for out in self.outputs:
             if out.output_type == "stream":
                 out.text = redact(out.text)
@@ -140,6 +191,9 @@ class SinkStream(io.TextIOBase):
         self.sink.stream(self.name, text)
         return len(text)
 
+    def flush(self) -> None:
+        self.sink.flush_stream(self.name)
+
     def writable(self) -> bool:
         return True
 
@@ -149,6 +203,49 @@ class SinkStream(io.TextIOBase):
     @property
     def encoding(self) -> str:
         return "utf-8"
+
+
+# ---------------------------------------------------------------------- papermill's writes
+
+_INPUT_PATH = re.compile(r'"input_path": "((?:[^"\\]|\\.)*)"')
+
+
+def install_write_redaction() -> None:
+    """Redact secrets in every notebook papermill writes that uses nbconductor (its text mentions
+    ``nbconductor``): the injected parameters cell, outputs, error messages, at every save.
+
+    papermill imports `nbconductor.engine` through its ``papermill.engine`` entry point, so this is
+    in place for plain ``papermill`` runs with either engine, as for ``nbconductor run`` and ``batch``.
+    The notebook in memory (what the kernel runs) is unchanged; only what is written is redacted.
+    """
+    from papermill.iorw import papermill_io
+
+    if getattr(papermill_io.write, "_nbconductor", False):
+        return
+    write = papermill_io.write
+
+    def redacting_write(buf, path, *args, **kwargs):
+        if isinstance(buf, str) and "nbconductor" in buf:
+            match = _INPUT_PATH.search(buf)
+            if match:
+                _config_near(os.path.dirname(json.loads(f'"{match.group(1)}"')))
+            buf = redactor().json_text(buf)
+        return write(buf, path, *args, **kwargs)
+
+    redacting_write._nbconductor = True  # type: ignore[attr-defined]
+    papermill_io.write = redacting_write
+
+
+@lru_cache(maxsize=64)
+def _config_near(folder: str) -> None:
+    """Read the ``[redact]`` section of the config beside the notebook (the run reports a bad file)."""
+    from ._config import load_config
+    from ._errors import ConductorError
+
+    try:
+        load_config(start=folder or None)
+    except (ConductorError, OSError):
+        pass
 
 
 # ------------------------------------------------------------------------- widget state

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._engine_outputs import OutputSink, SinkStream, save_widget_state
+from ._engine_outputs import OutputSink, install_write_redaction, save_widget_state
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
@@ -94,12 +94,19 @@ def _build_engine():
             return language or (nb.metadata.get("kernelspec") or {}).get("language") or "python"
 
     NBConductorEngine.__module__, NBConductorEngine.__qualname__ = __name__, "NBConductorEngine"
+    # papermill loads this engine through its entry point when it is imported, so every papermill
+    # run in a process with nbconductor installed writes parameters through the checked translator.
+    from ._params import install_translator
+
+    install_translator()
+    install_write_redaction()
     return NBConductorEngine
 
 
 def _execute(nb_man, notebook: str | None, timeout, log_output, stdout_file, stderr_file) -> None:
     nb = nb_man.nb
-    with _LOCK, _isolated(notebook):
+    _check_injected(nb)
+    with _LOCK, _isolated(notebook), _fresh_logging(), _fresh_warnings():
         shell = _new_shell()
         sink = OutputSink(nb)
         shell._nbc_sink = sink
@@ -117,6 +124,21 @@ def _execute(nb_man, notebook: str | None, timeout, log_output, stdout_file, std
         finally:
             _dispose(shell)
     nb.metadata["language_info"] = _language_info()
+
+
+def _check_injected(nb) -> None:
+    """Refuse to run a notebook whose injected parameters cell is more than `name = literal` lines."""
+    from papermill.exceptions import PapermillException
+
+    from ._errors import ParameterError
+    from ._params import check_injected
+
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            try:
+                check_injected(cell.source)
+            except ParameterError as exc:
+                raise PapermillException(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------- the shell
@@ -150,6 +172,7 @@ def _shell_class():
 
         display_pub_class = Type(_Publisher)
         displayhook_class = Type(_DisplayHook)
+        compiler_class = Type(_kernel_compiler())
         system = InteractiveShell.system_piped  # `!cmd` output goes to sys.stdout, as in ipykernel
         _nbc_sink = None
 
@@ -164,6 +187,29 @@ def _shell_class():
             pass
 
     return EngineShell
+
+
+def _kernel_compiler():
+    """ipykernel's compiler when installed: cells get a kernel's file names
+    (``/tmp/ipykernel_<pid>/<hash>.py``), so warnings and tracebacks read as in a kernel."""
+    try:
+        from ipykernel.compiler import XCachingCompiler
+
+        return XCachingCompiler
+    except ImportError:
+        from IPython.core.compilerop import CachingCompiler
+
+        return CachingCompiler
+
+
+def _is_cell_file(name: str) -> bool:
+    if name.startswith(("<ipython-input-", "<step ")):
+        return True
+    try:
+        from ipykernel.compiler import get_tmp_directory
+    except ImportError:
+        return False
+    return name.startswith(get_tmp_directory())
 
 
 _SHELL_CLASS = None
@@ -259,11 +305,68 @@ def _isolated(notebook: str | None) -> Iterator[None]:
                 os.environ[key] = value
         sys.path[:] = saved_path
         for key in set(linecache.cache) - saved_lines:
-            if key.startswith("<ipython-input-") or key.startswith("<step "):
+            if _is_cell_file(key):
                 linecache.cache.pop(key, None)
 
 
 _MISSING = object()
+
+
+@contextlib.contextmanager
+def _fresh_warnings() -> Iterator[None]:
+    """Warning filters as a fresh interpreter has them (IPython adds its own for the notebook's
+    module), shown on the running cell's ``sys.stderr`` — whatever the host process does with
+    warnings (pytest records them, an application may silence them). Put back afterwards."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        with contextlib.suppress(OSError, ValueError):
+            (file or sys.stderr).write(text)
+
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def _fresh_logging() -> Iterator[None]:
+    """A root logger as a fresh kernel has it — no handlers, level WARNING — for one notebook.
+
+    So ``logging.basicConfig(...)`` in a cell configures it (in a process that already logs,
+    basicConfig would otherwise do nothing) and its handler writes to the cell's captured
+    ``sys.stderr``; with no handler, warnings reach stderr through `logging.lastResort` at
+    the time of the call, as in a kernel. The process's logging is put back afterwards, and
+    loggers the notebook created lose the handlers and levels it gave them.
+    """
+    import logging
+
+    root, manager = logging.getLogger(), logging.Logger.manager
+    saved = root.handlers[:], root.level, root.disabled, manager.disable
+    existing = set(manager.loggerDict)
+    root.handlers[:] = []
+    root.setLevel(logging.WARNING)
+    root.disabled = False
+    logging.disable(logging.NOTSET)
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            with contextlib.suppress(Exception):
+                handler.close()
+        root.handlers[:], level, root.disabled, disable = saved
+        root.setLevel(level)
+        logging.disable(disable)
+        for name in set(manager.loggerDict) - existing:
+            logger = manager.loggerDict[name]
+            if isinstance(logger, logging.Logger):
+                logger.handlers[:] = []
+                logger.setLevel(logging.NOTSET)
+                logger.propagate, logger.disabled = True, False
 
 
 def _now() -> str:
@@ -293,7 +396,7 @@ def _run_cell(shell, sink: OutputSink, cell: NotebookNode, index: int, timeout: 
         previous = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, float(timeout))
     old = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = SinkStream(sink, "stdout"), SinkStream(sink, "stderr")
+    sys.stdout, sys.stderr = sink.streams["stdout"], sink.streams["stderr"]
     try:
         result = shell.run_cell(cell.source, store_history=True, cell_id=cell.get("id"))
     finally:

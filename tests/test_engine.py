@@ -218,3 +218,76 @@ def test_nbconductor_run_picks_the_engine(tmp_path, capsys):
     assert main(["run", str(tmp_path / "bad.ipynb"), "--engine", "nbconductor"]) == 1
     assert "failed in cell 1: ZeroDivisionError: division by zero" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.ipynb")]) == 2
+
+
+# ------------------------------------------- the same notebooks by a kernel and in-process
+
+PARITY = {
+    "logging": [
+        "import logging, sys\nlogging.basicConfig(level=logging.INFO)\nlogger = logging.getLogger('test')\n"
+        "logger.info('test text')\nlogger.warning('warned')",
+        "logging.getLogger('other').error('second cell')\nprint('after')",
+        "logging.getLogger().handlers[0].stream is sys.stderr",
+    ],
+    "streams_and_warnings": [
+        "import sys, warnings\nwarnings.warn('careful')\nprint('x')",
+        "print('a')\nprint('b', file=sys.stderr)\nprint('c')\nsys.stderr.write('d\\n')",
+        "print('out')\nsys.stdout.flush()\nprint('err', file=sys.stderr)\nprint('out again')",
+        "import time\nprint('early')\ntime.sleep(0.6)\nprint('late', file=sys.stderr)",
+    ],
+    "displays": [
+        "from IPython.display import Markdown, clear_output, display, update_display\n"
+        "h = display(Markdown('one'), display_id='d1')\nprint('below')",
+        "update_display(Markdown('two'), display_id='d1')\nprint('updated')",
+        "display(Markdown('three'), display_id='d1')\nh.update(Markdown('four'))",
+        "print('gone')\nclear_output(wait=True)\ndisplay(Markdown('kept'))",
+    ],
+    "sys_exit": ["print('before')", "import sys\nsys.exit(3)", "print('never')"],
+}
+
+
+def _kernel_neutral(nb) -> dict:
+    # a kernel's cells are files named after its process id
+    return json_loads(re.sub(r"ipykernel_\d+", "ipykernel_<pid>", json_dumps(comparable(nb))))
+
+
+def json_dumps(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+def json_loads(text: str):
+    import json
+
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("name", list(PARITY))
+def test_kernel_and_in_process_engine_record_the_same_outputs(tmp_path, name):
+    """Logging, warnings, stdout/stderr order, display updates and sys.exit, cell by cell."""
+    nb = notebook(*PARITY[name])
+    outs = {}
+    for engine in (None, "nbconductor"):
+        try:
+            outs[engine] = run(tmp_path, nb, engine=engine, name=f"{engine}.ipynb")
+        except PapermillExecutionError:
+            outs[engine] = nbformat.read(tmp_path / f"{engine}.ipynb", as_version=4)
+    kernel, engine = _kernel_neutral(outs[None]), _kernel_neutral(outs["nbconductor"])
+    for i, (k, e) in enumerate(zip(kernel["cells"], engine["cells"], strict=True)):
+        assert e == k, f"cell {i} differs"
+    assert engine == kernel
+
+
+def test_a_notebook_gets_its_own_root_logger_and_the_process_keeps_its_own(tmp_path):
+    import logging
+
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    assert before[0], "pytest's log capture handlers are installed, as in any process that logs"
+    out = run(tmp_path, notebook(*PARITY["logging"]))
+    cells = [c for c in out.cells if c.cell_type == "code"]
+    assert cells[0].outputs[0].text == "INFO:test:test text\nWARNING:test:warned\n"
+    assert cells[2].outputs[0].data["text/plain"] == "True"
+    assert (root.handlers, root.level) == before
+    assert logging.getLogger("test").handlers == [] and logging.getLogger("test").level == 0
