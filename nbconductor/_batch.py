@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import OptionError
-from ._notebook import parameter_values
+from ._history import HISTORY_ENV
+from ._params import check_known, check_name, check_names, check_value
+from ._redact import redact, redact_value
 from ._row import Row, RowResult, execute_row, params_key
 from ._runner import choose_engine, engine_label, parse_value, redact_file
 from ._summary import fmt_cost, preview, text_table
@@ -43,38 +45,108 @@ FINISHED = ("passed", "flagged")
 
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Parameter rows from a .csv, .yaml/.yml, .json or .jsonl file; raises `OptionError`."""
+    """Parameter rows from a .csv, .yaml/.yml, .json or .jsonl file.
+
+    A CSV row has a value per column (an empty cell, like a name a YAML/JSON row leaves out, keeps
+    the notebook's default); names are identifiers and values plain data (`nbconductor._params`). Raises `OptionError` (a
+    `ParameterError` for a bad name or value) with one line naming the file and the row.
+    """
     p = Path(path)
     if not p.is_file():
         raise OptionError(f"--params file {str(path)!r} not found")
     suffix = p.suffix.lower()
-    text = p.read_text(encoding="utf-8-sig")
+    if suffix not in (".csv", ".yaml", ".yml", ".json", ".jsonl"):
+        raise OptionError(f"--params {p.name}: use a .csv, .yaml or .json file of parameter rows")
+    raw = p.read_bytes()
     try:
-        if suffix == ".csv":
-            rows = [{k.strip(): _csv_value(v) for k, v in r.items() if k and v is not None and v != ""}
-                    for r in csv.DictReader(text.splitlines())]
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            rows = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise OptionError(f"--params {p.name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
+                          "save it as UTF-8 (e.g. Excel's \"CSV UTF-8\")") from None
+    where = f"--params {p.name}"
+    if suffix == ".csv":
+        return _csv_rows(text, where)
+    try:
+        if suffix in (".yaml", ".yml"):
+            rows = _yaml_load(text)
         elif suffix == ".json":
-            rows = json.loads(text)
-        elif suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = json.loads(text, object_pairs_hook=_no_duplicates)
         else:
-            raise OptionError(f"--params {p.name}: use a .csv, .yaml or .json file of parameter rows")
-    except OptionError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - yaml/json/csv each raise their own
-        raise OptionError(f"--params {p.name} cannot be read: {exc}") from None
+            rows = [json.loads(line, object_pairs_hook=_no_duplicates) for line in text.splitlines() if line.strip()]
+    except OptionError as exc:
+        raise OptionError(f"{where}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - yaml and json each raise their own
+        raise OptionError(f"{where} cannot be read: {_one_line(exc)}") from None
     if isinstance(rows, dict) and isinstance(rows.get("rows"), list):
         rows = rows["rows"]
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise OptionError(f"--params {p.name} must hold a list of rows, each a mapping of parameter names "
+        raise OptionError(f"{where} must hold a list of rows, each a mapping of parameter names "
                           'to values (e.g. [{"topic": "Pricing"}, {"topic": "Onboarding"}])')
     if not rows:
-        raise OptionError(f"--params {p.name} has no rows")
-    return [{str(k): _plain(v) for k, v in r.items()} for r in rows]
+        raise OptionError(f"{where} has no rows")
+    for i, row in enumerate(rows):
+        check_names(row, f"{where}, row {i}")
+    out = [{str(k): _plain(v) for k, v in r.items()} for r in rows]
+    for i, row in enumerate(out):
+        for name, value in row.items():
+            check_value(name, value, f"{where}, row {i}")
+    return out
+
+
+def _csv_rows(text: str, where: str) -> list[dict[str, Any]]:
+    lines = [r for r in csv.reader(text.splitlines()) if r]  # blank lines are not rows
+    if not lines:
+        raise OptionError(f"{where} has no rows")
+    header = [h.strip() for h in lines[0]]
+    for col, name in enumerate(header, 1):
+        if not name:
+            raise OptionError(f"{where}: column {col} of the header has no name: name every column")
+        check_name(name, f"{where}, column {col}")
+        if header.index(name) != col - 1:
+            raise OptionError(f"{where}: column `{name}` appears twice in the header: keep one")
+    rows = []
+    for i, fields in enumerate(lines[1:]):
+        if len(fields) != len(header):
+            raise OptionError(f"{where}: row {i} has {plural(len(fields), 'value')} for {plural(len(header), 'column')} "
+                              f"({', '.join(header)}): give every row a value per column (an empty one keeps "
+                              "the notebook's default)")
+        rows.append({k: _csv_value(v) for k, v in zip(header, fields) if v != ""})
+    if not rows:
+        raise OptionError(f"{where} has no rows")
+    return rows
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise OptionError(f"`{key}` appears twice in one row: keep one")
+        seen[key] = value
+    return seen
+
+
+def _yaml_load(text: str) -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        keys = [loader.construct_object(k, deep=True) for k, _ in node.value]
+        for key in keys:
+            if isinstance(key, str) and keys.count(key) > 1:
+                raise OptionError(f"`{key}` appears twice in one row (line {node.start_mark.line + 1}): keep one")
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _one_line(exc: BaseException) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:  # a YAML error: its first line and where it is
+        return f"{getattr(exc, 'problem', None) or exc} at line {mark.line + 1}, column {mark.column + 1}"
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _csv_value(text: str) -> Any:
@@ -139,7 +211,8 @@ class Manifest:
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        # Parameter values and errors as given may hold a secret; a row's `key` is a hash, kept for --resume.
+        tmp.write_text(json.dumps(redact_value(self.data), indent=1, default=str))
         os.replace(tmp, self.path)
 
 
@@ -180,12 +253,17 @@ class Progress:
 
 def cli_batch(args: argparse.Namespace) -> int:
     """``nbconductor batch``; returns 0 when every row finished, 1 when one failed, 2 for bad input."""
+    if args.workers is not None and args.workers < 1:
+        raise OptionError(f"--workers must be 1 or more, got {args.workers} (leave it out for one per CPU)")
     notebook = Path(args.notebook).resolve()
     nb = _read_notebook(notebook)  # as JSON: the coordinator never imports nbformat or papermill
+    from ._config import load_config
+
+    load_config(start=notebook.parent)  # a config error stops the batch here, not in every row
     rows_in = read_rows(args.params)
+    _check_known(nb, rows_in, args.params)
     if not args.dask:
         worker_context()  # the workers' start-up overlaps with what the coordinator does next
-    _warn_unknown(nb, rows_in)
     engine = choose_engine(nb, args.engine, register=False)
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,9 +279,10 @@ def cli_batch(args: argparse.Namespace) -> int:
         else:
             todo.append(row)
     if args.resume and results:
-        print(f"nbconductor: resuming: {len(results)} of {len(rows)} rows already finished", file=sys.stderr)
-    where = f"Dask at {args.dask}" if args.dask else f"{_worker_count(args.workers, len(todo))} local workers"
-    print(f"nbconductor: {len(todo)} rows of {notebook.name} on {where}, {engine_label(engine)} engine; "
+        print(f"nbconductor: resuming: {len(results)} of {plural(len(rows), 'row')} already finished",
+              file=sys.stderr)
+    where = f"Dask at {args.dask}" if args.dask else plural(_worker_count(args.workers, len(todo)), "local worker")
+    print(f"nbconductor: {plural(len(todo), 'row')} of {notebook.name} on {where}, {engine_label(engine)} engine; "
           f"store {store}", file=sys.stderr)
     progress = Progress(len(todo), notebook.stem)
     started = time.time()
@@ -214,6 +293,9 @@ def cli_batch(args: argparse.Namespace) -> int:
         progress.update(result)
 
     job = {"notebook": str(notebook), "engine": engine, "store": store}
+    # Every row's history() ends where the batch began: rows do not see each other's outputs.
+    history_end = environ({HISTORY_ENV: repr(started)})
+    history_end.__enter__()
     try:
         if todo and args.dask:
             from ._dask import run_dask
@@ -222,6 +304,7 @@ def cli_batch(args: argparse.Namespace) -> int:
         elif todo:
             run_local(todo, job, _worker_count(args.workers, len(todo)), done, log_dir=out_dir / "logs")
     finally:
+        history_end.__exit__(None, None, None)
         progress.close()
         manifest.write()
         for log in (out_dir / "logs").glob("*.log"):
@@ -265,19 +348,22 @@ def _read_notebook(path: Path) -> dict:
     return nb
 
 
-def _warn_unknown(nb: dict, rows: list[dict]) -> None:
-    cell = next((c for c in nb["cells"] if c.get("cell_type") == "code"
-                 and "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    if cell is None:
+def _check_known(nb: dict, rows: list[dict], params_file: str) -> None:
+    """Raise `ParameterError` for a row name that the notebook's parameters cell does not set."""
+    from ._runner import notebook_parameters
+
+    known = notebook_parameters(nb)
+    if known is None:
         print("nbconductor: the notebook has no cell tagged `parameters`; papermill puts row values "
               "at the top", file=sys.stderr)
         return
-    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-    known = set(parameter_values(source))
-    unknown = sorted({k for r in rows for k in r} - known)
-    if unknown and known:
-        print(f"nbconductor: parameters not in the notebook's parameters cell: {', '.join(unknown)} "
-              f"(it has {', '.join(sorted(known))})", file=sys.stderr)
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    check_known(names, known, f"--params {Path(params_file).name}")
+
+
+def plural(n: int, word: str) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def summary(results: list[dict], out_dir: Path, seconds: float, store: str) -> str:
@@ -287,14 +373,14 @@ def summary(results: list[dict], out_dir: Path, seconds: float, store: str) -> s
         status = r["status"] + (" (earlier)" if r.get("resumed") else "")
         where = r["error"] if r["status"] == "failed" else _relative(r["output"], out_dir)
         rows.append([str(r["index"]), status, str(r.get("flagged") or 0), fmt_cost(r.get("cost")),
-                     f"{r.get('seconds') or 0:.1f}s", preview(_params_text(r.get("params") or {}), 32),
+                     f"{r.get('seconds') or 0:.1f}s", preview(redact(_params_text(r.get("params") or {})), 32),
                      preview(where or "", 80)])
     table = text_table(["row", "status", "flagged", "cost", "time", "params", "notebook / error"], rows)
     counts = {s: sum(1 for r in results if r["status"] == s) for s in ("passed", "flagged", "failed")}
     costs = [r.get("cost") for r in results if not r.get("resumed")]
     total = None if any(c is None for c in costs) else sum(costs)
     lines = [table, "",
-             f"{len(results)} rows: {counts['passed']} passed, {counts['flagged']} flagged, {counts['failed']} failed"
+             f"{plural(len(results), 'row')}: {counts['passed']} passed, {counts['flagged']} flagged, {counts['failed']} failed"
              f" · {fmt_cost(total)} · {seconds:.1f}s · notebooks in {out_dir}"]
     if counts["flagged"]:
         lines.append(f"flagged outputs wait for review: nbconductor review --store {store}")

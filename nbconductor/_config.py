@@ -12,13 +12,15 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ._env import offline_forced
 from ._errors import ConfigError, OptionError
@@ -75,6 +77,37 @@ class RetryPolicy(BaseModel):
     cooldown_after: int = 3
 
 
+class RedactConfig(BaseModel):
+    """``[redact]``: more to redact than provider keys and secret-named variables (`nbconductor._redact`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    patterns: list[str] = Field(default_factory=list)  # regular expressions
+    variables: list[str] = Field(default_factory=list)  # environment variables whose values are secrets
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"`{pattern}` is not a regular expression: {exc}") from None
+        return patterns
+
+    def model_post_init(self, context: Any) -> None:
+        from ._redact import add_config
+
+        add_config(self.patterns, self.variables)  # process-wide, and it only ever grows
+
+
+class TemplateLimits(BaseModel):
+    """``[templates]``: how large a rendered prompt may get and how long rendering may take."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_output: int = Field(1_000_000, gt=0)  # characters
+    timeout: float = Field(5.0, gt=0, allow_inf_nan=False)  # seconds
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     default_model: str | None = None
@@ -84,6 +117,8 @@ class Config(BaseModel):
     store: str | None = None
     prices: dict[str, Price] = Field(default_factory=dict)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    templates: TemplateLimits = Field(default_factory=TemplateLimits)
+    redact: RedactConfig = Field(default_factory=RedactConfig)
     timeout: float = 600.0
     read_timeout: float = 120.0
     source: str | None = None  # the file this came from
@@ -112,16 +147,68 @@ def load_config(path: str | os.PathLike | None = None, start: str | os.PathLike 
         return Config()
     try:
         data: dict[str, Any] = tomllib.loads(file.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {file}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file} is not valid TOML: {str(exc).splitlines()[0]}: fix the syntax there") from None
     if file.name == "pyproject.toml":
         data = data.get("tool", {}).get("nbconductor", {})
     try:
         return Config(**data, source=str(file))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{file}: `{where}`: {first['msg']}") from None
+        raise ConfigError(f"{file}: {_explain(exc)}") from None
+
+
+_UNION_TAGS = {"str", "AliasSpec"}  # pydantic names the member of `str | AliasSpec` an error is about
+
+
+def _explain(exc: ValidationError) -> str:
+    """One config error as ``key: what is wrong and how to fix it`` (pydantic lists many)."""
+    errors = exc.errors()
+    # Of the two members of an alias's union, the error about the one the user meant: a table
+    # is an AliasSpec, so "Input should be a valid string" about a table is noise.
+    useful = [e for e in errors if not (e["type"] == "string_type" and isinstance(e.get("input"), dict))]
+    first = next((e for e in useful if e["type"] in ("extra_forbidden", "missing")), (useful or errors)[0])
+    loc = [str(p) for p in first["loc"] if str(p) not in _UNION_TAGS]
+    where = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        known = _fields_at(first["loc"][:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean `{close[0]}`?" if close else "remove it"
+        return f"`{where}` is not a setting: {hint} (known here: {', '.join(known)})"
+    if first["type"] == "missing":
+        return f"`{where}` is required: add `{loc[-1]} = …` there"
+    if loc[:1] == ["aliases"] and len(loc) == 2:
+        return (f'`{where}` = {first.get("input")!r}: an alias is "provider:model" or a table '
+                '{ model = "provider:model", base_url = "…", api_key_env = "…" }')
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"`{where}` = {first.get('input')!r}: {msg}"
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The keys allowed in the table at ``loc`` (a pydantic error location)."""
+    import typing
+
+    model: Any = Config
+    expect_key = False
+    for part in loc:
+        if expect_key:  # a dict's key, e.g. the alias name
+            expect_key = False
+            continue
+        if part in _UNION_TAGS:
+            model = AliasSpec if part == "AliasSpec" else model
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        if typing.get_origin(annotation) is dict:
+            annotation, expect_key = typing.get_args(annotation)[1], True
+        members = [a for a in (typing.get_args(annotation) or (annotation,)) if isinstance(a, type)]
+        model = next((a for a in members if issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return [n for n in getattr(model, "model_fields", {}) if n != "source"]
 
 
 @dataclass(frozen=True)
@@ -191,8 +278,10 @@ def _resolve(
                 if spec == "image":
                     raise OptionError("image steps need OPENAI_API_KEY (OpenAI Images) or an `image` alias: "
                                       "%conductor alias image openai:gpt-image-1")
+                close = difflib.get_close_matches(spec, known, n=1)
+                hint = f"did you mean `{close[0]}`? " if close else ""
                 raise OptionError(
-                    f"unknown model `{spec}`: use provider:model (e.g. anthropic:claude-sonnet-4-6) "
+                    f"unknown model `{spec}`: {hint}use provider:model (e.g. anthropic:claude-sonnet-4-6) "
                     f"or an alias ({', '.join(known)}); define one with `%conductor alias {spec} provider:model`"
                 )
         if isinstance(target, AliasSpec):

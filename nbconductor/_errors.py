@@ -7,6 +7,7 @@ The hierarchy::
     │   ├── CycleError           .cycle: the steps in the cycle, in order
     │   ├── UnknownNameError     .step, .name, .suggestion
     │   ├── OptionError          an option or its value is wrong
+    │   │   ├── StoreError       .path: a file given as a run store is not one
     │   │   └── ParameterError   a parameter name or value is not allowed (also a ValueError)
     │   └── TemplateError        a prompt template does not parse or render
     ├── ConfigError              nbconductor.toml / [tool.nbconductor] is wrong
@@ -65,6 +66,14 @@ class UnknownNameError(DefinitionError):
 
 class OptionError(DefinitionError):
     """An option, or an option's value, is not valid."""
+
+
+class StoreError(OptionError):
+    """A path given as a run store is not one (not SQLite, or without nbconductor's tables); ``.path``."""
+
+    def __init__(self, message: str, path: str | None = None):
+        self.path = path
+        super().__init__(message)
 
 
 class ParameterError(OptionError, ValueError):

@@ -16,6 +16,7 @@ Nothing here imports IPython: `export_pipeline` works from a plain `Pipeline`.
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime as _dt
 import inspect
 import os
@@ -71,6 +72,7 @@ def export_notebook(magics: Any, path: str | os.PathLike) -> Path:
     Reads the notebook file (``magics.pipeline.notebook``) when it exists, else the kernel's
     input history. Raises `OptionError` for a bad path.
     """
+    check_target(path)
     pipeline = magics.pipeline
     source = _notebook_file(pipeline.notebook)
     if source is not None:
@@ -90,6 +92,7 @@ def export_pipeline(pipeline: Any, path: str | os.PathLike, source_notebook: str
     notebook's cells; otherwise it is generated from the declared steps, contexts and aliases.
     Raises `OptionError` for a bad path or a source notebook that does not exist.
     """
+    check_target(path)
     if source_notebook is not None and not Path(source_notebook).is_file():
         raise OptionError(f"export: source notebook {str(source_notebook)!r} not found")
     source = Path(source_notebook) if source_notebook is not None else _notebook_file(pipeline.notebook)
@@ -310,9 +313,7 @@ def _write(job: Job, path: str | os.PathLike, like: Any | None) -> Path:
 
     from . import __version__
 
-    out = Path(path)
-    if out.suffix != ".ipynb":
-        raise OptionError(f"export: the job must be an .ipynb file, got {str(path)!r} (e.g. jobs/newsletter.ipynb)")
+    out = check_target(path)
     if job.source and like is not None and like.notebook and Path(like.notebook).resolve() == out.resolve():
         raise OptionError(f"export: {out} is the notebook being exported; choose another path")
     check_helpers(job)
@@ -336,6 +337,8 @@ def _write(job: Job, path: str | os.PathLike, like: Any | None) -> Path:
         else:
             cells.append(v4.new_code_cell(cell.source, metadata=tags))
     cells.append(v4.new_code_cell("%conductor run", metadata={"tags": [f"{JOB_TAG}-run"]}))
+    for cell in cells:  # one last pass: parameter values from the namespace may hold a secret too
+        cell.source = redact(cell.source)
     nb = v4.new_notebook(cells=cells, metadata={
         "kernelspec": job.kernelspec or dict(PYTHON_KERNEL),
         "language_info": {"name": "python"},
@@ -344,8 +347,25 @@ def _write(job: Job, path: str | os.PathLike, like: Any | None) -> Path:
                         "steps": list(p.steps)},
     })
     nbformat.validate(nb)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, out)
+    try:
+        nbformat.write(nb, tmp)
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OptionError(f"export: cannot write {out}: {exc.strerror or exc}; choose another path") from None
+    return out
+
+
+def check_target(path: str | os.PathLike) -> Path:
+    """The export path, if a job can be written there; raises `OptionError` (before any work)."""
+    out = Path(path)
+    if out.suffix != ".ipynb":
+        raise OptionError(f"export: the job must be an .ipynb file, got {str(path)!r} (e.g. jobs/newsletter.ipynb)")
+    if out.is_dir():
+        raise OptionError(f"export: {out} is a folder; give the job's file name (e.g. {out / 'job.ipynb'})")
+    if not out.parent.is_dir():
+        # not created silently: a typo in the folder would hide the job somewhere unexpected
+        raise OptionError(f"export: folder {str(out.parent)!r} does not exist; create it first (mkdir -p {out.parent})")
     return out

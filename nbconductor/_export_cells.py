@@ -89,8 +89,8 @@ def filter_magic_lines(text: str) -> str:
         bare = line.strip()
         if bare.startswith("%conductor"):
             words = _words(bare)
-            if len(words) == 4 and words[1] in KEEP_CONDUCTOR:
-                kept.append(bare)
+            if (len(words) == 4 and words[1] in KEEP_CONDUCTOR) or words[1:2] == ["template-function"]:
+                kept.append(bare)  # template-function: what the job's templates may call
             continue
         if bare.startswith("%load_ext") and "nbconductor" in bare.split():
             continue
@@ -217,9 +217,14 @@ def _literal(value: Any) -> str | None:
 
 
 def params_source(values: dict[str, Any]) -> str:
+    """A parameters cell assigning ``values``: checked names, literal values only."""
+    from ._params import check_names
+
     if not values:
         return "# parameters (papermill -p NAME VALUE overrides them)"
-    return "\n".join(f"{k} = {_literal(v)}" for k, v in values.items())
+    check_names(values, "export")
+    lines = [(k, _literal(v)) for k, v in values.items()]
+    return "\n".join(f"{k} = {text}" for k, text in lines if text is not None)
 
 
 # ---------------------------------------------------------------------------- names

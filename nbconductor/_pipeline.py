@@ -157,13 +157,18 @@ class Pipeline:
         """Run ``targets`` (default: all steps) and their upstream; returns a `RunResult`.
 
         Unchanged steps come from the cache. Raises `DefinitionError` for a graph that cannot
-        run; a step's own failure is recorded in the result (see `RunResult.raise_for_status`).
+        run and `ParameterError` (a ValueError) for a parameter name that is not an identifier,
+        a keyword or a ``__dunder__``; a step's own failure is recorded in the result (see `RunResult.raise_for_status`).
         """
         return run_sync(self.arun(params, targets, force=force, observer=observer, stream=stream))
 
     async def arun(self, params: dict[str, Any] | None = None, targets: Iterable[str] | None = None, *,
                    force: bool | Iterable[str] = False, observer=None, stream: bool = False) -> RunResult:
         """`run`, as a coroutine."""
+        if params:
+            from ._params import check_names
+
+            check_names(params, "Pipeline.run")  # a ParameterError (a ValueError) before anything runs
         graph = self.graph
         namespace = {**self.namespace, **(params or {})} if params else self.namespace
         session = Session(graph, namespace, self.contexts, self.store, self.pool, self.memory)
@@ -178,8 +183,10 @@ class Pipeline:
 
     def plan(self, params: dict[str, Any] | None = None, targets: Iterable[str] | None = None) -> list[dict]:
         """What a run would do, with estimated tokens and cost; sends nothing."""
+        from ._params import check_names
         from ._plan import plan
 
+        check_names(params or {}, "Pipeline.plan")
         namespace = {**self.namespace, **(params or {})}
         return plan(self, namespace, list(targets) if targets else None)
 

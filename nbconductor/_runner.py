@@ -90,14 +90,15 @@ def environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def redact_file(path: str | os.PathLike) -> bool:
-    """Redact provider keys in a written notebook (or log); returns whether anything changed."""
-    from ._redact import redact
+    """Redact secrets in a written notebook, manifest (string by string: it stays JSON) or log;
+    returns whether anything changed."""
+    from ._redact import redactor
 
     p = Path(path)
     if not p.is_file():
         return False
     text = p.read_text(encoding="utf-8", errors="replace")
-    clean = redact(text)
+    clean = redactor().json_text(text) if p.suffix in (".ipynb", ".json") else redactor()(text)
     if clean == text:
         return False
     p.write_text(clean, encoding="utf-8")
@@ -110,7 +111,9 @@ def failure_message(exc, nb_path: str | os.PathLike | None = None) -> str:
     if exc.ename == "CellExecutionError" and nb_path is not None:
         # No error output (e.g. an IPython UsageError): its message went to stderr.
         what = _stderr_of(nb_path, exc.cell_index) or what
-    first = (what.splitlines() or [""])[0]
+    from ._redact import redact
+
+    first = (redact(what).splitlines() or [""])[0]  # redacted whole, before the cut
     return f"cell {exc.cell_index}: {first}"
 
 
@@ -129,8 +132,72 @@ def _stderr_of(nb_path, cell_index: int) -> str | None:
     return None
 
 
-def run_notebook(notebook: str, output: str | None, params: dict[str, str], *, engine: str | None = None) -> int:
-    """Execute ``notebook`` with papermill; returns 0, 1 when a cell failed, 2 for bad input."""
+def check_output(output: str, notebook: str) -> None:
+    """Raise `OptionError` unless ``-o`` names a file that can be written in an existing folder."""
+    from ._errors import OptionError
+
+    out = Path(output)
+    if out.is_dir():
+        raise OptionError(f"-o {output}: that is a folder; give the output notebook's file name "
+                          f"(e.g. -o {out / Path(notebook).name})")
+    if not out.parent.is_dir():
+        raise OptionError(f"-o {output}: folder {str(out.parent)!r} does not exist; create it first "
+                          f"(mkdir -p {out.parent})")
+    if out.resolve() == Path(notebook).resolve():
+        raise OptionError(f"-o {output} is the notebook being run; choose another output file")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise OptionError(f"-o {output}: cannot write there (permission denied); choose another path")
+
+
+def notebook_parameters(nb) -> set[str] | None:
+    """Names the notebook's ``parameters`` cell assigns; None when it has none (or it is not Python)."""
+    from ._params import assigned_names
+
+    for cell in nb["cells"]:
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = cell["source"]
+            return assigned_names("".join(source) if isinstance(source, list) else source)
+    return None
+
+
+def check_cli_params(pairs, nb) -> dict[str, Any]:
+    """``-p NAME VALUE`` pairs as values; raises `ParameterError` for a bad, repeated or unknown name."""
+    from ._errors import ParameterError
+    from ._params import check_known, check_name
+
+    items = list(pairs.items()) if isinstance(pairs, dict) else [tuple(p) for p in pairs or []]
+    values: dict[str, Any] = {}
+    for name, text in items:
+        check_name(name, "-p")
+        if name in values:
+            raise ParameterError(f"-p {name} is given twice: give each parameter once", name=name)
+        values[name] = parse_value(text) if isinstance(text, str) else text
+    known = notebook_parameters(nb)
+    if known:
+        check_known(values, known, "-p")
+    return values
+
+
+def _died(exc: BaseException, output: str) -> str:
+    """One line for a run that stopped without a cell error (e.g. the kernel died)."""
+    what = f"{type(exc).__name__}: {exc}".strip().rstrip(":").splitlines()[0]
+    try:
+        cells = json.loads(Path(output).read_text())["cells"]
+        started = [i for i, c in enumerate(cells) if (c.get("metadata", {}).get("papermill") or {}).get("start_time")]
+    except (OSError, ValueError, KeyError, TypeError):
+        started = []
+    where = f" in cell {started[-1]}" if started else ""
+    if type(exc).__name__ == "DeadKernelError":
+        return f"failed{where}: the kernel died ({what})"
+    return f"failed{where}: {what}"
+
+
+def run_notebook(notebook: str, output: str | None, params, *, engine: str | None = None) -> int:
+    """Execute ``notebook`` with papermill; returns 0, 1 when a cell failed, 2 for bad input.
+
+    ``params`` is a mapping or a list of ``(NAME, VALUE)`` pairs (``-p``); values as papermill
+    reads them. Raises `OptionError`/`ParameterError`/`ConfigError` for bad input, before running.
+    """
     from ._errors import MissingDependency, missing_dependency
 
     try:
@@ -138,13 +205,21 @@ def run_notebook(notebook: str, output: str | None, params: dict[str, str], *, e
     except MissingDependency as exc:
         print(f"nbconductor: {exc}", file=sys.stderr)
         return 2
+    from ._config import load_config
+    from ._redact import redact
+
+    nb = read_notebook(notebook)
+    values = check_cli_params(params, nb)
+    output = output or default_output(notebook)
+    check_output(output, notebook)
+    load_config(start=Path(notebook).resolve().parent)  # a config error is exit 2 here, not a failed cell
     import papermill as pm
     from papermill.exceptions import PapermillException, PapermillExecutionError
 
-    nb = read_notebook(notebook)
+    from ._params import install_translator
+
+    install_translator()
     engine_name = choose_engine(nb, engine)
-    output = output or default_output(notebook)
-    values = {k: parse_value(v) for k, v in params.items()}
     try:
         with environ({"JPY_SESSION_NAME": str(Path(notebook).resolve())}):
             pm.execute_notebook(
@@ -157,8 +232,13 @@ def run_notebook(notebook: str, output: str | None, params: dict[str, str], *, e
               f"  the executed notebook, with the error cell marked, is {output}", file=sys.stderr)
         return 1
     except PapermillException as exc:
-        print(f"nbconductor: {exc} (engines: nbconductor, kernel)", file=sys.stderr)
+        print(redact(f"nbconductor: {exc} (engines: nbconductor, kernel)"), file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a dead kernel and the like: one line, not nbclient's traceback
+        redact_file(output)
+        where = f"\n  the executed notebook, as far as it ran, is {output}" if Path(output).is_file() else ""
+        print(redact(f"nbconductor: {Path(notebook).name} {_died(exc, output)}{where}"), file=sys.stderr)
+        return 1
     redact_file(output)
     print(f"nbconductor: ran {notebook} → {output} ({engine_label(engine_name)} engine)")
     return 0

@@ -16,18 +16,30 @@ def _offline(args: argparse.Namespace) -> None:
         os.environ["NBCONDUCTOR_OFFLINE"] = "1"  # inherited by kernels and batch workers
 
 
+def _check_store(notebook: str, store: str | None = None) -> None:
+    """Refuse, before anything runs, a store path that is not a run store (`StoreError`, exit 2)."""
+    from pathlib import Path
+
+    from ._batch import _store_path
+    from ._store import check_store
+
+    check_store(_store_path(store, Path(notebook).resolve()))
+
+
 def _run(args: argparse.Namespace) -> int:
     from ._runner import run_notebook
 
     _offline(args)
+    _check_store(args.notebook)
 
-    return run_notebook(args.notebook, args.output, dict(args.parameters or []), engine=args.engine)
+    return run_notebook(args.notebook, args.output, args.parameters or [], engine=args.engine)
 
 
 def _batch(args: argparse.Namespace) -> int:
     from ._batch import cli_batch
 
     _offline(args)
+    _check_store(args.notebook, args.store)
 
     return cli_batch(args)
 

@@ -225,6 +225,7 @@ def test_export_pipeline_without_ipython_runs_in_process(tmp_path, monkeypatch):
         return len(draft.split()) * n
 
     p.context("tone", file="voice.md")
+    (tmp_path / "jobs").mkdir()
     job = export_pipeline(p, tmp_path / "jobs" / "job.ipynb")
     nb = nbformat.read(job, as_version=4)
     assert nb.cells[1].source == "n = 2\ntopic = 'queues'"

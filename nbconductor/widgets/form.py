@@ -75,6 +75,9 @@ class IntakeForm(w.VBox):
         title: str = "Brief",
         run_label: str = "Run",
     ) -> None:
+        from .._params import check_names
+
+        check_names(params, "intake form")  # a ParameterError (a ValueError): the form binds these names
         self.params = dict(params)
         self.on_run = on_run
         self.last_result: Any = None
