@@ -12,7 +12,6 @@ import asyncio
 import builtins
 import hashlib
 import json
-import pickle
 import time
 import types
 from collections.abc import Callable
@@ -112,6 +111,8 @@ class Session:
     memory: dict[str, StepResult] = field(default_factory=dict)  # in-process cache by key
     run_id: str = ""
     notebook: str | None = None
+    started: float | None = None  # when the run began: where `history()` ends
+    params: dict[str, Any] | None = None  # the run's parameters: `history()` leaves out the same brief
 
     def remember(self, result: StepResult, step: Step, item: int | None = None) -> None:
         """Record a fresh result in the store and the in-process cache."""
@@ -142,7 +143,8 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
         if missing:
             raise UnknownNameError(name, missing[0], session.contexts)
     store = session.store
-    run_id = store.start_run(_params(session.namespace, graph, names), targets, options.notebook)
+    session.params, session.started = _params(session.namespace, graph, names), time.time()
+    run_id = store.start_run(session.params, targets, options.notebook)
     session.run_id, session.notebook = run_id, options.notebook
     results: dict[str, StepResult] = {}
     tasks: dict[str, asyncio.Task] = {}
@@ -216,12 +218,9 @@ async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult
                                             f"['fr', 'de'] (a string would be mapped letter by letter)")
             items = list(source)
             parts = await asyncio.gather(*(
-                _run_single(session, step, {**values, var: item}, options, emit, i) for i, item in enumerate(items)
+                _run_item(session, step, {**values, var: item}, options, emit, i) for i, item in enumerate(items)
             ))
-            for i, part in enumerate(parts):
-                if not part.cached:
-                    session.remember(part, step, i)
-            return _combine(step, parts, started, len(items))
+            return _combine(step, parts, items, started)
         return await _run_single(session, step, values, options, emit, None)
     except asyncio.CancelledError:
         raise
@@ -232,6 +231,25 @@ async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult
     except Exception as exc:  # noqa: BLE001 - a step's failure is recorded, not raised
         return StepResult(step.name, "failed", None, started=started, ended=time.time(),
                           error=_describe(exc), cost=0.0, usage=Usage(0, 0))  # failed before any model call
+
+
+async def _run_item(session: Session, step: Step, values: dict, options: RunOptions, emit: Observer,
+                    index: int) -> StepResult:
+    """One item of a ``--map``: recorded as soon as it finishes, so a killed run resumes from
+    it; a failing item fails only itself (the other items are kept and reused)."""
+    started = time.time()
+    try:
+        part = await _run_single(session, step, values, options, emit, index)
+    except (asyncio.CancelledError, DefinitionError):
+        raise
+    except LadderFailed as exc:
+        part = _ladder_failure(step, exc, started)
+    except Exception as exc:  # noqa: BLE001 - an item's failure is recorded, not raised
+        part = StepResult(step.name, "failed", None, started=started, ended=time.time(),
+                          error=_describe(exc), cost=0.0, usage=Usage(0, 0))
+    if not part.cached:
+        session.remember(part, step, index)
+    return part
 
 
 def _ladder_failure(step: Step, exc: LadderFailed, started: float) -> StepResult:
@@ -251,24 +269,37 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _combine(step: Step, parts: list[StepResult], started: float, n: int) -> StepResult:
+def _combine(step: Step, parts: list[StepResult], items: list, started: float) -> StepResult:
+    """The map step's result from its items'. Usage, cost and attempts are the fresh items' only:
+    a reused item was paid for by the run that made it."""
     states = {p.state for p in parts}
     state = "failed" if "failed" in states else "flagged" if "flagged" in states else (
         "cached" if states == {"cached"} else "passed")
-    usage = Usage()
+    fresh = [p for p in parts if not p.cached]
+    usage = Usage() if fresh else Usage(0, 0)
     cost: float | None = 0.0
-    for p in parts:
+    for p in fresh:
         usage = usage + p.usage
         cost = None if cost is None or p.cost is None else cost + p.cost
-    errors = [f"item {i}: {p.error}" for i, p in enumerate(parts) if p.error]
+    prefix = f"step `{step.name}` failed: "
+    errors = [f"item {i} ({_short(items[i])}) failed: {p.error.removeprefix(prefix)}"
+              for i, p in enumerate(parts) if p.error]
+    if errors and state == "failed":
+        kept = sum(1 for p in parts if p.state != "failed")
+        errors.append(f"the other {kept} item{'' if kept == 1 else 's'} are kept and reused on the next run")
     key = hashlib.sha256("".join(p.cache_key or "" for p in parts).encode()).hexdigest()
     return StepResult(
         step.name, state, [p.output for p in parts], prompt=parts[0].prompt if parts else None,
         model=", ".join(dict.fromkeys(p.model for p in parts if p.model)) or None,
-        attempts=[a for p in parts for a in p.attempts], gates=[g for p in parts for g in p.gates],
+        attempts=[a for p in fresh for a in p.attempts], gates=[g for p in parts for g in p.gates],
         usage=usage, cost=cost, started=started, ended=time.time(), error="; ".join(errors) or None,
-        cache_key=key, cached=all(p.cached for p in parts) and bool(parts), items=n,
+        cache_key=key, cached=all(p.cached for p in parts) and bool(parts), items=len(parts),
     )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _eval(expr: str, values: dict, step: str, option: str) -> Any:
@@ -280,26 +311,10 @@ def _eval(expr: str, values: dict, step: str, option: str) -> Any:
 
 
 def stable_hash(value: Any) -> str:
-    """A hash of a value that is equal across processes when the value is."""
-    if hasattr(value, "model_dump_json"):
-        data = value.model_dump_json().encode()
-    else:
-        try:
-            data = json.dumps(value, sort_keys=True, default=_no_default).encode()
-        except (TypeError, ValueError):
-            try:
-                data = pickle.dumps(value)
-            except Exception:  # noqa: BLE001
-                data = repr(value).encode()
-    return hashlib.sha256(data).hexdigest()
+    """A hash of a value that is equal across processes when the value is (never pickles)."""
+    from ._codec import canonical_bytes
 
-
-def _no_default(value: Any) -> Any:
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=repr)
-    if isinstance(value, bytes):
-        return hashlib.sha256(value).hexdigest()
-    raise TypeError
+    return hashlib.sha256(canonical_bytes(value)).hexdigest()
 
 
 def _cache_lookup(session: Session, key: str, step: Step, options: RunOptions) -> StepResult | None:
@@ -380,7 +395,8 @@ def build_request(session: Session, step: Step, values: dict) -> tuple[Request, 
 def _template_values(session: Session, values: dict) -> dict:
     from ._history import history_function
 
-    return {**values, "history": history_function(session.store)}
+    return {**values, "history": history_function(session.store, before=session.started, params=session.params,
+                                                  run_id=session.run_id)}
 
 
 async def _run_python(session: Session, step: Step, values: dict, options: RunOptions) -> StepResult:

@@ -317,7 +317,7 @@ def test_many_runs_on_fresh_event_loops_share_no_loop_bound_state(counting, tmp_
 
     p = Pipeline(store=tmp_path / "s.sqlite", config=Config(concurrency={"counting": 1}))
     for i in range(30):
-        p.step("s", f"call {i}", model="counting:m", map="x in range(2)")
+        p.step("s", f"call {i} {{{{ x }}}}", model="counting:m", map="x in range(2)")
         assert p.run().status == "passed"
         gc.collect()
     assert len(model_calls()) == 60
@@ -388,3 +388,65 @@ def test_code_hash_is_one_helper_equal_across_processes(tmp_path):
     hashes = {subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
     assert len(hashes) == 1 and len(hashes.pop().strip()) == 16
+
+
+MAP_SCRIPT = textwrap.dedent('''
+    import sys
+    from nbconductor import Pipeline
+    p = Pipeline(store=sys.argv[1])
+    p.step("each", "Item {{ x }}.", model="anthropic:claude-haiku-4-5", map="x in xs")
+    print(p.run({"xs": ["a", "b", "c", "d"]}).results["each"].output, flush=True)
+''')
+
+
+def _item_of(body) -> str:
+    import json
+
+    return json.dumps(body).split("Item ", 1)[1][0]
+
+
+def test_killed_mid_map_resends_no_finished_item(fake_api, tmp_path):
+    from fakeapi import Slow, Text
+
+    script, store = tmp_path / "job.py", tmp_path / "s.sqlite"
+    script.write_text(MAP_SCRIPT)
+    # items a and b answer at once; c and d hang until the run is killed
+    fake_api.set_default(lambda body: Text(f"done {_item_of(body)}") if _item_of(body) in "ab"
+                         else Slow(60, Text("late")), endpoint="anthropic")
+    proc = subprocess.Popen([sys.executable, str(script), str(store)], stdout=subprocess.PIPE)
+    deadline, done = time.time() + 60, 0
+    while time.time() < deadline and done < 2:
+        time.sleep(0.05)
+        if store.exists():
+            s = Store(store)
+            done = len(s.query("SELECT id FROM results WHERE item IS NOT NULL AND state='passed'"))
+            s.close()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert done == 2 and len(fake_api.requests_for("anthropic")) == 4
+    fake_api.reset()
+    fake_api.set_default(lambda body: Text(f"done {_item_of(body)}"), endpoint="anthropic")
+    out = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['done a', 'done b', 'done c', 'done d']"
+    assert sorted(_item_of(r.json) for r in fake_api.requests_for("anthropic")) == ["c", "d"]  # 0 re-sent
+
+
+def test_a_failing_map_item_fails_only_itself(fake_api, fast_config, tmp_path):
+    from fakeapi import Error, Text
+
+    def reply(body):
+        return Error(400, "bad item") if _item_of(body) == "c" else Text(f"done {_item_of(body)}")
+
+    fake_api.set_default(reply, endpoint="anthropic")
+    p = Pipeline(store=tmp_path / "s.sqlite", config=fast_config)
+    p.step("each", "Item {{ x }}.", model="anthropic:claude-haiku-4-5", map="x in xs")
+    res = p.run({"xs": ["a", "b", "c", "d"]}).results["each"]
+    assert res.state == "failed" and res.output == ["done a", "done b", None, "done d"]
+    assert "item 2 ('c') failed" in res.error and "bad item" in res.error
+    assert res.usage.input_tokens == 30 and res.cost is not None  # the three billed answers
+    fake_api.reset()
+    fake_api.set_default(lambda body: Text(f"done {_item_of(body)}"), endpoint="anthropic")
+    res = p.run({"xs": ["a", "b", "c", "d"]}).results["each"]
+    assert res.state == "passed" and res.output == ["done a", "done b", "done c", "done d"]
+    assert [_item_of(r.json) for r in fake_api.requests_for("anthropic")] == ["c"]
+    assert res.usage.input_tokens == 10  # only the fresh item is paid for in this run
