@@ -28,7 +28,7 @@ from ._history import HISTORY_ENV
 from ._params import check_known, check_name, check_names, check_value
 from ._redact import redact, redact_value
 from ._row import Row, RowResult, execute_row, params_key
-from ._runner import choose_engine, engine_label, parse_value, redact_file
+from ._runner import choose_engine, engine_label, environ, parse_value, redact_file
 from ._summary import fmt_cost, preview, text_table
 from ._workers import WORKER_ENV, run_local, sweep, worker_context
 
@@ -293,18 +293,16 @@ def cli_batch(args: argparse.Namespace) -> int:
         progress.update(result)
 
     job = {"notebook": str(notebook), "engine": engine, "store": store}
-    # Every row's history() ends where the batch began: rows do not see each other's outputs.
-    history_end = environ({HISTORY_ENV: repr(started)})
-    history_end.__enter__()
     try:
-        if todo and args.dask:
-            from ._dask import run_dask
+        # Every row's history() ends where the batch began: rows do not see each other's outputs.
+        with environ({HISTORY_ENV: repr(started)}):
+            if todo and args.dask:
+                from ._dask import run_dask
 
-            run_dask(args.dask, todo, job, done)
-        elif todo:
-            run_local(todo, job, _worker_count(args.workers, len(todo)), done, log_dir=out_dir / "logs")
+                run_dask(args.dask, todo, job, done)
+            elif todo:
+                run_local(todo, job, _worker_count(args.workers, len(todo)), done, log_dir=out_dir / "logs")
     finally:
-        history_end.__exit__(None, None, None)
         progress.close()
         manifest.write()
         for log in (out_dir / "logs").glob("*.log"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._executor import Session, build_request, check_names
+from ._executor import Session, _params, build_request, check_names
 from ._pricing import cost_of
 from ._template import parse_map, template_names
 from ._types import Usage
@@ -21,7 +21,8 @@ def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list
     graph = pipeline.graph
     names = graph.order(graph.upstream(targets) if targets else None)
     check_names(graph, names, namespace)
-    session = Session(graph, namespace, pipeline.contexts, pipeline.store, pipeline.pool, pipeline.memory)
+    session = Session(graph, namespace, pipeline.contexts, pipeline.store, pipeline.pool, pipeline.memory,
+                      params=_params(namespace, graph, names))  # history() as the run would see it
     known: dict[str, Any] = {}
     pending_out: dict[str, int] = {}  # estimated output tokens of steps that will run
     rows = []

@@ -50,7 +50,7 @@ def report(store_or_path: Store | str | os.PathLike | None = None) -> dict:
     """
     from .review import _as_store
 
-    store = _as_store(store_or_path)
+    store = _as_store(store_or_path, readonly=True)
     rows = store.query(
         "SELECT id, run_id, step, state, model, attempts, attempt_log, gates, items, input_tokens, "
         "output_tokens, cache_read_tokens, cache_write_tokens, cost, started, ended FROM results "
@@ -69,7 +69,7 @@ def report(store_or_path: Store | str | os.PathLike | None = None) -> dict:
             by_step.setdefault(r["step"], []).append(r)
     steps = {name: _metrics(rs, hits[name], decisions[name]) for name, rs in by_step.items()}
 
-    run_rows = store.query("SELECT id, status, cost FROM runs")
+    run_rows = store.query("SELECT * FROM runs")
     first_pass_runs = defaultdict(lambda: True)
     for r in rows:
         if r["state"] in COUNTED:
@@ -87,6 +87,8 @@ def report(store_or_path: Store | str | os.PathLike | None = None) -> dict:
             "first_pass_runs": sum(first_pass_runs.values()),
             "first_pass_yield": _ratio(sum(first_pass_runs.values()), len(first_pass_runs)),
             "failed_runs": sum(1 for r in run_rows if r["status"] == "failed"),
+            # killed mid-way: marked so by a later run, or still `running` with its process gone
+            "interrupted_runs": sum(1 for r in run_rows if _interrupted(r)),
             "pending_review": sum(s["pending"] for s in steps.values()),
             "tokens": sum(s["tokens"] for s in steps.values()),
             "cost": round(sum(costs), 6) if costs else None,
@@ -94,6 +96,14 @@ def report(store_or_path: Store | str | os.PathLike | None = None) -> dict:
         "worst_step": worst,
         "worst_step_reason": reason,
     }
+
+
+def _interrupted(run) -> bool:
+    from ._store import process_gone
+
+    if run["status"] == "interrupted":
+        return True
+    return run["status"] == "running" and "pid" in run.keys() and process_gone(run["host"], run["pid"])
 
 
 def _attempts(row) -> list[dict]:
@@ -202,6 +212,10 @@ def _footer(rep: dict) -> str:
     t = rep["totals"]
     lines = [f"{rep['runs']} runs · whole-run first-pass yield {_pct(t['first_pass_yield'])} · "
              f"{t['tokens']:,} tokens · {fmt_cost(t['cost'])} · {t['pending_review']} waiting for review"]
+    if t.get("interrupted_runs"):
+        n = t["interrupted_runs"]
+        lines.append(f"{n} run{'s' if n != 1 else ''} interrupted (killed mid-way; finished steps are reused "
+                     "by the next run)")
     if rep["worst_step"]:
         lines.append(f"quality drops most at `{rep['worst_step']}`: {rep['worst_step_reason']}")
     else:
@@ -287,7 +301,7 @@ def cli_report(args: argparse.Namespace) -> int:
     """``nbconductor report [--store PATH] [--json]``."""
     from .review import open_store
 
-    store = open_store(args.store)
+    store = open_store(args.store, readonly=True)  # a report only reads: a read-only store works
     try:
         rep = report(store)
     finally:

@@ -9,7 +9,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
-from ._store import Store, decode_output
+from ._store import Store, Unstored
 from ._summary import preview
 from .review import (
     ReviewError,
@@ -218,7 +218,10 @@ class ReviewWidget:
         self.header.value = self._title()
         message = f"{row['state']} by {self.store.user}"
         if row["state"] in ("approved", "edited") and owned:
-            output = decode_output(row["output_kind"], row["output"])
+            output = self.store.output(row)
+            if isinstance(output, Unstored):  # the store has only its repr: the kernel holds the value
+                held = kernel.pipeline.results[item.step].output
+                output = held if item.item is None else held[item.item]
             message += "; " + kernel.apply(item, output, edited=row["state"] == "edited")
         elif row["state"] in ("approved", "edited"):
             message += " (recorded in the store; not this kernel's current output, so nothing re-ran)"

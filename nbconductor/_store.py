@@ -4,32 +4,47 @@ It records runs, every step execution (rendered prompt, output, model used, toke
 timings, attempts, gate outcomes, who/when/which notebook, hashes) and review decisions. A
 step's cache key points at its latest accepted result, which is how unchanged steps are
 reused and interrupted runs resume.
+
+A store is data, never code: outputs are encoded by `nbconductor._codec` (no pickle), a file
+that is not an nbconductor store is refused with `StoreError`, and ``Store(path, readonly=True)``
+reads a store (even on a read-only file or folder) without writing to it. A run records the
+process that runs it (``host``, ``pid``); a run left ``running`` by a process that is gone is
+marked ``interrupted`` by the next run on that host. Closing a store checkpoints its WAL into
+the database file, so ``store.sqlite`` alone holds everything.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import getpass
 import hashlib
 import json
 import os
-import pickle
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from ._redact import env_secrets, redact
+from ._codec import Unstored, decode_output, encode_output, loadable
+from ._errors import StoreError
+from ._redact import redact, redactor
 from ._types import Attempt, GateResult, StepResult, Usage
+
+__all__ = ["ACCEPTED", "Store", "StoreError", "Unstored", "check_store", "decode_output", "default_store_path",
+           "digest", "encode_output", "loadable", "process_gone", "row_to_result"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, started REAL, ended REAL, status TEXT, notebook TEXT,
-    user TEXT, host TEXT, params TEXT, targets TEXT, cost REAL, error TEXT
+    user TEXT, host TEXT, params TEXT, targets TEXT, cost REAL, error TEXT, pid INTEGER
 );
 CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -51,24 +66,6 @@ CREATE INDEX IF NOT EXISTS reviews_result ON reviews(result_id);
 """
 
 ACCEPTED = ("passed", "flagged", "approved", "edited")
-# Values that cannot hold a key: redacting them would only cost an environment scan per write.
-_NOTHING_TO_REDACT = frozenset({"[]", "{}", "null", "true", "false"})
-
-
-class _Redactor:
-    """`redact` for the values of one write: reads the environment at most once, and only if needed."""
-
-    __slots__ = ("_secrets",)
-
-    def __init__(self) -> None:
-        self._secrets: list[str] | None = None
-
-    def __call__(self, text: str) -> str:
-        if not text or text in _NOTHING_TO_REDACT:
-            return text
-        if self._secrets is None:
-            self._secrets = env_secrets()
-        return redact(text, self._secrets)
 
 
 def _dumps_list(items: list, redactor: Callable[[str], str]) -> str:
@@ -104,54 +101,145 @@ def default_store_path(notebook_dir: str | os.PathLike | None = None) -> Path:
     return Path(notebook_dir or os.getcwd()) / ".nbconductor" / "store.sqlite"
 
 
-def encode_output(value: Any, redactor: Callable[[str], str] | None = None) -> tuple[str, bytes]:
-    """(kind, bytes) for storing a step output: JSON when possible, PNG bytes, else pickle."""
-    redactor = redactor or _Redactor()
-    if isinstance(value, (bytes, bytearray)):
-        return "bytes", bytes(value)
-    if hasattr(value, "model_dump"):
-        return "pydantic", redactor(json.dumps(value.model_dump(mode="json"))).encode()
-    if isinstance(value, str):
-        return "text", redactor(value).encode()
-    try:
-        return "json", redactor(json.dumps(value, ensure_ascii=False, allow_nan=False)).encode()
-    except (TypeError, ValueError):
-        return "pickle", pickle.dumps(value)
-
-
-def decode_output(kind: str | None, blob: bytes | None) -> Any:
-    if blob is None or kind is None:
-        return None
-    if kind == "bytes":
-        return bytes(blob)
-    if kind == "text":
-        return blob.decode()
-    if kind in ("json", "pydantic"):
-        return json.loads(blob)
-    if kind == "pickle":
-        return pickle.loads(blob)
-    raise ValueError(f"unknown output kind {kind!r}")
-
-
 def digest(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:16]
 
 
-class Store:
-    """A connection to one run store. Thread-safe; several processes may share the file."""
+_REQUIRED = {"runs": {"id", "started", "status", "params"},
+             "results": {"run_id", "step", "state", "cache_key", "output_kind", "output"}}
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # stores to checkpoint and close at exit
+_WARNED: set[str] = set()  # stores already warned about (pickled outputs)
 
-    def __init__(self, path: str | os.PathLike = ":memory:"):
+
+def check_store(path: str | os.PathLike) -> None:
+    """Raise `StoreError` when ``path`` exists and is not an nbconductor store.
+
+    A missing or empty file is fine (a new store is created there). Only reads.
+    """
+    if _existing_file(path):
+        db = _connect_readonly(str(path))
+        try:
+            _check_tables(db, str(path), readonly=False)
+        finally:
+            db.close()
+
+
+def _existing_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a non-empty file that looks like SQLite; raises `StoreError` if it is not SQLite."""
+    where = Path(path)
+    if str(path) == ":memory:" or not where.exists():
+        return False
+    if where.is_dir():
+        raise StoreError(f"{where} is a folder, not a run store: pass the .sqlite file", str(where))
+    try:
+        with where.open("rb") as f:
+            header = f.read(16)
+    except OSError as exc:
+        raise StoreError(f"{where} cannot be read as a run store: {exc.strerror or exc}", str(where)) from None
+    if not header:
+        return False
+    if header != b"SQLite format 3\x00":
+        raise StoreError(f"{where} is not an nbconductor run store (not an SQLite database)", str(where))
+    return True
+
+
+def _check_tables(db: sqlite3.Connection, path: str, readonly: bool = True) -> None:
+    try:
+        tables = {name: {c[1] for c in db.execute(f"PRAGMA table_info({name})")}
+                  for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                  if name in _REQUIRED}
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not an nbconductor run store ({exc})", path) from None
+    if not tables and not readonly and not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        return  # an empty database: a store another process is creating right now, or a new one
+    missing = [t for t, cols in _REQUIRED.items() if not cols <= tables.get(t, set())]
+    if missing:
+        raise StoreError(f"{path} is an SQLite database but not an nbconductor run store (no "
+                         f"{' or '.join(missing)} table of its form): pass the store file, or a new path", path)
+
+
+def _connect_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection; ``immutable`` where SQLite cannot even create the WAL index
+    (a read-only folder, or a read-only file nobody else can be writing)."""
+    uri = Path(path).resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError as exc:
+        db.close()
+        if "readonly" not in str(exc) and "unable to open" not in str(exc):
+            raise
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=60, check_same_thread=False,
+                           isolation_level=None)
+
+
+class Store:
+    """A connection to one run store. Thread-safe; several processes may share the file.
+
+    ``readonly=True`` opens an existing store for reading only (``report``, the review queue):
+    nothing is created, migrated or written. Raises `StoreError` for a file that is not a store.
+    """
+
+    def __init__(self, path: str | os.PathLike = ":memory:", *, readonly: bool = False):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        memory = self.path == ":memory:"
+        existing = _existing_file(self.path)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+        if readonly and not memory:
+            if not existing:
+                raise StoreError(f"no run store at {self.path}", self.path)
+            self._db = _connect_readonly(self.path)
+            self._checked(existing)
+        else:
+            if not memory:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout = 60000")
+            self._checked(existing)  # before anything is written into someone else's database
+            try:
+                if not memory:
+                    self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
+                    self._db.execute("PRAGMA synchronous = NORMAL")
+                self._retry(self._create_schema)
+                self._migrate()
+            except sqlite3.DatabaseError as exc:
+                self._db.close()
+                raise StoreError(f"{self.path} cannot be opened as a run store: {exc}", self.path) from None
         self._db.execute("PRAGMA busy_timeout = 60000")
-        if self.path != ":memory:":
-            self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
-            self._db.execute("PRAGMA synchronous = NORMAL")
-        self._retry(lambda: self._db.executescript(SCHEMA))
         self.user = _user()
+        self._pid = os.getpid()
+        if not memory and not readonly:
+            _OPEN.add(self)
+
+    def _checked(self, existing: bool) -> None:
+        if not existing:
+            return
+        try:
+            _check_tables(self._db, self.path, self.readonly)
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _create_schema(self) -> None:
+        # In one transaction: a process opening the store meanwhile sees all the tables or none.
+        try:
+            self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;")
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def _migrate(self) -> None:
+        """Add the columns newer versions record to a store an older version created."""
+        have = {c[1] for c in self._db.execute("PRAGMA table_info(runs)")}
+        if "pid" not in have:
+            try:
+                self._retry(lambda: self._db.execute("ALTER TABLE runs ADD COLUMN pid INTEGER"))
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):  # another process migrated it meanwhile
+                    raise
 
     def _retry(self, fn, tries: int = 50):
         # Concurrent first-time schema creation can still see "database is locked".
@@ -175,17 +263,47 @@ class Store:
             finally:
                 self._db.row_factory = None
 
+    def checkpoint(self, mode: str = "PASSIVE") -> None:
+        """Copy the WAL's pages into the database file (``TRUNCATE`` also empties the WAL)."""
+        if self.readonly or self.path == ":memory:" or self._db is None:
+            return
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+
     def close(self) -> None:
+        """Checkpoint the WAL into the database file, then close the connection."""
         with self._lock:
+            if self._db is None:
+                return
+            self.checkpoint("TRUNCATE")
             self._db.close()
+            self._db = None
+        _OPEN.discard(self)
+
+    def output(self, row: sqlite3.Row) -> Any:
+        """The stored output of a results row (an `Unstored` where there is no value to load)."""
+        kind = row["output_kind"]
+        if kind == "pickle":
+            self._warn_pickled()
+        return decode_output(kind, row["output"])
+
+    def _warn_pickled(self) -> None:
+        if self.path in _WARNED:
+            return
+        _WARNED.add(self.path)
+        print(f"nbconductor: warning: {self.path} holds outputs pickled by an older nbconductor; they are "
+              "not loaded (a store is data, never code), so those steps run again", file=sys.stderr)
 
     # runs -------------------------------------------------------------------------------
     def start_run(self, params: dict, targets: list[str] | None, notebook: str | None) -> str:
+        """Record a run as ``running`` by this process; first mark runs whose process is gone."""
+        self.mark_interrupted()
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.execute(
-            "INSERT INTO runs (id, started, status, notebook, user, host, params, targets) VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT INTO runs (id, started, status, notebook, user, host, params, targets, pid) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
             (run_id, time.time(), "running", notebook, self.user, socket.gethostname(),
-             redact(_json(params)), json.dumps(targets)),
+             redact(_json(params)), json.dumps(targets), os.getpid()),
         )
         return run_id
 
@@ -194,6 +312,23 @@ class Store:
             "UPDATE runs SET ended=?, status=?, cost=?, error=? WHERE id=?",
             (time.time(), status, cost, redact(error) if error else None, run_id),
         )
+        self.checkpoint()  # a finished run is in the database file, whatever happens to the process next
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark ``interrupted`` the runs still ``running`` whose process (on this host) is gone.
+
+        Returns their ids. A run on another host, or from a store without ``pid``, is left alone.
+        """
+        rows = self.query("SELECT id, host, pid FROM runs WHERE status='running' AND host=? AND pid IS NOT NULL",
+                          (socket.gethostname(),))
+        gone = [r["id"] for r in rows if process_gone(r["host"], r["pid"])]
+        for run_id in gone:
+            self.execute(
+                "UPDATE runs SET status='interrupted', "
+                "ended=COALESCE((SELECT MAX(ended) FROM results WHERE run_id=runs.id), started), "
+                "error=COALESCE(error, 'its process ended before the run finished (killed or crashed)') "
+                "WHERE id=? AND status='running'", (run_id,))
+        return gone
 
     def runs(self, limit: int = 50) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM runs ORDER BY started DESC LIMIT ?", (limit,))
@@ -202,7 +337,7 @@ class Store:
     def record(self, run_id: str, result: StepResult, notebook: str | None = None, params: dict | None = None,
                item: int | None = None) -> int:
         """Write one step result (or one item of a --map step); returns its id."""
-        r = _Redactor()
+        r = redactor()
         kind, blob = encode_output(result.output, r)
         prompt = r(result.prompt) if result.prompt else None
         u = result.usage
@@ -223,14 +358,24 @@ class Store:
         return cur.lastrowid
 
     def lookup(self, cache_key: str) -> StepResult | None:
-        """The latest accepted result with this cache key, or None."""
+        """The latest accepted result with this cache key, or None.
+
+        An output the store holds no value for (``unstored``, or pickled by an older version)
+        is a miss: the step runs again.
+        """
         rows = self.query(
             "SELECT * FROM results WHERE cache_key=? AND state IN ('passed','flagged','approved','edited') "
             "AND cached=0 "
             "ORDER BY id DESC LIMIT 1",
             (cache_key,),
         )
-        return row_to_result(rows[0]) if rows else None
+        if not rows:
+            return None
+        if not loadable(rows[0]["output_kind"]):
+            if rows[0]["output_kind"] == "pickle":
+                self._warn_pickled()
+            return None
+        return row_to_result(rows[0], self)
 
     def results(self, run_id: str | None = None, step: str | None = None) -> list[sqlite3.Row]:
         sql, args = "SELECT * FROM results WHERE item IS NULL", []
@@ -244,7 +389,7 @@ class Store:
 
     def result(self, result_id: int) -> StepResult | None:
         rows = self.query("SELECT * FROM results WHERE id=?", (result_id,))
-        return row_to_result(rows[0]) if rows else None
+        return row_to_result(rows[0], self) if rows else None
 
     def update_output(self, result_id: int, output: Any, state: str) -> None:
         kind, blob = encode_output(output)
@@ -262,17 +407,49 @@ class Store:
         return cur.lastrowid
 
 
-def row_to_result(row: sqlite3.Row) -> StepResult:
+def row_to_result(row: sqlite3.Row, store: Store | None = None) -> StepResult:
+    """A results row as a `StepResult` (``store`` warns once about outputs it will not load)."""
     attempts = [Attempt(**{**a, "usage": Usage(**a["usage"])}) for a in json.loads(row["attempt_log"] or "[]")]
     gates = [GateResult(**{**g, "usage": Usage(**g["usage"]) if g.get("usage") else None})
              for g in json.loads(row["gates"] or "[]")]
     return StepResult(
-        step=row["step"], state=row["state"], output=decode_output(row["output_kind"], row["output"]),
+        step=row["step"], state=row["state"],
+        output=store.output(row) if store is not None else decode_output(row["output_kind"], row["output"]),
         prompt=row["prompt"], model=row["model"], attempts=attempts, gates=gates,
         usage=Usage(row["input_tokens"], row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]),
         cost=row["cost"], started=row["started"], ended=row["ended"], error=row["error"],
         cache_key=row["cache_key"], cached=bool(row["cached"]), items=row["items"], result_id=row["id"],
     )
+
+
+def process_gone(host: str | None, pid: int | None) -> bool:
+    """Whether the process ``pid`` on ``host`` has ended (False when that cannot be known here)."""
+    if not pid or host != socket.gethostname() or pid == os.getpid() or os.name == "nt":
+        return False  # on Windows os.kill would terminate the process, not probe it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, another user's
+    try:  # a killed child its parent has not reaped yet is a zombie: gone as far as the run goes
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    # A kernel exits without closing its store: checkpoint the WAL into the file on the way out.
+    for store in list(_OPEN):
+        if store._pid == os.getpid() and store._lock.acquire(timeout=2):
+            try:
+                store.close()
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
+            finally:
+                store._lock.release()
 
 
 def _json(value: Any) -> str:

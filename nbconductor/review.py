@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ConductorError
-from ._store import Store, decode_output, default_store_path
+from ._store import Store, default_store_path, loadable
 from ._summary import preview, text_table
 
 #: decision -> the state the result takes
@@ -65,19 +65,21 @@ class ReviewItem:
         return self.step if self.item is None else f"{self.step}[{self.item}]"
 
 
-def open_store(path: str | os.PathLike | None) -> Store:
+def open_store(path: str | os.PathLike | None, *, readonly: bool = False) -> Store:
     """The store at ``path`` (default: ``$NBCONDUCTOR_STORE`` or ``.nbconductor/store.sqlite``).
 
-    Raises `ReviewError` when there is no store there, rather than creating an empty one.
+    Raises `ReviewError` when there is no store there, rather than creating an empty one, and
+    `StoreError` when the file is not a run store. ``readonly`` opens it for reading only (a
+    read-only file or folder works; nothing is written).
     """
     where = Path(path) if path else default_store_path()
-    if not where.is_file():
+    if not where.exists():
         raise ReviewError(f"no run store at {where}: run a pipeline first, or pass --store PATH")
-    return Store(where)
+    return Store(where, readonly=readonly)
 
 
-def _as_store(store_or_path: Store | str | os.PathLike | None) -> Store:
-    return store_or_path if isinstance(store_or_path, Store) else open_store(store_or_path)
+def _as_store(store_or_path: Store | str | os.PathLike | None, *, readonly: bool = False) -> Store:
+    return store_or_path if isinstance(store_or_path, Store) else open_store(store_or_path, readonly=readonly)
 
 
 # the queue ----------------------------------------------------------------------------------
@@ -93,10 +95,11 @@ def queue(store: Store | str | os.PathLike | None = None) -> list[ReviewItem]:
 
     A ``--map`` step is reviewed item by item (its step-level row follows its items).
     """
-    return [_item(row) for row in _as_store(store).query(_QUEUE_SQL)]
+    store = _as_store(store, readonly=True)
+    return [_item(row, store) for row in store.query(_QUEUE_SQL)]
 
 
-def _item(row) -> ReviewItem:
+def _item(row, store: Store) -> ReviewItem:
     gates = json.loads(row["gates"] or "[]")
     failed = [g for g in gates if not g.get("passed")]
     scores = [g["score"] for g in failed if g.get("score") is not None and g.get("name") == "rubric"]
@@ -109,7 +112,7 @@ def _item(row) -> ReviewItem:
         params = {}
     return ReviewItem(
         id=row["id"], run_id=row["run_id"], step=row["step"], item=row["item"], params=params,
-        output=decode_output(row["output_kind"], row["output"]), output_kind=row["output_kind"],
+        output=store.output(row), output_kind=row["output_kind"],
         score=min(scores) if scores else None, feedback=feedback or (row["error"] or ""),
         suggestion=suggestion, model=row["model"], attempts=row["attempts"] or 0,
         notebook=row["notebook"], cache_key=row["cache_key"], ended=row["ended"], gates=gates,
@@ -162,7 +165,7 @@ def decide(store: Store | str | os.PathLike, result_id: int, decision: str, afte
         why = f" ({last[0]['decision']} by {last[0]['user']})" if last else ""
         raise ReviewError(f"result #{result_id} ({label}) is {'cached' if row['cached'] else row['state']}"
                           f"{why}, not waiting for review")
-    before = decode_output(row["output_kind"], row["output"])
+    before = store.output(row)
     if action == "edit":
         if after is None:
             raise ReviewError(f"an edit of #{result_id} ({label}) needs the edited output")
@@ -188,6 +191,9 @@ def decide(store: Store | str | os.PathLike, result_id: int, decision: str, afte
 def _coerce(after: Any, kind: str | None, label: str) -> Any:
     if kind == "bytes":
         raise ReviewError(f"{label} is an image: approve, reject or re-run it; it cannot be edited as text")
+    if not loadable(kind):
+        raise ReviewError(f"{label} is a Python object the store keeps only as its repr: approve, reject or "
+                          "re-run it; it cannot be edited as text")
     if kind in ("json", "pydantic") and isinstance(after, str):
         try:
             return json.loads(after)
@@ -212,7 +218,7 @@ def _update_map_step(store: Store, row, edited: Any) -> None:
         (row["run_id"], row["step"], parent["id"]))
     states = {r["state"] for r in items}
     state = next((s for s in ("flagged", "rejected", "edited", "approved") if s in states), parent["state"])
-    output = decode_output(parent["output_kind"], parent["output"])
+    output = store.output(parent)
     if edited is not None and isinstance(output, list) and row["item"] < len(output):
         output[row["item"]] = edited
         store.update_output(parent["id"], output, state)
@@ -234,7 +240,8 @@ def reviews(store: Store | str | os.PathLike, result_id: int | None = None) -> l
 # the command line ---------------------------------------------------------------------------
 def cli_review(args: argparse.Namespace) -> int:
     """``nbconductor review [--store PATH] [--approve ID] [--reject ID] [--note TEXT]``."""
-    store = open_store(args.store)
+    deciding = bool(args.approve or args.reject)
+    store = open_store(args.store, readonly=not deciding)  # listing only reads: a read-only store works
     try:
         for action, ids in (("approve", args.approve or []), ("reject", args.reject or [])):
             for result_id in ids:

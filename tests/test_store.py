@@ -1,6 +1,6 @@
 import multiprocessing as mp
 
-from nbconductor._store import Store, decode_output, encode_output
+from nbconductor._store import Store, Unstored, decode_output, encode_output
 from nbconductor._types import Attempt, GateResult, StepResult, Usage
 
 
@@ -53,7 +53,60 @@ def test_output_encoding():
     kind, blob = encode_output(b"\x89PNG")
     assert kind == "bytes" and decode_output(kind, blob) == b"\x89PNG"
     kind, blob = encode_output({1, 2})
-    assert kind == "pickle" and decode_output(kind, blob) == {1, 2}
+    assert kind == "unstored" and blob == b"{1, 2}"  # no safe form: only its repr is kept
+    back = decode_output(kind, blob)
+    assert isinstance(back, Unstored) and repr(back) == "{1, 2}"
+
+
+def test_rich_outputs_have_safe_encodings():
+    import numpy as np
+    import pandas as pd
+
+    arr = np.arange(12, dtype="float32").reshape(3, 4)
+    kind, blob = encode_output(arr)
+    assert kind == "ndarray" and blob.startswith(b"\x93NUMPY")
+    back = decode_output(kind, blob)
+    assert back.dtype == arr.dtype and (back == arr).all()
+    # an array of Python objects would need pickle: it is not stored
+    assert encode_output(np.array([object()], dtype=object))[0] == "unstored"
+    df = pd.DataFrame({"name": ["a", "b"], "n": [1, 2]}, index=["x", "y"])
+    kind, blob = encode_output(df)
+    assert kind == "dataframe"
+    assert decode_output(kind, blob).equals(df)
+    assert encode_output(pd.DataFrame({"o": [object()]}))[0] == "unstored"
+
+
+def test_secrets_in_rich_outputs_are_not_stored(monkeypatch):
+    import numpy as np
+    import pandas as pd
+
+    canary = "sk-ant-" "canary-0123456789abcdefghij"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
+    for value in (np.array([f"key {canary}"]), pd.DataFrame({"k": [canary]})):
+        kind, blob = encode_output(value)
+        assert kind == "unstored" and canary.encode() not in blob
+
+
+def test_cache_keys_hash_without_pickle(monkeypatch):
+    import pickle
+
+    import numpy as np
+
+    from nbconductor._executor import stable_hash
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("stable_hash pickled a value")
+
+    monkeypatch.setattr(pickle, "dumps", refuse)
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    assert stable_hash(Point(1)) == stable_hash(Point(1)) != stable_hash(Point(2))
+    assert stable_hash(np.arange(3)) == stable_hash(np.arange(3)) != stable_hash(np.arange(4))
+    assert stable_hash({"a", "b"}) == stable_hash({"b", "a"})
+    assert stable_hash({"k": [1, 2]}) == stable_hash({"k": [1, 2]})
 
 
 def test_keys_are_redacted_before_writing(tmp_path, monkeypatch):
