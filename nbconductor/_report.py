@@ -55,19 +55,29 @@ def report(store_or_path: Store | str | os.PathLike | None = None) -> dict:
         "SELECT id, run_id, step, state, model, attempts, attempt_log, gates, items, input_tokens, "
         "output_tokens, cache_read_tokens, cache_write_tokens, cost, started, ended FROM results "
         "WHERE item IS NULL AND cached=0 ORDER BY id")
-    hits = defaultdict(int)
-    for r in store.query("SELECT step, COUNT(*) AS n FROM results WHERE item IS NULL AND cached=1 GROUP BY step"):
-        hits[r["step"]] = r["n"]
+    hits: dict[str, int] = defaultdict(int)
+    reused_runs: set[str] = set()  # runs with a cache hit or a skipped step
+    order: dict[str, None] = {}  # every step, in the order it first appears
+    for r in store.query("SELECT run_id, step, cached, state FROM results WHERE item IS NULL ORDER BY id"):
+        order.setdefault(r["step"])
+        if r["cached"]:
+            hits[r["step"]] += 1
+        if r["cached"] or r["state"] == "skipped":
+            reused_runs.add(r["run_id"])
+    skips: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r["state"] == "skipped":
+            skips[r["step"]] += 1
     decisions: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in store.query("SELECT results.step AS step, reviews.decision AS decision, COUNT(*) AS n FROM reviews "
                          "JOIN results ON results.id = reviews.result_id GROUP BY results.step, reviews.decision"):
         decisions[r["step"]][r["decision"]] += r["n"]
 
-    by_step: dict[str, list] = {}
+    by_step: dict[str, list] = {name: [] for name in order}  # a step only ever cached or skipped shows too
     for r in rows:
         if r["state"] in COUNTED:
-            by_step.setdefault(r["step"], []).append(r)
-    steps = {name: _metrics(rs, hits[name], decisions[name]) for name, rs in by_step.items()}
+            by_step[r["step"]].append(r)
+    steps = {name: _metrics(rs, hits[name], decisions[name], skips[name]) for name, rs in by_step.items()}
 
     run_rows = store.query("SELECT * FROM runs")
     first_pass_runs = defaultdict(lambda: True)
@@ -76,13 +86,20 @@ def report(store_or_path: Store | str | os.PathLike | None = None) -> dict:
             first_pass_runs[r["run_id"]] &= _first_pass(r)
     worst, reason = _worst(steps)
     costs = [s["cost"] for s in steps.values() if s["cost"] is not None]
+    all_ids = {r["id"] for r in run_rows}
     return {
         "store": store.path,
         "runs": len(run_rows),
         "steps": steps,
         "totals": {
             "runs": len(run_rows),
+            # the whole-run first-pass yield's denominator: runs that ran at least one step afresh
             "runs_with_output": len(first_pass_runs),
+            # runs that ran no step afresh: every step reused from the cache or skipped
+            "runs_all_reused": len((reused_runs & all_ids) - first_pass_runs.keys()),
+            # runs with no step result at all (stopped, or failed before a step finished)
+            "runs_without_results": len(all_ids - first_pass_runs.keys() - reused_runs),
+            "runs_by_status": _by_status(run_rows),
             # a run is first-pass when every step in it was accepted first time, untouched
             "first_pass_runs": sum(first_pass_runs.values()),
             "first_pass_yield": _ratio(sum(first_pass_runs.values()), len(first_pass_runs)),
@@ -92,6 +109,7 @@ def report(store_or_path: Store | str | os.PathLike | None = None) -> dict:
             "pending_review": sum(s["pending"] for s in steps.values()),
             "tokens": sum(s["tokens"] for s in steps.values()),
             "cost": round(sum(costs), 6) if costs else None,
+            "cost_unknown": sum(s["cost_unknown"] for s in steps.values()),
         },
         "worst_step": worst,
         "worst_step_reason": reason,
@@ -106,6 +124,13 @@ def _interrupted(run) -> bool:
     return run["status"] == "running" and "pid" in run.keys() and process_gone(run["host"], run["pid"])
 
 
+def _by_status(run_rows) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for r in run_rows:
+        out[r["status"] or "running"] += 1
+    return dict(out)
+
+
 def _attempts(row) -> list[dict]:
     return json.loads(row["attempt_log"] or "[]")
 
@@ -117,7 +142,7 @@ def _first_pass(row) -> bool:
     return not any(quality_failure(a["outcome"], a.get("error")) for a in _attempts(row))
 
 
-def _metrics(rows: list, cache_hits: int, decisions: dict[str, int]) -> dict[str, Any]:
+def _metrics(rows: list, cache_hits: int, decisions: dict[str, int], skipped: int = 0) -> dict[str, Any]:
     n = len(rows)
     outputs = sum(max(1, r["items"] or 1) for r in rows)  # a --map step makes one output per item
     calls = 0
@@ -151,10 +176,11 @@ def _metrics(rows: list, cache_hits: int, decisions: dict[str, int]) -> dict[str
         "failed": states["failed"],
         "decisions": dict(decisions),
         "cache_hits": cache_hits,
+        "skipped": skipped,
         "input_tokens": inp,
         "output_tokens": out,
         "tokens": inp + out,
-        "cost": round(sum(costs), 6) if costs else None,
+        "cost": round(sum(costs), 6) if costs or not n else None,  # nothing ran afresh: nothing spent
         "cost_unknown": n - len(costs),
         "latency_p50": _round(percentile(latencies, 50)),
         "latency_p95": _round(percentile(latencies, 95)),
@@ -185,12 +211,29 @@ def _worst(steps: dict[str, dict]) -> tuple[str | None, str]:
 
 
 # showing ------------------------------------------------------------------------------------
-HEADER = ["step", "runs", "first-pass", "final", "attempts", "fallbacks", "edits", "rejects", "pending",
-          "tokens", "cost", "p50", "p95"]
+HEADER = ["step", "runs", "first-pass", "final", "cached", "skipped", "attempts", "fallbacks", "edits",
+          "rejects", "pending", "tokens", "cost", "p50", "p95"]
+#: What each column counts, printed under the table: every figure names its denominator.
+LEGEND = ("runs = fresh executions of the step (cache hits and skips are counted apart, not in any yield); "
+          "first-pass = accepted on the first try (no gate failure, no unusable answer, not edited) / runs; "
+          "final = accepted in the end (passed, approved or edited) / runs; "
+          "attempts = model calls per output (transport retries included); tokens, cost, p50, p95 = fresh runs only")
 
 
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.0%}"
+
+
+def _share(a: int, b: int) -> str:
+    """``75% (3/4)``: a share with its numerator and denominator."""
+    return "—" if not b else f"{a / b:.0%} ({a}/{b})"
+
+
+def _cost(cost: float | None, unknown: int) -> str:
+    if not unknown:
+        return fmt_cost(cost)
+    what = f"{unknown} unpriced"
+    return what if cost is None else f"{fmt_cost(cost)} + {what}"
 
 
 def _secs(x: float | None) -> str:
@@ -201,17 +244,26 @@ def report_rows(rep: dict) -> list[list[str]]:
     rows = []
     for name, s in rep["steps"].items():
         mark = " ◀" if name == rep.get("worst_step") else ""
-        rows.append([name + mark, str(s["runs"]), _pct(s["first_pass_yield"]), _pct(s["final_yield"]),
+        accepted = s["passed"] + s["approved"] + s["edits"]
+        rows.append([name + mark, str(s["runs"]), _share(s["first_pass"], s["runs"]), _share(accepted, s["runs"]),
+                     str(s["cache_hits"]), str(s.get("skipped", 0)),
                      "—" if s["mean_attempts"] is None else f"{s['mean_attempts']:.2f}", str(s["fallbacks"]),
                      str(s["edits"]), str(s["rejects"]), str(s["pending"]), f"{s['tokens']:,}",
-                     fmt_cost(s["cost"]), _secs(s["latency_p50"]), _secs(s["latency_p95"])])
+                     _cost(s["cost"], s["cost_unknown"]), _secs(s["latency_p50"]), _secs(s["latency_p95"])])
     return rows
 
 
 def _footer(rep: dict) -> str:
     t = rep["totals"]
-    lines = [f"{rep['runs']} runs · whole-run first-pass yield {_pct(t['first_pass_yield'])} · "
-             f"{t['tokens']:,} tokens · {fmt_cost(t['cost'])} · {t['pending_review']} waiting for review"]
+    n, fresh = rep["runs"], t["runs_with_output"]
+    aside = [f"{k} {what}" for k, what in ((t.get("runs_all_reused", 0), "reused every step from the cache"),
+                                           (t.get("runs_without_results", 0), "recorded no step")) if k]
+    statuses = ", ".join(f"{k} {st}" for st, k in sorted(t.get("runs_by_status", {}).items(), key=lambda kv: -kv[1]))
+    lines = [f"{n} run{'' if n == 1 else 's'}" + (f" ({statuses})" if statuses else "") + " · whole-run first-pass yield "
+             f"{_share(t['first_pass_runs'], fresh) if fresh else '—'} of runs that ran a step afresh"
+             + (f" ({'; '.join(aside)})" if aside else "")
+             + f" · {t['tokens']:,} tokens · {_cost(t['cost'], t.get('cost_unknown', 0))}"
+             f" · {t['pending_review']} waiting for review"]
     if t.get("interrupted_runs"):
         n = t["interrupted_runs"]
         lines.append(f"{n} run{'s' if n != 1 else ''} interrupted (killed mid-way; finished steps are reused "
@@ -227,7 +279,7 @@ def report_text(rep: dict) -> str:
     """The report as a fixed-width table for terminals."""
     if not rep["steps"]:
         return f"no step results in {rep['store']} yet: run a pipeline first"
-    return text_table(HEADER, report_rows(rep)) + "\n\n" + _footer(rep)
+    return text_table(HEADER, report_rows(rep)) + "\n\n" + _footer(rep) + "\n" + LEGEND
 
 
 def report_markdown(rep: dict) -> str:
@@ -236,7 +288,7 @@ def report_markdown(rep: dict) -> str:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in report_rows(rep)]
-    return "\n".join(lines) + "\n\n" + _footer(rep).replace("\n", "  \n")
+    return "\n".join(lines) + "\n\n" + _footer(rep).replace("\n", "  \n") + f"  \n*{LEGEND}*"
 
 
 def report_figure(rep: dict):

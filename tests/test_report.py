@@ -172,3 +172,46 @@ def test_conductor_report_magic(store, shell):
     with capture_output() as cap:
         shell.run_line_magic("conductor", f"report --store {store.path} --json")
     assert json.loads(cap.stdout)["worst_step"] == "draft"
+
+
+def test_totals_reconcile_and_state_their_denominators(tmp_path):
+    s = Store(tmp_path / "s.sqlite")
+    r1, r2, r3, r4, r5 = (s.start_run({"i": i}, None, None) for i in range(5))
+    record(s, r1, "draft", "passed", ["passed"], cost=0.01)
+    record(s, r2, "draft", "passed", ["gate: too long", "passed"], cost=0.02)
+    record(s, r3, "draft", "cached", ["passed"], cached=True)  # r3 reused everything
+    record(s, r3, "publish", "skipped", [])
+    record(s, r4, "draft", "failed", ["error: ServerError: 500"], cost=0.0, error="boom")  # priced $0
+    for run, status in ((r1, "passed"), (r2, "passed"), (r3, "passed"), (r4, "failed")):
+        s.end_run(run, status, 0.0)
+    rep = report(s)
+    t = rep["totals"]
+    assert (rep["runs"], t["runs_with_output"], t["runs_all_reused"], t["runs_without_results"]) == (5, 3, 1, 1)
+    assert t["first_pass_runs"] == 1 and t["cost"] == pytest.approx(0.03)
+    text = report_text(rep)
+    assert "5 runs (3 passed, 1 failed, 1 running)" in text
+    assert "whole-run first-pass yield 33% (1/3) of runs that ran a step afresh" in text
+    assert "(1 reused every step from the cache; 1 recorded no step)" in text
+    draft = next(line for line in text.splitlines() if line.startswith("draft"))
+    assert draft.split()[2:9] == ["3", "33%", "(1/3)", "67%", "(2/3)", "1", "0"]  # after "draft ◀"
+    publish = next(line for line in text.splitlines() if line.startswith("publish"))
+    assert publish.split()[1:6] == ["0", "—", "—", "0", "1"]  # only skipped: shown as such
+    assert "first-pass = accepted on the first try" in text and "/ runs" in text
+    assert "?" not in text
+
+
+def test_a_failed_run_whose_calls_were_priced_zero_costs_zero(fake_api, fast_config, tmp_path):
+    from fakeapi import Error
+
+    from nbconductor import Pipeline
+
+    fake_api.set_default(Error(400, "bad request"), endpoint="anthropic")
+    p = Pipeline(store=tmp_path / "s.sqlite", config=fast_config, root=tmp_path)
+    p.step("draft", "Hi", model=W)
+    p.step("after", "{{ draft }}!", model=W)  # never runs: its upstream failed
+    run = p.run()
+    assert run.status == "failed" and run.results["draft"].cost == 0.0 and run.cost == 0.0
+    assert p.store.runs()[0]["cost"] == 0.0
+    rep = report(p.store)
+    assert rep["totals"]["cost"] == 0.0 and "$0 ·" in report_text(rep)
+    p.close()
