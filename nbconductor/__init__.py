@@ -18,6 +18,7 @@ __all__ = [
     "StepFailed",
     "StepResult",
     "load_ipython_extension",
+    "template_function",
     "unload_ipython_extension",
 ]
 
@@ -29,12 +30,14 @@ _LAZY = {
     "ConductorError": "._errors",
     "DefinitionError": "._errors",
     "StepFailed": "._errors",
+    "template_function": "._sandbox",
 }
 
 if TYPE_CHECKING:
     from ._errors import ConductorError, DefinitionError, StepFailed
     from ._executor import RunResult
     from ._pipeline import Pipeline
+    from ._sandbox import template_function
     from ._types import Step, StepResult
 
 

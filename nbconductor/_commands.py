@@ -226,6 +226,27 @@ def cmd_export(m, words):
     print(f"exported to {path}: run it with `papermill {path} out.ipynb -p NAME VALUE` or `nbconductor run {path}`")
 
 
+def cmd_template_function(m, words):
+    """``template-function NAME ...``: let templates call these notebook functions, as
+    decorating them with ``@nbconductor.template_function`` does (for functions you import,
+    e.g. ``from textwrap import shorten``, and built-ins)."""
+    from ._sandbox import template_function
+
+    if not words:
+        raise UsageError("%conductor template-function NAME [NAME ...]: the notebook functions templates may call")
+    for name in words:
+        if name not in m.shell.user_ns:
+            raise UsageError(f"%conductor template-function: no function `{name}` in the notebook: define it, or "
+                             f"import it by name first (from textwrap import shorten)")
+        value = m.shell.user_ns[name]
+        if not callable(value):
+            kind = "a module" if type(value).__name__ == "module" else f"a {type(value).__name__}"
+            raise UsageError(f"%conductor template-function: `{name}` is {kind}, not a function: name a function "
+                             "(from textwrap import shorten; %conductor template-function shorten)")
+        template_function(value)
+    print(f"templates may call: {', '.join(words)}")
+
+
 def cmd_reset(m, words):
     """Forget declared steps, contexts and results in this kernel (the store keeps everything)."""
     m.pipeline.steps.clear()

@@ -21,7 +21,7 @@ from ._options import STEP_OPTIONS, step_from_args
 from ._pipeline import Pipeline
 
 SUBCOMMANDS = ("run", "status", "show", "alias", "models", "graph", "timeline", "form", "review", "report",
-               "export", "reset")
+               "export", "reset", "template-function")
 
 
 @contextmanager
@@ -129,9 +129,12 @@ class ConductorMagics(Magics):
     def conductor(self, line: str):
         """%conductor run [STEP ...] [--force] [--dry-run] | status | show STEP | graph | timeline |
         form | review [--store PATH] | report [--store PATH] | export PATH.ipynb | models |
-        alias NAME SPEC
+        alias NAME SPEC | template-function NAME ... | reset
         """
-        words = shlex.split(line)
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%conductor: cannot parse {line!r}: {exc} (check the quotes)") from None
         if not words:
             raise UsageError(f"%conductor needs a subcommand: {', '.join(SUBCOMMANDS)}")
         sub, rest = words[0], words[1:]
@@ -144,7 +147,7 @@ class ConductorMagics(Magics):
         from . import _commands
 
         with usage_errors():
-            return getattr(_commands, f"cmd_{sub}")(self, rest)
+            return getattr(_commands, f"cmd_{sub.replace('-', '_')}")(self, rest)
 
     # running -----------------------------------------------------------------------------------
     def _run(self, targets: list[str] | None, *, force=False, show: list[str] | None = None, live=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import builtins
 import json
+from collections.abc import Collection
 from functools import lru_cache
 from typing import Any
 
@@ -18,12 +19,34 @@ TEMPLATE_GLOBALS = frozenset({"history", "loop", "range", "dict", "lipsum", "cyc
 @lru_cache(maxsize=1)
 def _env():
     from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
-    env.filters["json"] = lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False, default=str)
+    from ._sandbox import Sandbox, _checked_filter
+
+    env = Sandbox(undefined=StrictUndefined, keep_trailing_newline=False)
+    env.filters["json"] = _checked_filter(
+        lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False, default=str))
     env.finalize = _finalize
     return env
+
+
+# Tags that pull in other templates: a step's prompt is self-contained (there is no loader).
+_LOADING_TAGS = {"Include": "include", "Import": "import", "FromImport": "from … import", "Extends": "extends"}
+
+
+def _parse(source: str, step: str):
+    from jinja2 import TemplateSyntaxError, nodes
+
+    try:
+        tree = _env().parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"step `{step}`: template syntax error on line {exc.lineno}: {exc.message}") from None
+    for node in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+        tag = _LOADING_TAGS[type(node).__name__]
+        raise TemplateError(
+            f"step `{step}`: {{% {tag} %}} on line {node.lineno} is not supported: a prompt is self-contained; "
+            "put shared text in a %%context block or a notebook variable and refer to it"
+        )
+    return tree
 
 
 def _finalize(value: Any) -> Any:
@@ -38,35 +61,97 @@ def _finalize(value: Any) -> Any:
 @lru_cache(maxsize=4096)
 def compile_template(source: str, step: str = "?"):
     """Parse a template once; raises `TemplateError` naming the step and line."""
-    from jinja2 import TemplateSyntaxError
-
-    try:
-        return _env().from_string(source)
-    except TemplateSyntaxError as exc:
-        raise TemplateError(f"step `{step}`: template syntax error on line {exc.lineno}: {exc.message}") from None
+    env = _env()
+    return env.template_class.from_code(env, env.compile(_parse(source, step)), env.make_globals(None), None)
 
 
 @lru_cache(maxsize=4096)
 def template_names(source: str, step: str = "?") -> frozenset[str]:
     """The free names a template refers to (`{{ x }}`, `{% for a in xs %}`…)."""
-    from jinja2 import TemplateSyntaxError, meta
+    from jinja2 import meta
 
-    try:
-        ast_ = _env().parse(source)
-    except TemplateSyntaxError as exc:
-        raise TemplateError(f"step `{step}`: template syntax error on line {exc.lineno}: {exc.message}") from None
-    return frozenset(meta.find_undeclared_variables(ast_)) - TEMPLATE_GLOBALS
+    return frozenset(meta.find_undeclared_variables(_parse(source, step))) - TEMPLATE_GLOBALS
 
 
-def render(source: str, values: dict[str, Any], step: str = "?") -> str:
-    """Render a template with ``values``; raises `TemplateError` on failure."""
-    from jinja2 import TemplateError as JinjaError
+def render(source: str, values: dict[str, Any], step: str = "?", *, outputs: Collection[str] = (),
+           limits: Any = None) -> str:
+    """Render a template with the data in ``values``; raises `TemplateError` on failure.
+
+    Only the names the template refers to are handed over, and each must be data (see
+    `template_scope`); ``outputs`` are upstream step names, whose outputs pass whatever their
+    type. ``limits`` (``[templates]`` of the config) bounds the output size and the time.
+    """
+    from jinja2.sandbox import SecurityError
+
+    from ._sandbox import MAX_OUTPUT, TIMEOUT, LimitExceeded, RenderTimeout, render_limited
 
     template = compile_template(source, step)
+    scope = template_scope(source, values, step, outputs)
+    max_output = getattr(limits, "max_output", MAX_OUTPUT)
+    timeout = getattr(limits, "timeout", TIMEOUT)
     try:
-        return template.render(values).strip()
-    except JinjaError as exc:
-        raise TemplateError(f"step `{step}`: template failed to render: {exc}") from None
+        return render_limited(template, scope, max_output, timeout).strip()
+    except RenderTimeout:
+        raise TemplateError(
+            f"step `{step}`: the template ran past its time limit of {timeout:g} s (a loop too large?); "
+            "if it is meant to take longer, raise `timeout` under [templates] in nbconductor.toml") from None
+    except LimitExceeded as exc:
+        raise TemplateError(f"step `{step}`: {exc}; the limit is `max_output` under [templates] in "
+                            "nbconductor.toml") from None
+    except SecurityError as exc:
+        raise TemplateError(f"step `{step}`: {exc}; {_DATA_ONLY}{_OPT_IN}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a template does wrong is one line
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TemplateError(f"step `{step}`: template failed to render: {detail}") from None
+
+
+_DATA_ONLY = ("templates see data only (text, numbers, lists, dicts, pydantic models, step outputs): "
+              "compute what you need in a cell or a --python step and refer to that variable")
+_OPT_IN = ", or let templates call a notebook function with @nbconductor.template_function"
+
+
+def template_scope(source: str, values: dict[str, Any], step: str = "?", outputs: Collection[str] = ()) -> dict:
+    """The values a template may see: the names it refers to, each checked to be data.
+
+    Raises `TemplateError` for a module, a function that was not opted in, a built-in or any
+    other object (an IPython shell, ``__builtins__``), naming it and how to pass data instead.
+    """
+    from ._sandbox import not_data, opted_in, template_function
+
+    scope: dict[str, Any] = {}
+    for name in sorted(template_names(source, step)):
+        if name not in values:
+            if name == "__builtins__" or hasattr(builtins, name):
+                raise TemplateError(f"step `{step}`: the template refers to `{name}`, a Python built-in; "
+                                    f"{_DATA_ONLY} (filters do the usual things: {{{{ x|length }}}})")
+            continue  # undefined: the run's name check (or StrictUndefined) says so
+        value = values[name]
+        if name in outputs or opted_in(value):
+            scope[name] = value
+            continue
+        bad = not_data(value)
+        if bad is not None:
+            raise TemplateError(f"step `{step}`: the template refers to `{name}`, {_describe(value, bad)}; "
+                                f"{_DATA_ONLY}{_OPT_IN if callable(bad) else ''}")
+        scope[name] = value
+    if "history" in values:
+        scope["history"] = template_function(values["history"])
+    return scope
+
+
+def _describe(value: Any, bad: Any) -> str:
+    import types
+
+    def what(v: Any) -> str:
+        if isinstance(v, types.ModuleType):
+            return f"a module ({v.__name__})"
+        if isinstance(v, type):
+            return f"a class ({v.__name__})"
+        if callable(v):
+            return "a function"
+        return f"a {type(v).__name__} object"
+
+    return f"{what(value)}, not data" if bad is value else f"which holds {what(bad)}, not data"
 
 
 @lru_cache(maxsize=4096)
