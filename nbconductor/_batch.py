@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import csv
 import datetime as _dt
+import io
 import json
 import os
 import sys
@@ -94,7 +95,7 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def _csv_rows(text: str, where: str) -> list[dict[str, Any]]:
-    lines = [r for r in csv.reader(text.splitlines()) if r]  # blank lines are not rows
+    lines = [r for r in csv.reader(io.StringIO(text, newline="")) if r]  # blank lines are not rows
     if not lines:
         raise OptionError(f"{where} has no rows")
     header = [h.strip() for h in lines[0]]

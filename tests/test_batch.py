@@ -159,3 +159,49 @@ def test_read_rows_formats_and_errors(tmp_path):
         read_rows(tmp_path / "r.txt")
     with pytest.raises(OptionError, match="not found"):
         read_rows(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("typo.csv", "topc,divisor\nalpha,1\n", "unknown parameter `topc`: did you mean `topic`?"),
+    ("dup.csv", "topic,topic\nalpha,beta\n", "column `topic` appears twice"),
+    ("short.csv", "topic,divisor\nalpha,1\nbeta\n", "row 1 has 1 value for 2 columns"),
+    ("long.csv", "topic\nalpha,1\n", "row 0 has 2 values for 1 column"),
+    ("latin1.csv", "topic\ncaf\xe9\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9"),
+    ("syntax.yaml", "- topic: alpha\n  divisor: [1\n- topic: beta\n", "at line 3, column"),
+    ("dup.yaml", "- topic: alpha\n  topic: beta\n", "`topic` appears twice in one row"),
+    ("dup.json", '[{"topic": "a", "topic": "b"}]', "`topic` appears twice in one row"),
+    ("unknown.json", '[{"topic": "a"}, {"topic": "b", "wrods": 3}]', "unknown parameter `wrods`"),
+])
+def test_bad_parameter_files_stop_before_any_row_runs(tmp_path, batch, name, content, expected):
+    make_job(tmp_path)
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    result = batch(tmp_path, "--params", name, "--workers", "1", "--out", "out")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and name in lines[0], result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".nbconductor").exists()
+
+
+def test_workers_zero_is_an_error_and_counts_read_singular(tmp_path, batch):
+    make_job(tmp_path)
+    write_rows(tmp_path / "rows.csv", [{"topic": "alpha", "divisor": 1, "crash": False}])
+    for bad in ("0", "-2"):
+        result = batch(tmp_path, "--params", "rows.csv", "--workers", bad)
+        assert result.returncode == 2 and f"--workers must be 1 or more, got {bad}" in result.stderr
+    assert not (tmp_path / "batch-out").exists()
+    result = batch(tmp_path, "--params", "rows.csv", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert "1 row of job.ipynb on 1 local worker," in result.stderr
+    assert "1 row: 0 passed, 1 flagged" in result.stdout
+
+
+def test_a_bad_config_stops_the_batch_naming_file_and_key(tmp_path, batch):
+    make_job(tmp_path)
+    write_rows(tmp_path / "rows.csv", [{"topic": "alpha", "divisor": 1, "crash": False}])
+    (tmp_path / "nbconductor.toml").write_text('[aliases]\nfast = { model = "offline:f", base_ur = "http://x" }\n')
+    result = batch(tmp_path, "--params", "rows.csv", "--workers", "1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"nbconductor: {tmp_path / 'nbconductor.toml'}: `aliases.fast.base_ur` is not a setting: "
+        "did you mean `base_url`? (known here: model, base_url, api_key_env)")

@@ -68,3 +68,49 @@ def test_offline_can_be_forced_even_with_keys(monkeypatch):
     assert resolve_model("openai:gpt-4.1", Config()).spec == "offline:gpt-4.1"
     monkeypatch.delenv("NBCONDUCTOR_OFFLINE")
     assert resolve_model("writer", Config()).provider == "anthropic"
+
+
+def test_config_errors_name_the_file_the_key_and_the_fix(tmp_path):
+    toml = tmp_path / "nbconductor.toml"
+    cases = {
+        '[aliases]\nfast = { model = "offline:f", base_ur = "http://x" }\n':
+            "`aliases.fast.base_ur` is not a setting: did you mean `base_url`? (known here: model, base_url, api_key_env)",
+        'defualt_model = "offline:x"\n': "`defualt_model` is not a setting: did you mean `default_model`?",
+        "[retry]\nbase_dely = 1\n": "`retry.base_dely` is not a setting: did you mean `base_delay`?",
+        '[aliases]\nfast = { base_url = "http://x" }\n': "`aliases.fast.model` is required: add `model = …` there",
+        "[aliases]\nfast = 3\n": '`aliases.fast` = 3: an alias is "provider:model" or a table',
+        "[concurrency]\nanthropic = 'lots'\n": "`concurrency.anthropic` = 'lots': Input should be a valid integer",
+        "[aliases\nfast = 1\n": "is not valid TOML:",
+    }
+    for text, expected in cases.items():
+        toml.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(start=tmp_path)
+        message = str(info.value)
+        assert message.startswith(str(toml)) and expected in message and "\n" not in message, message
+
+
+def test_unknown_alias_suggests_the_closest(monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(OptionError, match="unknown model `wrtier`: did you mean `writer`?"):
+        resolve_model("wrtier", Config(aliases={"house": "offline:h"}))
+    with pytest.raises(OptionError, match="unknown model `hosue`: did you mean `house`?"):
+        resolve_model("hosue", Config(aliases={"house": "offline:h"}))
+
+
+def test_run_with_a_bad_config_exits_2_before_running(tmp_path, monkeypatch, capsys):
+    from nbconductor import Pipeline
+    from nbconductor._export import export_pipeline
+    from nbconductor.cli import main
+
+    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
+    p = Pipeline(store=":memory:", namespace={"topic": "t"})
+    p.step("draft", "Write about {{ topic }}", model="fast")
+    job = export_pipeline(p, tmp_path / "job.ipynb")
+    (tmp_path / "nbconductor.toml").write_text('[aliases]\nfast = { model = "offline:f", base_ur = "x" }\n')
+    capsys.readouterr()
+    assert main(["run", str(job), "-o", str(tmp_path / "out.ipynb")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"nbconductor: {tmp_path / 'nbconductor.toml'}: `aliases.fast.base_ur`") and "\n" not in err
+    assert not (tmp_path / "out.ipynb").exists()

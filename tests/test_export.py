@@ -245,3 +245,62 @@ def test_export_refuses_bad_paths(tmp_path):
         export_pipeline(p, tmp_path / "job.txt")
     with pytest.raises(OptionError, match="not found"):
         export_pipeline(p, tmp_path / "job.ipynb", source_notebook=tmp_path / "missing.ipynb")
+
+
+def test_export_into_a_missing_folder_or_an_unwritable_place_is_one_line(tmp_path, monkeypatch):
+    from IPython.core.error import UsageError
+    from notebook_shell import fresh_shell
+
+    p = Pipeline(store=":memory:")
+    p.step("a", "hi", model="offline:x")
+    with pytest.raises(OptionError, match="folder .*jobs' does not exist; create it first"):
+        export_pipeline(p, tmp_path / "jobs" / "job.ipynb")
+    assert not (tmp_path / "jobs").exists()  # not created behind the user's back
+    with pytest.raises(OptionError, match=r"^export: cannot write /proc/x\.ipynb: .*; choose another path$"):
+        export_pipeline(p, "/proc/x.ipynb")
+    ip = fresh_shell(tmp_path, monkeypatch)
+    assert ip.run_cell("%%step a --model offline:x --lazy\nhi").success
+    with pytest.raises(UsageError, match="does not exist; create it first"):
+        ip.run_line_magic("conductor", f"export {tmp_path / 'jbos' / 'job.ipynb'}")
+    assert not (tmp_path / "jbos").exists()
+    with pytest.raises(UsageError, match="cannot write /proc/x.ipynb"):
+        ip.run_line_magic("conductor", "export /proc/x.ipynb")
+
+
+def test_run_refuses_bad_output_paths_and_unknown_parameters(tmp_path, monkeypatch, capsys):
+    from nbconductor.cli import main
+
+    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
+    p = Pipeline(store=":memory:", namespace={"topic": "t"})
+    p.step("draft", "Write about {{ topic }}", model="offline:w")
+    job = str(export_pipeline(p, tmp_path / "job.ipynb"))
+    (tmp_path / "outdir").mkdir()
+    cases = [
+        (["-o", str(tmp_path / "missing" / "out.ipynb")], "folder", "does not exist; create it first"),
+        (["-o", str(tmp_path / "outdir")], "-o", "that is a folder"),
+        (["-p", "topc", "x"], "-p", "unknown parameter `topc`: did you mean `topic`?"),
+        (["-p", "topic", "x", "-p", "topic", "y"], "-p", "-p topic is given twice"),
+    ]
+    for args, first, expected in cases:
+        capsys.readouterr()
+        assert main(["run", job, *args]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and first in err and expected in err, err
+    assert list((tmp_path / "outdir").iterdir()) == [] and not (tmp_path / "job.out.ipynb").exists()
+
+
+def test_kernel_death_is_the_one_line_failure_with_the_output_path(tmp_path, capsys):
+    from nbconductor.cli import main
+
+    nb = new_notebook(metadata={"kernelspec": KERNEL})
+    nb.cells = [code("x = 1", "parameters"), code("print('before')"),
+                code("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"), code("print('after')")]
+    nbformat.write(nb, tmp_path / "dies.ipynb")
+    out = tmp_path / "dies.out.ipynb"
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "dies.ipynb"), "--engine", "kernel", "-o", str(out)]) == 1
+    text = capsys.readouterr().err
+    ours = [line for line in text.splitlines() if line.startswith("nbconductor")]
+    assert ours == ["nbconductor: dies.ipynb failed in cell 2: the kernel died (DeadKernelError: Kernel died)"]
+    assert f"  the executed notebook, as far as it ran, is {out}" in text
+    assert "Traceback" not in text and out.is_file()
