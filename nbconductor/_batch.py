@@ -111,7 +111,7 @@ def _csv_rows(text: str, where: str) -> list[dict[str, Any]]:
             raise OptionError(f"{where}: row {i} has {plural(len(fields), 'value')} for {plural(len(header), 'column')} "
                               f"({', '.join(header)}): give every row a value per column (an empty one keeps "
                               "the notebook's default)")
-        rows.append({k: _csv_value(v) for k, v in zip(header, fields) if v != ""})
+        rows.append({k: _csv_value(v) for k, v in zip(header, fields, strict=True) if v != ""})
     if not rows:
         raise OptionError(f"{where} has no rows")
     return rows

@@ -19,7 +19,7 @@ import ast
 import difflib
 import keyword
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from ._errors import ParameterError
