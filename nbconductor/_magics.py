@@ -17,7 +17,7 @@ from IPython.display import Markdown, display
 
 from ._config import keys_available
 from ._errors import ConductorError, DefinitionError, StepFailed
-from ._options import STEP_OPTIONS, step_from_args
+from ._options import STEP_OPTIONS, check_step_name, step_from_args
 from ._pipeline import Pipeline
 
 SUBCOMMANDS = ("run", "status", "show", "alias", "models", "graph", "timeline", "form", "review", "report",
@@ -74,6 +74,7 @@ class ConductorMagics(Magics):
         args = _parse(self.step, line)
         with usage_errors():
             step = step_from_args(args, cell)
+            check_step_name(step.name, self.shell.user_ns, self.pipeline.steps)
             previous = self.pipeline.steps.get(step.name)
             step = self.pipeline.add(step)
             try:

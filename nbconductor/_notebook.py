@@ -200,16 +200,21 @@ def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):
 
 
 def _options(words: list[str], names: dict[str, str]) -> dict[str, Any]:
+    from ._errors import OptionError
+
     out: dict[str, Any] = {}
     it = iter(words)
     for w in it:
         key = names.get(w)
         if key is None:
-            from ._errors import OptionError
-
             raise OptionError(f"unknown option {w}")
-        value = next(it)
-        out[key] = float(value) if key == "threshold" else int(value) if key in ("retries", "max_tokens") else value
+        value = next(it, None)
+        if value is None:
+            raise OptionError(f"option {w} needs a value")
+        try:
+            out[key] = float(value) if key == "threshold" else int(value) if key in ("retries", "max_tokens") else value
+        except ValueError:
+            raise OptionError(f"option {w} needs a number, got {value!r}") from None
     return out
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import builtins
+import keyword
+import math
+import re
 import shlex
 
 from ._errors import OptionError
@@ -33,6 +37,68 @@ STEP_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
 ]
 
 
+MAX_TOKENS = 128_000  # no provider lets a model write more in one answer
+MAX_RETRIES = 100
+MAX_TURNS = 100
+
+# Names a notebook session needs: a step of that name would rebind it to the step's output.
+_IPYTHON_NAMES = frozenset({"get_ipython", "display", "In", "Out", "exit", "quit", "_", "__", "___", "_i", "_ii",
+                            "_iii", "_ih", "_oh", "_dh", "__nbconductor__"})
+_TEMPLATE_NAMES = frozenset({"history", "loop", "range", "dict", "lipsum", "cycler", "joiner", "namespace", "self",
+                             "caller", "varargs", "kwargs", "super"})
+_HISTORY_NAME = re.compile(r"_(i|ii|iii|i\d+|\d+)$")
+
+
+def reserved_name(name: str) -> str | None:
+    """Why ``name`` cannot name a step (it would hide what the session or templates need), or None."""
+    if keyword.iskeyword(name):
+        return "is a Python keyword"
+    if name.startswith("__") and name.endswith("__") and name != "__nbconductor__":
+        return "is a special Python name"
+    if name in _IPYTHON_NAMES or _HISTORY_NAME.match(name):
+        return f"would hide IPython's `{name}`, which the notebook session needs"
+    if hasattr(builtins, name):
+        return f"would hide Python's built-in `{name}`"
+    if name in _TEMPLATE_NAMES:
+        return f"would hide `{name}`, which templates use"
+    return None
+
+
+def check_step_name(name: str, namespace: dict | None = None, steps=()) -> None:
+    """Raise `OptionError` when a step named ``name`` would shadow something the session needs:
+    a keyword, a built-in, an IPython name, a template global, or (in ``namespace``) an imported
+    module or a function that is not one of ``steps``."""
+    why = reserved_name(name)
+    if why is None and namespace is not None and name not in steps and name in namespace:
+        import types
+
+        value = namespace[name]
+        if isinstance(value, types.ModuleType):
+            why = f"would replace the module `{value.__name__}` imported in the notebook"
+        elif isinstance(value, (types.FunctionType, type)):
+            why = f"would replace the {'class' if isinstance(value, type) else 'function'} `{name}` defined in the notebook"
+    if why is not None:
+        better = f"{name.strip('_') or 'my'}_step"
+        raise OptionError(f"step name `{name}` {why}: choose another name, e.g. %%step {better}")
+
+
+def check_numbers(where: str, *, retries: int | None = None, max_tokens: int | None = None,
+                  temperature: float | None = None, threshold: float | None = None,
+                  max_turns: int | None = None) -> None:
+    """Raise `OptionError` for a numeric option outside its range; ``where`` names the cell."""
+    if retries is not None and not 0 <= retries <= MAX_RETRIES:
+        raise OptionError(f"{where}: --retries must be between 0 and {MAX_RETRIES}, got {retries}")
+    if max_tokens is not None and not 1 <= max_tokens <= MAX_TOKENS:
+        raise OptionError(f"{where}: --max-tokens must be 1 or more and at most {MAX_TOKENS:,} (the most any "
+                          f"provider allows), got {max_tokens}")
+    if temperature is not None and not (math.isfinite(temperature) and 0 <= temperature <= 2):
+        raise OptionError(f"{where}: --temperature must be a number between 0 and 2, got {temperature}")
+    if threshold is not None and not (math.isfinite(threshold) and 0 <= threshold <= 1):
+        raise OptionError(f"{where}: --threshold must be a number between 0 and 1, got {threshold}")
+    if max_turns is not None and not 1 <= max_turns <= MAX_TURNS:
+        raise OptionError(f"{where}: --max-turns must be between 1 and {MAX_TURNS}, got {max_turns}")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise OptionError(f"%%step: {message} (see %%step? for the options)")
@@ -51,6 +117,9 @@ def step_from_args(args: argparse.Namespace, body: str, *, lazy: bool | None = N
         raise OptionError("%%step needs a step name: %%step NAME [options] (see %%step?)")
     if args.python and args.image:
         raise OptionError(f"step `{args.name}`: --python and --image cannot be combined")
+    check_step_name(args.name)
+    check_numbers(f"step `{args.name}`", retries=args.retries, max_tokens=args.max_tokens,
+                  temperature=args.temperature, max_turns=args.max_turns)
     kind = "python" if args.python else "image" if args.image else "llm"
     return Step(
         name=args.name, body=body.strip("\n"), kind=kind, model=args.model, fallbacks=args.fallback,

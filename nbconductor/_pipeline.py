@@ -125,8 +125,9 @@ class Pipeline:
             raise OptionError(f"--threshold must be between 0 and 1, got {threshold}")
         if on_fail is not None and on_fail not in ON_FAIL:
             raise OptionError(f"--on-fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
-        if max_tokens is not None and max_tokens <= 0:
-            raise OptionError(f"%%rubric {step}: --max-tokens must be 1 or more, got {max_tokens}")
+        from ._options import check_numbers
+
+        check_numbers(f"%%rubric {step}", retries=retries, max_tokens=max_tokens)
         s = self.steps[step]
         changes: dict[str, Any] = {"rubric": Rubric(text.strip(), judge, threshold, retries, on_fail, max_tokens)}
         if retries is not None:
@@ -220,8 +221,10 @@ def _validate(step: Step) -> None:
         )
     if step.on_fail not in ON_FAIL:
         raise OptionError(f"step `{step.name}`: --on-fail must be one of {', '.join(ON_FAIL)}, got {step.on_fail!r}")
-    if step.retries < 0:
-        raise OptionError(f"step `{step.name}`: --retries must be 0 or more, got {step.retries}")
+    from ._options import check_numbers
+
+    check_numbers(f"step `{step.name}`", retries=step.retries, max_tokens=step.max_tokens,
+                  temperature=step.temperature, max_turns=step.max_turns)
     if step.map:
         parse_map(step.map, step.name)
     if step.kind in ("llm", "image"):

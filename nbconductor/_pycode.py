@@ -30,8 +30,12 @@ def _compile(source: str, step: str):
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     # dont_inherit: this module's `from __future__ import annotations` must not leak into the
     # user's code (pydantic models defined in a step need real annotations).
-    body = compile(tree, filename, "exec", dont_inherit=True)
-    tail = compile(last, filename, "eval", dont_inherit=True) if last is not None else None
+    try:
+        body = compile(tree, filename, "exec", dont_inherit=True)
+        tail = compile(last, filename, "eval", dont_inherit=True) if last is not None else None
+    except SyntaxError as exc:  # parses, but cannot run at top level: `return`, `yield`, `await`…
+        raise OptionError(f"step `{step}`: Python error on line {exc.lineno}: {exc.msg}; a --python step's "
+                          "body runs like a cell: its last expression is the output (no return or yield)") from None
     return body, tail
 
 

@@ -165,3 +165,98 @@ def test_status_says_which_steps_the_next_run_calls(ip):
     assert "calls model ×1" in lines["a"]
     # b's prompt embeds a's output, which is not known until a runs: shown as a call
     assert "calls model ×1" in lines["b"]
+
+
+# Issue 16 item 13: every mistake in a magic is one line.
+@pytest.mark.parametrize("line, body, message", [
+    ("y --python", "x = 1\nyield x", "step `y`: Python error on line 2: 'yield' outside function"),
+    ("y --python", "return 3", "step `y`: Python error on line 1: 'return' outside function"),
+    ("y --python", "await thing()", "'await' outside function"),
+    ("inc", 'Intro {% include "brand.txt" %}', "step `inc`: {% include %} on line 1 is not supported"),
+    ("inc --lazy", '{% extends "base.txt" %}', "{% extends %} on line 1 is not supported"),
+    ("inc --lazy", '{% from "m.txt" import x %}{{ x }}', "{% from … import %} on line 1 is not supported"),
+    ("get_ipython", "x", "step name `get_ipython` would hide IPython's `get_ipython`"),
+    ("__builtins__", "x", "step name `__builtins__` is a special Python name"),
+    ("__nbconductor__", "x", "step name `__nbconductor__` would hide IPython's `__nbconductor__`"),
+    ("_i3", "x", "step name `_i3` would hide IPython's `_i3`"),
+    ("print", "x", "step name `print` would hide Python's built-in `print`: choose another name, e.g. %%step print_step"),
+    ("len", "x", "would hide Python's built-in `len`"),
+    ("range", "x", "would hide Python's built-in `range`"),
+    ("dict", "x", "would hide Python's built-in `dict`"),
+    ("str", "x", "would hide Python's built-in `str`"),
+    ("class", "x", "step name `class` is a Python keyword"),
+    ("None", "x", "step name `None` is a Python keyword"),
+    ("cycler", "x", "step name `cycler` would hide `cycler`, which templates use"),
+    ("history", "x", "would hide `history`, which templates use"),
+    ("b --temperature 2.5", "x", "step `b`: --temperature must be a number between 0 and 2, got 2.5"),
+    ("b --temperature -0.1", "x", "--temperature must be a number between 0 and 2"),
+    ("b --temperature nan", "x", "--temperature must be a number between 0 and 2, got nan"),
+    ("b --temperature inf", "x", "--temperature must be a number between 0 and 2, got inf"),
+    ("b --max-tokens 0", "x", "step `b`: --max-tokens must be 1 or more and at most 128,000"),
+    ("b --max-tokens -5", "x", "--max-tokens must be 1 or more"),
+    ("b --max-tokens 10000000", "x", "--max-tokens must be 1 or more and at most 128,000"),
+    ("b --retries -1", "x", "step `b`: --retries must be between 0 and 100, got -1"),
+    ("b --tools f --max-turns 0", "x", "--max-turns must be between 1 and 100, got 0"),
+])
+def test_magic_mistakes_are_one_line(ip, line, body, message):
+    with pytest.raises(UsageError) as err:
+        ip.run_cell_magic("step", line, body)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    name = line.split()[0]
+    assert name not in ip.user_ns["__nbconductor__"].pipeline.steps
+
+
+def test_step_names_of_imported_modules_and_functions_are_refused(ip):
+    ip.run_cell("import json\nimport numpy as np\ndef summarize(text):\n    return text[:10]")
+    for name, what in [("json", "the module `json`"), ("np", "the module `numpy`"),
+                       ("summarize", "the function `summarize`")]:
+        with pytest.raises(UsageError, match=f"step name `{name}` would replace {what}.*e.g. %%step {name}_step"):
+            ip.run_cell_magic("step", name, "x")
+    # every later magic still works, and re-declaring a step is not a clash with its own output
+    cell(ip, "fine --python", "lambda: 1")
+    cell(ip, "fine --python", "lambda: 2")
+    assert ip.user_ns["fine"]() == 2
+    with capture_output():
+        ip.run_line_magic("conductor", "reset")
+
+
+def test_rubric_numbers_are_checked_at_declaration(ip):
+    cell(ip, "draft --lazy", "About {{ topic }}")
+    for line, message in [("draft --retries -1", "%%rubric draft: --retries must be between 0 and 100, got -1"),
+                          ("draft --max-tokens 0", "--max-tokens must be 1 or more"),
+                          ("draft --max-tokens 999999", "at most 128,000"),
+                          ("draft --threshold nan", "--threshold must be between 0 and 1"),
+                          ("draft --threshold 1.5", "--threshold must be between 0 and 1")]:
+        with pytest.raises(UsageError) as err:
+            ip.run_cell_magic("rubric", line, "- Is it good?")
+        assert message in str(err.value) and "\n" not in str(err.value)
+    assert ip.user_ns["__nbconductor__"].pipeline.steps["draft"].rubric is None
+
+
+def test_unbalanced_quotes_in_conductor_are_one_line(ip):
+    with pytest.raises(UsageError, match=r"%conductor: cannot parse 'run \"unbalanced': No closing quotation"):
+        ip.run_line_magic("conductor", 'run "unbalanced')
+
+
+def test_include_never_reaches_status_or_dry_run(ip):
+    cell(ip, "ok --lazy", "About {{ topic }}")
+    with pytest.raises(UsageError):
+        ip.run_cell_magic("step", "inc --lazy", '{% include "x" %}')
+    with capture_output() as cap:
+        ip.run_line_magic("conductor", "status")
+        plan = ip.run_line_magic("conductor", "run --dry-run")
+    assert [p["step"] for p in plan] == ["ok"] and "inc" not in cap.stdout
+
+
+@pytest.mark.parametrize("body", ["(i for i in range(3))", "class Local:\n    pass\nLocal()", "import os\nos.environ",
+                                  "import threading\nthreading.Lock()"])
+def test_python_step_with_an_unstorable_output_keeps_the_run(ip, body):
+    cell(ip, "first", "About {{ topic }}")
+    result = ip.run_cell("%%step odd --python\n" + body)
+    assert result.error_in_exec is None
+    assert ip.user_ns["odd"] is not None  # kept in memory for the session
+    with capture_output():
+        run = ip.run_line_magic("conductor", "run")
+    assert run is None
+    rows = Store(ip.user_ns["__nbconductor__"].pipeline.store.path).results()
+    assert {r["step"] for r in rows} >= {"first", "odd"} and all(r["state"] != "failed" for r in rows)
