@@ -86,9 +86,9 @@ def check_known(names: Iterable[str], known: Iterable[str], where: str) -> None:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean `{close[0]}`? " if close else ""
-            raise ParameterError(
-                f"{where}: unknown parameter `{name}`: {hint}the notebook's parameters cell sets "
-                f"{', '.join(known)}", name=name)
+            sets = f"sets {', '.join(known)}" if known else "sets no parameters"
+            raise ParameterError(f"{where}: unknown parameter `{name}`: {hint}the notebook's parameters cell {sets}",
+                                 name=name)
 
 
 def assigned_names(source: str) -> set[str] | None:

@@ -173,7 +173,7 @@ def check_cli_params(pairs, nb) -> dict[str, Any]:
             raise ParameterError(f"-p {name} is given twice: give each parameter once", name=name)
         values[name] = parse_value(text) if isinstance(text, str) else text
     known = notebook_parameters(nb)
-    if known:
+    if known is not None:  # without a parameters cell papermill puts the values at the top
         check_known(values, known, "-p")
     return values
 
