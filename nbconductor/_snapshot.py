@@ -146,6 +146,41 @@ def _running_node(
     return n
 
 
+def step_model(pipeline, step) -> str | None:
+    """The model spec a step's node shows before it runs: its alias resolved, when it has one."""
+    if step.kind not in ("llm", "image"):
+        return None
+    try:
+        return pipeline.pool.resolve(step.model).spec
+    except Exception:  # noqa: BLE001 - an unresolvable alias still draws
+        return step.model
+
+
+def step_node(
+    pipeline,
+    name: str,
+    step,
+    model: str | None,
+    result: StepResult | None,
+    started: float | None = None,
+    attempts: Sequence[Attempt] = (),
+) -> dict:
+    """One step's node: running (since ``started``, with its finished ``attempts``) or its
+    ``result``'s state. What `snapshot` draws for each step, for callers that redraw one."""
+    if started is not None:
+        return _running_node(name, step, model, started, attempts)
+    flagged = result is not None and result.state == "cached" and _awaiting_review(pipeline, result)
+    return node(name, step, result, "flagged" if flagged else None, model)
+
+
+def run_line(pipeline) -> dict[str, Any]:
+    """The snapshot's run dict for the pipeline's last run (empty if it never ran)."""
+    last = pipeline.last_run
+    if not last:
+        return {}
+    return {"id": last.run_id, "status": last.status, "cost": last.cost, "tokens": last.usage.total}
+
+
 def snapshot(
     pipeline,
     results: Mapping[str, StepResult] | None = None,
@@ -154,14 +189,17 @@ def snapshot(
     *,
     attempts: Mapping[str, Sequence[Attempt]] | None = None,
     steps: Sequence[str] | None = None,
+    graph=None,
 ) -> dict:
     """The pipeline's graph with each step's latest state, in the widgets' snapshot format.
 
     ``results`` default to the pipeline's latest; a step in ``running`` (name -> start time)
     is drawn running, with its finished ``attempts`` so far. ``steps`` keeps only those
     nodes (and the edges between them). ``run`` defaults to the pipeline's last run.
+    ``graph`` is the pipeline's graph when the caller already has it (building it parses
+    every step).
     """
-    graph = pipeline.graph
+    graph = pipeline.graph if graph is None else graph
     results = pipeline.results if results is None else results
     running = running or {}
     attempts = attempts or {}
@@ -171,29 +209,17 @@ def snapshot(
         if name not in keep:
             continue
         step = graph.steps[name]
-        model = None
-        if step.kind in ("llm", "image"):
-            try:
-                model = pipeline.pool.resolve(step.model).spec
-            except Exception:  # noqa: BLE001 - an unresolvable alias still draws
-                model = step.model
-        if name in running:
-            nodes.append(_running_node(name, step, model, running[name], attempts.get(name, ())))
-        else:
-            r = results.get(name)
-            flagged = r is not None and r.state == "cached" and _awaiting_review(pipeline, r)
-            nodes.append(node(name, step, r, "flagged" if flagged else None, model))
-    if run is None:
-        last = pipeline.last_run
-        run = (
-            {
-                "id": last.run_id,
-                "status": last.status,
-                "cost": last.cost,
-                "tokens": last.usage.total,
-            }
-            if last
-            else {}
+        nodes.append(
+            step_node(
+                pipeline,
+                name,
+                step,
+                step_model(pipeline, step),
+                results.get(name),
+                running.get(name),
+                attempts.get(name, ()),
+            )
         )
+    run = run_line(pipeline) if run is None else run
     edges = [list(e) for e in graph.edges if e[0] in keep and e[1] in keep]
     return {"nodes": nodes, "edges": edges, "run": dict(run)}

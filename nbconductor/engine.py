@@ -106,7 +106,7 @@ def _build_engine():
 def _execute(nb_man, notebook: str | None, timeout, log_output, stdout_file, stderr_file) -> None:
     nb = nb_man.nb
     _check_injected(nb)
-    with _LOCK, _isolated(notebook), _fresh_logging(), _fresh_warnings():
+    with _LOCK, _isolated(notebook), _fresh_logging(), _fresh_warnings(), _saves_throttled(nb_man):
         shell = _new_shell()
         sink = OutputSink(nb)
         shell._nbc_sink = sink
@@ -124,6 +124,34 @@ def _execute(nb_man, notebook: str | None, timeout, log_output, stdout_file, std
         finally:
             _dispose(shell)
     nb.metadata["language_info"] = _language_info()
+
+
+#: seconds between saves of the output notebook while cells run (papermill saves after every
+#: cell: a whole-notebook write per cell makes a many-cell job quadratic)
+SAVE_EVERY = 1.0
+
+
+@contextlib.contextmanager
+def _saves_throttled(nb_man) -> Iterator[None]:
+    """While the cells run, papermill's per-cell saves happen at most every `SAVE_EVERY`
+    seconds; papermill's own final save (``notebook_complete``, also after a failure) is
+    untouched, so the output notebook ends exact."""
+    import time
+
+    save = nb_man.save
+    last = [time.monotonic()]
+
+    def throttled(**kwargs: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] >= SAVE_EVERY:
+            save(**kwargs)
+            last[0] = time.monotonic()
+
+    nb_man.save = throttled
+    try:
+        yield
+    finally:
+        del nb_man.save  # the class's method again
 
 
 def _check_injected(nb) -> None:

@@ -288,7 +288,7 @@ def test_live_graph_counts_attempts_while_running(ip):
         and node["cost"] == 0.25
     )
     assert node["caption"]["metrics"] == "2 attempts · 15 tok · $0.25"
-    spans = live._snapshot()["nodes"][0]["attempt_spans"]
+    spans = live.widget._snapshot["nodes"][0]["attempt_spans"]
     assert spans == [[t, t + 0.1, "failed"], [t + 0.1, None, "running"]]
 
 
@@ -304,9 +304,43 @@ def test_live_graph_throttles_and_sends_the_last_update(ip):
     while states(live.widget)["b"] != "running" and time.monotonic() < deadline:
         time.sleep(0.02)
     assert states(live.widget)["b"] == "running"  # ...and sent when the interval has passed
-    # a step ending goes out at once
+    sends = live.sends
+    # a step ending is throttled too (one redraw for many ends), and `finish` sends the rest
     live.observe("end", "a", StepResult("a", "passed", "x", started=1.0, ended=2.0))
-    assert states(live.widget)["a"] == "passed"
+    live.observe("end", "b", StepResult("b", "passed", "y", started=1.0, ended=2.0))
+    assert live.sends == sends and states(live.widget) == {"a": "running", "b": "running"}
+    live.finish()
+    assert states(live.widget) == {"a": "passed", "b": "passed"}
+    assert live.widget.run["summary"] == "run · stopped"
+
+
+def test_live_graph_cost_is_linear_in_steps(ip):
+    """Each event redraws only its own node, and at most 1 / interval times a second: a run
+    of many quick steps makes a bounded number of widget updates, each of changed nodes only."""
+    for i in range(300):
+        ip.run_cell_magic("step", f"s{i} --python --lazy", "1" if i == 0 else f"s{i - 1} + 1")
+    p = pipeline(ip)
+    live = LiveGraph(p, interval=0.25)
+    patched = []
+    original = live.widget.patch
+
+    def patch(nodes, run=None):
+        patched.append(len(nodes))
+        original(nodes, run)
+
+    live.widget.patch = patch
+    full = []
+    live.widget.update = lambda snap, _u=live.widget.update: (full.append(1), _u(snap))
+    started = time.monotonic()
+    p.run(observer=live.observe)
+    live.finish(p)
+    elapsed = time.monotonic() - started
+    assert p.results["s299"].output == 300
+    assert states(live.widget)["s299"] == "passed" and live.widget.run["status"] == "passed"
+    assert full == []  # never the whole graph again
+    # throttled: the first event, one per interval, and finish
+    assert len(patched) <= 2 + elapsed / 0.25
+    assert sum(patched) <= 2 * 300  # each step redrawn about once (start and end in one redraw)
 
 
 def test_live_graph_marks_a_run_that_never_finished(ip):

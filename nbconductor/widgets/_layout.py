@@ -84,14 +84,31 @@ def _generations(ids: list[str], edges: list[tuple[str, str]]) -> list[list[str]
 
 
 def _crossings(order: list[list[str]], edges: list[tuple[str, str]], layer_of: dict) -> int:
+    """Edge crossings between adjacent layers: per layer pair, the inversions of the segments'
+    lower ends once sorted by their upper ends (O(E log E), not the O(E²) pairwise test)."""
     pos = {n: i for layer in order for i, n in enumerate(layer)}
+    by_layer: dict[int, list[tuple[int, int]]] = {}
+    for u, v in edges:
+        if layer_of[v] == layer_of[u] + 1:
+            by_layer.setdefault(layer_of[u], []).append((pos[u], pos[v]))
     count = 0
-    for i in range(len(order) - 1):
-        segs = [(pos[u], pos[v]) for u, v in edges if layer_of[u] == i and layer_of[v] == i + 1]
-        for a in range(len(segs)):
-            for b in range(a + 1, len(segs)):
-                if (segs[a][0] - segs[b][0]) * (segs[a][1] - segs[b][1]) < 0:
-                    count += 1
+    for segs in by_layer.values():
+        segs.sort()
+        # count pairs a < b with v_a > v_b (equal ends do not cross), with a Fenwick tree
+        size = max(v for _, v in segs) + 2
+        tree = [0] * (size + 1)
+        seen = 0
+        for _, v in segs:
+            i, not_greater = v + 1, 0
+            while i > 0:
+                not_greater += tree[i]
+                i -= i & -i
+            count += seen - not_greater
+            i = v + 1
+            while i <= size:
+                tree[i] += 1
+                i += i & -i
+            seen += 1
     return count
 
 
@@ -102,8 +119,8 @@ def _barycenter(order: list[list[str]], edges: list[tuple[str, str]], layer_of: 
         succs[u].append(v)
         preds[v].append(u)
 
-    def centred() -> dict[str, float]:
-        return {n: i - (len(layer) - 1) / 2 for layer in order for i, n in enumerate(layer)}
+    def centred(*layers: list[str]) -> dict[str, float]:
+        return {n: i - (len(layer) - 1) / 2 for layer in layers for i, n in enumerate(layer)}
 
     best, best_c = [list(layer) for layer in order], _crossings(order, edges, layer_of)
     for sweep in range(6):
@@ -111,7 +128,8 @@ def _barycenter(order: list[list[str]], edges: list[tuple[str, str]], layer_of: 
         nbrs = preds if down else succs
         indices = range(1, len(order)) if down else range(len(order) - 2, -1, -1)
         for i in indices:
-            pos = centred()
+            # only this layer and the one it is sorted against: O(layer sizes), not O(graph)
+            pos = centred(order[i], order[i - 1] if down else order[i + 1])
             bary = {}
             for n in order[i]:
                 ns = [pos[m] for m in nbrs[n]]
@@ -120,6 +138,8 @@ def _barycenter(order: list[list[str]], edges: list[tuple[str, str]], layer_of: 
         c = _crossings(order, edges, layer_of)
         if c < best_c:
             best, best_c = [list(layer) for layer in order], c
+        if c == 0:
+            break  # nothing left to improve
     order[:] = best
 
 

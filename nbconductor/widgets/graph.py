@@ -72,6 +72,8 @@ class GraphWidget(anywidget.AnyWidget):
         self._by_id: dict[str, Mapping[str, Any]] = {}
         self._structure: tuple | None = None
         self._layout: Layout | None = None
+        self._payload: list[dict[str, Any]] = []
+        self._slot: dict[str, int] = {}
         self._handle: Any = None
         super().__init__(palette={s: dict(PALETTE[s]) for s in STATES}, **kwargs)
         if snapshot is not None:
@@ -92,34 +94,62 @@ class GraphWidget(anywidget.AnyWidget):
         relayout = structure != self._structure
         if relayout:
             self._structure = structure
-            self._layout = compute_layout(list(self._by_id), edges)
-        layout = self._layout
-        assert layout is not None
-
-        payload = []
-        for node in nodes:
-            nid = str(node["id"])
-            x, y = layout.positions[nid]
-            state = node.get("state") if node.get("state") in PALETTE else "pending"
-            item = {k: node.get(k) for k in _SUMMARY_KEYS}
-            item.update(id=nid, state=state, x=x, y=y, w=NODE_W, h=NODE_H)
-            item["label"] = str(node.get("label") or nid)
-            item["caption"] = box_caption(node)
-            payload.append(item)
+            self._layout = _cached_layout(structure, list(self._by_id), edges)
+        self._payload = [self._item(node) for node in nodes]
+        self._slot = {item["id"]: i for i, item in enumerate(self._payload)}
 
         with self.hold_sync():
             if relayout:
+                layout = self._layout
                 self.edges = [
                     {"source": u, "target": v, "path": d} for (u, v), d in layout.edge_paths.items()
                 ]
                 self.size = {"width": layout.width, "height": layout.height}
-            self.nodes = payload
+            self.nodes = list(self._payload)
             self.run = {**run, "summary": run_summary(run)}
             if self.selected and self.selected not in self._by_id:
                 self.selected = ""
             self.detail = self._detail(self.selected)
+        self._refresh_static(previous_status)
 
-        status = run.get("status")
+    def patch(self, nodes: list[Mapping[str, Any]], run: Mapping[str, Any] | None = None) -> None:
+        """Replace the nodes with these ids (and the run line), keeping the layout: the cost is
+        that of the changed nodes, not of the graph. Unknown ids are ignored."""
+        previous_status = (self._snapshot.get("run") or {}).get("status")
+        all_nodes = self._snapshot["nodes"]
+        changed = False
+        for node in nodes:
+            nid = str(node["id"])
+            i = self._slot.get(nid)
+            if i is None:
+                continue
+            all_nodes[i] = node
+            self._by_id[nid] = node
+            self._payload[i] = self._item(node)
+            changed = True
+        with self.hold_sync():
+            if changed:
+                self.nodes = list(self._payload)
+            if run is not None:
+                self._snapshot["run"] = dict(run)
+                self.run = {**run, "summary": run_summary(run)}
+            if self.selected:
+                self.detail = self._detail(self.selected)
+        self._refresh_static(previous_status)
+
+    def _item(self, node: Mapping[str, Any]) -> dict[str, Any]:
+        nid = str(node["id"])
+        assert self._layout is not None
+        x, y = self._layout.positions[nid]
+        state = node.get("state") if node.get("state") in PALETTE else "pending"
+        item = {k: node.get(k) for k in _SUMMARY_KEYS}
+        item.update(id=nid, state=state, x=x, y=y, w=NODE_W, h=NODE_H)
+        item["label"] = str(node.get("label") or nid)
+        item["caption"] = box_caption(node)
+        return item
+
+    def _refresh_static(self, previous_status: Any) -> None:
+        status = (self._snapshot.get("run") or {}).get("status")
         if self._handle is not None and status != previous_status and status not in _LIVE:
             # Refresh the static SVG kept in the notebook, so saved outputs show the end state.
             self._handle.update(self)
@@ -172,11 +202,29 @@ class GraphWidget(anywidget.AnyWidget):
         # for every frontend that cannot run the widget.
         bundle = super()._repr_mimebundle_(**kwargs)
         data, metadata = bundle if isinstance(bundle, tuple) else (bundle or {}, {})
-        data = {**data, "image/svg+xml": self.to_svg(), "text/plain": self.to_text()}
+        data = {**data, "text/plain": self.to_text()}
+        starting = (self._snapshot.get("run") or {}).get("status") == "running" and all(
+            item["state"] == "pending" for item in self._payload
+        )
+        if not starting:
+            # A live run's all-pending start has no static SVG: the widget view draws the run,
+            # and `show` puts the SVG in when the run ends.
+            data["image/svg+xml"] = self.to_svg()
         return data, metadata
 
 
 _SUMMARY_KEYS = ("kind", "model", "attempts", "tokens", "cost", "latency", "items")
+
+# Every `%conductor run` and `graph` makes a widget for the same graph: lay each shape out once.
+_LAYOUTS: dict[tuple, Layout] = {}
+
+
+def _cached_layout(structure: tuple, ids: list[str], edges: list[tuple[str, str]]) -> Layout:
+    layout = _LAYOUTS.pop(structure, None) or compute_layout(ids, edges)
+    _LAYOUTS[structure] = layout  # most recent last
+    while len(_LAYOUTS) > 8:
+        del _LAYOUTS[next(iter(_LAYOUTS))]
+    return layout
 
 
 # ---------------------------------------------------------------------------- inspector

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._redact import redact_value
+from .._snapshot import run_line, step_model, step_node
 from .._snapshot import snapshot as _snapshot
 from .graph import GraphWidget
 
@@ -35,14 +36,18 @@ class LiveGraph:
     The steps the run will execute (``targets`` and their upstream; all steps by default)
     start as pending, turn running on their ``start`` event — with attempts, tokens and cost
     so far as ``attempt`` events arrive — and take their result on ``end``. Other steps keep
-    their previous result. Updates are throttled to one per ``interval`` seconds (a pending
-    one is sent when the interval has passed); a step ending is always sent at once.
-    `finish` shows the run's final state.
+    their previous result. `finish` shows the run's final state.
+
+    Updates are incremental and throttled: an event only marks its step changed (constant
+    time); at most once per ``interval`` seconds the changed nodes — and only those — are
+    redrawn and sent, by the event that finds the interval passed or by a timer for the last
+    ones. So a run of N steps costs O(N) here, not O(N²), and a widget gets at most
+    ``1 / interval`` updates a second. `finish` sends the exact final state once.
     """
 
-    def __init__(self, pipeline, *, targets: Iterable[str] | None = None, interval: float = 0.2):
+    def __init__(self, pipeline, *, targets: Iterable[str] | None = None, interval: float = 0.25):
         self.pipeline = pipeline
-        graph = pipeline.graph
+        self.graph = graph = pipeline.graph  # built once: building parses every step
         targets = list(targets or [])
         self.planned: set[str] = graph.upstream(targets) if targets else set(graph.steps)
         self.results = {n: r for n, r in pipeline.results.items() if n not in self.planned}
@@ -50,28 +55,30 @@ class LiveGraph:
         self.running: dict[str, float] = {}
         self.attempts: dict[str, list] = {}
         self.interval = interval
+        self.sends = 0  # widget updates sent during the run, for tests and benchmarks
+        self._models = {name: step_model(pipeline, step) for name, step in graph.steps.items()}
+        self._dirty: set[str] = set()
+        self._tokens = 0
+        self._any_tokens = False
+        self._cost = 0.0
+        self._cost_known = True
         self._before = pipeline.last_run
         self._last = 0.0
         self._timer: threading.Timer | None = None
         self._finished = False
         self._lock = threading.Lock()
-        self.widget = GraphWidget(self._snapshot())
+        snap = snapshot(
+            pipeline, self.results, None, self._run_line(), graph=graph, steps=list(graph.steps)
+        )
+        self.widget = GraphWidget(snap)
 
     def _run_line(self) -> dict[str, Any]:
-        done = [self.results[n] for n in self.ended if not self.results[n].cached]
-        tokens = [r.usage.total for r in done if r.usage.total is not None]
-        costs = [r.cost for r in done]
         return {
             "status": "running",
-            "tokens": sum(tokens) if tokens else None,
-            "cost": sum(costs) if done and None not in costs else None,
+            "tokens": self._tokens if self._any_tokens else None,
+            "cost": self._cost if self.ended and self._cost_known else None,
             "now": time.time(),
         }
-
-    def _snapshot(self) -> dict:
-        return snapshot(
-            self.pipeline, self.results, self.running, self._run_line(), attempts=self.attempts
-        )
 
     def show(self) -> Any:
         """Display the widget; its static SVG is refreshed when the run ends (papermill, nbviewer)."""
@@ -80,7 +87,7 @@ class LiveGraph:
     def observe(self, event: str, step: str, payload: Any) -> None:
         """The run observer: ``start`` / ``attempt`` / ``end`` events update the graph."""
         with self._lock:
-            if self._finished:
+            if self._finished or step not in self.graph.steps:
                 return
             if event == "start":
                 self.running[step] = time.time()
@@ -93,11 +100,20 @@ class LiveGraph:
                 self.running.pop(step, None)
                 self.attempts.pop(step, None)
                 self.results[step] = payload
+                if step not in self.ended and not payload.cached:
+                    if payload.usage.total is not None:
+                        self._tokens += payload.usage.total
+                        self._any_tokens = True
+                    if payload.cost is None:
+                        self._cost_known = False
+                    else:
+                        self._cost += payload.cost
                 self.ended.add(step)
             else:
                 return  # streamed text: not drawn
+            self._dirty.add(step)
             wait = self.interval - (time.monotonic() - self._last)
-            if event == "end" or wait <= 0:
+            if wait <= 0:
                 self._send()
             elif self._timer is None:
                 self._timer = threading.Timer(wait, self._flush)
@@ -107,17 +123,34 @@ class LiveGraph:
     def _flush(self) -> None:
         with self._lock:
             self._timer = None
-            if not self._finished:
+            if not self._finished and self._dirty:
                 self._send()
+
+    def _node(self, name: str) -> dict:
+        return step_node(
+            self.pipeline,
+            name,
+            self.graph.steps[name],
+            self._models.get(name),
+            self.results.get(name),
+            self.running.get(name),
+            self.attempts.get(name, ()),
+        )
 
     def _send(self) -> None:
         # under self._lock
         self._last = time.monotonic()
-        self.widget.update(self._snapshot())
+        changed = redact_value([self._node(name) for name in self._dirty])  # one redactor a send
+        self._dirty.clear()
+        self.widget.patch(changed, self._run_line())
+        self.sends += 1
 
     def finish(self, pipeline=None) -> None:
         """Show the final state: the run's results, or — if the run never completed (an
-        interrupt, a definition error) — what finished, with the run marked stopped."""
+        interrupt, a definition error) — what finished, with the run marked stopped.
+
+        The final state is exact: every node whose result differs from what was last drawn is
+        redrawn (only those: the others are already right), with the run's own line."""
         pipeline = pipeline or self.pipeline
         with self._lock:
             self._finished = True
@@ -125,10 +158,24 @@ class LiveGraph:
                 self._timer.cancel()
                 self._timer = None
             self.running.clear()
+            self.attempts.clear()
             if pipeline.last_run is not self._before:
-                self.widget.update(snapshot(pipeline))
-                return
-            interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
-            run = {**self._run_line(), "status": "interrupted" if interrupted else "stopped"}
-            run.pop("now")
-            self.widget.update(snapshot(pipeline, self.results, None, run))
+                if any(pipeline.steps.get(n) is not s for n, s in self.graph.steps.items()) or len(
+                    pipeline.steps
+                ) != len(self.graph.steps):
+                    self.widget.update(snapshot(pipeline))  # the steps changed meanwhile
+                    return
+                final = pipeline.results
+                for name in self.graph.steps:
+                    if final.get(name) is not self.results.get(name):
+                        self.results[name] = final.get(name)
+                        self._dirty.add(name)
+                run = run_line(pipeline)
+            else:
+                interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+                run = {**self._run_line(), "status": "interrupted" if interrupted else "stopped"}
+                run.pop("now")
+                self._dirty.update(self.graph.steps)  # running ones drawn as what they are now
+            changed = redact_value([self._node(name) for name in self._dirty])
+            self._dirty.clear()
+            self.widget.patch(changed, redact_value(run))
