@@ -107,8 +107,7 @@ def decode_output(kind: str | None, blob: bytes | None) -> Any:
     if kind == "unstored":
         return Unstored(bytes(blob).decode(errors="replace"))
     if kind == "pickle":
-        return Unstored("<an output pickled by an older nbconductor: not loaded, since a store is data, "
-                        "never code>", "pickle")
+        return Unstored("<not loaded: pickled by an older nbconductor>", "pickle")
     raise ValueError(f"unknown output kind {kind!r}")
 
 

@@ -125,22 +125,27 @@ def check_store(path: str | os.PathLike) -> None:
 
 
 def _existing_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a non-empty file that looks like SQLite; raises `StoreError` if it is not SQLite."""
+    """Whether ``path`` is a non-empty file (the database to check); raises `StoreError` for a folder.
+
+    Never opens the file outside SQLite: closing any descriptor of a database file drops the
+    locks this process's own connections hold on it (POSIX), and another process could then
+    delete a WAL still in use.
+    """
     where = Path(path)
     if str(path) == ":memory:" or not where.exists():
         return False
     if where.is_dir():
         raise StoreError(f"{where} is a folder, not a run store: pass the .sqlite file", str(where))
-    try:
-        with where.open("rb") as f:
-            header = f.read(16)
-    except OSError as exc:
-        raise StoreError(f"{where} cannot be read as a run store: {exc.strerror or exc}", str(where)) from None
-    if not header:
-        return False
-    if header != b"SQLite format 3\x00":
-        raise StoreError(f"{where} is not an nbconductor run store (not an SQLite database)", str(where))
-    return True
+    return where.stat().st_size > 0
+
+
+def _check_writable(path: str, existing: bool) -> None:
+    where = Path(path)
+    wal = where.with_name(where.name + "-wal")
+    if (existing and not os.access(where, os.W_OK)) or (
+            not wal.exists() and not os.access(where.parent, os.W_OK)):
+        raise StoreError(f"{path} is read-only: `nbconductor report` and `nbconductor review` (listing) can read "
+                         "it; running or deciding needs a store you can write (--store PATH)", path)
 
 
 def _check_tables(db: sqlite3.Connection, path: str, readonly: bool = True) -> None:
@@ -149,7 +154,8 @@ def _check_tables(db: sqlite3.Connection, path: str, readonly: bool = True) -> N
                   for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
                   if name in _REQUIRED}
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path} is not an nbconductor run store ({exc})", path) from None
+        why = "not an SQLite database" if "not a database" in str(exc) else str(exc)
+        raise StoreError(f"{path} is not an nbconductor run store ({why})", path) from None
     if not tables and not readonly and not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
         return  # an empty database: a store another process is creating right now, or a new one
     missing = [t for t, cols in _REQUIRED.items() if not cols <= tables.get(t, set())]
@@ -169,7 +175,10 @@ def _connect_readonly(path: str) -> sqlite3.Connection:
     except sqlite3.OperationalError as exc:
         db.close()
         if "readonly" not in str(exc) and "unable to open" not in str(exc):
-            raise
+            raise StoreError(f"{path} cannot be read as a run store: {exc}", path) from None
+    except sqlite3.DatabaseError:
+        db.close()
+        raise StoreError(f"{path} is not an nbconductor run store (not an SQLite database)", path) from None
     return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=60, check_same_thread=False,
                            isolation_level=None)
 
@@ -195,6 +204,7 @@ class Store:
         else:
             if not memory:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                _check_writable(self.path, existing)
             self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout = 60000")
             self._checked(existing)  # before anything is written into someone else's database
