@@ -545,6 +545,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return
             reply = fake._next_reply(endpoint, rec)
+            reply = fake._maybe_fault(endpoint, reply)
             self._render(reply, rec)
         except (_Stopped, _Dropped):
             self.close_connection = True
@@ -1084,6 +1085,10 @@ class FakeAPI:
         self._thread: threading.Thread | None = None
         self._ids = itertools.count(1)
         self._counter = itertools.count(1)
+        self._fault_rate = 0.0
+        self._faults: tuple = ()
+        self._rng = None
+        self.injected: list = []  # (endpoint, fault) of every injected fault, in order
 
     # -- lifecycle
     def start(self) -> FakeAPI:
@@ -1162,6 +1167,21 @@ class FakeAPI:
                 self._defaults[endpoint] = reply
         return self
 
+    def inject_faults(self, rate: float, faults: tuple | None = None, seed: int = 0) -> FakeAPI:
+        """Replace a share ``rate`` of chat replies (anthropic, openai) with a transport fault
+        drawn from ``faults`` (default: a cut stream, a malformed event, a 1 s stall, an
+        in-stream overload, 503, 429), chosen with a seeded RNG; each is listed in ``injected``.
+        ``rate=0`` turns injection off."""
+        import random
+
+        with self._lock:
+            self._fault_rate = rate
+            self._faults = faults or (Cut("partial answ", after_chunks=2), Malformed(), Stall(1.0),
+                                      StreamError("Overloaded", text="half"), Error(503, "unavailable"),
+                                      Error(429, "slow down", retry_after=0))
+            self._rng = random.Random(seed)
+        return self
+
     def pending(self, endpoint: str | None = None) -> int:
         with self._lock:
             return len(self._queues[endpoint])
@@ -1174,6 +1194,8 @@ class FakeAPI:
             for q in self._queues.values():
                 q.clear()
             self._defaults.clear()
+            self.injected.clear()
+            self._fault_rate = 0.0
 
     # -- inspection
     def requests_for(self, endpoint: str) -> list:
@@ -1209,6 +1231,18 @@ class FakeAPI:
                 if q:
                     return q.popleft()
         return None  # -> default after resolution
+
+    def _maybe_fault(self, endpoint: str, reply: Any) -> Any:
+        if endpoint not in ("anthropic", "openai"):
+            return reply
+        with self._lock:
+            if not self._fault_rate or self._rng.random() >= self._fault_rate:
+                return reply
+            fault = self._rng.choice(self._faults)
+            self.injected.append((endpoint, fault))
+            if reply is not None:  # a scripted reply is not lost: it answers the retry
+                self._queues[endpoint].appendleft(reply)
+        return fault
 
     def _default_for(self, endpoint: str | None) -> Any:
         with self._lock:

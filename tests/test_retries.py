@@ -210,3 +210,41 @@ def test_an_invalid_answer_the_model_finished_counts_against_first_pass_yield(fa
     assert res.state == "passed" and res.attempts[0].quality_failure
     assert "not valid" in str(fake_api.requests_for("anthropic")[1].json["messages"][-1]["content"])
     assert report(p.store)["steps"]["a"]["first_pass_yield"] == 0.0
+
+
+def test_soak_transport_faults_change_no_quality_count(fake_api, fast_config, tmp_path):
+    """A small soak: the same 8 runs with and without 30% injected faults report the same
+    first-pass yield and fail no run; only the request count grows."""
+    import json
+    import re
+
+    from fakeapi import JSONText
+
+    from nbconductor._report import report
+
+    def reply(body):
+        text = json.dumps(body)
+        brief = int(re.search(r"brief (\d+)\.", text).group(1))
+        if "<rubric>" in text:
+            weak = "first" in text and brief % 4 == 0
+            return JSONText({"score": 0.5 if weak else 0.9, "feedback": "vague", "suggested_edit": ""})
+        return Text(f"{'revised' if 'rejected by a quality' in text else 'first'} post for brief {brief}.")
+
+    def soak(rate, store):
+        fake_api.reset()
+        fake_api.set_default(reply, endpoint="anthropic")
+        fake_api.set_default(reply, endpoint="openai")
+        fake_api.inject_faults(rate, (Malformed(), Cut("partial answ", after_chunks=2), Error(503, "down")), seed=3)
+        p = Pipeline(store=store, config=fast_config.model_copy(update={"read_timeout": 0.3}), root=tmp_path)
+        p.step("draft", "Write a post for brief {{ n }}.", model=CLAUDE)
+        p.rubric("draft", "- Is it specific?", judge=GPT, threshold=0.8, retries=4, on_fail="review")
+        statuses = [p.run({"n": i}).status for i in range(8)]
+        t = report(p.store)["totals"]
+        p.close()
+        malformed = sum(isinstance(f, Malformed) for _, f in fake_api.injected)
+        return statuses.count("failed"), (t["first_pass_runs"], t["runs_with_output"]), malformed
+
+    clean = soak(0.0, tmp_path / "clean.sqlite")
+    faulted = soak(0.3, tmp_path / "faulted.sqlite")
+    assert clean == (0, (6, 8), 0)
+    assert faulted[:2] == clean[:2] and faulted[2] >= 2  # malformed events among the faults
