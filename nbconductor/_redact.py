@@ -43,7 +43,12 @@ _extra_variables: tuple[str, ...] = ()
 def is_secret_name(name: str) -> bool:
     """Whether an environment variable's name says it holds a secret."""
     upper = name.upper()
-    return upper.endswith(_SUFFIXES) or "SECRET" in upper or "PASSWORD" in upper or name in _extra_variables
+    return (
+        upper.endswith(_SUFFIXES)
+        or "SECRET" in upper
+        or "PASSWORD" in upper
+        or name in _extra_variables
+    )
 
 
 def env_secrets(environ: dict[str, str] | os._Environ | None = None) -> list[str]:
@@ -53,7 +58,9 @@ def env_secrets(environ: dict[str, str] | os._Environ | None = None) -> list[str
     return sorted(values, key=lambda v: (-len(v), v))
 
 
-def add_config(patterns: list[str] | tuple[str, ...] = (), variables: list[str] | tuple[str, ...] = ()) -> None:
+def add_config(
+    patterns: list[str] | tuple[str, ...] = (), variables: list[str] | tuple[str, ...] = ()
+) -> None:
     """Redact ``patterns`` (regexes) and the values of ``variables`` from now on, in this process.
 
     Raises `ValueError` naming a pattern that is not a valid regular expression.
@@ -75,7 +82,7 @@ def _tolerant(secret: str) -> tuple[str, str]:
     if not parts:
         return re.escape(secret), secret
     # Not `"`: a match never spans two strings of a JSON text, so redacting JSON keeps it JSON.
-    regex = f"(?:[^\\w\"]|_){{0,{_MAX_SEPARATORS}}}".join(re.escape(p) for p in parts)
+    regex = f'(?:[^\\w"]|_){{0,{_MAX_SEPARATORS}}}'.join(re.escape(p) for p in parts)
     return regex, max(parts, key=len)
 
 
@@ -89,7 +96,9 @@ class Redactor:
         self._secret_re = re.compile("|".join(r for r, _ in compiled)) if compiled else None
         self._extra_re = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
         #: how many trailing characters may be the start of a secret still arriving (see `preview`)
-        self.holdback = max((len(s) + _MAX_SEPARATORS * len(_SEPARATORS.findall(s)) for s in secrets), default=0)
+        self.holdback = max(
+            (len(s) + _MAX_SEPARATORS * len(_SEPARATORS.findall(s)) for s in secrets), default=0
+        )
 
     def __call__(self, text: str) -> str:
         """``text`` with every secret replaced by ``[REDACTED]``."""
@@ -136,7 +145,9 @@ class Redactor:
             return self(text)
         first = text.split("\n", 2)[1] if text.count("\n") >= 2 else ""
         indent = (len(first) - len(first.lstrip(" "))) or None
-        return json.dumps(self.value(data), indent=indent, ensure_ascii=False) + ("\n" if text.endswith("\n") else "")
+        return json.dumps(self.value(data), indent=indent, ensure_ascii=False) + (
+            "\n" if text.endswith("\n") else ""
+        )
 
 
 @lru_cache(maxsize=16)
