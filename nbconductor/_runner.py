@@ -178,6 +178,22 @@ def check_cli_params(pairs, nb) -> dict[str, Any]:
     return values
 
 
+@contextlib.contextmanager
+def _quiet_kernel_death() -> Iterator[None]:
+    """Drop nbclient's own "Kernel died while waiting…" log line: our one line says it."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "Kernel died" not in str(record.msg)
+
+    logger = logging.getLogger("papermill")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 def _died(exc: BaseException, output: str) -> str:
     """One line for a run that stopped without a cell error (e.g. the kernel died)."""
     what = f"{type(exc).__name__}: {exc}".strip().rstrip(":").splitlines()[0]
@@ -221,7 +237,7 @@ def run_notebook(notebook: str, output: str | None, params, *, engine: str | Non
     install_translator()
     engine_name = choose_engine(nb, engine)
     try:
-        with environ({"JPY_SESSION_NAME": str(Path(notebook).resolve())}):
+        with environ({"JPY_SESSION_NAME": str(Path(notebook).resolve())}), _quiet_kernel_death():
             pm.execute_notebook(
                 notebook, output, parameters=values, engine_name=engine_name,
                 cwd=str(Path(notebook).resolve().parent), progress_bar=False,
