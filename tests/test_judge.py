@@ -358,3 +358,15 @@ def test_rubric_max_tokens_must_be_positive(pipeline):
     pipeline.step("draft", "x", model=WRITER)
     with pytest.raises(OptionError, match="--max-tokens must be 1 or more"):
         pipeline.rubric("draft", RUBRIC, judge=JUDGE, max_tokens=0)
+
+
+def test_rubric_max_tokens_survives_export_and_reload(tmp_path):
+    from nbconductor._export import export_pipeline
+
+    p = Pipeline(store=tmp_path / "s.sqlite", root=tmp_path)
+    p.step("draft", "Write about {{ topic }}", model="offline:w", lazy=True)
+    p.rubric("draft", RUBRIC, judge="offline:j", threshold=0.7, retries=3, max_tokens=300)
+    path = export_pipeline(p, tmp_path / "job.ipynb")
+    again = Pipeline.from_notebook(path, run_code=False, store=tmp_path / "s2.sqlite")
+    rubric = again.steps["draft"].rubric
+    assert (rubric.max_tokens, rubric.retries, rubric.threshold) == (300, 3, 0.7)
