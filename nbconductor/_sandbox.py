@@ -66,11 +66,17 @@ def opted_in(obj: Any) -> bool:
 _DATA_TYPES = (str, bytes, int, float, complex, bool, type(None))
 
 
-def _safe_self(obj: Any) -> bool:
-    """Whether ``obj`` is a value whose methods a template may call."""
-    if isinstance(obj, (*_DATA_TYPES, list, tuple, dict, set, frozenset)):
+def _safe_method(owner: Any, name: str) -> bool:
+    """Whether a template may call method ``name`` of ``owner``: any method of a data value or
+    of Jinja's own objects; of a pydantic model, pydantic's methods (``model_dump``), not the
+    model's own (notebook code, which `template_function` can opt in)."""
+    if isinstance(owner, (*_DATA_TYPES, list, tuple, dict, set, frozenset)):
         return True
-    return _is_model(obj) or type(obj).__module__.startswith("jinja2.")
+    if _is_model(owner) and not isinstance(owner, type):
+        from pydantic import BaseModel
+
+        return hasattr(BaseModel, name)
+    return type(owner).__module__.startswith("jinja2.")
 
 
 def _is_model(obj: Any) -> bool:
@@ -218,7 +224,8 @@ class Sandbox(ImmutableSandboxedEnvironment):
             owner = getattr(__obj, "__self__", None)
             if isinstance(__obj, types.ModuleType) or not (
                 type(__obj).__module__.startswith("jinja2.")
-                or (owner is not None and not isinstance(owner, types.ModuleType) and _safe_self(owner))
+                or (owner is not None and not isinstance(owner, types.ModuleType)
+                    and _safe_method(owner, getattr(__obj, "__name__", "")))
             ):
                 raise SecurityError(f"calling `{_name(__obj)}` is not allowed in a template")
             if getattr(__obj, "__name__", "") == "replace" and isinstance(owner, str) and len(args) >= 2:

@@ -200,3 +200,22 @@ def test_after_an_interrupt_the_next_step_works(ip, what):
     started = time.monotonic()
     assert _in_kernel_loop(next_step).startswith("[offline:default] Then pricing pages")
     assert time.monotonic() - started < 5
+
+
+def test_model_methods_of_the_notebook_need_opting_in(ip, tmp_path):
+    marker = tmp_path / "wiped"
+    ip.run_cell("from pydantic import BaseModel\nclass Brief(BaseModel):\n    title: str\n"
+                f"    def wipe(self):\n        open({str(marker)!r}, 'w').close()\n        return 'gone'\n"
+                "brief = Brief(title='Hi')")
+    assert "calling `Brief.wipe` is not allowed in a template" in one_line_error(ip, "s", "{{ brief.wipe() }}")
+    assert not marker.exists()
+    with capture_output():
+        ip.run_cell_magic("step", "s", "{{ brief.model_dump_json() }}")
+    assert ip.user_ns["__nbconductor__"].pipeline.results["s"].prompt == '{"title":"Hi"}'
+
+
+def test_export_keeps_template_function_lines():
+    from nbconductor._export_cells import filter_magic_lines
+
+    kept = filter_magic_lines("%conductor template-function shorten quiet\n%conductor graph\nx = 1")
+    assert kept == "%conductor template-function shorten quiet\nx = 1"
