@@ -134,11 +134,9 @@ class RubricGate:
                 if spent is not None and spent.total:
                     call_cost = cost_of(ref, spent, pool.config)
                     usage, cost = usage + spent, None if cost is None or call_cost is None else cost + call_cost
-                if isinstance(exc, OutputError):
+                if isinstance(exc, OutputError):  # an answer, unusable: ask again, saying why
                     request.feedback = f"Your answer was not a valid Verdict: {exc}"
-                    if n < retries:
-                        continue
-                    break
+                    continue
                 if exc.retryable:
                     pool.failed(ref.provider)
                 if not await pause_for_retry(exc, n, retries, policy):
