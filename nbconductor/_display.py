@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import threading
@@ -12,7 +13,7 @@ from IPython.core.formatters import format_display_data
 from IPython.display import HTML, JSON, Markdown, display
 
 from ._redact import redact, redactor
-from ._summary import fmt_cost, fmt_tokens
+from ._summary import fmt_cost, fmt_tokens, pngs, run_images
 from ._types import StepResult
 
 ICONS = {"passed": "✓", "cached": "↺", "flagged": "⚑", "failed": "✗", "skipped": "⤼", "pending": "…",
@@ -48,8 +49,10 @@ def show_result(result: StepResult) -> None:
     clean = redactor()
     if result.state == "skipped":
         pass
-    elif hasattr(out, "_repr_png_"):
-        display(out)
+    elif pngs(out):
+        for i, png in enumerate(pngs(out)):  # full size, tagged with its step (batch files them)
+            data, metadata = image_bundle(result.step, png, i if isinstance(out, list) else None)
+            display(data, metadata=metadata, raw=True)
     elif hasattr(out, "model_dump"):
         display(JSON(clean.value(out.model_dump(mode="json")), expanded=True))
     elif isinstance(out, str):
@@ -60,8 +63,7 @@ def show_result(result: StepResult) -> None:
         display(_json_bundle(clean.value(out)), raw=True)
     elif out is not None:
         data, metadata = format_display_data(out)  # its rich reprs, each redacted
-        display({k: clean(v) if isinstance(v, str) and k[:6] != "image/" or k == "image/svg+xml" else v for k, v in data.items()},
-                metadata=metadata, raw=True)
+        display(_redact_bundle(data), metadata=metadata, raw=True)
     flagged = [g for g in result.gates if not g.passed]
     text = footer(result)
     if result.error:
@@ -73,6 +75,39 @@ def show_result(result: StepResult) -> None:
     display({"text/plain": text,
              "text/html": f'<pre style="color:{color};font-size:0.85em;margin:0;white-space:pre-wrap">'
                           f"{html.escape(text)}</pre>"}, raw=True)
+
+
+#: width in pixels of an image step's thumbnail in the run summary
+THUMBNAIL_WIDTH = 160
+
+
+def image_bundle(step: str, png: bytes, index: int | None = None,
+                 width: int | None = None) -> tuple[dict, dict]:
+    """A display bundle for one image of ``step`` (item ``index`` of a map), ``width`` pixels
+    wide if given. Its metadata names the step, so `nbconductor batch` can file the image."""
+    label = step if index is None else f"{step}[{index}]"
+    data = {"image/png": base64.b64encode(png).decode("ascii"),
+            "text/plain": f"<image {label}, {len(png):,} bytes>"}
+    tag: dict[str, Any] = {"step": step}
+    if index is not None:
+        tag["index"] = index
+    metadata: dict[str, Any] = {"nbconductor": tag}
+    if width:
+        metadata["image/png"] = {"width": width}
+    return data, metadata
+
+
+def show_images(run) -> None:
+    """A thumbnail of every image a run produced, each under its step's name; the full size
+    is in ``%conductor show STEP``."""
+    for step, images in run_images(run):
+        n = len(images)
+        what = "1 image" if n == 1 else f"{n} images"
+        display(Markdown(f"**{step}** · {what} · full size: `%conductor show {step}`"))
+        mapped = isinstance(run.results[step].output, list)
+        for i, png in enumerate(images):
+            data, metadata = image_bundle(step, png, i if mapped else None, THUMBNAIL_WIDTH)
+            display(data, metadata=metadata, raw=True)
 
 
 def _json_bundle(value: Any) -> dict:
@@ -120,8 +155,16 @@ class LiveText:
 
 
 def install_shell_redaction(shell) -> None:
-    """Redact the tracebacks and `UsageError` lines ``shell`` shows (in Jupyter, papermill's kernel
-    and the in-process engine alike): an exception's message may quote a secret."""
+    """Redact what ``shell`` shows: tracebacks, `UsageError` lines and the text of every display
+    (summaries, tables, outputs), in Jupyter, papermill's kernel and the in-process engine alike."""
+    publisher = shell.display_pub
+    if not getattr(publisher, "_nbc_redacting", False):
+        publish = publisher.publish
+
+        def _publish(data, *args, **kwargs):
+            return publish(_redact_bundle(data), *args, **kwargs)
+
+        publisher.publish, publisher._nbc_redacting = _publish, True
     if getattr(shell, "_nbc_redacting", False):
         return
     show_traceback, show_usage_error = shell._showtraceback, shell.show_usage_error
@@ -138,3 +181,11 @@ def install_shell_redaction(shell) -> None:
 
     shell._showtraceback, shell.show_usage_error = _showtraceback, _show_usage_error
     shell._nbc_redacting = True
+
+
+def _redact_bundle(data: Any) -> Any:
+    """A display's mime bundle with its text redacted (binary images left alone)."""
+    if not isinstance(data, dict):
+        return data
+    clean = redactor()
+    return {k: clean.value(v) if k[:6] != "image/" or k == "image/svg+xml" else v for k, v in data.items()}

@@ -191,6 +191,31 @@ def test_errors_and_usage_errors_shown_in_a_kernel_are_redacted(canary_env, tmp_
     assert DB not in shown and TOKEN not in shown
 
 
+def test_displays_in_a_kernel_are_redacted(canary_env, tmp_path, monkeypatch):
+    """A step's output and `%conductor run`'s summary, shown in a notebook: their text is redacted."""
+    from IPython.core.displaypub import DisplayPublisher
+
+    from nbconductor._display import install_shell_redaction
+
+    shell = fresh_shell(tmp_path, monkeypatch)
+    shown: list[str] = []
+
+    class Recorder(DisplayPublisher):  # what a kernel would send to the browser
+        def publish(self, data, metadata=None, *args, **kwargs):
+            shown.append(json.dumps(data, default=str))
+
+    monkeypatch.setattr(shell, "display_pub", Recorder(shell=shell))
+    install_shell_redaction(shell)  # %load_ext does this for the kernel's own publisher
+    shell.run_cell(
+        "import os\ndef leak():\n    return 'aws ' + os.environ['AWS_SECRET_ACCESS_KEY']"
+    )
+    shell.run_cell("%%step echo --python\nleak()")
+    shell.run_cell("%conductor run")
+    text = "".join(shown)
+    assert text.count("aws [REDACTED]") >= 2, text  # the output, and the summary's preview of it
+    assert AWS not in text
+
+
 def test_kernel_engine_stderr_line_is_redacted(canary_env, tmp_path, capsys):
     """``nbconductor run --engine kernel``: the one-line failure on stderr, and the notebook."""
     from nbconductor.cli import main
