@@ -41,7 +41,11 @@ from ._types import Attempt, GateResult, StepResult, Usage
 __all__ = ["ACCEPTED", "Store", "StoreError", "Unstored", "check_store", "decode_output", "default_store_path",
            "digest", "encode_output", "loadable", "process_gone", "row_to_result"]
 
-SCHEMA = """
+_REVIEWS = """CREATE TABLE IF NOT EXISTS reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, result_id INTEGER, decision TEXT,
+    user TEXT, at REAL, before TEXT, after TEXT, note TEXT
+);"""
+SCHEMA = _REVIEWS + """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, started REAL, ended REAL, status TEXT, notebook TEXT,
     user TEXT, host TEXT, params TEXT, targets TEXT, cost REAL, error TEXT, pid INTEGER
@@ -58,10 +62,6 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_key ON results(cache_key);
 CREATE INDEX IF NOT EXISTS results_step ON results(step, id);
 CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
-CREATE TABLE IF NOT EXISTS reviews (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, result_id INTEGER, decision TEXT,
-    user TEXT, at REAL, before TEXT, after TEXT, note TEXT
-);
 CREATE INDEX IF NOT EXISTS reviews_result ON reviews(result_id);
 """
 
@@ -201,6 +201,9 @@ class Store:
                 raise StoreError(f"no run store at {self.path}", self.path)
             self._db = _connect_readonly(self.path)
             self._checked(existing)
+            if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='reviews'").fetchone():
+                # an older store without decisions: an empty stand-in, in this connection's temp schema
+                self._db.execute(_REVIEWS.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1))
         else:
             if not memory:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)

@@ -132,3 +132,230 @@ def test_structured_outputs_are_redacted_too(monkeypatch):
 
     kind, blob = encode_output(Reply(text=f"the key is {canary}"))
     assert kind == "pydantic" and canary.encode() not in blob and b"[REDACTED]" in blob
+
+
+# ----------------------------------------------------------------- history(): memory of other work
+
+
+def _draft_pipeline(path):
+    from nbconductor import Pipeline
+
+    p = Pipeline(store=path)
+    p.step("draft", "Issue on {{ topic }}. Past issues: {{ history('draft') }}", model="offline:w")
+    return p
+
+
+def test_history_never_feeds_a_step_its_own_output(tmp_path):
+    path = tmp_path / "s.sqlite"
+    p = _draft_pipeline(path)
+    first = p.run({"topic": "pricing"}).results["draft"]
+    assert first.state == "passed" and "Past issues: []" in first.prompt
+    again = p.run({"topic": "pricing"}).results["draft"]
+    assert again.cached and again.prompt == first.prompt  # an unchanged re-run is free
+    p.close()
+    later = _draft_pipeline(path)  # a later session: the same, from the store
+    assert later.run({"topic": "pricing"}).results["draft"].cached
+    # another brief does see it: memory of other work
+    other = later.run({"topic": "onboarding"}).results["draft"]
+    assert not other.cached and first.output[:30] in other.prompt
+    later.close()
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copy(src, dst)
+    return dst
+
+
+def test_history_ends_where_the_batch_began(tmp_path, monkeypatch):
+    import time
+
+    from nbconductor._history import HISTORY_ENV
+
+    seed = tmp_path / "seed.sqlite"
+    p = _draft_pipeline(seed)
+    p.run({"topic": "seed"})
+    p.close()
+    monkeypatch.setenv(HISTORY_ENV, repr(time.time()))  # what `nbconductor batch` sets for its rows
+    outputs, prompts = [], {}
+    for n, order in enumerate((["a", "b", "c"], ["c", "b", "a"])):  # rows finishing in different orders
+        store = _copy(seed, tmp_path / f"batch{n}.sqlite")
+        got = {}
+        for topic in order:
+            row = _draft_pipeline(store)  # each row its own process/session, as in a batch
+            result = row.run({"topic": topic}).results["draft"]
+            got[topic], prompts[topic] = result.output, result.prompt
+            row.close()
+        outputs.append(got)
+    assert outputs[0] == outputs[1]  # identical batches on identical stores: identical outputs
+    for prompt in prompts.values():  # each row remembers the work before the batch, none of its rows
+        past = prompt.split("Past issues:", 1)[1]
+        assert "Issue on seed" in past and not any(f"Issue on {t}." in past for t in "abc")
+
+
+def test_batch_rows_do_not_see_each_other(tmp_path, monkeypatch, capsys):
+    import json
+    import sqlite3
+
+    from nbconductor._export import export_pipeline
+    from nbconductor.cli import main
+
+    p = _draft_pipeline(":memory:")
+    p.namespace["topic"] = "t"
+    job = export_pipeline(p, tmp_path / "job.ipynb")
+    (tmp_path / "rows.json").write_text(json.dumps([{"topic": t} for t in ("alpha", "beta", "gamma")]))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
+    prompts = []
+    for n in range(2):  # two identical batches on identical (empty) stores
+        store = tmp_path / f"s{n}.sqlite"
+        assert main(["batch", str(job), "--params", "rows.json", "--workers", "1", "--store", str(store),
+                     "--out", f"out{n}"]) == 0, capsys.readouterr().err
+        db = sqlite3.connect(store)
+        prompts.append(sorted(r[0] for r in db.execute("SELECT prompt FROM results WHERE step='draft'")))
+        db.close()
+    assert prompts[0] == prompts[1]
+    assert all(prompt.endswith("Past issues: []") for prompt in prompts[0])  # no row saw another's draft
+
+
+# ---------------------------------------------------------------------- interrupted runs, the WAL
+
+SLOW_RUN = """
+import sys, time
+from nbconductor import Pipeline
+
+p = Pipeline(store=sys.argv[1])
+p.step("quick", "Hello {{ name }}", model="offline:q")
+
+@p.function()
+def slow(quick):
+    time.sleep(120)
+    return quick
+
+p.run({"name": "Ada"})
+"""
+
+
+def test_a_killed_run_is_counted_interrupted_and_marked_so(tmp_path):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from nbconductor._report import report, report_text
+
+    path, script = tmp_path / "s.sqlite", tmp_path / "slow.py"
+    script.write_text(SLOW_RUN)
+    proc = subprocess.Popen([sys.executable, str(script), str(path)])
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.1)
+        if path.exists():
+            db = sqlite3.connect(path, timeout=30)
+            try:
+                done = db.execute("SELECT id FROM results WHERE step='quick'").fetchall()
+            except sqlite3.OperationalError:  # the tables are not there yet
+                done = []
+            db.close()
+            if done:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rep = report(path)
+    assert rep["totals"]["interrupted_runs"] == 1 and "1 run interrupted" in report_text(rep)
+    store = Store(path)
+    assert [r["status"] for r in store.runs()] == ["running"]  # report only reads
+    run = store.start_run({}, None, None)  # a later run finds the dead one
+    statuses = {r["id"]: r["status"] for r in store.runs()}
+    assert statuses.pop(run) == "running" and list(statuses.values()) == ["interrupted"]
+    store.end_run(run, "passed", 0.0)
+    assert report(store)["totals"]["interrupted_runs"] == 1
+    store.close()
+
+
+def test_live_runs_are_not_marked_interrupted(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    mine = store.start_run({}, None, None)  # this process: alive
+    other = Store(tmp_path / "s.sqlite")
+    other.start_run({}, None, None)
+    assert {r["status"] for r in other.runs()} == {"running"} and other.mark_interrupted() == []
+    store.end_run(mine, "passed", 0.0)
+    store.close()
+    other.close()
+
+
+def test_an_older_store_is_migrated_in_place(tmp_path):
+    import sqlite3
+
+    from nbconductor._report import report
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE runs (id TEXT PRIMARY KEY, started REAL, ended REAL, status TEXT, notebook TEXT,
+            user TEXT, host TEXT, params TEXT, targets TEXT, cost REAL, error TEXT);
+        CREATE TABLE results (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, step TEXT, state TEXT,
+            cache_key TEXT, cached INTEGER, output_kind TEXT, output BLOB, prompt TEXT, model TEXT,
+            attempts INTEGER, attempt_log TEXT, gates TEXT, input_tokens INTEGER, output_tokens INTEGER,
+            cache_read_tokens INTEGER, cache_write_tokens INTEGER, cost REAL, started REAL, ended REAL,
+            error TEXT, items INTEGER, item INTEGER, notebook TEXT, user TEXT, prompt_hash TEXT,
+            output_hash TEXT, params TEXT);
+        INSERT INTO runs (id, started, status, host, params) VALUES ('old', 1.0, 'running', 'h', '{}');
+        INSERT INTO results (run_id, step, state, cache_key, cached, output_kind, output, attempts,
+            attempt_log, gates, input_tokens, output_tokens, cost, started, ended)
+            VALUES ('old', 'a', 'passed', 'k', 0, 'text', X'6869', 1, '[]', '[]', 1, 1, 0.0, 1.0, 2.0);
+    """)
+    db.commit()
+    db.close()
+    assert report(path)["totals"]["runs"] == 1  # read-only: an unmigrated store reads as it is
+    store = Store(path)
+    assert "pid" in {c[1] for c in store.query("PRAGMA table_info(runs)")}
+    assert store.lookup("k").output == "hi" and store.runs()[0]["status"] == "running"  # pid unknown: left alone
+    store.start_run({}, None, None)
+    store.close()
+    assert Store(path).query("SELECT count(*) AS n FROM runs")[0]["n"] == 2
+
+
+def test_the_store_file_alone_has_the_data_after_a_kernel_run(tmp_path, monkeypatch, capsys):
+    import shutil
+    import sqlite3
+
+    from nbconductor import Pipeline
+    from nbconductor._export import export_pipeline
+    from nbconductor.cli import main
+
+    p = Pipeline(store=":memory:", namespace={"topic": "t"})
+    p.step("draft", "Write about {{ topic }}", model="offline:w")
+    p.step("words", "len(draft.split())", python=True)
+    job = export_pipeline(p, tmp_path / "job.ipynb")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
+    assert main(["run", str(job), "--engine", "kernel", "-o", str(tmp_path / "out.ipynb")]) == 0
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(tmp_path / ".nbconductor" / "store.sqlite", copy / "store.sqlite")  # the file alone, no -wal
+    db = sqlite3.connect(copy / "store.sqlite")
+    assert db.execute("SELECT status FROM runs").fetchall() == [("passed",)]
+    assert sorted(r[0] for r in db.execute("SELECT step FROM results")) == ["draft", "words"]
+    db.close()
+
+
+def test_opening_a_store_twice_in_a_process_keeps_its_wal_safe(tmp_path):
+    """Checking a file must not drop this process's SQLite locks (POSIX drops them when any
+    descriptor of the file closes): another process would think it is the last one and delete
+    the WAL under the connection still open here."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.sqlite"
+    held = Store(path)
+    held.record(held.start_run({}, None, None), StepResult("a", "passed", "x", cache_key="k"))
+    Store(path, readonly=True).close()  # e.g. `%conductor review --store` on the kernel's own store
+    subprocess.run([sys.executable, "-c", "import sys; from nbconductor._store import Store; "
+                    "s = Store(sys.argv[1]); s.start_run({}, None, None); s.close()", str(path)], check=True)
+    assert (tmp_path / "s.sqlite-wal").exists()  # not deleted while `held` uses it
+    held.record(held.start_run({}, None, None), StepResult("b", "passed", "y", cache_key="k2"))
+    assert held.lookup("k2").output == "y"
+    held.close()

@@ -116,7 +116,7 @@ def crafted(tmp_path, monkeypatch, capsys):
 
     def fresh_warning() -> None:
         # One warning per store per process: forget it, so each entry point shows its own.
-        monkeypatch.setattr(store_module, "_WARNED", set())
+        monkeypatch.setattr(store_module, "_WARNED", set(), raising=False)
         poison(store, blobs)
 
     def cli(*args: str) -> SimpleNamespace:
@@ -241,7 +241,7 @@ def test_pickled_outputs_are_never_loaded_from_any_entry_point(crafted, monkeypa
 
 
 def test_old_store_with_pickles_is_a_cache_miss_not_an_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(store_module, "_WARNED", set())
+    monkeypatch.setattr(store_module, "_WARNED", set(), raising=False)
     path = tmp_path / "s.sqlite"
     p = Pipeline(store=path)
     p.step("a", "Hello {{ name }}", model="offline:x")
