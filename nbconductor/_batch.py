@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._batch_images import write_row_images
 from ._errors import OptionError
 from ._history import HISTORY_ENV
 from ._params import check_known, check_name, check_names, check_value
@@ -48,9 +49,10 @@ FINISHED = ("passed", "flagged")
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Parameter rows from a .csv, .yaml/.yml, .json or .jsonl file.
 
-    A CSV row has a value per column (an empty cell, like a name a YAML/JSON row leaves out, keeps
-    the notebook's default); names are identifiers and values plain data (`nbconductor._params`). Raises `OptionError` (a
-    `ParameterError` for a bad name or value) with one line naming the file and the row.
+    A CSV row has a value per column (an empty cell, like a name a YAML/JSON row leaves out,
+    keeps the notebook's default); names are identifiers and values plain data
+    (`nbconductor._params`). Raises `OptionError` (a `ParameterError` for a bad name or value)
+    with one line naming the file and the row.
     """
     p = Path(path)
     if not p.is_file():
@@ -73,7 +75,7 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
         elif suffix == ".json":
             rows = json.loads(text, object_pairs_hook=_no_duplicates)
         else:
-            rows = [json.loads(line, object_pairs_hook=_no_duplicates) for line in text.splitlines() if line.strip()]
+            rows = [json.loads(line, object_pairs_hook=_no_duplicates) for line in text.split("\n") if line.strip()]
     except OptionError as exc:
         raise OptionError(f"{where}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - yaml and json each raise their own
@@ -289,6 +291,8 @@ def cli_batch(args: argparse.Namespace) -> int:
     started = time.time()
 
     def done(result: dict) -> None:
+        if result.get("output") and Path(result["output"]).is_file():
+            result["images"] = write_row_images(result["output"])  # PNGs beside the notebook
         results[result["index"]] = result
         manifest.record(result)
         progress.update(result)
@@ -371,10 +375,12 @@ def summary(results: list[dict], out_dir: Path, seconds: float, store: str) -> s
     for r in results:
         status = r["status"] + (" (earlier)" if r.get("resumed") else "")
         where = r["error"] if r["status"] == "failed" else _relative(r["output"], out_dir)
+        if r.get("images") and r["status"] != "failed":
+            where += " + " + ", ".join(Path(i).name for i in r["images"])
         rows.append([str(r["index"]), status, str(r.get("flagged") or 0), fmt_cost(r.get("cost")),
                      f"{r.get('seconds') or 0:.1f}s", preview(redact(_params_text(r.get("params") or {})), 32),
-                     preview(where or "", 80)])
-    table = text_table(["row", "status", "flagged", "cost", "time", "params", "notebook / error"], rows)
+                     preview(where or "", 80 + 40 * len(r.get("images") or []))])
+    table = text_table(["row", "status", "flagged", "cost", "time", "params", "notebook (+ images) / error"], rows)
     counts = {s: sum(1 for r in results if r["status"] == s) for s in ("passed", "flagged", "failed")}
     costs = [r.get("cost") for r in results if not r.get("resumed")]
     total = None if any(c is None for c in costs) else sum(costs)

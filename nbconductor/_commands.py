@@ -9,7 +9,7 @@ from IPython.core.error import UsageError
 from IPython.display import Markdown, display
 
 from ._config import KEY_ENV, keys_available
-from ._display import footer, show_result
+from ._display import footer, show_images, show_result
 from ._summary import fmt_cost, preview
 
 
@@ -38,6 +38,7 @@ def cmd_run(m, words):
         if live is not None:
             live.finish(m.pipeline)
     display(Markdown(run.summary()))
+    show_images(run)  # a thumbnail per image step
     m._raise_failed(run)  # after the summary, so a failed job still shows what ran
     return None
 

@@ -34,6 +34,28 @@ def preview(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def pngs(output: Any) -> list[bytes]:
+    """The PNG images in a step output: an image step's bytes, or each item of an image map."""
+    if isinstance(output, (bytes, bytearray)):
+        return [bytes(output)] if bytes(output[:8]) == PNG_MAGIC else []
+    if isinstance(output, list) and output and all(isinstance(x, (bytes, bytearray)) for x in output):
+        return [bytes(x) for x in output if bytes(x[:8]) == PNG_MAGIC]
+    return []
+
+
+def run_images(run) -> list[tuple[str, list[bytes]]]:
+    """``[(step, [png, ...]), ...]`` for the run's steps whose output is one or more images."""
+    out = []
+    for name, r in run.results.items():
+        images = pngs(r.output) if r.state not in ("failed", "skipped") else []
+        if images:
+            out.append((name, images))
+    return out
+
+
 def summary_rows(run) -> list[list[str]]:
     rows = []
     for name, r in run.results.items():
@@ -44,9 +66,17 @@ def summary_rows(run) -> list[list[str]]:
         rows.append([
             name, r.state, r.model or "—", str(len(r.attempts)) if r.attempts else "—",
             fmt_tokens(r.usage.total), fmt_cost(r.cost), f"{r.latency:.2f}s" if r.latency is not None else "—",
-            gates or "—", preview(r.error or r.output),
+            gates or "—", _image_note(r) or preview(r.error or r.output),
         ])
     return rows
+
+
+def _image_note(r) -> str:
+    images = pngs(r.output) if not r.error else []
+    if not images:
+        return ""
+    n = len(images)
+    return f"{n} image{'s' if n != 1 else ''} ({sum(map(len, images)):,} bytes), below"
 
 
 HEADER = ["step", "state", "model", "attempts", "tokens", "cost", "time", "gates", "output"]
