@@ -160,7 +160,8 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
         upstream = {d: results[d] for d in deps}
         blocked = [d for d, r in upstream.items() if r.state in ("failed", "pending")]
         if blocked:
-            res = StepResult(name, "pending", error=f"not run: upstream step `{blocked[0]}` did not finish")
+            res = StepResult(name, "pending", error=f"not run: upstream step `{blocked[0]}` did not finish",
+                             usage=Usage(0, 0), cost=0.0)  # never ran: spent nothing
         else:
             emit("start", name, None)
             res = await _run_step(session, step, upstream, options, emit)
@@ -205,11 +206,11 @@ async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult
                     options: RunOptions, emit: Observer) -> StepResult:
     started = time.time()
     if upstream and all(r.state == "skipped" for r in upstream.values()):
-        return StepResult(step.name, "skipped", None, started=started, ended=time.time())
+        return _skipped(step, started)
     values = {**session.namespace, **{d: r.output for d, r in upstream.items()}}
     try:
         if step.when and not _eval(step.when, values, step.name, "--when"):
-            return StepResult(step.name, "skipped", None, started=started, ended=time.time())
+            return _skipped(step, started)
         if step.map:
             var, expr = parse_map(step.map, step.name)
             source = _eval(expr, values, step.name, "--map")
@@ -231,6 +232,10 @@ async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult
     except Exception as exc:  # noqa: BLE001 - a step's failure is recorded, not raised
         return StepResult(step.name, "failed", None, started=started, ended=time.time(),
                           error=_describe(exc), cost=0.0, usage=Usage(0, 0))  # failed before any model call
+
+
+def _skipped(step: Step, started: float) -> StepResult:
+    return StepResult(step.name, "skipped", None, started=started, ended=time.time(), usage=Usage(0, 0), cost=0.0)
 
 
 async def _run_item(session: Session, step: Step, values: dict, options: RunOptions, emit: Observer,

@@ -212,6 +212,7 @@ def test_a_failed_run_whose_calls_were_priced_zero_costs_zero(fake_api, fast_con
     run = p.run()
     assert run.status == "failed" and run.results["draft"].cost == 0.0 and run.cost == 0.0
     assert p.store.runs()[0]["cost"] == 0.0
+    assert run.results["after"].state == "pending" and "?" not in run.summary()
     rep = report(p.store)
     assert rep["totals"]["cost"] == 0.0 and "$0 ·" in report_text(rep)
     p.close()
