@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import difflib
 import keyword
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,7 +25,7 @@ from ._errors import ParameterError
 
 __all__ = [
     "assigned_names", "check_injected", "check_known", "check_name", "check_names", "check_value",
-    "install_translator", "literal",
+    "install_translator",
 ]
 
 _MAX_DEPTH = 50
@@ -104,18 +103,6 @@ def assigned_names(source: str) -> set[str] | None:
             for target in targets:
                 names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
     return names
-
-
-def literal(value: Any) -> str:
-    """Python source for a JSON-typed ``value`` (see `check_value`) that evaluates back to it."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"float({str(value)!r})"
-    if isinstance(value, (list, tuple)):
-        inner = ", ".join(literal(v) for v in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k!r}: {literal(v)}" for k, v in value.items()) + "}"
-    return repr(value)
 
 
 _FLOAT_WORDS = {"nan", "inf", "-inf", "+inf", "infinity", "-infinity"}
