@@ -119,6 +119,8 @@ def test_bad_names_in_a_csv_header_yaml_and_json_stop_the_batch(tmp_path, cli):
         for params in files:
             result = cli("batch", str(nb), "--params", params, "--workers", "1", "--out", "out")
             one_line_exit_2(result, name)
+        # the Dask coordinator checks the same, before it connects anywhere
+        one_line_exit_2(cli("batch", str(nb), "--params", files[0], "--dask", "tcp://127.0.0.1:9", "--out", "out"), name)
     assert not (tmp_path / "out").exists()  # nothing ran: not even the output folder was made
     assert no_marker(tmp_path)
 
