@@ -53,8 +53,23 @@ def is_secret_name(name: str) -> bool:
 
 def env_secrets(environ: dict[str, str] | os._Environ | None = None) -> list[str]:
     """The values (8+ characters) of secret-named variables in the environment, longest first."""
-    env = os.environ if environ is None else environ
-    values = {v for k, v in env.items() if len(v) >= MIN_LENGTH and is_secret_name(k)}
+    if environ is not None:
+        return _secrets_of(environ.items(), _extra_variables)
+    # Reading os.environ decodes every entry; its raw items are cheap to compare with the last look.
+    raw = getattr(os.environ, "_data", None)
+    key = (tuple(raw.items()) if raw is not None else tuple(os.environ.items()), _extra_variables)
+    if _last_env[0] != key:
+        _last_env[:] = [key, _secrets_of(os.environ.items(), _extra_variables)]
+    return list(_last_env[1])
+
+
+_last_env: list = [None, []]
+
+
+def _secrets_of(items, extra_variables: tuple[str, ...]) -> list[str]:
+    values = {
+        v for k, v in items if len(v) >= MIN_LENGTH and (is_secret_name(k) or k in extra_variables)
+    }
     return sorted(values, key=lambda v: (-len(v), v))
 
 
