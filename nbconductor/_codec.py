@@ -26,8 +26,6 @@ from typing import Any
 
 #: kinds whose stored bytes give the value back (the others are only a description of it)
 LOADABLE = frozenset({"text", "json", "pydantic", "bytes", "ndarray", "dataframe"})
-#: kinds that an older nbconductor wrote and that are never read
-LEGACY = frozenset({"pickle"})
 _REPR_LIMIT = 2000
 
 
@@ -64,7 +62,7 @@ def encode_output(value: Any, redactor: Callable[[str], str] | None = None) -> t
     if isinstance(value, (bytes, bytearray)):
         return "bytes", bytes(value)
     if isinstance(value, Unstored):
-        return value.kind if value.kind in ("unstored", "pickle") else "unstored", redactor(value.text).encode()
+        return "unstored", redactor(value.text).encode()
     if hasattr(value, "model_dump") and hasattr(value, "model_dump_json"):
         try:
             return "pydantic", redactor(json.dumps(value.model_dump(mode="json"))).encode()
@@ -96,12 +94,16 @@ def decode_output(kind: str | None, blob: bytes | None) -> Any:
     if kind in ("json", "pydantic"):
         return json.loads(blob)
     if kind == "ndarray":
-        import numpy as np
-
+        try:
+            import numpy as np
+        except ImportError:
+            return Unstored("<a numpy array: install numpy to load it>")
         return np.load(io.BytesIO(blob), allow_pickle=False)
     if kind == "dataframe":
-        import pyarrow as pa
-
+        try:
+            import pyarrow as pa
+        except ImportError:
+            return Unstored("<a pandas DataFrame: install pandas and pyarrow to load it>")
         with pa.ipc.open_stream(pa.BufferReader(bytes(blob))) as reader:
             return reader.read_all().to_pandas()
     if kind == "unstored":

@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any
 
-from ._store import Store
+from ._store import Store, Unstored
 
 #: a Unix time; set by ``nbconductor batch`` for its rows: history ends where the batch began
 HISTORY_ENV = "NBCONDUCTOR_HISTORY_BEFORE"
@@ -50,7 +50,10 @@ def history(store: Store, step: str, n: int = 3, *, before: float | None = None,
         rows = store.query(_SQL, (step, run_id, cutoff, cutoff, page, offset))
         for row in rows:
             if mine is None or not _same_brief(mine, row["run_params"]):
-                out.append(store.output(row))
+                value = store.output(row)
+                if isinstance(value, Unstored):  # e.g. a DataFrame where pyarrow is not installed
+                    continue
+                out.append(value)
                 if len(out) >= n:
                     break
         if len(rows) < page:

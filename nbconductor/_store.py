@@ -388,7 +388,8 @@ class Store:
             if rows[0]["output_kind"] == "pickle":
                 self._warn_pickled()
             return None
-        return row_to_result(rows[0], self)
+        result = row_to_result(rows[0], self)
+        return None if isinstance(result.output, Unstored) else result  # e.g. pyarrow missing here
 
     def results(self, run_id: str | None = None, step: str | None = None) -> list[sqlite3.Row]:
         sql, args = "SELECT * FROM results WHERE item IS NULL", []
