@@ -43,3 +43,30 @@ def test_templates_ship_inside_the_package():
     # the package's templates folder is the repository's templates/, so a wheel carries them
     assert _templates.TEMPLATES_DIR.parent.name == "nbconductor"
     assert (_templates.TEMPLATES_DIR / "newsletter.ipynb").resolve().parent.name == "templates"
+
+
+def test_newsletter_checks_the_word_limit_it_asks_for(tmp_path):
+    p = Pipeline.from_notebook("templates/newsletter.ipynb", store=tmp_path / "s.sqlite")
+    draft = p.steps["draft"]
+    assert draft.checks == ["max_words(word_limit)"]
+    run = p.run({"word_limit": 3})  # the offline draft is longer than three words
+    gate = next(g for g in run.results["draft"].gates if g.name == "max_words(word_limit)")
+    assert not gate.passed and run.results["draft"].state == "flagged"
+    run = Pipeline.from_notebook("templates/newsletter.ipynb", store=tmp_path / "t.sqlite").run()
+    assert all(g.passed for g in run.results["draft"].gates if g.name.startswith("max_words"))
+
+
+@pytest.mark.parametrize("name", ["content-factory", "newsletter", "support-triage"])
+def test_json_steps_ask_for_an_object_and_templates_say_to_export_before_batch(name):
+    import re
+
+    import nbformat
+
+    nb = nbformat.read(f"templates/{name}.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "--json" in cell.source.splitlines()[0]:
+            # --json is OpenAI's JSON mode, which always answers with an object (README)
+            asked = re.search(r"JSON[^:]*:\s*(\S)", cell.source)
+            assert asked and asked[1] == "{", cell.source
+    intro = nb.cells[0].source
+    assert "%conductor export jobs/" in intro and "nbconductor batch jobs/" in intro
