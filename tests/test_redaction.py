@@ -374,6 +374,7 @@ def test_plain_papermill_of_an_exported_job(runs):
     for name, file in (("pm", "pm-out.ipynb"), ("pm-inproc", "pm-inproc.ipynb")):
         code, printed = runs.pm[name]
         assert code == 0, printed[-2000:]
+        assert [n for n in needles() if n.decode() in printed] == []
         out = nbformat.read(runs.folder / file, as_version=4)
         injected = next(c for c in out.cells if "injected-parameters" in c.metadata.get("tags", []))
         assert REDACTED in injected.source and TOKEN not in injected.source
