@@ -128,7 +128,8 @@ async def run_ladder(
                 exc.model = exc.model or ref.model
                 last_error = exc
                 # An unusable answer still cost tokens: they count, per attempt and in the total.
-                spent = response.usage if response is not None else getattr(exc, "usage", None) or Usage()
+                # no answer and no usage: nothing was billed (as `_spent_cost` prices it)
+                spent = response.usage if response is not None else getattr(exc, "usage", None) or Usage(0, 0)
                 spent_cost = _spent_cost(ref, response, spent, pool, image)
                 usage = usage + spent
                 if spent_cost is not None and total_cost is not None:
@@ -220,6 +221,6 @@ def _spent_cost(ref: ModelRef, response: Response | None, usage: Usage, pool: Pr
     """The cost of one attempt: what the provider said, else priced from usage (None: unknown)."""
     if response is not None and response.cost is not None:
         return response.cost
-    if response is None and usage.total is None:
+    if response is None and not usage.total:
         return 0.0  # no answer and no tokens reported: nothing to bill
     return cost_of(ref, usage, pool.config, images=1 if image and response is not None else 0)
