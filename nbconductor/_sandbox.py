@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.utils import Namespace
 
 MAX_OUTPUT = 1_000_000  # characters, unless `[templates] max_output` says otherwise
 TIMEOUT = 5.0  # seconds, unless `[templates] timeout` says otherwise
@@ -172,17 +173,57 @@ def _binop(op: Callable, operator: str, left: Any, right: Any) -> Any:
     return op(left, right)
 
 
-def _checked_filter(fn: Callable) -> Callable:
+def _checked_filter(fn: Callable, guard: Callable | None = None) -> Callable:
     # The value filtered is data (a big number is fine); the arguments are widths and counts.
+    # ``guard(value, *args, **kwargs)`` estimates the result's size before the filter runs.
     skip = 2 if hasattr(fn, "jinja_pass_arg") else 1
 
     @functools.wraps(fn)
     def checked(*args, **kwargs):
         _tick()
-        _check_ints(args[skip:], kwargs)
+        _check_args(args[skip:], kwargs)
+        if guard is not None and len(args) >= skip:
+            guard(*args[skip - 1:], **kwargs)
         return fn(*args, **kwargs)
 
     return checked
+
+
+def _lines(value: Any) -> int:
+    return str(value).count("\n") + 1
+
+
+def _indent_guard(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> None:
+    pad = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+    _too_big("the indented text", len(str(value)) + _lines(value) * pad)
+
+
+def _wordwrap_guard(value: Any, width: int = 79, break_long_words: bool = True, wrapstring: Any = None,
+                    *args: Any, **kwargs: Any) -> None:
+    width = kwargs.get("width", width)
+    wrap = kwargs.get("wrapstring", wrapstring) or "\n"
+    if isinstance(width, int):
+        _too_big("the wrapped text", len(str(value)) * (1 + len(str(wrap)) / max(width, 1)))
+
+
+def _join_guard(value: Any, d: Any = "", *args: Any, **kwargs: Any) -> None:
+    if isinstance(value, (list, tuple)):
+        sep = len(str(kwargs.get("d", d)))
+        _too_big("the joined text", sum(len(v) if isinstance(v, str) else 8 for v in value) + sep * len(value))
+
+
+def _json_guard(value: Any, indent: Any = None, *args: Any, **kwargs: Any) -> None:
+    indent = kwargs.get("indent", indent)
+    if isinstance(indent, int) and indent > 64:
+        raise LimitExceeded(f"a JSON indent of {indent:,} is over the limit of 64")
+
+
+def _check_args(args, kwargs=None) -> None:
+    """Widths and counts within the limit; no text argument longer than the output may be."""
+    _check_ints(args, kwargs)
+    for a in (*args, *(kwargs or {}).values()):
+        if isinstance(a, (str, bytes)) and len(a) > _limit():
+            raise LimitExceeded(f"a {len(a):,}-character argument is over the output limit of {_limit():,}")
 
 
 def _format_filter(value: Any, *args: Any, **kwargs: Any) -> str:
@@ -200,6 +241,27 @@ def _replace_filter(value: Any, old: str, new: str, count: int | None = None) ->
     return text.replace(old, new) if count is None else text.replace(old, new, count)
 
 
+def _str_method_guard(text: str, name: str, args: tuple) -> None:
+    """Estimate the size of ``text.name(*args)`` for the methods that can grow it a lot."""
+    if name == "replace" and len(args) >= 2:
+        _replace_filter(text, *args[:3])
+    elif name == "join" and args:
+        _join_guard(list(args[0]) if isinstance(args[0], (list, tuple)) else [], text)
+    elif name == "expandtabs" and args and isinstance(args[0], int):
+        _too_big("the expanded text", len(text) + text.count("\t") * args[0])
+
+
+class _Namespace(Namespace):
+    """``namespace()`` whose ``{% set ns.x = … %}`` refuses text longer than the output may be
+    (a loop doubling ``ns.s ~ ns.s`` would otherwise exhaust memory before any check runs)."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _tick()
+        if isinstance(value, (str, bytes, list, tuple)) and len(value) > _limit():
+            raise LimitExceeded(f"`{name}` would hold {len(value):,} items, over the limit of {_limit():,}")
+        super().__setitem__(name, value)
+
+
 class Sandbox(ImmutableSandboxedEnvironment):
     """`ImmutableSandboxedEnvironment` that calls only what templates may call, within limits."""
 
@@ -209,9 +271,12 @@ class Sandbox(ImmutableSandboxedEnvironment):
         # optimized=False: no constant folding, so `{{ 9**9999999 }}` is not computed while
         # the template compiles (at declaration), outside every limit.
         super().__init__(optimized=False, **kwargs)
-        self.filters = {name: _checked_filter(f) for name, f in self.filters.items()}
+        guards = {"indent": _indent_guard, "wordwrap": _wordwrap_guard, "join": _join_guard,
+                  "tojson": _json_guard}
+        self.filters = {name: _checked_filter(f, guards.get(name)) for name, f in self.filters.items()}
         self.filters["format"] = _checked_filter(_format_filter)
         self.filters["replace"] = _checked_filter(_replace_filter)
+        self.globals["namespace"] = _Namespace
 
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
         return _binop(self.binop_table[operator], operator, left, right)
@@ -228,9 +293,9 @@ class Sandbox(ImmutableSandboxedEnvironment):
                     and _safe_method(owner, getattr(__obj, "__name__", "")))
             ):
                 raise SecurityError(f"calling `{_name(__obj)}` is not allowed in a template")
-            if getattr(__obj, "__name__", "") == "replace" and isinstance(owner, str) and len(args) >= 2:
-                _replace_filter(owner, *args[:3])
-        _check_ints(args, kwargs)
+            if isinstance(owner, str):
+                _str_method_guard(owner, getattr(__obj, "__name__", ""), args)
+        _check_args(args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
     def getattr(self, obj: Any, attribute: str) -> Any:

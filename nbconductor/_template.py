@@ -20,11 +20,11 @@ TEMPLATE_GLOBALS = frozenset({"history", "loop", "range", "dict", "lipsum", "cyc
 def _env():
     from jinja2 import StrictUndefined
 
-    from ._sandbox import Sandbox, _checked_filter
+    from ._sandbox import Sandbox, _checked_filter, _json_guard
 
     env = Sandbox(undefined=StrictUndefined, keep_trailing_newline=False)
     env.filters["json"] = _checked_filter(
-        lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False, default=str))
+        lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False, default=str), _json_guard)
     env.finalize = _finalize
     return env
 

@@ -84,6 +84,17 @@ RUNAWAY = [
     "{{ 'x'.center(999999999) }}",
     "{{ 'x'|center(999999999) }}",
     "{{ ('x' * 900000).replace('x', 'yyyyyy') }}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    "{% macro d(s, n) %}{{ d(s ~ s, n - 1) if n else s }}{% endmacro %}{{ d('x', 40) }}",
+    "{% set s = 'x' * 1000000 %}{{ s.join([s] * 1000) }}",
+    "{% set s = 'x' * 1000000 %}{{ ([s] * 1000)|join(s) }}",
+    "{{ ('\t' * 100000).expandtabs(100000) }}",
+    "{{ ('\n' * 500000)|indent(900000) }}",
+    "{{ ('x ' * 400000)|wordwrap(1, wrapstring='y' * 900000) }}",
+    "{{ [[1] * 1000] * 100|tojson(indent=1000000) }}",
+    "{{ '{0:{1}}'.format(1, 999999999) }}",
+    "{{ '%*d' % (999999999, 1) }}",
+    "{{ lipsum(n=100000) }}",
 ]
 
 
@@ -219,3 +230,10 @@ def test_export_keeps_template_function_lines():
 
     kept = filter_magic_lines("%conductor template-function shorten quiet\n%conductor graph\nx = 1")
     assert kept == "%conductor template-function shorten quiet\nx = 1"
+
+
+def test_guarded_filters_and_methods_still_work():
+    body = ("{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }} "
+            "{{ ['a', 'b']|join(', ') }} {{ '-'.join(['x', 'y']) }} {{ 'a\tb'.expandtabs(2) }} {{ 'x\ny'|indent(2) }} "
+            "{{ 'aa bb'|wordwrap(2) }} {{ {'k': [1]}|tojson(indent=1) }} {{ 'ab'.replace('a', 'c') }}")
+    assert render(body, {}, "s") == '3 a, b x-y a b x\n  y aa\nbb {\n "k": [\n  1\n ]\n} cb'
