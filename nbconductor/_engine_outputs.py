@@ -15,6 +15,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -225,7 +226,7 @@ def install_write_redaction() -> None:
     write = papermill_io.write
 
     def redacting_write(buf, path, *args, **kwargs):
-        if isinstance(buf, str) and "nbconductor" in buf:
+        if isinstance(buf, str) and (_EVERY_WRITE[0] or "nbconductor" in buf):
             match = _INPUT_PATH.search(buf)
             if match:
                 _config_near(os.path.dirname(json.loads(f'"{match.group(1)}"')))
@@ -234,6 +235,21 @@ def install_write_redaction() -> None:
 
     redacting_write._nbconductor = True  # type: ignore[attr-defined]
     papermill_io.write = redacting_write
+
+
+_EVERY_WRITE = [0]  # > 0 while nbconductor itself runs a notebook
+
+
+@contextlib.contextmanager
+def redacting_every_write() -> Iterator[None]:
+    """While nbconductor runs a notebook (``nbconductor run``, a batch row), redact every save
+    papermill makes of it, even of a notebook that never mentions nbconductor."""
+    install_write_redaction()
+    _EVERY_WRITE[0] += 1
+    try:
+        yield
+    finally:
+        _EVERY_WRITE[0] -= 1
 
 
 @lru_cache(maxsize=64)

@@ -60,13 +60,14 @@ def execute_row(notebook: str, output: str, params: dict[str, Any], engine: str 
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    from ._engine_outputs import redacting_every_write
     from ._params import install_translator
 
     install_translator()  # a row's names reach papermill's source only through the checked translator
     started = time.time()
     status, error, attempts = "passed", None, 0
     # JPY_SESSION_NAME becomes runs.notebook: how this row's runs are found afterwards.
-    with _ROW_LOCK, environ({"NBCONDUCTOR_STORE": store, "JPY_SESSION_NAME": label}):
+    with _ROW_LOCK, environ({"NBCONDUCTOR_STORE": store, "JPY_SESSION_NAME": label}), redacting_every_write():
         while True:
             attempts += 1
             try:

@@ -222,6 +222,7 @@ def run_notebook(notebook: str, output: str | None, params, *, engine: str | Non
         print(f"nbconductor: {exc}", file=sys.stderr)
         return 2
     from ._config import load_config
+    from ._engine_outputs import redacting_every_write
     from ._redact import redact
 
     nb = read_notebook(notebook)
@@ -237,7 +238,8 @@ def run_notebook(notebook: str, output: str | None, params, *, engine: str | Non
     install_translator()
     engine_name = choose_engine(nb, engine)
     try:
-        with environ({"JPY_SESSION_NAME": str(Path(notebook).resolve())}), _quiet_kernel_death():
+        with environ({"JPY_SESSION_NAME": str(Path(notebook).resolve())}), _quiet_kernel_death(), \
+                redacting_every_write():
             pm.execute_notebook(
                 notebook, output, parameters=values, engine_name=engine_name,
                 cwd=str(Path(notebook).resolve().parent), progress_bar=False,

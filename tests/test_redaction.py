@@ -216,6 +216,35 @@ def test_displays_in_a_kernel_are_redacted(canary_env, tmp_path, monkeypatch):
     assert AWS not in text
 
 
+def test_papermill_saves_are_redacted_while_nbconductor_runs_a_notebook(canary_env, tmp_path):
+    """Each save papermill makes (not only the last): a notebook using nbconductor always, any
+    notebook while `nbconductor run` or a batch row runs it."""
+    from papermill.iorw import write_ipynb
+
+    from nbconductor._engine_outputs import install_write_redaction, redacting_every_write
+
+    install_write_redaction()
+    plain = new_notebook(cells=[new_code_cell(f"print({DB!r})")])
+    ours = new_notebook(
+        cells=[new_code_cell("%load_ext nbconductor"), new_code_cell(f"token = {TOKEN!r}")]
+    )
+    write_ipynb(plain, str(tmp_path / "plain.ipynb"))
+    write_ipynb(ours, str(tmp_path / "ours.ipynb"))
+    with redacting_every_write():
+        write_ipynb(plain, str(tmp_path / "plain-run.ipynb"))
+    assert (
+        DB in (tmp_path / "plain.ipynb").read_text()
+    )  # papermill's own runs of other notebooks: untouched
+    assert hits(tmp_path / "ours.ipynb") == [] and hits(tmp_path / "plain-run.ipynb") == []
+    assert (
+        nbformat.read(tmp_path / "ours.ipynb", as_version=4).cells[1].source
+        == f"token = {REDACTED!r}"
+    )
+    assert (
+        plain.cells[0].source == f"print({DB!r})"
+    )  # the notebook in memory, which runs, is unchanged
+
+
 def test_kernel_engine_stderr_line_is_redacted(canary_env, tmp_path, capsys):
     """``nbconductor run --engine kernel``: the one-line failure on stderr, and the notebook."""
     from nbconductor.cli import main
