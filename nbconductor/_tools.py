@@ -10,6 +10,7 @@ tool results to its own message format.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -17,7 +18,6 @@ import re
 import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from ._errors import OptionError, OutputError, UnknownNameError
@@ -117,11 +117,15 @@ def _fn_hash(fn: Any, seen: frozenset[int]) -> str:
     if id(fn) in seen:  # a recursive closure refers to itself
         return "<self>"
     seen = seen | {id(fn)}
+    if isinstance(fn, functools.partial):
+        inner = "|".join([_fn_hash(fn.func, seen), _value_part(fn.args, seen), _value_part(fn.keywords, seen)])
+        return hashlib.sha256(inner.encode()).hexdigest()[:16]
     code = getattr(fn, "__code__", None)
-    if code is None:  # a builtin or a callable object: its type and name are all we can see
+    if code is None:  # a builtin, or a callable object: its __call__ and its attributes
         call = vars(type(fn)).get("__call__")
         inner = _fn_hash(call, seen) if hasattr(call, "__code__") else ""
-        return hashlib.sha256(f"{_qualname(fn)}|{inner}".encode()).hexdigest()[:16]
+        state = _value_part(vars(fn), seen) if hasattr(fn, "__dict__") and inner else ""
+        return hashlib.sha256(f"{_qualname(fn)}|{inner}|{state}".encode()).hexdigest()[:16]
     parts = [_code_part(code), _value_part(getattr(fn, "__defaults__", None), seen),
              _value_part(getattr(fn, "__kwdefaults__", None), seen)]
     for cell in getattr(fn, "__closure__", None) or ():
@@ -136,7 +140,7 @@ def _qualname(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or type(obj).__qualname__
 
 
-@lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _code_part(code: types.CodeType) -> str:
     consts = [_code_part(c) if isinstance(c, types.CodeType) else _value_part(c) for c in code.co_consts]
     fields = (code.co_code.hex(), consts, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,

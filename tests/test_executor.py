@@ -372,6 +372,16 @@ def test_function_step_cache_key_covers_the_whole_code_object(tmp_path):
     p.function("w")(make("b", sep="+"))  # an equal function is a cache hit
     assert p.run().results["w"].cached
 
+    import functools
+
+    def join(sep, v):
+        return sep.join([v, v])
+
+    p.function("w")(functools.partial(join, "/"))
+    assert p.run()["w"] == "v2/v2"
+    p.function("w")(functools.partial(join, "|"))
+    assert p.run()["w"] == "v2|v2"
+
 
 def test_code_hash_is_one_helper_equal_across_processes(tmp_path):
     from nbconductor import _executor, _tools
