@@ -4,8 +4,11 @@ Counted over fresh step executions in the store (one row per step per run; a cac
 an output already counted, so it is not counted again, and a skipped step produced nothing):
 
 - **first-pass yield**: the share accepted on the first try — no gate failed, no output was
-  unusable (invalid JSON / schema) and nobody edited it. Transport retries (429, timeouts) do
-  not count against it: they are reliability, not quality, and show in mean attempts.
+  unusable (invalid JSON / schema) and nobody edited it. Transport faults (429, 5xx, timeouts,
+  cut, stalled or malformed streams) do not count against it: they are reliability, not
+  quality, and show in mean attempts (`_types.quality_failure` is the rule).
+- **whole-run first-pass yield**: over the runs that ran at least one step afresh; runs that
+  reused every step from the cache, and runs that recorded no step, are counted apart.
 - **final yield**: the share whose final output was accepted — passed its gates after retries
   or fallbacks, or was approved or edited by a reviewer. Outputs still waiting for review are
   not (yet) accepted; they are counted in ``pending``.
