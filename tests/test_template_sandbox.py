@@ -237,3 +237,34 @@ def test_guarded_filters_and_methods_still_work():
             "{{ ['a', 'b']|join(', ') }} {{ '-'.join(['x', 'y']) }} {{ 'a\tb'.expandtabs(2) }} {{ 'x\ny'|indent(2) }} "
             "{{ 'aa bb'|wordwrap(2) }} {{ {'k': [1]}|tojson(indent=1) }} {{ 'ab'.replace('a', 'c') }}")
     assert render(body, {}, "s") == '3 a, b x-y a b x\n  y aa\nbb {\n "k": [\n  1\n ]\n} cb'
+
+
+def test_real_kernel_runs_the_next_step_after_an_interrupted_check(tmp_path, monkeypatch):
+    from jupyter_client.manager import start_new_kernel
+
+    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        def execute(code, timeout=30):
+            msg_id = kc.execute(code)
+            reply = kc.get_shell_msg(timeout=timeout)
+            while reply["parent_header"].get("msg_id") != msg_id:
+                reply = kc.get_shell_msg(timeout=timeout)
+            return reply["content"]
+
+        assert execute("%load_ext nbconductor\ndef forever(output):\n    while True:\n        pass")["status"] == "ok"
+        msg_id = kc.execute("%%step s --check forever\nAbout things")
+        time.sleep(1.5)
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=15)
+        assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["ename"] == "KeyboardInterrupt"
+        started = time.monotonic()
+        content = execute("%%step after\nThen more\n", timeout=20)
+        assert content["status"] == "ok", content
+        assert time.monotonic() - started < 10
+        assert execute("assert after.startswith('[offline:default] Then more')")["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
