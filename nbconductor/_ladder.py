@@ -5,7 +5,8 @@ An attempt fails on a retryable provider error (waiting ``retry-after`` when the
 exponential backoff with jitter otherwise), on unusable output, or on a failed gate (whose
 feedback goes into the next attempt's prompt). A non-retryable error moves to the next model
 at once. When every model is exhausted, a gate failure is flagged for review (``--on-fail
-review``) or fails the step; any other failure fails the step.
+review``) or fails the step; any other failure fails the step. `pause_for_retry` is the one
+retry policy (attempts, ``retry-after``, backoff); the rubric judge's calls use it too.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ async def run_ladder(
                 exc.model = exc.model or ref.model
                 last_error = exc
                 # An unusable answer still cost tokens: they count, per attempt and in the total.
-                # no answer and no usage: nothing was billed (as `_spent_cost` prices it)
+                # No answer and no usage reported: nothing was billed (0 tokens, $0).
                 spent = response.usage if response is not None else getattr(exc, "usage", None) or Usage(0, 0)
                 spent_cost = _spent_cost(ref, response, spent, pool, image)
                 usage = usage + spent
