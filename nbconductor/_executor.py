@@ -22,6 +22,7 @@ from ._errors import DefinitionError, OutputError, StepFailed, UnknownNameError
 from ._gates import gates_for
 from ._graph import Graph, function_params
 from ._ladder import GateContext, GateError, LadderFailed, run_ladder
+from ._map import combine_items
 from ._pool import ProviderPool
 from ._pycode import run_python
 from ._store import Store
@@ -221,7 +222,7 @@ async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult
             parts = await asyncio.gather(*(
                 _run_item(session, step, {**values, var: item}, options, emit, i) for i, item in enumerate(items)
             ))
-            return _combine(step, parts, items, started)
+            return combine_items(step, parts, items, started)
         return await _run_single(session, step, values, options, emit, None)
     except asyncio.CancelledError:
         raise
@@ -272,39 +273,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, StepFailed):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-def _combine(step: Step, parts: list[StepResult], items: list, started: float) -> StepResult:
-    """The map step's result from its items'. Usage, cost and attempts are the fresh items' only:
-    a reused item was paid for by the run that made it."""
-    states = {p.state for p in parts}
-    state = "failed" if "failed" in states else "flagged" if "flagged" in states else (
-        "cached" if states == {"cached"} else "passed")
-    fresh = [p for p in parts if not p.cached]
-    usage = Usage() if fresh else Usage(0, 0)
-    cost: float | None = 0.0
-    for p in fresh:
-        usage = usage + p.usage
-        cost = None if cost is None or p.cost is None else cost + p.cost
-    prefix = f"step `{step.name}` failed: "
-    errors = [f"item {i} ({_short(items[i])}) failed: {p.error.removeprefix(prefix)}"
-              for i, p in enumerate(parts) if p.error]
-    if errors and state == "failed":
-        kept = sum(1 for p in parts if p.state != "failed")
-        errors.append(f"the other {kept} item{'' if kept == 1 else 's'} are kept and reused on the next run")
-    key = hashlib.sha256("".join(p.cache_key or "" for p in parts).encode()).hexdigest()
-    return StepResult(
-        step.name, state, [p.output for p in parts], prompt=parts[0].prompt if parts else None,
-        model=", ".join(dict.fromkeys(p.model for p in parts if p.model)) or None,
-        attempts=[a for p in fresh for a in p.attempts], gates=[g for p in parts for g in p.gates],
-        usage=usage, cost=cost, started=started, ended=time.time(), error="; ".join(errors) or None,
-        cache_key=key, cached=all(p.cached for p in parts) and bool(parts), items=len(parts),
-    )
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _eval(expr: str, values: dict, step: str, option: str) -> Any:
@@ -371,7 +339,9 @@ async def _run_single(session: Session, step: Step, values: dict, options: RunOp
 def build_request(session: Session, step: Step, values: dict) -> tuple[Request, list, str]:
     """The request an LLM/image step would send, its models in order, and its cache key."""
     # A template sees data only; its upstream steps' outputs pass whatever their type.
-    limits, outputs = session.pool.config.templates, session.graph.deps.get(step.name, ())
+    limits, outputs = session.pool.config.templates, set(session.graph.deps.get(step.name, ()))
+    if step.map:  # a --map item comes from the step's own (trusted) --map expression
+        outputs.add(parse_map(step.map, step.name)[0])
     prompt = render(step.body, _template_values(session, values), step.name, outputs=outputs, limits=limits)
     contexts = [(c, session.contexts[c]) for c in step.contexts]
     system = (render(step.system, values, step.name, outputs=outputs, limits=limits)

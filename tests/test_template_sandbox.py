@@ -268,3 +268,10 @@ def test_real_kernel_runs_the_next_step_after_an_interrupted_check(tmp_path, mon
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_map_items_of_any_type_reach_the_template(ip):
+    with capture_output():
+        ip.run_cell_magic("step", "rows --python", "import types\n[types.SimpleNamespace(lang='fr')]")
+        ip.run_cell_magic("step", 't --map "row in rows"', "Into {{ row.lang }}")
+    assert ip.user_ns["__nbconductor__"].pipeline.results["t"].output[0].startswith("[offline:default] Into fr")
