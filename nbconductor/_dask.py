@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ._env import offline_forced
+from ._redact import redactor
 from ._row import Row, RowResult, execute_row
 
 TABLES = ("runs", "results")
@@ -121,6 +122,29 @@ def run_dask(address: str, rows: list[Row], job: dict[str, Any], on_done: Callab
         client.close()
 
 
+_TEXT_KINDS = ("text", "json", "pydantic", "unstored", "pickle")
+
+
+def _redact_rows(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """A task's store rows redacted with the coordinator's secrets (a worker knows only its own)."""
+    from ._store import digest
+
+    clean = redactor()
+    for table in rows.values():
+        for record in table:
+            for column, value in record.items():
+                if isinstance(value, str):
+                    record[column] = clean(value)
+            blob = record.get("output")
+            if isinstance(blob, bytes) and record.get("output_kind") in _TEXT_KINDS:
+                redacted = clean(blob.decode(errors="replace")).encode()
+                if redacted != blob:
+                    record["output"], record["output_hash"] = redacted, digest(redacted)
+            if record.get("prompt") and record.get("prompt_hash"):
+                record["prompt_hash"] = digest(record["prompt"])
+    return rows
+
+
 def _probe(address: str) -> None:
     """Fail fast (OSError) when nothing listens at a tcp:// address, instead of retrying for long."""
     import socket
@@ -134,8 +158,10 @@ def _probe(address: str) -> None:
 def _land(result: dict, row: Row, store: str) -> None:
     """Write what a task brought back: the output notebook and the store rows."""
     text = result.pop("notebook_text", None)
-    rows = result.pop("store_rows", None) or {}
+    rows = _redact_rows(result.pop("store_rows", None) or {})
     result["output"] = row.output
+    if text is not None:  # the worker redacted with its own environment; this is the coordinator's
+        text = redactor().json_text(text)
     if text is not None:
         Path(row.output).parent.mkdir(parents=True, exist_ok=True)
         Path(row.output).write_text(text, encoding="utf-8")

@@ -245,6 +245,36 @@ def test_papermill_saves_are_redacted_while_nbconductor_runs_a_notebook(canary_e
     )  # the notebook in memory, which runs, is unchanged
 
 
+def test_dask_rows_are_redacted_with_the_coordinators_secrets(tmp_path, monkeypatch):
+    """A Dask worker redacts with its own environment; the secret a row was given on the
+    coordinator (``token`` = the coordinator's GITHUB_TOKEN) is redacted when the row lands."""
+    from nbconductor._dask import _land, dump_store
+    from nbconductor._row import Row
+
+    monkeypatch.delenv(
+        "GITHUB_TOKEN", raising=False
+    )  # the worker's side: it does not know the token
+    worker = Pipeline(store=tmp_path / "worker.sqlite", namespace={"token": TOKEN})
+    worker.step("draft", "Use {{ token }}", model="offline:w")
+    worker.run({"token": TOKEN})
+    worker.close()
+    notebook = nbformat.writes(new_notebook(cells=[new_code_cell(f"token = {TOKEN!r}")]))
+    result = {
+        "index": 0,
+        "notebook_text": notebook,
+        "store_rows": dump_store(tmp_path / "worker.sqlite"),
+    }
+    assert TOKEN in json.dumps(result, default=lambda b: b.decode())  # what the worker sent back
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)  # the coordinator's side
+    row = Row(0, {"token": TOKEN}, str(tmp_path / "out" / "row-000.ipynb"))
+    _land(result, row, str(tmp_path / "batch.sqlite"))
+    written = [tmp_path / "out" / "row-000.ipynb", *tmp_path.glob("batch.sqlite*")]
+    assert {f.name: hits(f) for f in written} == {f.name: [] for f in written}
+    db = sqlite3.connect(tmp_path / "batch.sqlite")
+    assert db.execute("SELECT prompt FROM results").fetchone()[0] == f"Use {REDACTED}"
+    db.close()
+
+
 def test_kernel_engine_stderr_line_is_redacted(canary_env, tmp_path, capsys):
     """``nbconductor run --engine kernel``: the one-line failure on stderr, and the notebook."""
     from nbconductor.cli import main
