@@ -162,6 +162,8 @@ def _land(result: dict, row: Row, store: str) -> None:
     result["output"] = row.output
     if text is not None:  # the worker redacted with its own environment; this is the coordinator's
         text = redactor().json_text(text)
+    if result.get("error"):
+        result["error"] = redactor()(result["error"])
     if text is not None:
         Path(row.output).parent.mkdir(parents=True, exist_ok=True)
         Path(row.output).write_text(text, encoding="utf-8")
