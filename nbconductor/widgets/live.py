@@ -62,6 +62,7 @@ class LiveGraph:
         self._any_tokens = False
         self._cost = 0.0
         self._cost_known = True
+        self._paid = 0  # steps that ended computed, not cached: what the totals add up
         self._before = pipeline.last_run
         self._last = 0.0
         self._timer: threading.Timer | None = None
@@ -76,7 +77,7 @@ class LiveGraph:
         return {
             "status": "running",
             "tokens": self._tokens if self._any_tokens else None,
-            "cost": self._cost if self.ended and self._cost_known else None,
+            "cost": self._cost if self._paid and self._cost_known else None,
             "now": time.time(),
         }
 
@@ -101,6 +102,7 @@ class LiveGraph:
                 self.attempts.pop(step, None)
                 self.results[step] = payload
                 if step not in self.ended and not payload.cached:
+                    self._paid += 1
                     if payload.usage.total is not None:
                         self._tokens += payload.usage.total
                         self._any_tokens = True
