@@ -223,6 +223,7 @@ class Store:
         self._db.execute("PRAGMA busy_timeout = 60000")
         self.user = _user()
         self._pid = os.getpid()
+        self._checkpointed = float("-inf")
         if not memory and not readonly:
             _OPEN.add(self)
 
@@ -281,6 +282,7 @@ class Store:
         if self.readonly or self.path == ":memory:" or self._db is None:
             return
         with self._lock, contextlib.suppress(sqlite3.Error):
+            self._checkpointed = time.monotonic()
             self._db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
 
     def close(self) -> None:
@@ -325,7 +327,10 @@ class Store:
             "UPDATE runs SET ended=?, status=?, cost=?, error=? WHERE id=?",
             (time.time(), status, cost, redact(error) if error else None, run_id),
         )
-        self.checkpoint()  # a finished run is in the database file, whatever happens to the process next
+        if time.monotonic() - self._checkpointed > 2.0:
+            # the finished run reaches the database file even if the process is killed next
+            # (throttled: a checkpoint syncs the file, ~10 ms; closing the store checkpoints the rest)
+            self.checkpoint()
 
     def mark_interrupted(self) -> list[str]:
         """Mark ``interrupted`` the runs still ``running`` whose process (on this host) is gone.

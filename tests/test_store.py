@@ -322,6 +322,8 @@ def test_the_store_file_alone_has_the_data_after_a_kernel_run(tmp_path, monkeypa
     import shutil
     import sqlite3
 
+    import nbformat
+
     from nbconductor import Pipeline
     from nbconductor._export import export_pipeline
     from nbconductor.cli import main
@@ -330,6 +332,9 @@ def test_the_store_file_alone_has_the_data_after_a_kernel_run(tmp_path, monkeypa
     p.step("draft", "Write about {{ topic }}", model="offline:w")
     p.step("words", "len(draft.split())", python=True)
     job = export_pipeline(p, tmp_path / "job.ipynb")
+    nb = nbformat.read(job, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("%conductor run words --force"))  # a second run right after
+    nbformat.write(nb, job)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
     assert main(["run", str(job), "--engine", "kernel", "-o", str(tmp_path / "out.ipynb")]) == 0
@@ -337,8 +342,9 @@ def test_the_store_file_alone_has_the_data_after_a_kernel_run(tmp_path, monkeypa
     copy.mkdir()
     shutil.copy(tmp_path / ".nbconductor" / "store.sqlite", copy / "store.sqlite")  # the file alone, no -wal
     db = sqlite3.connect(copy / "store.sqlite")
-    assert db.execute("SELECT status FROM runs").fetchall() == [("passed",)]
-    assert sorted(r[0] for r in db.execute("SELECT step FROM results")) == ["draft", "words"]
+    assert db.execute("SELECT status FROM runs").fetchall() == [("passed",), ("passed",)]
+    per_run = db.execute("SELECT run_id, group_concat(step) FROM results GROUP BY run_id ORDER BY min(id)").fetchall()
+    assert len(per_run) == 2 and all("words" in steps for _, steps in per_run)
     db.close()
 
 
