@@ -108,6 +108,8 @@ class Redactor:
         self.secrets = secrets
         compiled = [_tolerant(s) for s in secrets]
         self._needles = tuple({needle for _, needle in compiled})
+        self._compact = tuple(c for c in (_SEPARATORS.sub("", s) for s in secrets) if c)
+        self._first_chars = frozenset(c[0] for c in self._compact)
         self._secret_re = re.compile("|".join(r for r, _ in compiled)) if compiled else None
         self._extra_re = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
         #: how many trailing characters may be the start of a secret still arriving (see `preview`)
@@ -131,10 +133,17 @@ class Redactor:
         return text
 
     def preview(self, text: str) -> str:
-        """Text still streaming in: redacted, without the tail that may be a secret's first half."""
+        """Text still streaming in: redacted, and cut before a tail that may be the first part of
+        a secret still arriving (the tail, separators aside, is a prefix of one)."""
         clean = self(text)
-        if self.holdback and len(clean) > 0:
-            return clean[: max(0, len(clean) - self.holdback)]
+        if not self._compact:
+            return clean
+        start = max(0, len(clean) - self.holdback)
+        for i in range(start, len(clean)):
+            if clean[i] in self._first_chars:
+                rest = _SEPARATORS.sub("", clean[i:])
+                if any(c.startswith(rest) for c in self._compact):
+                    return clean[:i]
         return clean
 
     def value(self, value: Any) -> Any:

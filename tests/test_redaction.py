@@ -172,6 +172,7 @@ def test_live_preview_redacts_a_key_split_across_chunks(canary_env, monkeypatch)
     ):
         live("text", "draft", chunk)
     assert shown and "The key is" in shown[-1] and REDACTED in shown[-1]
+    assert shown[-1].endswith("More text. ")  # text that cannot start a secret is not held back
     for text in shown:
         assert AWS[:half] not in text and AWS[half:] not in text and DB.split("-")[1] not in text, (
             text
