@@ -61,8 +61,14 @@ def _finalize(value: Any) -> Any:
 @lru_cache(maxsize=4096)
 def compile_template(source: str, step: str = "?"):
     """Parse a template once; raises `TemplateError` naming the step and line."""
+    from jinja2 import TemplateSyntaxError
+
     env = _env()
-    return env.template_class.from_code(env, env.compile(_parse(source, step)), env.make_globals(None), None)
+    try:
+        code = env.compile(_parse(source, step))
+    except TemplateSyntaxError as exc:  # found while compiling: an unknown filter or test
+        raise TemplateError(f"step `{step}`: template error on line {exc.lineno}: {exc.message}") from None
+    return env.template_class.from_code(env, code, env.make_globals(None), None)
 
 
 @lru_cache(maxsize=4096)

@@ -172,6 +172,7 @@ def test_status_says_which_steps_the_next_run_calls(ip):
     ("y --python", "x = 1\nyield x", "step `y`: Python error on line 2: 'yield' outside function"),
     ("y --python", "return 3", "step `y`: Python error on line 1: 'return' outside function"),
     ("y --python", "await thing()", "'await' outside function"),
+    ("f", "{{ topic|nofilter }}", "step `f`: template error on line 1: No filter named 'nofilter'."),
     ("inc", 'Intro {% include "brand.txt" %}', "step `inc`: {% include %} on line 1 is not supported"),
     ("inc --lazy", '{% extends "base.txt" %}', "{% extends %} on line 1 is not supported"),
     ("inc --lazy", '{% from "m.txt" import x %}{{ x }}', "{% from … import %} on line 1 is not supported"),
