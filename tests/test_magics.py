@@ -261,3 +261,40 @@ def test_python_step_with_an_unstorable_output_keeps_the_run(ip, body):
     assert run is None
     rows = Store(ip.user_ns["__nbconductor__"].pipeline.store.path).results()
     assert {r["step"] for r in rows} >= {"first", "odd"} and all(r["state"] != "failed" for r in rows)
+
+
+def test_fuzzed_magic_cells_never_show_a_raw_traceback(ip):
+    """Seeded fuzz over option and body fragments: every error is a one-line UsageError (or a
+    ConductorError, which IPython shows as one line)."""
+    import random
+
+    from nbconductor._errors import ConductorError
+
+    ip.run_cell("import os\ndef chk(o):\n    return True")
+    rnd = random.Random(16)
+    names = ["a", "b", "print", "get_ipython", "os", "1x", "class", "x-y", "", "a.b", "_i", "ok"]
+    opts = ["--json", "--python", "--image", "--lazy", "--model", "-m fastt", "--after zz", "--schema Nope",
+            '--map "l in markets"', '--map "l in 5"', '--when "1/0"', '--when "("', "--temperature nan",
+            "--temperature 3", "--max-tokens 0", "--max-tokens 99999999", "--retries -1", "--retries x", "--check nope",
+            '--check "("', "--on-fail nope", "--tools nope", "--max-turns 0", "--system '{{ os }}'", '"unbal', "--bogus"]
+    bodies = ["{{ topic }}", "{{ a }}", "{{ nope }}", "{{ os.getcwd() }}", "{% include 'x' %}", "{{ ", "{{ 9**99999 }}",
+              "{{ 1/0 }}", "{{ topic|nofilter }}", "{{ markets[5] }}", "return 1", "yield 1", "1/0",
+              "(i for i in [1])", "{{ history(1, 2, 3) }}", "", "{{ topic.__class__ }}", "def f(:", "{{ l }}"]
+    lines = ["run", "run nope", 'run "unbal', "status", "show", "show nope", "alias q", "alias q nope", "bogus", "",
+             "export", "template-function", "template-function os", "run --dry-run a b"]
+    rubrics = ["a", "a --threshold 2", "a --threshold x", "a --retries -1", "a --max-tokens 0", "nope", "", '"a']
+    raw = []
+    for _ in range(250):
+        kind = rnd.random()
+        if kind < 0.65:
+            source = f"%%step {' '.join([rnd.choice(names)] + rnd.sample(opts, rnd.randint(0, 3)))}\n{rnd.choice(bodies)}"
+        elif kind < 0.8:
+            source = f"%%rubric {rnd.choice(rubrics)}\n- good?"
+        else:
+            source = f"%conductor {rnd.choice(lines)}"
+        with capture_output():
+            result = ip.run_cell(source)
+        error = result.error_in_exec or result.error_before_exec
+        if error is not None and not isinstance(error, (UsageError, ConductorError)):
+            raw.append((source, repr(error)))
+    assert raw == []
