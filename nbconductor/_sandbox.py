@@ -11,14 +11,18 @@ render that passes its time limit even inside a loop that calls nothing.
 from __future__ import annotations
 
 import ctypes
+import datetime
 import functools
 import math
+import numbers
 import re
 import threading
 import time
 import types
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import PurePath
 from typing import Any
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
@@ -65,6 +69,8 @@ def opted_in(obj: Any) -> bool:
 
 
 _DATA_TYPES = (str, bytes, int, float, complex, bool, type(None))
+# Other plain values a template may show (numpy scalars are Numbers); their methods stay uncallable.
+_VALUE_TYPES = (numbers.Number, datetime.date, datetime.time, datetime.timedelta, uuid.UUID, PurePath)
 
 
 def _safe_method(owner: Any, name: str) -> bool:
@@ -100,7 +106,7 @@ def not_data(value: Any, budget: int = 100_000) -> Any:
             stack.extend(v)
         elif _is_model(v):
             stack.extend(vars(v).values())
-        elif type(v).__module__ in ("datetime", "decimal", "fractions"):
+        elif isinstance(v, _VALUE_TYPES):
             continue
         else:
             return v
