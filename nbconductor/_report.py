@@ -124,7 +124,9 @@ def _interrupted(run) -> bool:
 
     if run["status"] == "interrupted":
         return True
-    return run["status"] == "running" and "pid" in run.keys() and process_gone(run["host"], run["pid"])
+    keys = run.keys()
+    return run["status"] == "running" and "pid" in keys and process_gone(
+        run["host"], run["pid"], run["pid_start"] if "pid_start" in keys else None)
 
 
 def _by_status(run_rows) -> dict[str, int]:

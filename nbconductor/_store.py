@@ -48,7 +48,7 @@ _REVIEWS = """CREATE TABLE IF NOT EXISTS reviews (
 SCHEMA = _REVIEWS + """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, started REAL, ended REAL, status TEXT, notebook TEXT,
-    user TEXT, host TEXT, params TEXT, targets TEXT, cost REAL, error TEXT, pid INTEGER
+    user TEXT, host TEXT, params TEXT, targets TEXT, cost REAL, error TEXT, pid INTEGER, pid_start INTEGER
 );
 CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -109,6 +109,7 @@ _REQUIRED = {"runs": {"id", "started", "status", "params"},
              "results": {"run_id", "step", "state", "cache_key", "output_kind", "output"}}
 _OPEN: weakref.WeakSet = weakref.WeakSet()  # stores to checkpoint and close at exit
 _WARNED: set[str] = set()  # stores already warned about (pickled outputs)
+_STARTS: dict[int, int | None] = {}  # pid -> its start in ticks after boot (a forked child has its own)
 
 
 def check_store(path: str | os.PathLike) -> None:
@@ -248,9 +249,11 @@ class Store:
     def _migrate(self) -> None:
         """Add the columns newer versions record to a store an older version created."""
         have = {c[1] for c in self._db.execute("PRAGMA table_info(runs)")}
-        if "pid" not in have:
+        for column in ("pid", "pid_start"):  # the process running a run: pid, its start in ticks after boot
+            if column in have:
+                continue
             try:
-                self._retry(lambda: self._db.execute("ALTER TABLE runs ADD COLUMN pid INTEGER"))
+                self._retry(lambda c=column: self._db.execute(f"ALTER TABLE runs ADD COLUMN {c} INTEGER"))
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):  # another process migrated it meanwhile
                     raise
@@ -315,10 +318,10 @@ class Store:
         self.mark_interrupted()
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.execute(
-            "INSERT INTO runs (id, started, status, notebook, user, host, params, targets, pid) "
-            "VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO runs (id, started, status, notebook, user, host, params, targets, pid, pid_start) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
             (run_id, time.time(), "running", notebook, self.user, socket.gethostname(),
-             redact(_json(params)), json.dumps(targets), os.getpid()),
+             redact(_json(params)), json.dumps(targets), os.getpid(), _own_start()),
         )
         return run_id
 
@@ -337,9 +340,9 @@ class Store:
 
         Returns their ids. A run on another host, or from a store without ``pid``, is left alone.
         """
-        rows = self.query("SELECT id, host, pid FROM runs WHERE status='running' AND host=? AND pid IS NOT NULL",
-                          (socket.gethostname(),))
-        gone = [r["id"] for r in rows if process_gone(r["host"], r["pid"])]
+        rows = self.query("SELECT id, host, pid, pid_start FROM runs WHERE status='running' AND host=? "
+                          "AND pid IS NOT NULL", (socket.gethostname(),))
+        gone = [r["id"] for r in rows if process_gone(r["host"], r["pid"], r["pid_start"])]
         for run_id in gone:
             self.execute(
                 "UPDATE runs SET status='interrupted', "
@@ -441,21 +444,42 @@ def row_to_result(row: sqlite3.Row, store: Store | None = None) -> StepResult:
     )
 
 
-def process_gone(host: str | None, pid: int | None) -> bool:
-    """Whether the process ``pid`` on ``host`` has ended (False when that cannot be known here)."""
-    if not pid or host != socket.gethostname() or pid == os.getpid() or os.name == "nt":
+def process_gone(host: str | None, pid: int | None, ticks: int | None = None) -> bool:
+    """Whether the process ``pid`` on ``host`` (started at ``ticks`` after boot) has ended.
+
+    False when that cannot be known here (another host, no pid, Windows). A pid now held by a
+    process that started at other ``ticks`` was reused: the run's process is gone.
+    """
+    if not pid or host != socket.gethostname() or os.name == "nt":
         return False  # on Windows os.kill would terminate the process, not probe it
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+    pid = int(pid)
+    if pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # alive, another user's
+    state, now = _proc_stat(pid)
+    if state in ("Z", "X"):  # a killed child its parent has not reaped yet
         return True
-    except OSError:
-        return False  # alive, another user's
-    try:  # a killed child its parent has not reaped yet is a zombie: gone as far as the run goes
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    return ticks is not None and now is not None and int(ticks) != now
+
+
+def _own_start() -> int | None:
+    pid = os.getpid()
+    if pid not in _STARTS:
+        _STARTS[pid] = _proc_stat(pid)[1]
+    return _STARTS[pid]
+
+
+def _proc_stat(pid: int) -> tuple[str | None, int | None]:
+    """(state, start time in clock ticks after boot) from /proc; (None, None) where there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None, None
 
 
 @atexit.register

@@ -286,6 +286,19 @@ def test_live_runs_are_not_marked_interrupted(tmp_path):
     other.close()
 
 
+def test_a_reused_pid_does_not_keep_a_dead_run_alive(tmp_path):
+    """A container restarted: its new process got the pid of the one that was killed mid-run."""
+    import os
+
+    store = Store(tmp_path / "s.sqlite")
+    dead = store.start_run({}, None, None)
+    store.execute("UPDATE runs SET pid=?, pid_start=pid_start - 100 WHERE id=?", (os.getpid(), dead))
+    live = store.start_run({}, None, None)
+    statuses = {r["id"]: r["status"] for r in store.runs()}
+    assert statuses == {dead: "interrupted", live: "running"}
+    store.close()
+
+
 def test_an_older_store_is_migrated_in_place(tmp_path):
     import sqlite3
 
@@ -311,7 +324,7 @@ def test_an_older_store_is_migrated_in_place(tmp_path):
     db.close()
     assert report(path)["totals"]["runs"] == 1  # read-only: an unmigrated store reads as it is
     store = Store(path)
-    assert "pid" in {c[1] for c in store.query("PRAGMA table_info(runs)")}
+    assert {"pid", "pid_start"} <= {c[1] for c in store.query("PRAGMA table_info(runs)")}
     assert store.lookup("k").output == "hi" and store.runs()[0]["status"] == "running"  # pid unknown: left alone
     store.start_run({}, None, None)
     store.close()
