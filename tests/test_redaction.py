@@ -179,6 +179,39 @@ def test_live_preview_redacts_a_key_split_across_chunks(canary_env, monkeypatch)
         )
 
 
+def test_streamed_step_preview_never_shows_a_split_key(canary_env, fake_api, tmp_path, monkeypatch):
+    """End to end: a model streams a key split over its deltas into a `%%step` cell's preview."""
+    import functools
+
+    from fakeapi import Text
+    from IPython.core.displaypub import DisplayPublisher
+
+    from nbconductor import _display
+
+    shell = fresh_shell(tmp_path, monkeypatch)
+    shown: list[str] = []
+
+    class Recorder(DisplayPublisher):
+        def publish(self, data, metadata=None, *args, **kwargs):
+            shown.append(json.dumps(data, default=str))
+
+    monkeypatch.setattr(
+        shell, "display_pub", Recorder(shell=shell)
+    )  # not redacting: what LiveText sends
+    monkeypatch.setattr(_display, "LiveText", functools.partial(_display.LiveText, interval=0))
+    reply = f"Here it is: {AWS} and that is all there is to say about it, really, truly."
+    fake_api.script(Text(reply, chunks=6), endpoint="anthropic")
+    shell.run_cell("%%step draft --model anthropic:claude-haiku-4-5\nTell me the key")
+    previews = [s for s in shown if "streaming" in s]
+    assert len(previews) >= 3, shown  # the preview did update while the text arrived
+    half = len(AWS) // 2
+    for text in shown:
+        assert AWS[:half] not in text and AWS[half:] not in text, text
+    assert any(
+        "Here it is: [REDACTED] and" in text for text in shown
+    )  # the output, shown at the end
+
+
 def test_errors_and_usage_errors_shown_in_a_kernel_are_redacted(canary_env, tmp_path, monkeypatch):
     shell = fresh_shell(tmp_path, monkeypatch)
     with capture_output() as cap:
