@@ -37,7 +37,13 @@ _limits = threading.local()  # .max_output, .deadline of the render running in t
 
 
 class LimitExceeded(SecurityError):
-    """A render went past its size limit, or an operation would have."""
+    """A render went past its size limit, or an operation would have; ``configurable`` says
+    whether ``[templates] max_output`` sets the limit (a number's digits and a JSON indent have
+    fixed limits)."""
+
+    def __init__(self, message: str, configurable: bool = True):
+        super().__init__(message)
+        self.configurable = configurable
 
 
 class RenderTimeout(BaseException):  # noqa: N818 - a BaseException, so user code cannot swallow it
@@ -158,7 +164,8 @@ def _int_digits(n: int) -> float:
 
 def _too_many_digits(digits: float) -> None:
     if digits > MAX_DIGITS:
-        raise LimitExceeded(f"the number would have {digits:,.0f} digits, over the limit of {MAX_DIGITS:,}")
+        raise LimitExceeded(f"the number would have {digits:,.0f} digits, over the limit of {MAX_DIGITS:,}",
+                            configurable=False)
 
 
 def _binop(op: Callable, operator: str, left: Any, right: Any) -> Any:
@@ -221,7 +228,7 @@ def _join_guard(value: Any, d: Any = "", *args: Any, **kwargs: Any) -> None:
 def _json_guard(value: Any, indent: Any = None, *args: Any, **kwargs: Any) -> None:
     indent = kwargs.get("indent", indent)
     if isinstance(indent, int) and indent > 64:
-        raise LimitExceeded(f"a JSON indent of {indent:,} is over the limit of 64")
+        raise LimitExceeded(f"a JSON indent of {indent:,} is over the limit of 64", configurable=False)
 
 
 def _check_args(args, kwargs=None) -> None:

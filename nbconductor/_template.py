@@ -102,8 +102,8 @@ def render(source: str, values: dict[str, Any], step: str = "?", *, outputs: Col
             f"step `{step}`: the template ran past its time limit of {timeout:g} s (a loop too large?); "
             "if it is meant to take longer, raise `timeout` under [templates] in nbconductor.toml") from None
     except LimitExceeded as exc:
-        raise TemplateError(f"step `{step}`: {exc}; the limit is `max_output` under [templates] in "
-                            "nbconductor.toml") from None
+        where = "; the limit is `max_output` under [templates] in nbconductor.toml" if exc.configurable else ""
+        raise TemplateError(f"step `{step}`: {exc}{where}") from None
     except SecurityError as exc:
         raise TemplateError(f"step `{step}`: {exc}; {_DATA_ONLY}{_OPT_IN}") from None
     except Exception as exc:  # noqa: BLE001 - whatever a template does wrong is one line
