@@ -35,6 +35,7 @@ from typing import Any
 
 from ._codec import Unstored, decode_output, encode_output, loadable
 from ._errors import StoreError
+from ._liveness import own_start, process_gone
 from ._redact import redact, redactor
 from ._types import Attempt, GateResult, StepResult, Usage
 
@@ -109,7 +110,6 @@ _REQUIRED = {"runs": {"id", "started", "status", "params"},
              "results": {"run_id", "step", "state", "cache_key", "output_kind", "output"}}
 _OPEN: weakref.WeakSet = weakref.WeakSet()  # stores to checkpoint and close at exit
 _WARNED: set[str] = set()  # stores already warned about (pickled outputs)
-_STARTS: dict[int, int | None] = {}  # pid -> its start in ticks after boot (a forked child has its own)
 
 
 def check_store(path: str | os.PathLike) -> None:
@@ -321,7 +321,7 @@ class Store:
             "INSERT INTO runs (id, started, status, notebook, user, host, params, targets, pid, pid_start) "
             "VALUES (?,?,?,?,?,?,?,?,?,?)",
             (run_id, time.time(), "running", notebook, self.user, socket.gethostname(),
-             redact(_json(params)), json.dumps(targets), os.getpid(), _own_start()),
+             redact(_json(params)), json.dumps(targets), os.getpid(), own_start()),
         )
         return run_id
 
@@ -442,44 +442,6 @@ def row_to_result(row: sqlite3.Row, store: Store | None = None) -> StepResult:
         cost=row["cost"], started=row["started"], ended=row["ended"], error=row["error"],
         cache_key=row["cache_key"], cached=bool(row["cached"]), items=row["items"], result_id=row["id"],
     )
-
-
-def process_gone(host: str | None, pid: int | None, ticks: int | None = None) -> bool:
-    """Whether the process ``pid`` on ``host`` (started at ``ticks`` after boot) has ended.
-
-    False when that cannot be known here (another host, no pid, Windows). A pid now held by a
-    process that started at other ``ticks`` was reused: the run's process is gone.
-    """
-    if not pid or host != socket.gethostname() or os.name == "nt":
-        return False  # on Windows os.kill would terminate the process, not probe it
-    pid = int(pid)
-    if pid != os.getpid():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            return False  # alive, another user's
-    state, now = _proc_stat(pid)
-    if state in ("Z", "X"):  # a killed child its parent has not reaped yet
-        return True
-    return ticks is not None and now is not None and int(ticks) != now
-
-
-def _own_start() -> int | None:
-    pid = os.getpid()
-    if pid not in _STARTS:
-        _STARTS[pid] = _proc_stat(pid)[1]
-    return _STARTS[pid]
-
-
-def _proc_stat(pid: int) -> tuple[str | None, int | None]:
-    """(state, start time in clock ticks after boot) from /proc; (None, None) where there is none."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0], int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None, None
 
 
 @atexit.register
