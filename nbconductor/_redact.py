@@ -90,15 +90,24 @@ def add_config(
     _extra_variables += tuple(v for v in variables if v and v not in _extra_variables)
 
 
-def _tolerant(secret: str) -> tuple[str, str]:
-    """(regex, needle): the secret with each separator run allowing 0..4 other separators; the
-    needle is its longest alphanumeric part, which any echo of the secret contains verbatim."""
+def _longest_part(text: str) -> str:
+    return max((p for p in _SEPARATORS.split(text) if p), key=len, default=text)
+
+
+def _tolerant(secret: str) -> tuple[str, set[str]]:
+    """(regex, needles): the secret with each separator run allowing 0..4 other separators; the
+    needles are its longest alphanumeric part (of each form), which any echo contains verbatim."""
     parts = [p for p in _SEPARATORS.split(secret) if p]
     if not parts:
-        return re.escape(secret), secret
+        return re.escape(secret), {secret}
     # Not `"`: a match never spans two strings of a JSON text, so redacting JSON keeps it JSON.
     regex = f'(?:[^\\w"]|_){{0,{_MAX_SEPARATORS}}}'.join(re.escape(p) for p in parts)
-    return regex, max(parts, key=len)
+    # The secret as given and as JSON writes it (`"` and `\\` escaped, non-ASCII as \\uXXXX),
+    # which the separator-tolerant form does not cover when the secret holds such characters.
+    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    if len(forms) > 1:
+        regex = "|".join([*(re.escape(f) for f in sorted(forms, key=len, reverse=True)), regex])
+    return regex, {_longest_part(f) for f in forms}
 
 
 class Redactor:
@@ -107,7 +116,7 @@ class Redactor:
     def __init__(self, secrets: tuple[str, ...], patterns: tuple[str, ...] = ()):
         self.secrets = secrets
         compiled = [_tolerant(s) for s in secrets]
-        self._needles = tuple({needle for _, needle in compiled})
+        self._needles = tuple({needle for _, needles in compiled for needle in needles})
         self._compact = tuple(c for c in (_SEPARATORS.sub("", s) for s in secrets) if c)
         self._first_chars = frozenset(c[0] for c in self._compact)
         self._secret_re = re.compile("|".join(r for r, _ in compiled)) if compiled else None
@@ -131,6 +140,14 @@ class Redactor:
         if self._extra_re is not None:
             text = self._extra_re.sub(REDACTED, text)
         return text
+
+    def may_hold_secret(self, text: str) -> bool:
+        """False when ``text`` (or any JSON encoding of it) certainly holds nothing to redact."""
+        return (
+            self._extra_re is not None
+            or any(n in text for n in self._needles)
+            or any(s in text for s in ("sk-", "earer ", "x-api-key: ", "://"))
+        )
 
     def preview(self, text: str) -> str:
         """Text still streaming in: redacted, and cut before a tail that may be the first part of
@@ -161,15 +178,18 @@ class Redactor:
     def json_text(self, text: str) -> str:
         """A JSON document (a notebook, a manifest) redacted string by string, so the result is still
         valid JSON; text that is not JSON is redacted as text."""
-        if self(text) == text:
-            return text  # nothing in it: keep the bytes as they were
+        if not self.may_hold_secret(text):
+            return text
         try:
             data = json.loads(text)
         except ValueError:
             return self(text)
+        clean = self.value(data)
+        if clean == data:
+            return text  # nothing in it: keep the bytes as they were
         first = text.split("\n", 2)[1] if text.count("\n") >= 2 else ""
         indent = (len(first) - len(first.lstrip(" "))) or None
-        return json.dumps(self.value(data), indent=indent, ensure_ascii=False) + (
+        return json.dumps(clean, indent=indent, ensure_ascii=False) + (
             "\n" if text.endswith("\n") else ""
         )
 

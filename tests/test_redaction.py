@@ -86,6 +86,21 @@ def test_redact_secret_named_variables_and_separator_variants(canary_env, monkey
     }
 
 
+def test_a_secret_with_quotes_or_non_ascii_is_redacted_inside_json_text(monkeypatch):
+    """Store columns hold JSON text (json.dumps escapes `"` and, by default, non-ASCII)."""
+    odd = f'qu"ote-p\u00e4ssw\u00f6rd-{secrets.token_hex(3)}'
+    monkeypatch.setenv("ODD_PASSWORD", odd)
+    for text in (
+        json.dumps({"a": f"x {odd} y"}),
+        json.dumps({"a": odd}, ensure_ascii=False),
+        f"x {odd} y",
+    ):
+        clean = redact(text)
+        assert REDACTED in clean and odd.split("-")[-1] not in clean, clean
+        if text.startswith("{"):
+            assert json.loads(clean)["a"] in (REDACTED, f"x {REDACTED} y")
+
+
 def test_redact_config_section_adds_patterns_and_variables(tmp_path, monkeypatch):
     """``[redact]`` in nbconductor.toml: more patterns and variable names; a bad regex is one line."""
     code = "DEPLOY-" + secrets.token_hex(6).upper()
