@@ -271,7 +271,7 @@ def review_widget(magics, store_path: str | os.PathLike | None = None) -> Review
     Decisions on this kernel's current outputs also replace them and re-run downstream steps.
     """
     own = magics.pipeline.store
-    store = own if store_path is None else open_store(store_path)
+    store = own if store_path is None else open_store(store_path, readonly=None)
     same = store is own or _same_file(store.path, own.path)
     return ReviewWidget(store, kernel=KernelHooks(magics) if same else None)
 

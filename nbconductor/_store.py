@@ -40,7 +40,7 @@ from ._redact import redact, redactor
 from ._types import Attempt, GateResult, StepResult, Usage
 
 __all__ = ["ACCEPTED", "Store", "StoreError", "Unstored", "check_store", "decode_output", "default_store_path",
-           "digest", "encode_output", "loadable", "process_gone", "row_to_result"]
+           "digest", "encode_output", "loadable", "process_gone", "row_to_result", "writable"]
 
 _REVIEWS = """CREATE TABLE IF NOT EXISTS reviews (
     id INTEGER PRIMARY KEY AUTOINCREMENT, result_id INTEGER, decision TEXT,
@@ -140,13 +140,23 @@ def _existing_file(path: str | os.PathLike) -> bool:
     return where.stat().st_size > 0
 
 
-def _check_writable(path: str, existing: bool) -> None:
+def writable(path: str | os.PathLike) -> bool:
+    """Whether this process may write the store at ``path`` (and create its WAL beside it)."""
     where = Path(path)
     wal = where.with_name(where.name + "-wal")
-    if (existing and not os.access(where, os.W_OK)) or (
-            not wal.exists() and not os.access(where.parent, os.W_OK)):
-        raise StoreError(f"{path} is read-only: `nbconductor report` and `nbconductor review` (listing) can read "
-                         "it; running or deciding needs a store you can write (--store PATH)", path)
+    if where.exists() and not os.access(where, os.W_OK):
+        return False
+    return wal.exists() or os.access(where.parent, os.W_OK)
+
+
+def _read_only(path: str) -> StoreError:
+    return StoreError(f"{path} is read-only: `nbconductor report` and `nbconductor review` (listing) can read "
+                      "it; running or deciding needs a store you can write (--store PATH)", path)
+
+
+def _check_writable(path: str, existing: bool) -> None:
+    if not writable(path):
+        raise _read_only(path)
 
 
 def _check_tables(db: sqlite3.Connection, path: str, readonly: bool = True) -> None:
@@ -269,6 +279,8 @@ class Store:
                 time.sleep(0.05 * (i + 1))
 
     def execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        if self.readonly:
+            raise _read_only(self.path)
         with self._lock:
             return self._retry(lambda: self._db.execute(sql, args))
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ConductorError
-from ._store import Store, default_store_path, loadable
+from ._store import Store, default_store_path, loadable, writable
 from ._summary import preview, text_table
 
 #: decision -> the state the result takes
@@ -65,16 +65,19 @@ class ReviewItem:
         return self.step if self.item is None else f"{self.step}[{self.item}]"
 
 
-def open_store(path: str | os.PathLike | None, *, readonly: bool = False) -> Store:
+def open_store(path: str | os.PathLike | None, *, readonly: bool | None = False) -> Store:
     """The store at ``path`` (default: ``$NBCONDUCTOR_STORE`` or ``.nbconductor/store.sqlite``).
 
     Raises `ReviewError` when there is no store there, rather than creating an empty one, and
     `StoreError` when the file is not a run store. ``readonly`` opens it for reading only (a
-    read-only file or folder works; nothing is written).
+    read-only file or folder works; nothing is written); ``None``: read-only when it cannot be
+    written (a decision on it is then one line saying so).
     """
     where = Path(path) if path else default_store_path()
     if not where.exists():
         raise ReviewError(f"no run store at {where}: run a pipeline first, or pass --store PATH")
+    if readonly is None:
+        readonly = not writable(where)
     return Store(where, readonly=readonly)
 
 
