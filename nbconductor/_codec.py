@@ -104,6 +104,10 @@ def decode_output(kind: str | None, blob: bytes | None) -> Any:
             import pyarrow as pa
         except ImportError:
             return Unstored("<a pandas DataFrame: install pandas and pyarrow to load it>")
+        if not _safe_pyarrow(pa.__version__):
+            # before 14.0.1, reading an extension type could unpickle (CVE-2023-47248)
+            return Unstored(f"<a pandas DataFrame: pyarrow {pa.__version__} cannot read it safely; "
+                            "install pyarrow >= 14.0.1>")
         with pa.ipc.open_stream(pa.BufferReader(bytes(blob))) as reader:
             return reader.read_all().to_pandas()
     if kind == "unstored":
@@ -111,6 +115,14 @@ def decode_output(kind: str | None, blob: bytes | None) -> Any:
     if kind == "pickle":
         return Unstored("<not loaded: pickled by an older nbconductor>", "pickle")
     raise ValueError(f"unknown output kind {kind!r}")
+
+
+def _safe_pyarrow(version: str) -> bool:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (3 - len(parts))) >= (14, 0, 1)
 
 
 def loadable(kind: str | None) -> bool:

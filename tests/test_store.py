@@ -74,6 +74,9 @@ def test_rich_outputs_have_safe_encodings():
     assert kind == "dataframe"
     assert decode_output(kind, blob).equals(df)
     assert encode_output(pd.DataFrame({"o": [object()]}))[0] == "unstored"
+    from nbconductor._codec import _safe_pyarrow
+
+    assert not _safe_pyarrow("14.0.0") and _safe_pyarrow("14.0.1")  # CVE-2023-47248: never read with older
 
 
 def test_secrets_in_rich_outputs_are_not_stored(monkeypatch):
