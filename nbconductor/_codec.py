@@ -18,9 +18,11 @@ so nothing read from it is unpickled or executed. Each output is stored with a *
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -224,6 +226,10 @@ def _canonical_default(value: Any) -> Any:
         return {"model": _type_name(value), "data": value.model_dump(mode="json")}
     if is_dataclass(value) and not isinstance(value, type):
         return {"dataclass": _type_name(value), "fields": {f.name: getattr(value, f.name) for f in fields(value)}}
+    if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)):
+        from ._tools import code_hash  # the one code hash: a function's code, defaults and closure
+
+        return {"function": getattr(value, "__qualname__", _type_name(value)), "code": code_hash(value)}
     state = getattr(value, "__dict__", None)
     if isinstance(state, dict) and state and not callable(value):
         return {"object": _type_name(value), "state": state}

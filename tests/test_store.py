@@ -110,6 +110,14 @@ def test_cache_keys_hash_without_pickle(monkeypatch):
     assert stable_hash(np.arange(3)) == stable_hash(np.arange(3)) != stable_hash(np.arange(4))
     assert stable_hash({"a", "b"}) == stable_hash({"b", "a"})
     assert stable_hash({"k": [1, 2]}) == stable_hash({"k": [1, 2]})
+    # a notebook function an input refers to: its code decides, not where it lives in memory
+    first = {}
+    exec("def helper(x):\n    return x + 1", first)
+    again = {}
+    exec("def helper(x):\n    return x + 1", again)
+    changed = {}
+    exec("def helper(x):\n    return x + 2", changed)
+    assert stable_hash(first["helper"]) == stable_hash(again["helper"]) != stable_hash(changed["helper"])
 
 
 def test_keys_are_redacted_before_writing(tmp_path, monkeypatch):
