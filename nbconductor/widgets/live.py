@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._redact import redact_value
-from .._snapshot import run_line, step_model, step_node
+from .._snapshot import node, run_line, step_model, step_node
 from .._snapshot import snapshot as _snapshot
 from .graph import GraphWidget
 
@@ -68,10 +68,15 @@ class LiveGraph:
         self._timer: threading.Timer | None = None
         self._finished = False
         self._lock = threading.Lock()
-        snap = snapshot(
-            pipeline, self.results, None, self._run_line(), graph=graph, steps=list(graph.steps)
-        )
-        self.widget = GraphWidget(snap)
+        # Planned steps start pending: a name, a kind and a model, nothing to redact.
+        nodes = [
+            node(name, graph.steps[name], None, None, self._models[name])
+            if name in self.planned
+            else redact_value(self._node(name))
+            for name in graph.order()
+        ]
+        edges = [list(e) for e in graph.edges]
+        self.widget = GraphWidget({"nodes": nodes, "edges": edges, "run": self._run_line()})
 
     def _run_line(self) -> dict[str, Any]:
         return {
