@@ -258,13 +258,18 @@ def test_old_store_with_pickles_is_a_cache_miss_not_an_error(tmp_path, capsys, m
     assert not (tmp_path / "exec").exists() and not (tmp_path / "open").exists()
 
 
+_CALLS: list[int] = []
+
+
+def _make_set() -> set:
+    _CALLS.append(1)  # a module global: a closure over the list would change the function's hash
+    return {1, 2, 3}  # a set: no safe stored form
+
+
 def test_unstored_values_are_cached_in_the_session_only(tmp_path):
     path = tmp_path / "s.sqlite"
-    calls = []
-
-    def make():
-        calls.append(1)
-        return {1, 2, 3}  # a set: no safe stored form
+    calls, make = _CALLS, _make_set
+    calls.clear()
 
     p = Pipeline(store=path)
     p.step("a", "make()", python=True)
