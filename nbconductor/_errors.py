@@ -97,7 +97,8 @@ class MissingDependency(ConductorError):
         self.package, self.extra = package, extra
         what = f" for {purpose}" if purpose else ""
         super().__init__(
-            f"the `{package}` package is needed{what}: pip install 'nbconductor[{extra}]'"
+            f"the `{package}` package is needed{what}: pip install 'nbconductor[{extra}]' "
+            f"(from a checkout, in its folder: pip install -e '.[{extra}]')"
         )
 
 
