@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from pathlib import Path
 
 import nbformat
 import papermill as pm
@@ -291,3 +292,33 @@ def test_a_notebook_gets_its_own_root_logger_and_the_process_keeps_its_own(tmp_p
     assert cells[2].outputs[0].data["text/plain"] == "True"
     assert (root.handlers, root.level) == before
     assert logging.getLogger("test").handlers == [] and logging.getLogger("test").level == 0
+
+
+PAPERMILL_NOTEBOOKS = Path(__file__).parent / "fixtures" / "papermill"
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("test_logging", {}),  # basicConfig + logger.info, then an ImportError
+        ("sysexit0", {}),
+        ("sysexit1", {}),
+        ("line_magic_error", {}),
+        ("simple_execute", {"msg": "Hello"}),
+    ],
+)
+def test_papermills_own_notebooks_match_a_kernel_run(tmp_path, name, params):
+    outs = {}
+    for engine in (None, "nbconductor"):
+        out = tmp_path / f"{engine}.ipynb"
+        try:
+            pm.execute_notebook(str(PAPERMILL_NOTEBOOKS / f"{name}.ipynb"), str(out),
+                                parameters=params or None, engine_name=engine, progress_bar=False,
+                                cwd=str(tmp_path))
+        except PapermillExecutionError:
+            pass
+        outs[engine] = _kernel_neutral(nbformat.read(out, as_version=4))
+    assert outs["nbconductor"] == outs[None]
+    if name == "test_logging":
+        first = next(c for c in outs["nbconductor"]["cells"] if c["type"] == "code")
+        assert first["outputs"][0]["text"] == "INFO:test:test text\n"
