@@ -42,7 +42,7 @@ TOPICS = ["pricing pages", "onboarding emails", "churn", "release notes", "suppo
 
 def make_job(folder: Path) -> Path:
     from nbconductor import Pipeline
-    from nbconductor._export import export_pipeline
+    from nbconductor.handoff._export import export_pipeline
 
     p = Pipeline(store=":memory:", namespace={"topic": "AI orchestration", "markets": ["fr", "de", "ja"]})
     p.context("brand_voice", "Warm, direct, no jargon. Short sentences. End with one concrete next step.")

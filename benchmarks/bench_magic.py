@@ -57,7 +57,7 @@ def shell():
 
 def magic_session(n: int):
     """A fresh namespace and pipeline (as a new kernel would have) with n steps declared."""
-    from nbconductor._magics import ConductorMagics
+    from nbconductor.notebook._magics import ConductorMagics
 
     os.environ["NBCONDUCTOR_STORE"] = tmp_store("magic")
     ip = shell()

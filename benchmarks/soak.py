@@ -73,7 +73,7 @@ def build(store: Path, retries: int):
 
 
 def soak(api: FakeAPI, runs: int, rate: float, retries: int, seed: int, workdir: Path) -> dict:
-    from nbconductor._report import report
+    from nbconductor.store._report import report
 
     api.reset()
     api.set_default(reply, endpoint="anthropic")

@@ -58,12 +58,12 @@ def __dir__() -> list[str]:
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext nbconductor``: register the magics with this shell."""
-    from ._magics import load
+    from .notebook._magics import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
-    from ._magics import unload
+    from .notebook._magics import unload
 
     unload(ipython)

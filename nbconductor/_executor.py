@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import DefinitionError, OutputError, StepFailed, UnknownNameError
-from ._gates import gates_for
 from ._graph import Graph, function_params
 from ._ladder import GateContext, GateError, LadderFailed, run_ladder
 from ._map import combine_items
 from ._pool import ProviderPool
 from ._pycode import run_python
-from ._store import Store
 from ._template import TEMPLATE_GLOBALS, parse_map, render
 from ._types import PNG, Request, Response, Step, StepResult, Usage
+from .gates._rules import gates_for
+from .store._sqlite import Store
 
 Observer = Callable[[str, str, Any], None]  # (event, step, payload)
 # Names IPython puts in every notebook namespace: never what a typo meant.
@@ -285,7 +285,7 @@ def _eval(expr: str, values: dict, step: str, option: str) -> Any:
 
 def stable_hash(value: Any) -> str:
     """A hash of a value that is equal across processes when the value is (never pickles)."""
-    from ._codec import canonical_bytes
+    from .store._codec import canonical_bytes
 
     return hashlib.sha256(canonical_bytes(value)).hexdigest()
 
@@ -368,7 +368,7 @@ def build_request(session: Session, step: Step, values: dict) -> tuple[Request, 
 
 
 def _template_values(session: Session, values: dict) -> dict:
-    from ._history import history_function
+    from .store._history import history_function
 
     return {**values, "history": history_function(session.store, before=session.started, params=session.params,
                                                   run_id=session.run_id)}

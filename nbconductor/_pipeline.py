@@ -13,9 +13,9 @@ from ._executor import RunOptions, RunResult, Session, execute
 from ._graph import Graph
 from ._loop import run_sync
 from ._pool import ProviderPool
-from ._store import Store, default_store_path
 from ._template import parse_map
 from ._types import ON_FAIL, Rubric, Step, StepResult
+from .store._sqlite import Store, default_store_path
 
 
 class Pipeline:

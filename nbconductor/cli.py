@@ -20,14 +20,14 @@ def _check_store(notebook: str, store: str | None = None) -> None:
     """Refuse, before anything runs, a store path that is not a run store (`StoreError`, exit 2)."""
     from pathlib import Path
 
-    from ._batch import _store_path
-    from ._store import check_store
+    from .handoff._batch import _store_path
+    from .store._sqlite import check_store
 
     check_store(_store_path(store, Path(notebook).resolve()))
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._runner import run_notebook
+    from .handoff._runner import run_notebook
 
     _offline(args)
     _check_store(args.notebook)
@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from ._batch import cli_batch
+    from .handoff._batch import cli_batch
 
     _offline(args)
     _check_store(args.notebook, args.store)
@@ -45,19 +45,19 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ._report import cli_report
+    from .store._report import cli_report
 
     return cli_report(args)
 
 
 def _review(args: argparse.Namespace) -> int:
-    from .review import cli_review
+    from .store._review import cli_review
 
     return cli_review(args)
 
 
 def _new(args: argparse.Namespace) -> int:
-    from ._templates import new_from_template
+    from .handoff._templates import new_from_template
 
     return new_from_template(args.template, args.path)
 

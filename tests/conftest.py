@@ -25,6 +25,9 @@ import tempfile
 import pytest
 from fakeapi import FakeAPI
 
+# third-party notebooks the engine tests execute themselves; not examples for nbval
+collect_ignore_glob = ["fixtures/*"]
+
 FAKE_ANTHROPIC_KEY = "sk-ant-" "test-key-0000000000000000"
 FAKE_OPENAI_KEY = "sk-test-key-00000000000000000000"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from IPython.core.interactiveshell import InteractiveShell
 
-from nbconductor._magics import ConductorMagics
+from nbconductor.notebook._magics import ConductorMagics
 
 
 def new_magics(shell: InteractiveShell) -> ConductorMagics:

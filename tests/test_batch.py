@@ -12,9 +12,9 @@ import nbformat
 import pytest
 
 from nbconductor import Pipeline
-from nbconductor._batch import read_rows
 from nbconductor._errors import OptionError
-from nbconductor._export import export_pipeline
+from nbconductor.handoff._batch import read_rows
+from nbconductor.handoff._export import export_pipeline
 
 CANARY = "sk-ant-" "api03-canaryBATCHcanary0123456789abcdef"
 

@@ -101,8 +101,8 @@ def test_unknown_alias_suggests_the_closest(monkeypatch):
 
 def test_run_with_a_bad_config_exits_2_before_running(tmp_path, monkeypatch, capsys):
     from nbconductor import Pipeline
-    from nbconductor._export import export_pipeline
     from nbconductor.cli import main
+    from nbconductor.handoff._export import export_pipeline
 
     monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
     p = Pipeline(store=":memory:", namespace={"topic": "t"})

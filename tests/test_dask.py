@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 from nbconductor import Pipeline
-from nbconductor._export import export_pipeline
+from nbconductor.handoff._export import export_pipeline
 
 pytestmark = pytest.mark.dask
 

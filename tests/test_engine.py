@@ -13,7 +13,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from papermill.exceptions import PapermillExecutionError
 
-from nbconductor._runner import parse_value
+from nbconductor.handoff._runner import parse_value
 
 KERNEL = {"display_name": "Python 3", "language": "python", "name": "python3"}
 
@@ -191,7 +191,7 @@ def test_a_cell_that_runs_too_long_fails(tmp_path):
 def test_engine_is_registered_and_papermill_default_is_unchanged():
     from papermill.engines import NBClientEngine, papermill_engines
 
-    from nbconductor.engine import NBConductorEngine
+    from nbconductor.handoff._engine import NBConductorEngine
 
     assert papermill_engines.get_engine("nbconductor") is NBConductorEngine
     assert papermill_engines.get_engine(None) is NBClientEngine

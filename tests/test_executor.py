@@ -11,9 +11,9 @@ import pytest
 from nbconductor import Pipeline
 from nbconductor._config import Config
 from nbconductor._errors import DefinitionError, UnknownNameError
-from nbconductor._store import Store
 from nbconductor._types import Response, Usage
 from nbconductor.providers import Provider, registry
+from nbconductor.store._sqlite import Store
 
 
 class Counting(Provider):

@@ -20,7 +20,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from nbconductor import Pipeline
 from nbconductor._errors import OptionError
-from nbconductor._export import export_pipeline, is_job
+from nbconductor.handoff._export import export_pipeline, is_job
 
 CANARY = "sk-ant-" "api03-canaryCANARYcanary0123456789abcdef"
 KERNEL = {"display_name": "Python 3", "language": "python", "name": "python3"}
@@ -184,7 +184,7 @@ def test_export_from_kernel_history_when_the_file_is_unknown(tmp_path, monkeypat
     if "__nbconductor__" not in ip.user_ns:  # an earlier test unloaded it
         ip.run_line_magic("reload_ext", "nbconductor")
     magics = ip.user_ns["__nbconductor__"]
-    from nbconductor._commands import cmd_reset
+    from nbconductor.notebook._commands import cmd_reset
 
     cmd_reset(magics, [])
     for cell in [

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 
 from nbconductor import Pipeline
 from nbconductor._errors import OptionError
-from nbconductor._gates import compile_check, gates_for
 from nbconductor._types import Rubric, Step
+from nbconductor.gates._rules import compile_check, gates_for
 
 
 def check(expr: str, output, namespace: dict | None = None):
@@ -175,7 +175,7 @@ def test_schema_validation_retries_with_the_validation_error_as_feedback(tmp_pat
 def test_a_parameter_named_like_a_builtin_check_does_not_hide_it():
     import asyncio
 
-    from nbconductor._gates import compile_check
+    from nbconductor.gates._rules import compile_check
 
     gate = compile_check("max_words(limit)", {"max_words": 400, "limit": 3}, "s")
     assert asyncio.run(gate.check("one two three", None)).passed is True

@@ -13,9 +13,9 @@ from IPython.utils.capture import capture_output
 from notebook_shell import fresh_shell
 
 from nbconductor import Pipeline
-from nbconductor._batch_images import notebook_images, write_row_images
-from nbconductor._export import export_pipeline
 from nbconductor._summary import PNG_MAGIC
+from nbconductor.handoff._batch_images import notebook_images, write_row_images
+from nbconductor.handoff._export import export_pipeline
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from notebook_shell import fresh_shell
 
 from nbconductor import Pipeline  # noqa: E402
 from nbconductor._errors import OutputError, StepFailed  # noqa: E402
-from nbconductor._judge import VERDICT_SCHEMA, judge_prompt, parse_verdict  # noqa: E402
-from nbconductor._report import report  # noqa: E402
-from nbconductor.review import queue  # noqa: E402
+from nbconductor.gates._judge import VERDICT_SCHEMA, judge_prompt, parse_verdict  # noqa: E402
+from nbconductor.store._report import report  # noqa: E402
+from nbconductor.store._review import queue  # noqa: E402
 
 WRITER = "anthropic:claude-haiku-4-5"
 JUDGE = "anthropic:claude-opus-4-8"
@@ -361,7 +361,7 @@ def test_rubric_max_tokens_must_be_positive(pipeline):
 
 
 def test_rubric_max_tokens_survives_export_and_reload(tmp_path):
-    from nbconductor._export import export_pipeline
+    from nbconductor.handoff._export import export_pipeline
 
     p = Pipeline(store=tmp_path / "s.sqlite", root=tmp_path)
     p.step("draft", "Write about {{ topic }}", model="offline:w", lazy=True)

@@ -5,7 +5,7 @@ import time
 import pytest
 from jupyter_client.manager import start_new_kernel
 
-from nbconductor._store import Store
+from nbconductor.store._sqlite import Store
 
 
 @pytest.fixture

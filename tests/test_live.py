@@ -14,13 +14,13 @@ from notebook_shell import fresh_shell, new_magics
 
 from nbconductor._errors import StepFailed
 from nbconductor._notebook import current_parameters
-from nbconductor._snapshot import attempt_spans, snapshot
 from nbconductor._types import Attempt, GateResult, StepResult, Usage
-from nbconductor.review import decide, queue
-from nbconductor.widgets.form import IntakeForm
-from nbconductor.widgets.graph import GraphWidget
-from nbconductor.widgets.live import LiveGraph
-from nbconductor.widgets.timeline import TimelineView, timeline_rows
+from nbconductor.notebook.widgets.form import IntakeForm
+from nbconductor.notebook.widgets.graph import GraphWidget
+from nbconductor.notebook.widgets.live import LiveGraph
+from nbconductor.render._snapshot import attempt_spans, snapshot
+from nbconductor.render.timeline import TimelineView, timeline_rows
+from nbconductor.store._review import decide, queue
 
 PARAMS = 'topic = "pricing pages"\nmarkets = ["fr", "de", "ja"]'
 RESEARCH = (

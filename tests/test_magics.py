@@ -3,7 +3,7 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 from notebook_shell import fresh_shell
 
-from nbconductor._store import Store
+from nbconductor.store._sqlite import Store
 
 
 @pytest.fixture

@@ -155,7 +155,7 @@ def test_plain_papermill_cli_refuses_a_bad_name(tmp_path):
 def test_the_intake_form_refuses_bad_names(tmp_path, monkeypatch):
     from notebook_shell import fresh_shell
 
-    from nbconductor.widgets.form import IntakeForm
+    from nbconductor.notebook.widgets.form import IntakeForm
 
     for name in BAD_NAMES:
         with pytest.raises(ValueError, match="parameter name"):
@@ -229,7 +229,7 @@ def test_an_injected_cell_that_holds_code_does_not_run(tmp_path, cli):
 
 
 def test_exported_parameters_cell_is_literals(tmp_path):
-    from nbconductor._export_cells import params_source
+    from nbconductor.handoff._export_cells import params_source
 
     assert params_source({"topic": 'a"""b\n', "n": [1, {"k": None}]}) == "topic = 'a\"\"\"b\\n'\nn = [1, {'k': None}]"
     with pytest.raises(ParameterError):

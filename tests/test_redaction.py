@@ -26,8 +26,8 @@ from notebook_shell import fresh_shell
 
 from nbconductor import Pipeline
 from nbconductor._errors import ConfigError
-from nbconductor._export import export_pipeline
 from nbconductor._redact import REDACTED, redact
+from nbconductor.handoff._export import export_pipeline
 
 KERNEL = {"display_name": "Python 3", "language": "python", "name": "python3"}
 CANARIES = {
@@ -161,7 +161,7 @@ def test_secret_variables_never_reach_the_store(canary_env, tmp_path):
 
 def test_live_preview_redacts_a_key_split_across_chunks(canary_env, monkeypatch):
     """What the stream preview shows is redacted as a whole: neither half of a split key shows."""
-    from nbconductor import _display
+    from nbconductor.notebook import _display
 
     shown: list[str] = []
 
@@ -201,7 +201,7 @@ def test_streamed_step_preview_never_shows_a_split_key(canary_env, fake_api, tmp
     from fakeapi import Text
     from IPython.core.displaypub import DisplayPublisher
 
-    from nbconductor import _display
+    from nbconductor.notebook import _display
 
     shell = fresh_shell(tmp_path, monkeypatch)
     shown: list[str] = []
@@ -244,7 +244,7 @@ def test_displays_in_a_kernel_are_redacted(canary_env, tmp_path, monkeypatch):
     """A step's output and `%conductor run`'s summary, shown in a notebook: their text is redacted."""
     from IPython.core.displaypub import DisplayPublisher
 
-    from nbconductor._display import install_shell_redaction
+    from nbconductor.notebook._display import install_shell_redaction
 
     shell = fresh_shell(tmp_path, monkeypatch)
     shown: list[str] = []
@@ -270,7 +270,7 @@ def test_papermill_saves_are_redacted_while_nbconductor_runs_a_notebook(canary_e
     notebook while `nbconductor run` or a batch row runs it."""
     from papermill.iorw import write_ipynb
 
-    from nbconductor._engine_outputs import install_write_redaction, redacting_every_write
+    from nbconductor.handoff._engine_outputs import install_write_redaction, redacting_every_write
 
     install_write_redaction()
     plain = new_notebook(cells=[new_code_cell(f"print({DB!r})")])
@@ -297,8 +297,8 @@ def test_papermill_saves_are_redacted_while_nbconductor_runs_a_notebook(canary_e
 def test_dask_rows_are_redacted_with_the_coordinators_secrets(tmp_path, monkeypatch):
     """A Dask worker redacts with its own environment; the secret a row was given on the
     coordinator (``token`` = the coordinator's GITHUB_TOKEN) is redacted when the row lands."""
-    from nbconductor._dask import _land, dump_store
-    from nbconductor._row import Row
+    from nbconductor.handoff._dask import _land, dump_store
+    from nbconductor.handoff._row import Row
 
     monkeypatch.delenv(
         "GITHUB_TOKEN", raising=False

@@ -8,11 +8,12 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from nbconductor._report import percentile, report, report_figure, report_text, show_report
-from nbconductor._store import Store
 from nbconductor._types import Attempt, StepResult, Usage
 from nbconductor.cli import main
-from nbconductor.review import decide
+from nbconductor.notebook._report_display import show_report
+from nbconductor.store._report import percentile, report, report_figure, report_text
+from nbconductor.store._review import decide
+from nbconductor.store._sqlite import Store
 
 W, F = "anthropic:claude-haiku-4-5", "openai:gpt-4.1-mini"
 

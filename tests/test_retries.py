@@ -186,7 +186,7 @@ def test_per_provider_concurrency_limit(fake_api, fast_config, tmp_path):
 @pytest.mark.parametrize("fault", [Malformed(), Cut("half an answ", after_chunks=2), Stall(5, text="stall")])
 def test_transport_faults_are_retried_without_feedback_and_keep_first_pass_yield(
         fake_api, fast_config, tmp_path, provider, endpoint, fault):
-    from nbconductor._report import report
+    from nbconductor.store._report import report
 
     fake_api.script(fault, Text('{"ok": true}'), endpoint=endpoint)
     p = make(tmp_path, fast_config)
@@ -201,7 +201,7 @@ def test_transport_faults_are_retried_without_feedback_and_keep_first_pass_yield
 
 
 def test_an_invalid_answer_the_model_finished_counts_against_first_pass_yield(fake_api, fast_config, tmp_path):
-    from nbconductor._report import report
+    from nbconductor.store._report import report
 
     fake_api.script(Text("not json at all"), Text('{"ok": true}'), endpoint="anthropic")
     p = make(tmp_path, fast_config)
@@ -220,7 +220,7 @@ def test_soak_transport_faults_change_no_quality_count(fake_api, fast_config, tm
 
     from fakeapi import JSONText
 
-    from nbconductor._report import report
+    from nbconductor.store._report import report
 
     def reply(body):
         text = json.dumps(body)

@@ -9,11 +9,12 @@ from IPython.utils.capture import capture_output
 from notebook_shell import fresh_shell
 
 from nbconductor import Pipeline
-from nbconductor._history import history
-from nbconductor._magics import ConductorMagics
-from nbconductor._store import Store
 from nbconductor.cli import main
-from nbconductor.review import ReviewError, ReviewWidget, decide, queue, review_widget, reviews
+from nbconductor.notebook._magics import ConductorMagics
+from nbconductor.notebook._review_widget import ReviewWidget, review_widget
+from nbconductor.store._history import history
+from nbconductor.store._review import ReviewError, decide, queue, reviews
+from nbconductor.store._sqlite import Store
 
 
 @pytest.fixture

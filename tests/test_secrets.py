@@ -81,7 +81,7 @@ def test_magic_errors_show_no_key(fake_api, tmp_path, monkeypatch):
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output
 
-    from nbconductor._magics import ConductorMagics
+    from nbconductor.notebook._magics import ConductorMagics
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", CANARY)
     monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))

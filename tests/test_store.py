@@ -1,7 +1,7 @@
 import multiprocessing as mp
 
-from nbconductor._store import Store, Unstored, decode_output, encode_output
 from nbconductor._types import Attempt, GateResult, StepResult, Usage
+from nbconductor.store._sqlite import Store, Unstored, decode_output, encode_output
 
 
 def _writer(path, n, worker):
@@ -74,7 +74,7 @@ def test_rich_outputs_have_safe_encodings():
     assert kind == "dataframe"
     assert decode_output(kind, blob).equals(df)
     assert encode_output(pd.DataFrame({"o": [object()]}))[0] == "unstored"
-    from nbconductor._codec import _safe_pyarrow
+    from nbconductor.store._codec import _safe_pyarrow
 
     assert not _safe_pyarrow("14.0.0") and _safe_pyarrow("14.0.1")  # CVE-2023-47248: never read with older
 
@@ -182,7 +182,7 @@ def _copy(src, dst):
 def test_history_ends_where_the_batch_began(tmp_path, monkeypatch):
     import time
 
-    from nbconductor._history import HISTORY_ENV
+    from nbconductor.store._history import HISTORY_ENV
 
     seed = tmp_path / "seed.sqlite"
     p = _draft_pipeline(seed)
@@ -209,8 +209,8 @@ def test_batch_rows_do_not_see_each_other(tmp_path, monkeypatch, capsys):
     import json
     import sqlite3
 
-    from nbconductor._export import export_pipeline
     from nbconductor.cli import main
+    from nbconductor.handoff._export import export_pipeline
 
     p = _draft_pipeline(":memory:")
     p.namespace["topic"] = "t"
@@ -255,7 +255,7 @@ def test_a_killed_run_is_counted_interrupted_and_marked_so(tmp_path):
     import sys
     import time
 
-    from nbconductor._report import report, report_text
+    from nbconductor.store._report import report, report_text
 
     path, script = tmp_path / "s.sqlite", tmp_path / "slow.py"
     script.write_text(SLOW_RUN)
@@ -313,7 +313,7 @@ def test_a_reused_pid_does_not_keep_a_dead_run_alive(tmp_path):
 def test_an_older_store_is_migrated_in_place(tmp_path):
     import sqlite3
 
-    from nbconductor._report import report
+    from nbconductor.store._report import report
 
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
@@ -349,8 +349,8 @@ def test_the_store_file_alone_has_the_data_after_a_kernel_run(tmp_path, monkeypa
     import nbformat
 
     from nbconductor import Pipeline
-    from nbconductor._export import export_pipeline
     from nbconductor.cli import main
+    from nbconductor.handoff._export import export_pipeline
 
     p = Pipeline(store=":memory:", namespace={"topic": "t"})
     p.step("draft", "Write about {{ topic }}", model="offline:w")
@@ -383,7 +383,7 @@ def test_opening_a_store_twice_in_a_process_keeps_its_wal_safe(tmp_path):
     held = Store(path)
     held.record(held.start_run({}, None, None), StepResult("a", "passed", "x", cache_key="k"))
     Store(path, readonly=True).close()  # e.g. `%conductor review --store` on the kernel's own store
-    subprocess.run([sys.executable, "-c", "import sys; from nbconductor._store import Store; "
+    subprocess.run([sys.executable, "-c", "import sys; from nbconductor.store._sqlite import Store; "
                     "s = Store(sys.argv[1]); s.start_run({}, None, None); s.close()", str(path)], check=True)
     assert (tmp_path / "s.sqlite-wal").exists()  # not deleted while `held` uses it
     held.record(held.start_run({}, None, None), StepResult("b", "passed", "y", cache_key="k2"))

@@ -5,7 +5,7 @@ A crafted store — the one that arrives beside a cloned notebook, or one passed
 every entry point that reads outputs: ``nbconductor review`` (listing, ``--approve``,
 ``--reject``), ``nbconductor report``, ``nbconductor run`` with both engines, plain papermill of
 the exported job, ``nbconductor batch``, ``%conductor review / status / run --dry-run``, a
-``%%step`` cache hit, ``history()``, ``nbconductor.review.queue()`` and the Store API. No marker
+``%%step`` cache hit, ``history()``, ``nbconductor.store._review.queue()`` and the Store API. No marker
 ever appears; each entry point says, in one warning line naming the store, that it did not load
 the pickled outputs. A path that is not a store is one line, exit 2 (a ``UsageError`` in a
 notebook); a read-only store is read by ``report`` and ``review`` without a write.
@@ -29,10 +29,10 @@ import pytest
 from IPython.core.error import UsageError
 from notebook_shell import fresh_shell
 
-import nbconductor._store as store_module
+import nbconductor.store._sqlite as store_module
 from nbconductor import Pipeline
-from nbconductor._export import export_pipeline
-from nbconductor._store import Store, Unstored
+from nbconductor.handoff._export import export_pipeline
+from nbconductor.store._sqlite import Store, Unstored
 
 WARNING = "pickled by an older nbconductor"
 ENTRY_POINTS: list[str] = []  # filled as the test goes: the report's figure
@@ -165,8 +165,8 @@ def test_pickled_outputs_are_never_loaded_from_any_entry_point(crafted, monkeypa
     c.check()
 
     # the Python API: queue(), history(), lookups
-    from nbconductor._history import history
-    from nbconductor.review import queue
+    from nbconductor.store._history import history
+    from nbconductor.store._review import queue
 
     c.fresh()
     db = sqlite3.connect(store)
@@ -174,7 +174,7 @@ def test_pickled_outputs_are_never_loaded_from_any_entry_point(crafted, monkeypa
     db.commit()
     items = queue(store)
     assert items and all(isinstance(i.output, Unstored) for i in items)
-    ENTRY_POINTS.append("nbconductor.review.queue()")
+    ENTRY_POINTS.append("nbconductor.store._review.queue()")
     s = Store(store)
     assert history(s, "draft") == []  # the other brief's output is a pickle: never offered
     ENTRY_POINTS.append("history()")

@@ -226,7 +226,7 @@ def test_model_methods_of_the_notebook_need_opting_in(ip, tmp_path):
 
 
 def test_export_keeps_template_function_lines():
-    from nbconductor._export_cells import filter_magic_lines
+    from nbconductor.handoff._export_cells import filter_magic_lines
 
     kept = filter_magic_lines("%conductor template-function shorten quiet\n%conductor graph\nx = 1")
     assert kept == "%conductor template-function shorten quiet\nx = 1"

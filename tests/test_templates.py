@@ -1,8 +1,8 @@
 import pytest
 
 from nbconductor import Pipeline
-from nbconductor._templates import available
 from nbconductor.cli import main
+from nbconductor.handoff._templates import available
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def test_unknown_template(capsys):
 
 
 def test_templates_ship_inside_the_package():
-    from nbconductor import _templates
+    from nbconductor.handoff import _templates
 
     # the package's templates folder is the repository's templates/, so a wheel carries them
     assert _templates.TEMPLATES_DIR.parent.name == "nbconductor"

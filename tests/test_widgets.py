@@ -12,11 +12,11 @@ import xml.etree.ElementTree as ET
 import ipywidgets as w
 import pytest
 
-from nbconductor.widgets import _layout
-from nbconductor.widgets._layout import PALETTE, compute_layout, render_svg, render_text
-from nbconductor.widgets.form import IntakeForm, field_for
-from nbconductor.widgets.graph import GraphWidget, markdown_to_html
-from nbconductor.widgets.timeline import TimelineView, render_timeline_svg, render_timeline_text
+from nbconductor.notebook.widgets.form import IntakeForm, field_for
+from nbconductor.notebook.widgets.graph import GraphWidget, markdown_to_html
+from nbconductor.render import _layout
+from nbconductor.render._layout import PALETTE, compute_layout, render_svg, render_text
+from nbconductor.render.timeline import TimelineView, render_timeline_svg, render_timeline_text
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 PNG_1PX = base64.b64encode(
@@ -165,7 +165,7 @@ def test_graph_widget_traitlets_follow_update(snapshot, monkeypatch):
     calls = []
     real = _layout.compute_layout
     monkeypatch.setattr(
-        "nbconductor.widgets.graph.compute_layout", lambda *a: calls.append(a) or real(*a)
+        "nbconductor.notebook.widgets.graph.compute_layout", lambda *a: calls.append(a) or real(*a)
     )
     g = GraphWidget(snapshot)
     assert [n["id"] for n in g.nodes] == [n["id"] for n in snapshot["nodes"]]
@@ -363,7 +363,7 @@ def test_timeline_view_text_and_bundle(snapshot):
 
 def test_static_modules_do_not_import_ipywidgets():
     code = (
-        "import sys, nbconductor.widgets._layout, nbconductor.widgets.timeline;"
+        "import sys, nbconductor.render._layout, nbconductor.render.timeline;"
         "assert 'ipywidgets' not in sys.modules, 'ipywidgets imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -61,7 +61,7 @@ SNAPSHOT = {
 }  # fmt: skip
 
 GRAPH_CELLS = [
-    "from nbconductor.widgets import GraphWidget, TimelineView",
+    "from nbconductor.notebook.widgets import GraphWidget, TimelineView",
     f"snapshot = {SNAPSHOT!r}\ngraph = GraphWidget(snapshot)\ngraph.show();",
     "TimelineView(snapshot)",
 ]
@@ -73,7 +73,7 @@ FORM_PARAMS = {
     "draft_only": False,
 }
 FORM_CELLS = [
-    "from nbconductor.widgets import IntakeForm\n"
+    "from nbconductor.notebook.widgets import IntakeForm\n"
     "def on_run(params):\n"
     "    print('RAN WITH', sorted(params.items()))\n"
     "    return 'brief accepted: ' + params['topic']\n"

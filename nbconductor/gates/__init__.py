@@ -1,0 +1,1 @@
+"""Quality gates: rule checks, schemas and the LLM judge, evaluated in one place."""

@@ -1,0 +1,406 @@
+"""``nbconductor batch``: one papermill run per row of parameters, in parallel.
+
+Rows run in warm local worker processes (`nbconductor.handoff._workers`) or on a Dask cluster
+(`nbconductor.handoff._dask`), each row (`nbconductor.handoff._row`) on the in-process engine for exported jobs
+(a kernel per row otherwise). Every row writes its output notebook and its step results into one
+run store (SQLite in WAL mode, shared through ``NBCONDUCTOR_STORE``). A failing row does not stop
+the others; a worker that dies marks its row failed and is replaced. ``manifest.json`` in the
+output folder records each row's outcome, which is what ``--resume`` reads to run only the rows
+that did not finish. This module is the coordinator: rows in, manifest, progress, summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .._errors import OptionError
+from .._params import check_known, check_name, check_names, check_value
+from .._redact import redact, redact_value
+from .._summary import fmt_cost, preview, text_table
+from ..store._history import HISTORY_ENV
+from ._batch_images import write_row_images
+from ._row import Row, RowResult, execute_row, params_key
+from ._runner import choose_engine, engine_label, environ, parse_value, redact_file
+from ._workers import WORKER_ENV, run_local, sweep, worker_context
+
+__all__ = [
+    "FINISHED", "MANIFEST", "WORKER_ENV", "Manifest", "Progress", "Row", "RowResult", "cli_batch",
+    "execute_row", "output_name", "params_key", "read_rows", "run_local", "summary", "sweep",
+]
+
+MANIFEST = "manifest.json"
+FINISHED = ("passed", "flagged")
+
+
+# --------------------------------------------------------------------------------- rows in
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Parameter rows from a .csv, .yaml/.yml, .json or .jsonl file.
+
+    A CSV row has a value per column (an empty cell, like a name a YAML/JSON row leaves out,
+    keeps the notebook's default); names are identifiers and values plain data
+    (`nbconductor._params`). Raises `OptionError` (a `ParameterError` for a bad name or value)
+    with one line naming the file and the row.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise OptionError(f"--params file {str(path)!r} not found")
+    suffix = p.suffix.lower()
+    if suffix not in (".csv", ".yaml", ".yml", ".json", ".jsonl"):
+        raise OptionError(f"--params {p.name}: use a .csv, .yaml or .json file of parameter rows")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise OptionError(f"--params {p.name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
+                          "save it as UTF-8 (e.g. Excel's \"CSV UTF-8\")") from None
+    where = f"--params {p.name}"
+    if suffix == ".csv":
+        return _csv_rows(text, where)
+    try:
+        if suffix in (".yaml", ".yml"):
+            rows = _yaml_load(text)
+        elif suffix == ".json":
+            rows = json.loads(text, object_pairs_hook=_no_duplicates)
+        else:
+            rows = [json.loads(line, object_pairs_hook=_no_duplicates) for line in text.split("\n") if line.strip()]
+    except OptionError as exc:
+        raise OptionError(f"{where}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - yaml and json each raise their own
+        raise OptionError(f"{where} cannot be read: {_one_line(exc)}") from None
+    if isinstance(rows, dict) and isinstance(rows.get("rows"), list):
+        rows = rows["rows"]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise OptionError(f"{where} must hold a list of rows, each a mapping of parameter names "
+                          'to values (e.g. [{"topic": "Pricing"}, {"topic": "Onboarding"}])')
+    if not rows:
+        raise OptionError(f"{where} has no rows")
+    for i, row in enumerate(rows):
+        check_names(row, f"{where}, row {i}")
+    out = [{str(k): _plain(v) for k, v in r.items()} for r in rows]
+    for i, row in enumerate(out):
+        for name, value in row.items():
+            check_value(name, value, f"{where}, row {i}")
+    return out
+
+
+def _csv_rows(text: str, where: str) -> list[dict[str, Any]]:
+    lines = [r for r in csv.reader(io.StringIO(text, newline="")) if r]  # blank lines are not rows
+    if not lines:
+        raise OptionError(f"{where} has no rows")
+    header = [h.strip() for h in lines[0]]
+    for col, name in enumerate(header, 1):
+        if not name:
+            raise OptionError(f"{where}: column {col} of the header has no name: name every column")
+        check_name(name, f"{where}, column {col}")
+        if header.index(name) != col - 1:
+            raise OptionError(f"{where}: column `{name}` appears twice in the header: keep one")
+    rows = []
+    for i, fields in enumerate(lines[1:]):
+        if len(fields) != len(header):
+            raise OptionError(f"{where}: row {i} has {plural(len(fields), 'value')} for {plural(len(header), 'column')} "
+                              f"({', '.join(header)}): give every row a value per column (an empty one keeps "
+                              "the notebook's default)")
+        rows.append({k: _csv_value(v) for k, v in zip(header, fields, strict=True) if v != ""})
+    if not rows:
+        raise OptionError(f"{where} has no rows")
+    return rows
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise OptionError(f"`{key}` appears twice in one row: keep one")
+        seen[key] = value
+    return seen
+
+
+def _yaml_load(text: str) -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        keys = [loader.construct_object(k, deep=True) for k, _ in node.value]
+        for key in keys:
+            if isinstance(key, str) and keys.count(key) > 1:
+                raise OptionError(f"`{key}` appears twice in one row (line {node.start_mark.line + 1}): keep one")
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _one_line(exc: BaseException) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:  # a YAML error: its first line and where it is
+        return f"{getattr(exc, 'problem', None) or exc} at line {mark.line + 1}, column {mark.column + 1}"
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _csv_value(text: str) -> Any:
+    stripped = text.strip()
+    if stripped[:1] in "[{":
+        with contextlib.suppress(ValueError):
+            return json.loads(stripped)
+    return parse_value(text)
+
+
+def _plain(value: Any) -> Any:
+    # YAML dates and the like become strings papermill can write into a cell.
+    if isinstance(value, (_dt.date, _dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def output_name(notebook: Path, index: int, total: int) -> str:
+    width = max(3, len(str(total - 1)))
+    return f"{notebook.stem}-{index:0{width}d}.ipynb"
+
+
+# -------------------------------------------------------------------------------- manifest
+
+
+class Manifest:
+    """``manifest.json`` in the output folder: every row's last outcome."""
+
+    def __init__(self, path: Path, data: dict):
+        self.path, self.data = path, data
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, out_dir: Path, notebook: Path, params_file: str, store: str, resume: bool) -> Manifest:
+        path = out_dir / MANIFEST
+        data = None
+        if resume and path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except ValueError:
+                data = None
+        if data is None:
+            data = {"version": 1, "rows": {}}
+        data.update(notebook=str(notebook), params=str(params_file), store=store)
+        return cls(path, data)
+
+    def finished(self, row: Row) -> dict | None:
+        entry = self.data["rows"].get(str(row.index))
+        if entry and entry.get("status") in FINISHED and entry.get("key") == row.key:
+            return entry
+        return None
+
+    def record(self, result: dict) -> None:
+        with self._lock:
+            self.data["rows"][str(result["index"])] = {**result, "finished": time.time()}
+            self.write()
+
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        # Parameter values and errors as given may hold a secret; a row's `key` is a hash, kept for --resume.
+        tmp.write_text(json.dumps(redact_value(self.data), indent=1, default=str))
+        os.replace(tmp, self.path)
+
+
+# -------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A tqdm bar on a terminal, else one plain line per finished row (on stderr)."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.done, self.label = total, 0, label
+        self.bar = None
+        if total and sys.stderr.isatty():
+            with contextlib.suppress(ImportError):
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="row", desc=label, file=sys.stderr)
+
+    def update(self, result: dict) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if result["status"] == "failed":
+                self.bar.write(f"row {result['index']} failed: {result['error']}", file=sys.stderr)
+            return
+        width = len(str(self.total))
+        tail = f": {result['error']}" if result["status"] == "failed" else ""
+        print(f"[{self.done:>{width}}/{self.total}] row {result['index']} {result['status']} "
+              f"in {result['seconds']:.1f}s{tail}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------------- the CLI
+
+
+def cli_batch(args: argparse.Namespace) -> int:
+    """``nbconductor batch``; returns 0 when every row finished, 1 when one failed, 2 for bad input."""
+    if args.workers is not None and args.workers < 1:
+        raise OptionError(f"--workers must be 1 or more, got {args.workers} (leave it out for one per CPU)")
+    notebook = Path(args.notebook).resolve()
+    nb = _read_notebook(notebook)  # as JSON: the coordinator never imports nbformat or papermill
+    from .._config import load_config
+
+    load_config(start=notebook.parent)  # a config error stops the batch here, not in every row
+    rows_in = read_rows(args.params)
+    _check_known(nb, rows_in, args.params)
+    if not args.dask:
+        worker_context()  # the workers' start-up overlaps with what the coordinator does next
+    engine = choose_engine(nb, args.engine, register=False)
+    out_dir = Path(args.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = str(_store_path(args.store, notebook))
+    manifest = Manifest.open(out_dir, notebook, args.params, store, args.resume)
+    rows = [Row(i, params, str(out_dir / output_name(notebook, i, len(rows_in)))) for i, params in enumerate(rows_in)]
+    results: dict[int, dict] = {}
+    todo = []
+    for row in rows:
+        done = manifest.finished(row) if args.resume else None
+        if done is not None:
+            results[row.index] = {**done, "resumed": True}
+        else:
+            todo.append(row)
+    if args.resume and results:
+        print(f"nbconductor: resuming: {len(results)} of {plural(len(rows), 'row')} already finished",
+              file=sys.stderr)
+    where = f"Dask at {args.dask}" if args.dask else plural(_worker_count(args.workers, len(todo)), "local worker")
+    print(f"nbconductor: {plural(len(todo), 'row')} of {notebook.name} on {where}, {engine_label(engine)} engine; "
+          f"store {store}", file=sys.stderr)
+    progress = Progress(len(todo), notebook.stem)
+    started = time.time()
+
+    def done(result: dict) -> None:
+        if result.get("output") and Path(result["output"]).is_file():
+            result["images"] = write_row_images(result["output"])  # PNGs beside the notebook
+        results[result["index"]] = result
+        manifest.record(result)
+        progress.update(result)
+
+    job = {"notebook": str(notebook), "engine": engine, "store": store}
+    try:
+        # Every row's history() ends where the batch began: rows do not see each other's outputs.
+        with environ({HISTORY_ENV: repr(started)}):
+            if todo and args.dask:
+                from ._dask import run_dask
+
+                run_dask(args.dask, todo, job, done)
+            elif todo:
+                run_local(todo, job, _worker_count(args.workers, len(todo)), done, log_dir=out_dir / "logs")
+    finally:
+        progress.close()
+        manifest.write()
+        for log in (out_dir / "logs").glob("*.log"):
+            redact_file(log)
+    ordered = [results[i] for i in sorted(results)]
+    print(summary(ordered, out_dir, time.time() - started, store))
+    missing = len(rows) - len(ordered)
+    failed = sum(1 for r in ordered if r["status"] == "failed") + missing
+    return 1 if failed else 0
+
+
+def _worker_count(requested: int | None, rows: int) -> int:
+    n = requested if requested else (os.cpu_count() or 2)
+    if n < 1:
+        raise OptionError(f"--workers must be 1 or more, got {n}")
+    return max(1, min(n, rows or 1))
+
+
+def _store_path(arg: str | None, notebook: Path) -> Path:
+    if arg:
+        return Path(arg).resolve()
+    if os.environ.get("NBCONDUCTOR_STORE"):
+        return Path(os.environ["NBCONDUCTOR_STORE"]).resolve()
+    from .._config import load_config
+    from ..store._sqlite import default_store_path
+
+    config = load_config(start=notebook.parent)
+    if config.store:
+        return (notebook.parent / config.store).resolve()
+    return default_store_path(notebook.parent).resolve()
+
+
+def _read_notebook(path: Path) -> dict:
+    if not path.is_file():
+        raise OptionError(f"notebook {str(path)!r} not found")
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        nb["cells"]  # noqa: B018
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OptionError(f"{path.name} is not a readable notebook: {exc}") from None
+    return nb
+
+
+def _check_known(nb: dict, rows: list[dict], params_file: str) -> None:
+    """Raise `ParameterError` for a row name that the notebook's parameters cell does not set."""
+    from ._runner import notebook_parameters
+
+    known = notebook_parameters(nb)
+    if known is None:
+        print("nbconductor: the notebook has no cell tagged `parameters`; papermill puts row values "
+              "at the top", file=sys.stderr)
+        return
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    check_known(names, known, f"--params {Path(params_file).name}")
+
+
+def plural(n: int, word: str) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def summary(results: list[dict], out_dir: Path, seconds: float, store: str) -> str:
+    """The table printed at the end: row, status, flagged, cost, time, notebook or error."""
+    rows = []
+    for r in results:
+        status = r["status"] + (" (earlier)" if r.get("resumed") else "")
+        where = r["error"] if r["status"] == "failed" else _relative(r["output"], out_dir)
+        if r.get("images") and r["status"] != "failed":
+            where += " + " + ", ".join(Path(i).name for i in r["images"])
+        rows.append([str(r["index"]), status, str(r.get("flagged") or 0), fmt_cost(r.get("cost")),
+                     f"{r.get('seconds') or 0:.1f}s", preview(redact(_params_text(r.get("params") or {})), 32),
+                     preview(where or "", 80 + 40 * len(r.get("images") or []))])
+    table = text_table(["row", "status", "flagged", "cost", "time", "params", "notebook (+ images) / error"], rows)
+    counts = {s: sum(1 for r in results if r["status"] == s) for s in ("passed", "flagged", "failed")}
+    costs = [r.get("cost") for r in results if not r.get("resumed")]
+    total = None if any(c is None for c in costs) else sum(costs)
+    lines = [table, "",
+             f"{plural(len(results), 'row')}: {counts['passed']} passed, {counts['flagged']} flagged, {counts['failed']} failed"
+             f" · {fmt_cost(total)} · {seconds:.1f}s · notebooks in {out_dir}"]
+    if counts["flagged"]:
+        lines.append(f"flagged outputs wait for review: nbconductor review --store {store}")
+    if counts["failed"]:
+        lines.append("re-run the failed rows only: add --resume")
+    return "\n".join(lines)
+
+
+def _params_text(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _relative(path: str, base: Path) -> str:
+    try:
+        return str(Path(path).relative_to(base))
+    except ValueError:
+        return path
+

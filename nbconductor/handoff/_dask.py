@@ -1,0 +1,171 @@
+"""``nbconductor batch --dask ADDRESS``: rows as tasks on an existing Dask cluster.
+
+Each row is one task (``client.submit``, a distinct key per row). A task runs the row on the
+worker — in-process engine for exported jobs — against a private temporary store, and returns
+the output notebook and the store rows it wrote. The coordinator writes the notebook into the
+output folder and the rows into the batch's store, so workers need no shared filesystem and the
+store has one writer. Workers need nbconductor installed, and the provider keys in their own
+environment (keys are never sent with tasks). A task that fails or whose worker dies marks its
+row failed; the other rows go on.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .._env import offline_forced
+from .._redact import redactor
+from ._row import Row, RowResult, execute_row
+
+TABLES = ("runs", "results")
+
+
+def run_row_task(notebook_text: str, notebook_name: str, params: dict[str, Any], engine: str | None,
+                 label: str, index: int, offline: bool = False) -> dict[str, Any]:
+    """The Dask task: run one row in a temporary folder; returns its result, notebook and store rows."""
+    from ._runner import environ
+
+    # `--offline` travels with the task (the worker's environment is its own); keys never do.
+    with environ({"NBCONDUCTOR_OFFLINE": "1"} if offline else {}), \
+            tempfile.TemporaryDirectory(prefix="nbconductor-row-") as tmp:
+        folder = Path(tmp)
+        nb_path = folder / notebook_name
+        nb_path.write_text(notebook_text, encoding="utf-8")
+        out = folder / "out.ipynb"
+        store = folder / "store.sqlite"
+        result = execute_row(str(nb_path), str(out), params, engine, str(store), label, index)
+        result["notebook_text"] = out.read_text(encoding="utf-8") if out.is_file() else None
+        result["store_rows"] = dump_store(store)
+    return result
+
+
+def dump_store(path: Path) -> dict[str, list[dict]]:
+    """Every row of the runs and results tables of a store file."""
+    if not path.is_file():
+        return {t: [] for t in TABLES}
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        return {t: [dict(r) for r in db.execute(f"SELECT * FROM {t} ORDER BY rowid")] for t in TABLES}
+    finally:
+        db.close()
+
+
+def merge_store(rows: dict[str, list[dict]], store_path: str) -> None:
+    """Write a task's runs and results into the batch's store (results get new ids)."""
+    from ..store._sqlite import Store
+
+    store = Store(store_path)
+    try:
+        with store._lock:
+            db = store._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for run in rows.get("runs", []):
+                    cols = list(run)
+                    db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                               [run[c] for c in cols])
+                for res in rows.get("results", []):
+                    cols = [c for c in res if c != "id"]
+                    db.execute(f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                               [res[c] for c in cols])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+    finally:
+        store.close()
+
+
+def run_dask(address: str, rows: list[Row], job: dict[str, Any], on_done: Callable[[dict], None]) -> None:
+    """Submit every row to the cluster at ``address``; calls ``on_done(result)`` as each row ends."""
+    from .._errors import OptionError, missing_dependency
+
+    missing_dependency("distributed", "dask", "--dask")
+    from distributed import Client, as_completed
+
+    notebook = Path(job["notebook"])
+    text = notebook.read_text(encoding="utf-8")
+    try:
+        _probe(address)
+        client = Client(address, timeout=30)
+    except (OSError, TimeoutError) as exc:
+        raise OptionError(f"--dask {address}: cannot reach the Dask scheduler ({exc}); "
+                          "start one with `dask scheduler` and pass its tcp://host:port") from None
+    batch = f"nbconductor-{int(time.time())}-{os.getpid()}"
+    try:
+        futures = {}
+        for row in rows:
+            future = client.submit(run_row_task, text, notebook.name, row.params, job["engine"], row.output,
+                                   row.index, offline_forced(), key=f"{batch}-row-{row.index}", pure=False,
+                                   retries=0)
+            futures[future] = row
+        for future in as_completed(futures):
+            row = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - a lost task fails its row, not the batch
+                result = asdict(RowResult(index=row.index, status="failed", output=row.output, params=row.params,
+                                          error=f"the Dask task failed: {type(exc).__name__}: {exc}".splitlines()[0],
+                                          key=row.key))
+            else:
+                _land(result, row, job["store"])
+            on_done(result)
+    finally:
+        client.close()
+
+
+_TEXT_KINDS = ("text", "json", "pydantic", "unstored", "pickle")
+
+
+def _redact_rows(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """A task's store rows redacted with the coordinator's secrets (a worker knows only its own)."""
+    from ..store._sqlite import digest
+
+    clean = redactor()
+    for table in rows.values():
+        for record in table:
+            for column, value in record.items():
+                if isinstance(value, str):
+                    record[column] = clean(value)
+            blob = record.get("output")
+            if isinstance(blob, bytes) and record.get("output_kind") in _TEXT_KINDS:
+                redacted = clean(blob.decode(errors="replace")).encode()
+                if redacted != blob:
+                    record["output"], record["output_hash"] = redacted, digest(redacted)
+            if record.get("prompt") and record.get("prompt_hash"):
+                record["prompt_hash"] = digest(record["prompt"])
+    return rows
+
+
+def _probe(address: str) -> None:
+    """Fail fast (OSError) when nothing listens at a tcp:// address, instead of retrying for long."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme == "tcp" and parts.hostname and parts.port:
+        socket.create_connection((parts.hostname, parts.port), timeout=10).close()
+
+
+def _land(result: dict, row: Row, store: str) -> None:
+    """Write what a task brought back: the output notebook and the store rows."""
+    text = result.pop("notebook_text", None)
+    rows = _redact_rows(result.pop("store_rows", None) or {})
+    result["output"] = row.output
+    if text is not None:  # the worker redacted with its own environment; this is the coordinator's
+        text = redactor().json_text(text)
+    if result.get("error"):
+        result["error"] = redactor()(result["error"])
+    if text is not None:
+        Path(row.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(row.output).write_text(text, encoding="utf-8")
+    if rows.get("runs") or rows.get("results"):
+        merge_store(rows, store)

@@ -1,0 +1,221 @@
+"""IPython magics: ``%%step``, ``%%context``, ``%%rubric`` and ``%conductor``.
+
+A thin layer over `Pipeline`: it parses options, binds outputs to notebook variables, shows
+them inline and turns nbconductor's definition errors into one-line ``UsageError``s.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from contextlib import contextmanager
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.display import Markdown, display
+
+from .._config import keys_available
+from .._errors import ConductorError, DefinitionError, StepFailed
+from .._options import STEP_OPTIONS, check_step_name, step_from_args
+from .._pipeline import Pipeline
+
+SUBCOMMANDS = ("run", "status", "show", "alias", "models", "graph", "timeline", "form", "review", "report",
+               "export", "reset", "template-function")
+
+
+@contextmanager
+def usage_errors():
+    """Turn a `DefinitionError` (a user's mistake) into a one-line `UsageError`."""
+    try:
+        yield
+    except DefinitionError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _parse(fn, line: str):
+    """Parse a magic's options POSIX-style (quotes group words), as a shell would."""
+    name = fn.__name__
+    try:
+        return fn.parser.parse_args(shlex.split(line))
+    except ValueError as exc:
+        raise UsageError(f"%%{name}: cannot parse {line!r}: {exc}") from None
+    except UsageError as exc:
+        raise UsageError(f"%%{name}: {exc} (see %%{name}? for the options)") from None
+
+
+def _step_options(fn):
+    # The same option table the notebook reader uses; `%%step?` shows every option.
+    for names, kwargs in reversed(STEP_OPTIONS):
+        kwargs = {**kwargs, "help": kwargs.get("help", "").replace("%%", "%%%%")}
+        fn = argument(*names, **kwargs)(fn)
+    return magic_arguments(name="%step")(fn)  # IPython adds the second %
+
+
+@magics_class
+class ConductorMagics(Magics):
+    def __init__(self, shell):
+        super().__init__(shell)
+        notebook = os.environ.get("JPY_SESSION_NAME") or None
+        self.pipeline = Pipeline(namespace=shell.user_ns, notebook=notebook)
+        self.cells: dict[str, str] = {}  # step/context/rubric name -> the cell that declared it
+        self._said_offline = False
+
+    # %%step ------------------------------------------------------------------------------------
+    @_step_options
+    @cell_magic
+    def step(self, line: str, cell: str):
+        """Declare a pipeline step and run it (with any stale upstream steps).
+
+        The body is a Jinja2 prompt template: ``{{ name }}`` of another step makes it an
+        upstream dependency; other names come from the notebook (parameters, variables).
+        Its output is shown inline and bound to a variable named after the step.
+        """
+        args = _parse(self.step, line)
+        with usage_errors():
+            step = step_from_args(args, cell)
+            check_step_name(step.name, self.shell.user_ns, self.pipeline.steps)
+            previous = self.pipeline.steps.get(step.name)
+            step = self.pipeline.add(step)
+            try:
+                self.pipeline.graph  # noqa: B018 - a cycle is reported now, not at run time
+            except DefinitionError:
+                if previous is None:
+                    del self.pipeline.steps[step.name]
+                else:
+                    self.pipeline.steps[step.name] = previous
+                raise
+        self.cells[step.name] = f"%%step {line}\n{cell}"
+        if not step.lazy:
+            self._run([step.name], show=[step.name])
+
+    # %%context ---------------------------------------------------------------------------------
+    @magic_arguments(name="%context")
+    @argument("name", nargs="?", help="the block's name, used with --context NAME")
+    @argument("--file", help="read the block from this file instead of the cell body")
+    @line_cell_magic
+    def context(self, line: str, cell: str | None = None):
+        """Store a named context block; steps attach it with ``--context NAME``.
+
+        ``%%context NAME`` takes the cell body; ``%context NAME --file PATH`` reads a file.
+        """
+        args = _parse(self.context, line)
+        if not args.name:
+            raise UsageError("%%context needs a name: %%context NAME [--file PATH]")
+        with usage_errors():
+            self.pipeline.context(args.name, cell if not args.file else None, file=args.file)
+        self.cells[f"context:{args.name}"] = f"%%context {line}\n{cell}" if cell is not None else f"%context {line}"
+
+    # %%rubric ----------------------------------------------------------------------------------
+    @magic_arguments(name="%rubric")
+    @argument("step", nargs="?", help="the step this rubric judges")
+    @argument("--judge", help="the judge model SPEC (default: the `judge` alias)")
+    @argument("--threshold", type=float, default=0.8, help="the lowest passing score, 0..1 (default 0.8)")
+    @argument("--retries", type=int, help="re-runs of the step with the judge's feedback")
+    @argument("--on-fail", help="after retries and fallbacks: retry|fallback|review|fail")
+    @argument("--max-tokens", type=int, help="the most tokens the judge may write (default 1024)")
+    @cell_magic
+    def rubric(self, line: str, cell: str):
+        """Attach an LLM-judge gate to a step; the cell body is the rubric."""
+        args = _parse(self.rubric, line)
+        if not args.step:
+            raise UsageError("%%rubric needs a step name: %%rubric STEP --judge SPEC --threshold X")
+        with usage_errors():
+            self.pipeline.rubric(args.step, cell, judge=args.judge or "judge", threshold=args.threshold,
+                                 retries=args.retries, on_fail=args.on_fail, max_tokens=args.max_tokens)
+        self.cells[f"rubric:{args.step}"] = f"%%rubric {line}\n{cell}"
+
+    # %conductor --------------------------------------------------------------------------------
+    @line_magic
+    def conductor(self, line: str):
+        """%conductor run [STEP ...] [--force] [--dry-run] | status | show STEP | graph | timeline |
+        form | review [--store PATH] | report [--store PATH] | export PATH.ipynb | models |
+        alias NAME SPEC | template-function NAME ... | reset
+        """
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%conductor: cannot parse {line!r}: {exc} (check the quotes)") from None
+        if not words:
+            raise UsageError(f"%conductor needs a subcommand: {', '.join(SUBCOMMANDS)}")
+        sub, rest = words[0], words[1:]
+        if sub not in SUBCOMMANDS:
+            import difflib
+
+            close = difflib.get_close_matches(sub, SUBCOMMANDS, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"use one of {', '.join(SUBCOMMANDS)}"
+            raise UsageError(f"%conductor: unknown subcommand `{sub}`: {hint}")
+        from . import _commands
+
+        with usage_errors():
+            return getattr(_commands, f"cmd_{sub.replace('-', '_')}")(self, rest)
+
+    # running -----------------------------------------------------------------------------------
+    def _run(self, targets: list[str] | None, *, force=False, show: list[str] | None = None, live=None,
+             raise_failed: bool = True):
+        """Run ``targets``; bind outputs; show ``show`` steps' outputs; raise if one failed."""
+        from ._display import LiveText, show_result
+
+        self._say_offline(targets)
+        stream = LiveText()
+
+        def observer(event, step, payload):
+            stream(event, step, payload)
+            if live is not None:
+                live(event, step, payload)
+
+        try:
+            with usage_errors():
+                run = self.pipeline.run(None, targets, force=force, observer=observer, stream=True)
+        finally:
+            stream.close()
+        for name, result in run.results.items():
+            if result.state in ("passed", "cached", "flagged", "skipped"):
+                self.shell.user_ns[name] = result.output
+        for name in show or []:
+            if name in run.results:
+                show_result(run.results[name])
+        if raise_failed:
+            self._raise_failed(run)
+        return run
+
+    @staticmethod
+    def _raise_failed(run) -> None:
+        """Raise `StepFailed` for the run's first failed step (so papermill marks the cell)."""
+        failed = run.failed
+        if failed:
+            first = run.results[failed[0]]
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise StepFailed(failed[0], (first.error or "failed").removeprefix(f"step `{failed[0]}` failed: ") + more)
+
+    def _say_offline(self, targets) -> None:
+        if self._said_offline or keys_available():
+            return
+        try:
+            graph = self.pipeline.graph
+            names = graph.upstream(targets) if targets else graph.steps
+            refs = [self.pipeline.pool.resolve(graph.steps[n].model) for n in names
+                    if graph.steps[n].kind in ("llm", "image")]
+        except ConductorError:
+            return
+        implicit = [r for r in refs if r.provider == "offline" and r.alias]
+        if implicit:
+            self._said_offline = True
+            display(Markdown(
+                "*nbconductor: no `ANTHROPIC_API_KEY` or `OPENAI_API_KEY` is set, so steps without an "
+                "explicit model use the **offline** provider (deterministic, no network). Set a key to "
+                "use real models.*"
+            ))
+
+
+def load(ipython) -> None:
+    from ._display import install_shell_redaction
+
+    install_shell_redaction(ipython)
+    magics = ConductorMagics(ipython)
+    ipython.register_magics(magics)
+    ipython.user_ns["__nbconductor__"] = magics
+
+
+def unload(ipython) -> None:
+    ipython.user_ns.pop("__nbconductor__", None)

@@ -1,0 +1,263 @@
+"""The review queue: flagged outputs waiting for a person, and the decisions made on them.
+
+Functions over a `Store` (usable anywhere, no frontend needed):
+
+- `queue(store)` lists every flagged output not yet decided — from this kernel or from batch
+  runs recorded in the same store — with its step, run, parameters, output, score, feedback
+  and the judge's suggested edit.
+- `decide(store, result_id, decision, after=None, note="")` approves, edits (then approves) or
+  rejects one, recording who, when, the output before and after and a note in ``reviews``, and
+  setting the result's state to ``approved`` / ``edited`` / ``rejected``. An approved or edited
+  result is an accepted result: the cache serves it and ``history()`` returns it.
+
+In a notebook, `ReviewWidget` (``%conductor review``) shows one card per item with buttons;
+approving or editing there also replaces the step's output in the kernel and re-runs its
+downstream steps. ``nbconductor review`` (`cli_review`) prints the queue in a terminal and
+approves or rejects by id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import ConductorError
+from .._summary import preview, text_table
+from ._sqlite import Store, default_store_path, loadable, writable
+
+#: decision -> the state the result takes
+DECISIONS = {"approve": "approved", "edit": "edited", "reject": "rejected", "rerun": "rejected"}
+_ALIASES = {"approved": "approve", "edited": "edit", "rejected": "reject", "re-run": "rerun"}
+
+
+class ReviewError(ConductorError):
+    """A review action cannot be done (unknown id, already decided, an edit that does not parse)."""
+
+
+@dataclass
+class ReviewItem:
+    """One flagged output waiting for a decision."""
+
+    id: int
+    run_id: str
+    step: str
+    item: int | None
+    params: dict
+    output: Any
+    output_kind: str | None
+    score: float | None
+    feedback: str
+    suggestion: str | None
+    model: str | None = None
+    attempts: int = 0
+    notebook: str | None = None
+    cache_key: str | None = None
+    ended: float | None = None
+    gates: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """``draft``, or ``translate[2]`` for one item of a ``--map`` step."""
+        return self.step if self.item is None else f"{self.step}[{self.item}]"
+
+
+def open_store(path: str | os.PathLike | None, *, readonly: bool | None = False) -> Store:
+    """The store at ``path`` (default: ``$NBCONDUCTOR_STORE`` or ``.nbconductor/store.sqlite``).
+
+    Raises `ReviewError` when there is no store there, rather than creating an empty one, and
+    `StoreError` when the file is not a run store. ``readonly`` opens it for reading only (a
+    read-only file or folder works; nothing is written); ``None``: read-only when it cannot be
+    written (a decision on it is then one line saying so).
+    """
+    where = Path(path) if path else default_store_path()
+    if not where.exists():
+        raise ReviewError(f"no run store at {where}: run a pipeline first, or pass --store PATH")
+    if readonly is None:
+        readonly = not writable(where)
+    return Store(where, readonly=readonly)
+
+
+def _as_store(store_or_path: Store | str | os.PathLike | None, *, readonly: bool = False) -> Store:
+    return store_or_path if isinstance(store_or_path, Store) else open_store(store_or_path, readonly=readonly)
+
+
+# the queue ----------------------------------------------------------------------------------
+_QUEUE_SQL = """
+SELECT r.*, runs.params AS run_params FROM results r LEFT JOIN runs ON runs.id = r.run_id
+WHERE r.state = 'flagged' AND r.cached = 0 AND NOT (r.item IS NULL AND r.items IS NOT NULL)
+ORDER BY r.id
+"""
+
+
+def queue(store: Store | str | os.PathLike | None = None) -> list[ReviewItem]:
+    """Every flagged output not yet decided, oldest first.
+
+    A ``--map`` step is reviewed item by item (its step-level row follows its items).
+    """
+    store = _as_store(store, readonly=True)
+    return [_item(row, store) for row in store.query(_QUEUE_SQL)]
+
+
+def _item(row, store: Store) -> ReviewItem:
+    gates = json.loads(row["gates"] or "[]")
+    failed = [g for g in gates if not g.get("passed")]
+    scores = [g["score"] for g in failed if g.get("score") is not None and g.get("name") == "rubric"]
+    scores = scores or [g["score"] for g in failed if g.get("score") is not None]
+    feedback = "; ".join(f"{g['name']}: {g.get('feedback') or 'failed'}" for g in failed)
+    suggestion = next((g["suggestion"] for g in failed if g.get("suggestion")), None)
+    try:
+        params = json.loads(row["run_params"] or "{}")
+    except ValueError:
+        params = {}
+    return ReviewItem(
+        id=row["id"], run_id=row["run_id"], step=row["step"], item=row["item"], params=params,
+        output=store.output(row), output_kind=row["output_kind"],
+        score=min(scores) if scores else None, feedback=feedback or (row["error"] or ""),
+        suggestion=suggestion, model=row["model"], attempts=row["attempts"] or 0,
+        notebook=row["notebook"], cache_key=row["cache_key"], ended=row["ended"], gates=gates,
+    )
+
+
+def queue_table(items: list[ReviewItem], width: int = 48) -> str:
+    """The queue as a fixed-width table, then each item's feedback and suggested edit."""
+    if not items:
+        return "nothing to review: no flagged outputs are waiting"
+    rows = [[f"#{i.id}", i.label, i.run_id, _params_text(i.params, 30),
+             "—" if i.score is None else f"{i.score:.2f}", preview(i.output, width)] for i in items]
+    lines = [text_table(["id", "step", "run", "parameters", "score", "output"], rows), ""]
+    for i in items:
+        lines.append(f"#{i.id} {i.label}: {i.feedback or 'no feedback'}")
+        if i.suggestion:
+            lines.append(f"    suggested edit: {i.suggestion}")
+    return "\n".join(lines)
+
+
+def _params_text(params: dict, width: int = 60) -> str:
+    text = ", ".join(f"{k}={preview(v, 24)}" for k, v in params.items()) or "—"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# decisions ----------------------------------------------------------------------------------
+def decide(store: Store | str | os.PathLike, result_id: int, decision: str, after: Any = None,
+           note: str = "") -> int:
+    """Approve, edit (then approve), reject or mark for re-run one flagged result.
+
+    ``decision`` is ``approve``, ``edit`` (``after`` is the edited output: text, or JSON text
+    for a JSON step), ``reject`` or ``rerun``. Records who, when, before and after in the
+    ``reviews`` table and sets the result's state; for an item of a ``--map`` step the step's
+    list output and state follow. Returns the review's id. Raises `ReviewError` for an unknown
+    id, a result that is not waiting for review, or an edit that does not fit the output.
+    """
+    store = _as_store(store)
+    action = _ALIASES.get(decision, decision)
+    if action not in DECISIONS:
+        raise ReviewError(f"unknown decision {decision!r}: use approve, edit, reject or rerun")
+    rows = store.query("SELECT * FROM results WHERE id=?", (int(result_id),))
+    if not rows:
+        raise ReviewError(f"no result #{result_id} in {store.path}: `nbconductor review` lists the queue")
+    row = rows[0]
+    label = row["step"] if row["item"] is None else f"{row['step']}[{row['item']}]"
+    if row["item"] is None and row["items"] is not None:
+        raise ReviewError(f"result #{result_id} is the whole --map step `{row['step']}`: review its items")
+    if row["state"] != "flagged" or row["cached"]:
+        last = store.query("SELECT * FROM reviews WHERE result_id=? ORDER BY id DESC LIMIT 1", (row["id"],))
+        why = f" ({last[0]['decision']} by {last[0]['user']})" if last else ""
+        raise ReviewError(f"result #{result_id} ({label}) is {'cached' if row['cached'] else row['state']}"
+                          f"{why}, not waiting for review")
+    before = store.output(row)
+    if action == "edit":
+        if after is None:
+            raise ReviewError(f"an edit of #{result_id} ({label}) needs the edited output")
+        after = _coerce(after, row["output_kind"], label)
+        if after == before:
+            action = "approve"  # nothing was changed: record what actually happened
+    if action != "edit":
+        after = before
+    state = DECISIONS[action]
+    with store._lock:
+        # Claim the result atomically: another reviewer (another process) may decide it meanwhile.
+        claimed = store.execute("UPDATE results SET state=? WHERE id=? AND state='flagged'", (state, row["id"]))
+        if claimed.rowcount != 1:
+            raise ReviewError(f"result #{result_id} ({label}) was decided by someone else meanwhile")
+        if action == "edit":
+            store.update_output(row["id"], after, state)
+        review_id = store.record_review(row["id"], action, before, after, note)
+        if row["item"] is not None:
+            _update_map_step(store, row, after if action == "edit" else None)
+    return review_id
+
+
+def _coerce(after: Any, kind: str | None, label: str) -> Any:
+    if kind == "bytes":
+        raise ReviewError(f"{label} is an image: approve, reject or re-run it; it cannot be edited as text")
+    if not loadable(kind):
+        raise ReviewError(f"{label} is a Python object the store keeps only as its repr: approve, reject or "
+                          "re-run it; it cannot be edited as text")
+    if kind in ("json", "pydantic") and isinstance(after, str):
+        try:
+            return json.loads(after)
+        except ValueError as exc:
+            raise ReviewError(f"the edited output of {label} must be JSON, like the step's output: {exc}") from None
+    if kind == "text" and not isinstance(after, str):
+        return str(after)
+    return after
+
+
+def _update_map_step(store: Store, row, edited: Any) -> None:
+    """Carry an item's decision to its step-level row: the list output, and the state once
+    no item is waiting any more (rejected > edited > approved)."""
+    parents = store.query(
+        "SELECT * FROM results WHERE run_id=? AND step=? AND item IS NULL AND items IS NOT NULL AND cached=0 "
+        "AND id>? ORDER BY id LIMIT 1", (row["run_id"], row["step"], row["id"]))
+    if not parents:
+        return
+    parent = parents[0]
+    items = store.query(
+        "SELECT state FROM results WHERE run_id=? AND step=? AND item IS NOT NULL AND cached=0 AND id<?",
+        (row["run_id"], row["step"], parent["id"]))
+    states = {r["state"] for r in items}
+    state = next((s for s in ("flagged", "rejected", "edited", "approved") if s in states), parent["state"])
+    output = store.output(parent)
+    if edited is not None and isinstance(output, list) and row["item"] < len(output):
+        output[row["item"]] = edited
+        store.update_output(parent["id"], output, state)
+    else:
+        store.execute("UPDATE results SET state=? WHERE id=?", (state, parent["id"]))
+
+
+def reviews(store: Store | str | os.PathLike, result_id: int | None = None) -> list[dict]:
+    """Recorded decisions (newest last), optionally for one result."""
+    store = _as_store(store)
+    sql, args = "SELECT * FROM reviews", ()
+    if result_id is not None:
+        sql, args = sql + " WHERE result_id=?", (result_id,)
+    return [dict(r) for r in store.query(sql + " ORDER BY id", args)]
+
+
+
+
+# the command line ---------------------------------------------------------------------------
+def cli_review(args: argparse.Namespace) -> int:
+    """``nbconductor review [--store PATH] [--approve ID] [--reject ID] [--note TEXT]``."""
+    deciding = bool(args.approve or args.reject)
+    store = open_store(args.store, readonly=not deciding)  # listing only reads: a read-only store works
+    try:
+        for action, ids in (("approve", args.approve or []), ("reject", args.reject or [])):
+            for result_id in ids:
+                decide(store, result_id, action, note=args.note or "")
+                row = store.query("SELECT step, item, state FROM results WHERE id=?", (result_id,))[0]
+                label = row["step"] if row["item"] is None else f"{row['step']}[{row['item']}]"
+                print(f"#{result_id} {label}: {row['state']}")
+        items = queue(store)
+        print(queue_table(items))
+        if items:
+            print("\napprove or reject: nbconductor review --approve ID / --reject ID [--note TEXT]; "
+                  "edit in a notebook: %conductor review")
+    finally:
+        store.close()
+    return 0
+
