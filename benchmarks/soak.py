@@ -48,24 +48,45 @@ def reply(body: dict):
     if "<rubric>" in text:  # the judge: every fifth brief's first draft falls short
         weak = "first draft" in text and int(re.search(r"brief (\d+)\.", text).group(1)) % 5 == 0
         score = 0.5 if weak else 0.9
-        return JSONText({"score": score, "feedback": "no concrete next step" if weak else "good",
-                         "suggested_edit": ""}, input_tokens=120, output_tokens=20)
+        return JSONText(
+            {
+                "score": score,
+                "feedback": "no concrete next step" if weak else "good",
+                "suggested_edit": "",
+            },
+            input_tokens=120,
+            output_tokens=20,
+        )
     if "List three angles" in text:
         return Text('["price", "speed", "support"]', input_tokens=40, output_tokens=10)
     kind = "revised draft" if "rejected by a quality check" in text else "first draft"
     brief = re.search(r"brief (\d+)\.", text).group(1)
-    return Text(f"A {kind} for brief {brief}. Next step: reply to book a call.", input_tokens=80,
-                output_tokens=30)
+    return Text(
+        f"A {kind} for brief {brief}. Next step: reply to book a call.",
+        input_tokens=80,
+        output_tokens=30,
+    )
 
 
 def build(store: Path, retries: int):
     from nbconductor import Pipeline
     from nbconductor._config import Config, RetryPolicy
 
-    config = Config(retry=RetryPolicy(base_delay=0.01, max_delay=0.05, max_retry_after=5.0, cooldown=60.0,
-                                      cooldown_after=1000), timeout=20.0, read_timeout=0.3)
+    config = Config(
+        retry=RetryPolicy(
+            base_delay=0.01, max_delay=0.05, max_retry_after=5.0, cooldown=60.0, cooldown_after=1000
+        ),
+        timeout=20.0,
+        read_timeout=0.3,
+    )
     p = Pipeline(store=store, config=config, root=store.parent)
-    p.step("research", "List three angles for brief {{ n }}. as JSON", model=WRITER, json=True, retries=retries)
+    p.step(
+        "research",
+        "List three angles for brief {{ n }}. as JSON",
+        model=WRITER,
+        json=True,
+        retries=retries,
+    )
     p.step("draft", "Write a short post for brief {{ n }}. Angles: {{ research }}", model=WRITER)
     p.rubric("draft", RUBRIC, judge=JUDGE, threshold=0.8, retries=retries, on_fail="review")
     p.step("stats", "{'words': len(draft.split()), 'angles': len(research)}", python=True)
@@ -99,7 +120,9 @@ def soak(api: FakeAPI, runs: int, rate: float, retries: int, seed: int, workdir:
         "flagged_runs": statuses.count("flagged"),
         "first_pass_runs": f"{t['first_pass_runs']}/{t['runs_with_output']}",
         "first_pass_yield": t["first_pass_yield"],
-        "step_first_pass": {name: f"{s['first_pass']}/{s['runs']}" for name, s in rep["steps"].items()},
+        "step_first_pass": {
+            name: f"{s['first_pass']}/{s['runs']}" for name, s in rep["steps"].items()
+        },
         "mean_attempts": {name: s["mean_attempts"] for name, s in rep["steps"].items()},
         "wall_s": round(wall, 1),
     }
@@ -108,8 +131,11 @@ def soak(api: FakeAPI, runs: int, rate: float, retries: int, seed: int, workdir:
 def _kinds(injected: list) -> dict[str, int]:
     out: dict[str, int] = {}
     for _, fault in injected:
-        name = type(fault).__name__ + (f" {fault.status}" if hasattr(fault, "status") and
-                                       type(fault).__name__ == "Error" else "")
+        name = type(fault).__name__ + (
+            f" {fault.status}"
+            if hasattr(fault, "status") and type(fault).__name__ == "Error"
+            else ""
+        )
         out[name] = out.get(name, 0) + 1
     return out
 
@@ -122,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     api = FakeAPI().start()
-    os.environ.update(ANTHROPIC_BASE_URL=api.anthropic_base_url, OPENAI_BASE_URL=api.openai_base_url,
-                      ANTHROPIC_API_KEY="sk-ant-soak-0000000000000000", OPENAI_API_KEY="sk-soak-00000000000000")
+    os.environ.update(
+        ANTHROPIC_BASE_URL=api.anthropic_base_url,
+        OPENAI_BASE_URL=api.openai_base_url,
+        ANTHROPIC_API_KEY="sk-ant-soak-0000000000000000",
+        OPENAI_API_KEY="sk-soak-00000000000000",
+    )
     try:
         with tempfile.TemporaryDirectory() as tmp:
             clean = soak(api, args.runs, 0.0, args.retries, args.seed, Path(tmp))
@@ -131,20 +161,38 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         api.stop()
     print(machine())
-    print(f"{args.runs} runs of research → draft (+ rubric, --retries {args.retries}) → stats; "
-          f"faults at {args.rate:.0%} of chat replies")
-    keys = ["runs", "requests", "judge_requests", "injected", "failed_runs", "flagged_runs", "first_pass_runs",
-            "first_pass_yield", "step_first_pass", "mean_attempts", "wall_s"]
+    print(
+        f"{args.runs} runs of research → draft (+ rubric, --retries {args.retries}) → stats; "
+        f"faults at {args.rate:.0%} of chat replies"
+    )
+    keys = [
+        "runs",
+        "requests",
+        "judge_requests",
+        "injected",
+        "failed_runs",
+        "flagged_runs",
+        "first_pass_runs",
+        "first_pass_yield",
+        "step_first_pass",
+        "mean_attempts",
+        "wall_s",
+    ]
     width = max(len(k) for k in keys)
     print(f"{'':<{width}}  {'clean':<34}  faulted")
     for k in keys:
         print(f"{k:<{width}}  {str(clean[k]):<34}  {faulted[k]}")
     print(f"injected faults by kind: {faulted['injected_kinds']}")
-    agree = (clean["first_pass_runs"] == faulted["first_pass_runs"]
-             and clean["step_first_pass"] == faulted["step_first_pass"]
-             and clean["failed_runs"] == faulted["failed_runs"] == 0)
-    print("agree: first-pass yield and failed runs are the same with and without faults" if agree
-          else "DISAGREE: transport faults changed a quality count or failed a run")
+    agree = (
+        clean["first_pass_runs"] == faulted["first_pass_runs"]
+        and clean["step_first_pass"] == faulted["step_first_pass"]
+        and clean["failed_runs"] == faulted["failed_runs"] == 0
+    )
+    print(
+        "agree: first-pass yield and failed runs are the same with and without faults"
+        if agree
+        else "DISAGREE: transport faults changed a quality count or failed a run"
+    )
     return 0 if agree else 1
 
 

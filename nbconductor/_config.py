@@ -82,7 +82,9 @@ class RedactConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     patterns: list[str] = Field(default_factory=list)  # regular expressions
-    variables: list[str] = Field(default_factory=list)  # environment variables whose values are secrets
+    variables: list[str] = Field(
+        default_factory=list
+    )  # environment variables whose values are secrets
 
     @field_validator("patterns")
     @classmethod
@@ -124,7 +126,9 @@ class Config(BaseModel):
     source: str | None = None  # the file this came from
 
     def limit(self, provider: str) -> int:
-        return self.concurrency.get(provider, 16 if provider == "offline" else self.default_concurrency)
+        return self.concurrency.get(
+            provider, 16 if provider == "offline" else self.default_concurrency
+        )
 
 
 def find_config(start: str | os.PathLike | None = None) -> Path | None:
@@ -140,7 +144,9 @@ def find_config(start: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
-def load_config(path: str | os.PathLike | None = None, start: str | os.PathLike | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike | None = None, start: str | os.PathLike | None = None
+) -> Config:
     """Read the configuration; an absent file gives defaults. Raises `ConfigError`."""
     file = Path(path) if path else find_config(start)
     if file is None:
@@ -150,7 +156,9 @@ def load_config(path: str | os.PathLike | None = None, start: str | os.PathLike 
     except OSError as exc:
         raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{file} is not valid TOML: {str(exc).splitlines()[0]}: fix the syntax there") from None
+        raise ConfigError(
+            f"{file} is not valid TOML: {str(exc).splitlines()[0]}: fix the syntax there"
+        ) from None
     if file.name == "pyproject.toml":
         data = data.get("tool", {}).get("nbconductor", {})
     try:
@@ -159,7 +167,10 @@ def load_config(path: str | os.PathLike | None = None, start: str | os.PathLike 
         raise ConfigError(f"{file}: {_explain(exc)}") from None
 
 
-_UNION_TAGS = {"str", "AliasSpec"}  # pydantic names the member of `str | AliasSpec` an error is about
+_UNION_TAGS = {
+    "str",
+    "AliasSpec",
+}  # pydantic names the member of `str | AliasSpec` an error is about
 
 
 def _explain(exc: ValidationError) -> str:
@@ -167,8 +178,12 @@ def _explain(exc: ValidationError) -> str:
     errors = exc.errors()
     # Of the two members of an alias's union, the error about the one the user meant: a table
     # is an AliasSpec, so "Input should be a valid string" about a table is noise.
-    useful = [e for e in errors if not (e["type"] == "string_type" and isinstance(e.get("input"), dict))]
-    first = next((e for e in useful if e["type"] in ("extra_forbidden", "missing")), (useful or errors)[0])
+    useful = [
+        e for e in errors if not (e["type"] == "string_type" and isinstance(e.get("input"), dict))
+    ]
+    first = next(
+        (e for e in useful if e["type"] in ("extra_forbidden", "missing")), (useful or errors)[0]
+    )
     loc = [str(p) for p in first["loc"] if str(p) not in _UNION_TAGS]
     where = ".".join(loc)
     if first["type"] == "extra_forbidden":
@@ -179,8 +194,10 @@ def _explain(exc: ValidationError) -> str:
     if first["type"] == "missing":
         return f"`{where}` is required: add `{loc[-1]} = …` there"
     if loc[:1] == ["aliases"] and len(loc) == 2:
-        return (f'`{where}` = {first.get("input")!r}: an alias is "provider:model" or a table '
-                '{ model = "provider:model", base_url = "…", api_key_env = "…" }')
+        return (
+            f'`{where}` = {first.get("input")!r}: an alias is "provider:model" or a table '
+            '{ model = "provider:model", base_url = "…", api_key_env = "…" }'
+        )
     msg = first["msg"].removeprefix("Value error, ")
     return f"`{where}` = {first.get('input')!r}: {msg}"
 
@@ -268,7 +285,9 @@ def _resolve(
         target = aliases.get(spec)
         if target is None:
             keyed = keys_available()
-            builtin = next((_BUILTIN_ALIASES[p][spec] for p in keyed if spec in _BUILTIN_ALIASES[p]), None)
+            builtin = next(
+                (_BUILTIN_ALIASES[p][spec] for p in keyed if spec in _BUILTIN_ALIASES[p]), None
+            )
             if builtin:
                 target = builtin
             elif not keyed and spec in {"fast", "writer", "judge", "default", "image"}:
@@ -276,8 +295,10 @@ def _resolve(
             else:
                 known = sorted(set(aliases) | {"fast", "writer", "judge"})
                 if spec == "image":
-                    raise OptionError("image steps need OPENAI_API_KEY (OpenAI Images) or an `image` alias: "
-                                      "%conductor alias image openai:gpt-image-1")
+                    raise OptionError(
+                        "image steps need OPENAI_API_KEY (OpenAI Images) or an `image` alias: "
+                        "%conductor alias image openai:gpt-image-1"
+                    )
                 close = difflib.get_close_matches(spec, known, n=1)
                 hint = f"did you mean `{close[0]}`? " if close else ""
                 raise OptionError(

@@ -55,13 +55,21 @@ class RunResult:
     def cost(self) -> float | None:
         """What this run spent: its fresh calls (a cache hit, a skipped or a never-run step costs
         nothing); None when a call's price is unknown."""
-        costs = [r.cost for r in self.results.values() if not r.cached and r.state not in ("skipped", "pending")]
+        costs = [
+            r.cost
+            for r in self.results.values()
+            if not r.cached and r.state not in ("skipped", "pending")
+        ]
         return None if any(c is None for c in costs) else sum(costs)
 
     @property
     def usage(self) -> Usage:
         """Tokens this run spent (cache hits spend none; None where a provider did not say)."""
-        fresh = [r for r in self.results.values() if not r.cached and r.state not in ("skipped", "pending")]
+        fresh = [
+            r
+            for r in self.results.values()
+            if not r.cached and r.state not in ("skipped", "pending")
+        ]
         total = Usage() if fresh else Usage(0, 0)
         for r in fresh:
             total = total + r.usage
@@ -113,7 +121,9 @@ class Session:
     run_id: str = ""
     notebook: str | None = None
     started: float | None = None  # when the run began: where `history()` ends
-    params: dict[str, Any] | None = None  # the run's parameters: `history()` leaves out the same brief
+    params: dict[str, Any] | None = (
+        None  # the run's parameters: `history()` leaves out the same brief
+    )
 
     def remember(self, result: StepResult, step: Step, item: int | None = None) -> None:
         """Record a fresh result in the store and the in-process cache."""
@@ -129,8 +139,16 @@ def check_names(graph: Graph, names: list[str], namespace: dict) -> None:
         for ref in sorted(graph.external_names(name)):
             if ref in namespace or ref in TEMPLATE_GLOBALS or hasattr(builtins, ref):
                 continue
-            known = [*graph.steps, *(k for k, v in namespace.items() if not k.startswith("_")
-                                     and k not in _SHELL_NAMES and not isinstance(v, types.ModuleType))]
+            known = [
+                *graph.steps,
+                *(
+                    k
+                    for k, v in namespace.items()
+                    if not k.startswith("_")
+                    and k not in _SHELL_NAMES
+                    and not isinstance(v, types.ModuleType)
+                ),
+            ]
             raise UnknownNameError(step.name, ref, known)
 
 
@@ -161,8 +179,13 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
         upstream = {d: results[d] for d in deps}
         blocked = [d for d, r in upstream.items() if r.state in ("failed", "pending")]
         if blocked:
-            res = StepResult(name, "pending", error=f"not run: upstream step `{blocked[0]}` did not finish",
-                             usage=Usage(0, 0), cost=0.0)  # never ran: spent nothing
+            res = StepResult(
+                name,
+                "pending",
+                error=f"not run: upstream step `{blocked[0]}` did not finish",
+                usage=Usage(0, 0),
+                cost=0.0,
+            )  # never ran: spent nothing
         else:
             emit("start", name, None)
             res = await _run_step(session, step, upstream, options, emit)
@@ -180,13 +203,24 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
             tasks[name] = asyncio.ensure_future(run_one(name))
         await asyncio.gather(*tasks.values())
         states = {r.state for r in results.values()}
-        status = "failed" if states & {"failed", "pending"} else "flagged" if "flagged" in states else "passed"
+        status = (
+            "failed"
+            if states & {"failed", "pending"}
+            else "flagged"
+            if "flagged" in states
+            else "passed"
+        )
     finally:
         for t in tasks.values():
             t.cancel()
         ordered = {n: results[n] for n in names if n in results}
         run = RunResult(run_id, ordered, status, started, time.time())
-        store.end_run(run_id, status, run.cost, "; ".join(r.error for r in ordered.values() if r.error) or None)
+        store.end_run(
+            run_id,
+            status,
+            run.cost,
+            "; ".join(r.error for r in ordered.values() if r.error) or None,
+        )
     return run
 
 
@@ -203,8 +237,13 @@ def _jsonable(value: Any) -> bool:
         return False
 
 
-async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult],
-                    options: RunOptions, emit: Observer) -> StepResult:
+async def _run_step(
+    session: Session,
+    step: Step,
+    upstream: dict[str, StepResult],
+    options: RunOptions,
+    emit: Observer,
+) -> StepResult:
     started = time.time()
     if upstream and all(r.state == "skipped" for r in upstream.values()):
         return _skipped(step, started)
@@ -216,12 +255,18 @@ async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult
             var, expr = parse_map(step.map, step.name)
             source = _eval(expr, values, step.name, "--map")
             if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
-                raise StepFailed(step.name, f"--map {expr!r} is {source!r}, not a list: pass a list such as "
-                                            f"['fr', 'de'] (a string would be mapped letter by letter)")
+                raise StepFailed(
+                    step.name,
+                    f"--map {expr!r} is {source!r}, not a list: pass a list such as "
+                    f"['fr', 'de'] (a string would be mapped letter by letter)",
+                )
             items = list(source)
-            parts = await asyncio.gather(*(
-                _run_item(session, step, {**values, var: item}, options, emit, i) for i, item in enumerate(items)
-            ))
+            parts = await asyncio.gather(
+                *(
+                    _run_item(session, step, {**values, var: item}, options, emit, i)
+                    for i, item in enumerate(items)
+                )
+            )
             return combine_items(step, parts, items, started)
         return await _run_single(session, step, values, options, emit, None)
     except asyncio.CancelledError:
@@ -231,16 +276,27 @@ async def _run_step(session: Session, step: Step, upstream: dict[str, StepResult
     except LadderFailed as exc:
         return _ladder_failure(step, exc, started)
     except Exception as exc:  # noqa: BLE001 - a step's failure is recorded, not raised
-        return StepResult(step.name, "failed", None, started=started, ended=time.time(),
-                          error=_describe(exc), cost=0.0, usage=Usage(0, 0))  # failed before any model call
+        return StepResult(
+            step.name,
+            "failed",
+            None,
+            started=started,
+            ended=time.time(),
+            error=_describe(exc),
+            cost=0.0,
+            usage=Usage(0, 0),
+        )  # failed before any model call
 
 
 def _skipped(step: Step, started: float) -> StepResult:
-    return StepResult(step.name, "skipped", None, started=started, ended=time.time(), usage=Usage(0, 0), cost=0.0)
+    return StepResult(
+        step.name, "skipped", None, started=started, ended=time.time(), usage=Usage(0, 0), cost=0.0
+    )
 
 
-async def _run_item(session: Session, step: Step, values: dict, options: RunOptions, emit: Observer,
-                    index: int) -> StepResult:
+async def _run_item(
+    session: Session, step: Step, values: dict, options: RunOptions, emit: Observer, index: int
+) -> StepResult:
     """One item of a ``--map``: recorded as soon as it finishes, so a killed run resumes from
     it; a failing item fails only itself (the other items are kept and reused)."""
     started = time.time()
@@ -251,8 +307,16 @@ async def _run_item(session: Session, step: Step, values: dict, options: RunOpti
     except LadderFailed as exc:
         part = _ladder_failure(step, exc, started)
     except Exception as exc:  # noqa: BLE001 - an item's failure is recorded, not raised
-        part = StepResult(step.name, "failed", None, started=started, ended=time.time(),
-                          error=_describe(exc), cost=0.0, usage=Usage(0, 0))
+        part = StepResult(
+            step.name,
+            "failed",
+            None,
+            started=started,
+            ended=time.time(),
+            error=_describe(exc),
+            cost=0.0,
+            usage=Usage(0, 0),
+        )
     if not part.cached:
         session.remember(part, step, index)
     return part
@@ -264,9 +328,19 @@ def _ladder_failure(step: Step, exc: LadderFailed, started: float) -> StepResult
     for a in exc.attempts:
         usage = usage + a.usage
         cost = None if cost is None or a.cost is None else cost + a.cost
-    return StepResult(step.name, "failed", exc.output, prompt=getattr(exc, "prompt", None),
-                      attempts=exc.attempts, gates=exc.gates, usage=usage, cost=cost, started=started,
-                      ended=time.time(), error=str(exc))
+    return StepResult(
+        step.name,
+        "failed",
+        exc.output,
+        prompt=getattr(exc, "prompt", None),
+        attempts=exc.attempts,
+        gates=exc.gates,
+        usage=usage,
+        cost=cost,
+        started=started,
+        ended=time.time(),
+        error=str(exc),
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -305,13 +379,32 @@ def _cache_lookup(session: Session, key: str, step: Step, options: RunOptions) -
     now = time.time()
     # A flagged output stays flagged until a reviewer decides it, however often it is reused.
     state = "flagged" if hit.state == "flagged" else "cached"
-    return StepResult(step.name, state, output, prompt=hit.prompt, model=hit.model, attempts=hit.attempts,
-                      gates=hit.gates, usage=hit.usage, cost=hit.cost, started=now, ended=now,
-                      cache_key=key, cached=True, items=hit.items)
+    return StepResult(
+        step.name,
+        state,
+        output,
+        prompt=hit.prompt,
+        model=hit.model,
+        attempts=hit.attempts,
+        gates=hit.gates,
+        usage=hit.usage,
+        cost=hit.cost,
+        started=now,
+        ended=now,
+        cache_key=key,
+        cached=True,
+        items=hit.items,
+    )
 
 
-async def _run_single(session: Session, step: Step, values: dict, options: RunOptions,
-                      emit: Observer, item: int | None) -> StepResult:
+async def _run_single(
+    session: Session,
+    step: Step,
+    values: dict,
+    options: RunOptions,
+    emit: Observer,
+    item: int | None,
+) -> StepResult:
     if step.kind in ("python", "function"):
         return await _run_python(session, step, values, options)
     started = time.time()
@@ -325,15 +418,33 @@ async def _run_single(session: Session, step: Step, values: dict, options: RunOp
     schema_cls = _schema_class(step, values) if step.schema else None
     try:
         outcome = await run_ladder(
-            step, request, models, session.pool, _parser(step, schema_cls), gates, values,
-            on_attempt=lambda a: emit("attempt", step.name, a), image=step.kind == "image",
+            step,
+            request,
+            models,
+            session.pool,
+            _parser(step, schema_cls),
+            gates,
+            values,
+            on_attempt=lambda a: emit("attempt", step.name, a),
+            image=step.kind == "image",
         )
     except LadderFailed as exc:
         exc.prompt = request.prompt  # the audit trail keeps what was sent, even on failure
         raise
-    return StepResult(step.name, outcome.state, outcome.output, prompt=request.prompt, model=outcome.model,
-                      attempts=outcome.attempts, gates=outcome.gates, usage=outcome.usage, cost=outcome.cost,
-                      started=started, ended=time.time(), cache_key=key)
+    return StepResult(
+        step.name,
+        outcome.state,
+        outcome.output,
+        prompt=request.prompt,
+        model=outcome.model,
+        attempts=outcome.attempts,
+        gates=outcome.gates,
+        usage=outcome.usage,
+        cost=outcome.cost,
+        started=started,
+        ended=time.time(),
+        cache_key=key,
+    )
 
 
 def build_request(session: Session, step: Step, values: dict) -> tuple[Request, list, str]:
@@ -342,39 +453,68 @@ def build_request(session: Session, step: Step, values: dict) -> tuple[Request, 
     limits, outputs = session.pool.config.templates, set(session.graph.deps.get(step.name, ()))
     if step.map:  # a --map item comes from the step's own (trusted) --map expression
         outputs.add(parse_map(step.map, step.name)[0])
-    prompt = render(step.body, _template_values(session, values), step.name, outputs=outputs, limits=limits)
+    prompt = render(
+        step.body, _template_values(session, values), step.name, outputs=outputs, limits=limits
+    )
     contexts = [(c, session.contexts[c]) for c in step.contexts]
-    system = (render(step.system, values, step.name, outputs=outputs, limits=limits)
-              if step.system and "{" in step.system else step.system)
+    system = (
+        render(step.system, values, step.name, outputs=outputs, limits=limits)
+        if step.system and "{" in step.system
+        else step.system
+    )
     schema_cls = _schema_class(step, values) if step.schema else None
     default = "image" if step.kind == "image" and step.model is None else step.model
     models = [session.pool.resolve(default)] + [session.pool.resolve(f) for f in step.fallbacks]
     tools = _tool_specs(step, values)
     request = Request(
-        model=models[0].model, prompt=prompt, system=system, contexts=contexts,
+        model=models[0].model,
+        prompt=prompt,
+        system=system,
+        contexts=contexts,
         json=step.json or schema_cls is not None,
         schema=schema_cls.model_json_schema() if schema_cls else None,
         schema_name=schema_cls.__name__ if schema_cls else None,
-        temperature=step.temperature, max_tokens=step.max_tokens, tools=tools, max_turns=step.max_turns,
+        temperature=step.temperature,
+        max_tokens=step.max_tokens,
+        tools=tools,
+        max_turns=step.max_turns,
     )
-    key = _key({
-        "kind": step.kind, "model": models[0].spec, "fallbacks": [m.spec for m in models[1:]],
-        "base_url": models[0].base_url, "system": request.system_text(), "prompt": prompt,
-        "json": request.json, "schema": request.schema, "temperature": step.temperature,
-        "max_tokens": step.max_tokens, "tools": _tools_key(tools, step), "checks": step.checks,
-        "rubric": step.rubric and vars(step.rubric), "on_fail": step.on_fail, "retries": step.retries,
-    })
+    key = _key(
+        {
+            "kind": step.kind,
+            "model": models[0].spec,
+            "fallbacks": [m.spec for m in models[1:]],
+            "base_url": models[0].base_url,
+            "system": request.system_text(),
+            "prompt": prompt,
+            "json": request.json,
+            "schema": request.schema,
+            "temperature": step.temperature,
+            "max_tokens": step.max_tokens,
+            "tools": _tools_key(tools, step),
+            "checks": step.checks,
+            "rubric": step.rubric and vars(step.rubric),
+            "on_fail": step.on_fail,
+            "retries": step.retries,
+        }
+    )
     return request, models, key
 
 
 def _template_values(session: Session, values: dict) -> dict:
     from .store._history import history_function
 
-    return {**values, "history": history_function(session.store, before=session.started, params=session.params,
-                                                  run_id=session.run_id)}
+    return {
+        **values,
+        "history": history_function(
+            session.store, before=session.started, params=session.params, run_id=session.run_id
+        ),
+    }
 
 
-async def _run_python(session: Session, step: Step, values: dict, options: RunOptions) -> StepResult:
+async def _run_python(
+    session: Session, step: Step, values: dict, options: RunOptions
+) -> StepResult:
     started = time.time()
     if step.kind == "function":
         params = list(function_params(step.fn))
@@ -389,8 +529,15 @@ async def _run_python(session: Session, step: Step, values: dict, options: RunOp
     inputs = {p: values[p] for p in params if p in values}
     key = None
     if not step.no_cache:
-        key = _key({"kind": step.kind, "code": code_id, "inputs": {k: stable_hash(v) for k, v in inputs.items()},
-                    "checks": step.checks, **({"rubric": vars(step.rubric)} if step.rubric else {})})
+        key = _key(
+            {
+                "kind": step.kind,
+                "code": code_id,
+                "inputs": {k: stable_hash(v) for k, v in inputs.items()},
+                "checks": step.checks,
+                **({"rubric": vars(step.rubric)} if step.rubric else {}),
+            }
+        )
         hit = _cache_lookup(session, key, step, options)
         if hit is not None:
             return hit
@@ -409,16 +556,40 @@ async def _run_python(session: Session, step: Step, values: dict, options: RunOp
         for gate in gates:
             results.append(await gate.check(output, ctx))
     except GateError as exc:  # the judge gave no verdict; its calls were billed all the same
-        return StepResult(step.name, "failed", output, gates=results, started=started, ended=time.time(),
-                          cache_key=key, cost=exc.cost, usage=exc.usage, error=str(exc))
-    state = "passed" if all(g.passed for g in results) else ("flagged" if step.on_fail == "review" else "failed")
+        return StepResult(
+            step.name,
+            "failed",
+            output,
+            gates=results,
+            started=started,
+            ended=time.time(),
+            cache_key=key,
+            cost=exc.cost,
+            usage=exc.usage,
+            error=str(exc),
+        )
+    state = (
+        "passed"
+        if all(g.passed for g in results)
+        else ("flagged" if step.on_fail == "review" else "failed")
+    )
     error = None if state != "failed" else "; ".join(g.feedback for g in results if not g.passed)
     usage, cost = Usage(0, 0), 0.0  # a rubric judge's call is the only model cost of a Python step
     for g in results:
         if g.usage is not None:
             usage, cost = usage + g.usage, None if cost is None or g.cost is None else cost + g.cost
-    return StepResult(step.name, state, output, gates=results, started=started, ended=time.time(),
-                      cache_key=key, cost=cost, usage=usage, error=error)
+    return StepResult(
+        step.name,
+        state,
+        output,
+        gates=results,
+        started=started,
+        ended=time.time(),
+        cache_key=key,
+        cost=cost,
+        usage=usage,
+        error=error,
+    )
 
 
 def _key(parts: dict) -> str:
@@ -428,7 +599,11 @@ def _key(parts: dict) -> str:
 def _schema_class(step: Step, values: dict):
     cls = values.get(step.schema)
     if cls is None or not hasattr(cls, "model_validate"):
-        raise UnknownNameError(step.name, step.schema or "", [k for k, v in values.items() if hasattr(v, "model_validate")])
+        raise UnknownNameError(
+            step.name,
+            step.schema or "",
+            [k for k, v in values.items() if hasattr(v, "model_validate")],
+        )
     return cls
 
 
@@ -443,7 +618,9 @@ def _parser(step: Step, schema_cls) -> Callable[[Response], Any]:
             try:
                 return schema_cls.model_validate(data)
             except ValidationError as exc:
-                raise OutputError(f"output does not match schema {schema_cls.__name__}: {exc}") from None
+                raise OutputError(
+                    f"output does not match schema {schema_cls.__name__}: {exc}"
+                ) from None
         if step.json:
             return response.data if response.data is not None else _loads(response.text)
         return response.text

@@ -53,8 +53,15 @@ class Outcome:
 
 
 class LadderFailed(StepFailed):
-    def __init__(self, step: str, message: str, attempts: list[Attempt], gates: list[GateResult],
-                 output: Any = None, cause: BaseException | None = None):
+    def __init__(
+        self,
+        step: str,
+        message: str,
+        attempts: list[Attempt],
+        gates: list[GateResult],
+        output: Any = None,
+        cause: BaseException | None = None,
+    ):
         super().__init__(step, message, cause)
         self.attempts, self.gates, self.output = attempts, gates, output
 
@@ -62,8 +69,16 @@ class LadderFailed(StepFailed):
 class GateError(StepFailed):
     """A model-backed gate (the rubric judge) gave no verdict; says what its calls spent."""
 
-    def __init__(self, step: str, reason: str, *, usage: Usage, cost: float | None, calls: int,
-                 cause: BaseException | None = None):
+    def __init__(
+        self,
+        step: str,
+        reason: str,
+        *,
+        usage: Usage,
+        cost: float | None,
+        calls: int,
+        cause: BaseException | None = None,
+    ):
         super().__init__(step, reason, cause)
         self.reason, self.usage, self.cost, self.calls = reason, usage, cost, calls
 
@@ -130,13 +145,24 @@ async def run_ladder(
                 last_error = exc
                 # An unusable answer still cost tokens: they count, per attempt and in the total.
                 # No answer and no usage reported: nothing was billed (0 tokens, $0).
-                spent = response.usage if response is not None else getattr(exc, "usage", None) or Usage(0, 0)
+                spent = (
+                    response.usage
+                    if response is not None
+                    else getattr(exc, "usage", None) or Usage(0, 0)
+                )
                 spent_cost = _spent_cost(ref, response, spent, pool, image)
                 usage = usage + spent
                 if spent_cost is not None and total_cost is not None:
                     total_cost += spent_cost
-                att = Attempt(ref.spec, started, time.time(), "error", f"{type(exc).__name__}: {exc}",
-                              spent, spent_cost)
+                att = Attempt(
+                    ref.spec,
+                    started,
+                    time.time(),
+                    "error",
+                    f"{type(exc).__name__}: {exc}",
+                    spent,
+                    spent_cost,
+                )
                 attempts.append(att)
                 if on_attempt:
                     on_attempt(att)
@@ -159,8 +185,15 @@ async def run_ladder(
                 # The judge gave no verdict, but the answer and the judge's calls were billed.
                 call_usage, call_cost = call_usage + exc.usage, _add_cost(call_cost, exc.cost)
                 usage, total_cost = usage + call_usage, _add_cost(total_cost, call_cost)
-                att = Attempt(ref.spec, started, time.time(), "error", f"GateError: {exc.reason}",
-                              call_usage, call_cost)
+                att = Attempt(
+                    ref.spec,
+                    started,
+                    time.time(),
+                    "error",
+                    f"GateError: {exc.reason}",
+                    call_usage,
+                    call_cost,
+                )
                 attempts.append(att)
                 if on_attempt:
                     on_attempt(att)
@@ -172,18 +205,36 @@ async def run_ladder(
             usage = usage + call_usage
             total_cost = _add_cost(total_cost, call_cost)
             passed = all(g.passed for g in results)
-            att = Attempt(ref.spec, started, time.time(), "passed" if passed else "gate",
-                          None if passed else "; ".join(g.feedback for g in results if not g.passed),
-                          call_usage, call_cost)
+            att = Attempt(
+                ref.spec,
+                started,
+                time.time(),
+                "passed" if passed else "gate",
+                None if passed else "; ".join(g.feedback for g in results if not g.passed),
+                call_usage,
+                call_cost,
+            )
             attempts.append(att)
             if on_attempt:
                 on_attempt(att)
             if passed:
-                return Outcome("passed", output, response.model or ref.spec, attempts, results, usage, total_cost)
+                return Outcome(
+                    "passed",
+                    output,
+                    response.model or ref.spec,
+                    attempts,
+                    results,
+                    usage,
+                    total_cost,
+                )
             last_gates, last_output = results, output
             last_model = response.model or ref.spec
-            feedback = "\n".join(f"- {g.name}: {g.feedback}" + (f"\n  Suggested edit: {g.suggestion}" if g.suggestion else "")
-                                 for g in results if not g.passed)
+            feedback = "\n".join(
+                f"- {g.name}: {g.feedback}"
+                + (f"\n  Suggested edit: {g.suggestion}" if g.suggestion else "")
+                for g in results
+                if not g.passed
+            )
             if step.on_fail == "fallback":
                 break
         if last_gates and step.on_fail == "retry":
@@ -194,13 +245,29 @@ async def run_ladder(
     if last_gates and step.on_fail == "review":
         return Outcome("flagged", last_output, last_model, attempts, last_gates, usage, total_cost)
     if last_gates:
-        detail = "; ".join(f"{g.name}" + (f" scored {g.score:.2f}" if g.score is not None else "")
-                           + f": {g.feedback}" for g in last_gates if not g.passed)
-        raise LadderFailed(step.name, f"did not pass its gates after {_attempts(attempts)} ({detail})",
-                           attempts, last_gates, last_output)
+        detail = "; ".join(
+            f"{g.name}"
+            + (f" scored {g.score:.2f}" if g.score is not None else "")
+            + f": {g.feedback}"
+            for g in last_gates
+            if not g.passed
+        )
+        raise LadderFailed(
+            step.name,
+            f"did not pass its gates after {_attempts(attempts)} ({detail})",
+            attempts,
+            last_gates,
+            last_output,
+        )
     tried = ", ".join(dict.fromkeys(a.model for a in attempts))
-    raise LadderFailed(step.name, f"{last_error} (after {_attempts(attempts)}; models tried: {tried})",
-                       attempts, [], None, last_error)
+    raise LadderFailed(
+        step.name,
+        f"{last_error} (after {_attempts(attempts)}; models tried: {tried})",
+        attempts,
+        [],
+        None,
+        last_error,
+    )
 
 
 def _add_cost(a: float | None, b: float | None) -> float | None:
@@ -214,11 +281,18 @@ def _attempts(attempts: list[Attempt]) -> str:
 
 def _skipped(ref: ModelRef) -> Attempt:
     now = time.time()
-    return Attempt(ref.spec, now, now, "skipped", f"provider `{ref.provider}` is cooling down after repeated failures")
+    return Attempt(
+        ref.spec,
+        now,
+        now,
+        "skipped",
+        f"provider `{ref.provider}` is cooling down after repeated failures",
+    )
 
 
-def _spent_cost(ref: ModelRef, response: Response | None, usage: Usage, pool: ProviderPool,
-                image: bool) -> float | None:
+def _spent_cost(
+    ref: ModelRef, response: Response | None, usage: Usage, pool: ProviderPool, image: bool
+) -> float | None:
     """The cost of one attempt: what the provider said, else priced from usage (None: unknown)."""
     if response is not None and response.cost is not None:
         return response.cost

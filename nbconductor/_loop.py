@@ -29,7 +29,9 @@ def _background_loop() -> asyncio.AbstractEventLoop:
     with _lock:
         if _loop is None or _loop.is_closed() or _thread is None or not _thread.is_alive():
             _loop = asyncio.new_event_loop()
-            _thread = threading.Thread(target=_loop.run_forever, name="nbconductor-loop", daemon=True)
+            _thread = threading.Thread(
+                target=_loop.run_forever, name="nbconductor-loop", daemon=True
+            )
             _thread.start()
         return _loop
 
@@ -42,8 +44,9 @@ def _unstick(loop: asyncio.AbstractEventLoop) -> None:
     thread = _thread
     if thread is not None and thread.ident is not None and loop is _loop:
         # Busy in synchronous code: raise CancelledError there, which cancels the step's task.
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
-                                                   ctypes.py_object(asyncio.CancelledError))
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(asyncio.CancelledError)
+        )
     if not _answers(loop, 2 * CANCEL_GRACE):
         with _lock:  # stuck in a C call: leave it behind; the next run starts a new loop
             if _loop is loop:

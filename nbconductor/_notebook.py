@@ -18,7 +18,9 @@ def cell_kind(source: str) -> str:
             return magic[2:]
     if text.startswith("%context "):
         return "context"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    lines = [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")
+    ]
     if lines and all(ln.startswith("%load_ext") for ln in lines):
         return "load_ext"
     if lines and all(ln.startswith("%conductor") for ln in lines):
@@ -177,8 +179,16 @@ def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):
             opts = _options(words[1:], {"--file": "file"})
             pipeline.context(words[0], body if "file" not in opts else None, **opts)
         elif kind == "rubric":
-            opts = _options(words[1:], {"--judge": "judge", "--threshold": "threshold", "--retries": "retries",
-                                        "--on-fail": "on_fail", "--max-tokens": "max_tokens"})
+            opts = _options(
+                words[1:],
+                {
+                    "--judge": "judge",
+                    "--threshold": "threshold",
+                    "--retries": "retries",
+                    "--on-fail": "on_fail",
+                    "--max-tokens": "max_tokens",
+                },
+            )
             pipeline.rubric(words[0], body, **opts)
         else:
             pipeline.add(step_from_cell(words, body))
@@ -186,7 +196,9 @@ def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):
         # The parameters cell and helper cells (functions, constants); cells that read step
         # outputs are exploration and are left out, as are cells tagged skip-export.
         for cell in code_cells:
-            if cell_kind(cell.source) != "code" or "skip-export" in cell.get("metadata", {}).get("tags", []):
+            if cell_kind(cell.source) != "code" or "skip-export" in cell.get("metadata", {}).get(
+                "tags", []
+            ):
                 continue
             try:
                 names = python_names(cell.source)
@@ -212,7 +224,13 @@ def _options(words: list[str], names: dict[str, str]) -> dict[str, Any]:
         if value is None:
             raise OptionError(f"option {w} needs a value")
         try:
-            out[key] = float(value) if key == "threshold" else int(value) if key in ("retries", "max_tokens") else value
+            out[key] = (
+                float(value)
+                if key == "threshold"
+                else int(value)
+                if key in ("retries", "max_tokens")
+                else value
+            )
         except ValueError:
             raise OptionError(f"option {w} needs a number, got {value!r}") from None
     return out

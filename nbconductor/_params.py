@@ -24,7 +24,12 @@ from typing import Any
 from ._errors import ParameterError
 
 __all__ = [
-    "assigned_names", "check_injected", "check_known", "check_name", "check_names", "check_value",
+    "assigned_names",
+    "check_injected",
+    "check_known",
+    "check_name",
+    "check_names",
+    "check_value",
 ]
 
 _MAX_DEPTH = 50
@@ -40,13 +45,21 @@ def check_name(name: object, where: str) -> str:
     if not isinstance(name, str) or not name.isidentifier():
         raise ParameterError(
             f"{where}: parameter name {_shown(name)} is not a Python identifier: use letters, digits and _, "
-            "not starting with a digit (e.g. topic)", name=str(name))
+            "not starting with a digit (e.g. topic)",
+            name=str(name),
+        )
     if keyword.iskeyword(name):
-        raise ParameterError(f"{where}: parameter name {name!r} is a Python keyword: choose another name "
-                             f"(e.g. {name}_)", name=name)
+        raise ParameterError(
+            f"{where}: parameter name {name!r} is a Python keyword: choose another name "
+            f"(e.g. {name}_)",
+            name=name,
+        )
     if name.startswith("__") and name.endswith("__"):
-        raise ParameterError(f"{where}: parameter name {name!r} is reserved (names like __x__ belong to "
-                             "Python): choose another name", name=name)
+        raise ParameterError(
+            f"{where}: parameter name {name!r} is reserved (names like __x__ belong to "
+            "Python): choose another name",
+            name=name,
+        )
     return name
 
 
@@ -69,12 +82,18 @@ def check_value(name: str, value: Any, where: str, _depth: int = 0) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ParameterError(f"{where}: the value of `{name}` has a key {_shown(key)} that is not a "
-                                     "string: use string keys", name=name)
+                raise ParameterError(
+                    f"{where}: the value of `{name}` has a key {_shown(key)} that is not a "
+                    "string: use string keys",
+                    name=name,
+                )
             check_value(name, item, where, _depth + 1)
         return
-    raise ParameterError(f"{where}: the value of `{name}` is a {type(value).__name__}: use text, a number, "
-                         "true/false, null, a list or a mapping", name=name)
+    raise ParameterError(
+        f"{where}: the value of `{name}` is a {type(value).__name__}: use text, a number, "
+        "true/false, null, a list or a mapping",
+        name=name,
+    )
 
 
 def check_known(names: Iterable[str], known: Iterable[str], where: str) -> None:
@@ -85,8 +104,10 @@ def check_known(names: Iterable[str], known: Iterable[str], where: str) -> None:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean `{close[0]}`? " if close else ""
             sets = f"sets {', '.join(known)}" if known else "sets no parameters"
-            raise ParameterError(f"{where}: unknown parameter `{name}`: {hint}the notebook's parameters cell {sets}",
-                                 name=name)
+            raise ParameterError(
+                f"{where}: unknown parameter `{name}`: {hint}the notebook's parameters cell {sets}",
+                name=name,
+            )
 
 
 def assigned_names(source: str) -> set[str] | None:
@@ -109,14 +130,22 @@ _FLOAT_WORDS = {"nan", "inf", "-inf", "+inf", "infinity", "-infinity"}
 
 def _is_literal(node: ast.AST) -> bool:
     # papermill writes non-finite floats as float('nan'); everything else it writes is a literal
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "float"
-            and len(node.args) == 1 and not node.keywords and isinstance(node.args[0], ast.Constant)
-            and str(node.args[0].value).lower() in _FLOAT_WORDS):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "float"
+        and len(node.args) == 1
+        and not node.keywords
+        and isinstance(node.args[0], ast.Constant)
+        and str(node.args[0].value).lower() in _FLOAT_WORDS
+    ):
         return True
     if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
         return all(_is_literal(e) for e in node.elts)
     if isinstance(node, ast.Dict):
-        return all(k is not None and _is_literal(k) for k in node.keys) and all(_is_literal(v) for v in node.values)
+        return all(k is not None and _is_literal(k) for k in node.keys) and all(
+            _is_literal(v) for v in node.values
+        )
     try:
         ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -129,12 +158,20 @@ def check_injected(source: str) -> None:
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise ParameterError(f"the injected parameters cell is not valid Python ({exc.msg}, line {exc.lineno}); "
-                             "nothing was run") from None
+        raise ParameterError(
+            f"the injected parameters cell is not valid Python ({exc.msg}, line {exc.lineno}); "
+            "nothing was run"
+        ) from None
     for node in tree.body:
-        ok = (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-              and _is_literal(node.value))
+        ok = (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and _is_literal(node.value)
+        )
         if not ok:
-            raise ParameterError(f"the injected parameters cell holds code, not `name = value` lines "
-                                 f"(line {node.lineno}); nothing was run")
+            raise ParameterError(
+                f"the injected parameters cell holds code, not `name = value` lines "
+                f"(line {node.lineno}); nothing was run"
+            )
         check_name(node.targets[0].id, "injected parameters")

@@ -68,20 +68,37 @@ class Pipeline:
         if step.name in self.steps and self.steps[step.name].rubric and step.rubric is None:
             rubric = self.steps[step.name].rubric
             # Re-declaring the step keeps its rubric and the ladder options the rubric set.
-            step = step.replace(rubric=rubric, **{k: v for k, v in (("retries", rubric.retries),
-                                                                     ("on_fail", rubric.on_fail)) if v is not None})
+            step = step.replace(
+                rubric=rubric,
+                **{
+                    k: v
+                    for k, v in (("retries", rubric.retries), ("on_fail", rubric.on_fail))
+                    if v is not None
+                },
+            )
         self.steps[step.name] = step
         return step
 
-    def step(self, name: str, body: str = "", *, python: bool = False, image: bool = False,
-             **options: Any) -> Step:
+    def step(
+        self,
+        name: str,
+        body: str = "",
+        *,
+        python: bool = False,
+        image: bool = False,
+        **options: Any,
+    ) -> Step:
         """Declare an LLM step (``body`` is a Jinja2 template), or a Python/image step.
 
         Options are `Step`'s fields: model, fallbacks, contexts, system, after, json, schema,
         map, temperature, max_tokens, retries, checks, on_fail, when, tools, lazy, no_cache.
         """
         kind = "python" if python else "image" if image else "llm"
-        for single, plural in (("context", "contexts"), ("fallback", "fallbacks"), ("check", "checks")):
+        for single, plural in (
+            ("context", "contexts"),
+            ("fallback", "fallbacks"),
+            ("check", "checks"),
+        ):
             if single in options:
                 value = options.pop(single)
                 options[plural] = [value] if isinstance(value, str) else list(value)
@@ -102,7 +119,9 @@ class Pipeline:
 
         return register
 
-    def context(self, name: str, text: str | None = None, *, file: str | os.PathLike | None = None) -> str:
+    def context(
+        self, name: str, text: str | None = None, *, file: str | os.PathLike | None = None
+    ) -> str:
         """Store a named context block (text, or a file's contents); returns the text."""
         if file is not None:
             path = Path(file)
@@ -116,8 +135,17 @@ class Pipeline:
         self.contexts[name] = text.strip()
         return self.contexts[name]
 
-    def rubric(self, step: str, text: str, *, judge: str | None = None, threshold: float = 0.8,
-               retries: int | None = None, on_fail: str | None = None, max_tokens: int | None = None) -> None:
+    def rubric(
+        self,
+        step: str,
+        text: str,
+        *,
+        judge: str | None = None,
+        threshold: float = 0.8,
+        retries: int | None = None,
+        on_fail: str | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
         """Attach an LLM-judge gate to ``step`` (``max_tokens``: the judge's token limit)."""
         if step not in self.steps:
             raise OptionError(f"%%rubric: no step named `{step}`; declare the step first")
@@ -129,7 +157,9 @@ class Pipeline:
 
         check_numbers(f"%%rubric {step}", retries=retries, max_tokens=max_tokens)
         s = self.steps[step]
-        changes: dict[str, Any] = {"rubric": Rubric(text.strip(), judge, threshold, retries, on_fail, max_tokens)}
+        changes: dict[str, Any] = {
+            "rubric": Rubric(text.strip(), judge, threshold, retries, on_fail, max_tokens)
+        }
         if retries is not None:
             changes["retries"] = retries
         if on_fail is not None:
@@ -153,8 +183,15 @@ class Pipeline:
         return graph
 
     # running -------------------------------------------------------------------------------
-    def run(self, params: dict[str, Any] | None = None, targets: Iterable[str] | None = None, *,
-            force: bool | Iterable[str] = False, observer=None, stream: bool = False) -> RunResult:
+    def run(
+        self,
+        params: dict[str, Any] | None = None,
+        targets: Iterable[str] | None = None,
+        *,
+        force: bool | Iterable[str] = False,
+        observer=None,
+        stream: bool = False,
+    ) -> RunResult:
         """Run ``targets`` (default: all steps) and their upstream; returns a `RunResult`.
 
         Unchanged steps come from the cache. Raises `DefinitionError` for a graph that cannot
@@ -163,26 +200,38 @@ class Pipeline:
         """
         return run_sync(self.arun(params, targets, force=force, observer=observer, stream=stream))
 
-    async def arun(self, params: dict[str, Any] | None = None, targets: Iterable[str] | None = None, *,
-                   force: bool | Iterable[str] = False, observer=None, stream: bool = False) -> RunResult:
+    async def arun(
+        self,
+        params: dict[str, Any] | None = None,
+        targets: Iterable[str] | None = None,
+        *,
+        force: bool | Iterable[str] = False,
+        observer=None,
+        stream: bool = False,
+    ) -> RunResult:
         """`run`, as a coroutine."""
         if params:
             from ._params import check_names
 
-            check_names(params, "Pipeline.run")  # a ParameterError (a ValueError) before anything runs
+            check_names(
+                params, "Pipeline.run"
+            )  # a ParameterError (a ValueError) before anything runs
         graph = self.graph
         namespace = {**self.namespace, **(params or {})} if params else self.namespace
         session = Session(graph, namespace, self.contexts, self.store, self.pool, self.memory)
         force_opt = force if isinstance(force, bool) else set(force)
         result = await execute(
-            session, list(targets) if targets else None,
+            session,
+            list(targets) if targets else None,
             RunOptions(force_opt, observer, stream, self.notebook),
         )
         self.results.update(result.results)
         self.last_run = result
         return result
 
-    def plan(self, params: dict[str, Any] | None = None, targets: Iterable[str] | None = None) -> list[dict]:
+    def plan(
+        self, params: dict[str, Any] | None = None, targets: Iterable[str] | None = None
+    ) -> list[dict]:
         """What a run would do, with estimated tokens and cost; sends nothing."""
         from ._params import check_names
         from ._plan import plan
@@ -202,7 +251,9 @@ class Pipeline:
 
     # notebooks -----------------------------------------------------------------------------
     @classmethod
-    def from_notebook(cls, path: str | os.PathLike, *, run_code: bool = True, **kwargs: Any) -> Pipeline:
+    def from_notebook(
+        cls, path: str | os.PathLike, *, run_code: bool = True, **kwargs: Any
+    ) -> Pipeline:
         """Read a pipeline from an ``.ipynb`` written with the magics.
 
         The parameters cell and helper code cells are executed (``run_code``) so steps can
@@ -220,11 +271,18 @@ def _validate(step: Step) -> None:
             "(e.g. %%step draft)"
         )
     if step.on_fail not in ON_FAIL:
-        raise OptionError(f"step `{step.name}`: --on-fail must be one of {', '.join(ON_FAIL)}, got {step.on_fail!r}")
+        raise OptionError(
+            f"step `{step.name}`: --on-fail must be one of {', '.join(ON_FAIL)}, got {step.on_fail!r}"
+        )
     from ._options import check_numbers
 
-    check_numbers(f"step `{step.name}`", retries=step.retries, max_tokens=step.max_tokens,
-                  temperature=step.temperature, max_turns=step.max_turns)
+    check_numbers(
+        f"step `{step.name}`",
+        retries=step.retries,
+        max_tokens=step.max_tokens,
+        temperature=step.temperature,
+        max_turns=step.max_turns,
+    )
     if step.map:
         parse_map(step.map, step.name)
     if step.kind in ("llm", "image"):

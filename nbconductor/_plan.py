@@ -21,16 +21,30 @@ def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list
     graph = pipeline.graph
     names = graph.order(graph.upstream(targets) if targets else None)
     check_names(graph, names, namespace)
-    session = Session(graph, namespace, pipeline.contexts, pipeline.store, pipeline.pool, pipeline.memory,
-                      params=_params(namespace, graph, names))  # history() as the run would see it
+    session = Session(
+        graph,
+        namespace,
+        pipeline.contexts,
+        pipeline.store,
+        pipeline.pool,
+        pipeline.memory,
+        params=_params(namespace, graph, names),
+    )  # history() as the run would see it
     known: dict[str, Any] = {}
     pending_out: dict[str, int] = {}  # estimated output tokens of steps that will run
     rows = []
     for name in names:
         step = graph.steps[name]
         values = {**namespace, **{d: known.get(d, f"<output of {d}>") for d in graph.deps[name]}}
-        row = {"step": name, "model": None, "cached": False, "calls": 0, "input_tokens": 0,
-               "output_tokens": 0, "cost": 0.0}
+        row = {
+            "step": name,
+            "model": None,
+            "cached": False,
+            "calls": 0,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cost": 0.0,
+        }
         if step.kind in ("python", "function"):
             prev = pipeline.results.get(name)
             known[name] = prev.output if prev else None
@@ -60,7 +74,9 @@ def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list
             row["calls"] += 1
             row["input_tokens"] += inp
             row["output_tokens"] += out
-            c = cost_of(models[0], Usage(inp, out), pipeline.config, images=int(step.kind == "image"))
+            c = cost_of(
+                models[0], Usage(inp, out), pipeline.config, images=int(step.kind == "image")
+            )
             row["cost"] = None if row["cost"] is None or c is None else row["cost"] + c
         row["cached"] = cached_all
         prev = pipeline.results.get(name)

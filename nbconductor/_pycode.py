@@ -22,7 +22,9 @@ def _compile(source: str, step: str):
     try:
         tree = ast.parse(source, filename, "exec")
     except SyntaxError as exc:
-        raise OptionError(f"step `{step}`: Python syntax error on line {exc.lineno}: {exc.msg}") from None
+        raise OptionError(
+            f"step `{step}`: Python syntax error on line {exc.lineno}: {exc.msg}"
+        ) from None
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = ast.Expression(tree.body.pop().value)
@@ -34,8 +36,10 @@ def _compile(source: str, step: str):
         body = compile(tree, filename, "exec", dont_inherit=True)
         tail = compile(last, filename, "eval", dont_inherit=True) if last is not None else None
     except SyntaxError as exc:  # parses, but cannot run at top level: `return`, `yield`, `await`…
-        raise OptionError(f"step `{step}`: Python error on line {exc.lineno}: {exc.msg}; a --python step's "
-                          "body runs like a cell: its last expression is the output (no return or yield)") from None
+        raise OptionError(
+            f"step `{step}`: Python error on line {exc.lineno}: {exc.msg}; a --python step's "
+            "body runs like a cell: its last expression is the output (no return or yield)"
+        ) from None
     return body, tail
 
 

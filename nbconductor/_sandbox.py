@@ -76,7 +76,14 @@ def opted_in(obj: Any) -> bool:
 
 _DATA_TYPES = (str, bytes, int, float, complex, bool, type(None))
 # Other plain values a template may show (numpy scalars are Numbers); their methods stay uncallable.
-_VALUE_TYPES = (numbers.Number, datetime.date, datetime.time, datetime.timedelta, uuid.UUID, PurePath)
+_VALUE_TYPES = (
+    numbers.Number,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    uuid.UUID,
+    PurePath,
+)
 
 
 def _safe_method(owner: Any, name: str) -> bool:
@@ -131,7 +138,9 @@ def _tick() -> None:
 
 def _too_big(what: str, size: float) -> None:
     if size > _limit():
-        raise LimitExceeded(f"{what} would be {size:,.0f} characters, over the limit of {_limit():,}")
+        raise LimitExceeded(
+            f"{what} would be {size:,.0f} characters, over the limit of {_limit():,}"
+        )
 
 
 _PERCENT = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
@@ -141,9 +150,15 @@ _BRACE = re.compile(r"\{[^{}]*\}")
 def _check_widths(fmt: str, args: tuple = (), kwargs: dict | None = None) -> None:
     """Refuse ``%``/``format`` specs whose width or precision is over the output limit."""
     widths = [int(g) for m in _PERCENT.finditer(fmt) for g in m.groups() if g and g != "*"]
-    widths += [int(d) for m in _BRACE.finditer(fmt) for d in re.findall(r"\d+", m.group().partition(":")[2])]
+    widths += [
+        int(d)
+        for m in _BRACE.finditer(fmt)
+        for d in re.findall(r"\d+", m.group().partition(":")[2])
+    ]
     if widths and max(widths) > _arg_limit():
-        raise LimitExceeded(f"a format width of {max(widths):,} is over the limit of {_arg_limit():,}")
+        raise LimitExceeded(
+            f"a format width of {max(widths):,} is over the limit of {_arg_limit():,}"
+        )
     _check_ints(args, kwargs)
 
 
@@ -155,7 +170,9 @@ def _arg_limit() -> int:
 def _check_ints(args, kwargs=None) -> None:
     for a in (*args, *(kwargs or {}).values()):
         if isinstance(a, int) and not isinstance(a, bool) and abs(a) > _arg_limit():
-            raise LimitExceeded(f"the argument {a:,} is over the template size limit of {_arg_limit():,}")
+            raise LimitExceeded(
+                f"the argument {a:,} is over the template size limit of {_arg_limit():,}"
+            )
 
 
 def _int_digits(n: int) -> float:
@@ -164,8 +181,10 @@ def _int_digits(n: int) -> float:
 
 def _too_many_digits(digits: float) -> None:
     if digits > MAX_DIGITS:
-        raise LimitExceeded(f"the number would have {digits:,.0f} digits, over the limit of {MAX_DIGITS:,}",
-                            configurable=False)
+        raise LimitExceeded(
+            f"the number would have {digits:,.0f} digits, over the limit of {MAX_DIGITS:,}",
+            configurable=False,
+        )
 
 
 def _binop(op: Callable, operator: str, left: Any, right: Any) -> Any:
@@ -179,7 +198,11 @@ def _binop(op: Callable, operator: str, left: Any, right: Any) -> Any:
         for seq, n in ((left, right), (right, left)):
             if isinstance(seq, (str, bytes, list, tuple)) and isinstance(n, int):
                 _too_big("the repeated value", len(seq) * max(n, 0))
-    elif operator == "+" and isinstance(left, (str, bytes, list, tuple)) and hasattr(right, "__len__"):
+    elif (
+        operator == "+"
+        and isinstance(left, (str, bytes, list, tuple))
+        and hasattr(right, "__len__")
+    ):
         _too_big("the joined value", len(left) + len(right))
     elif operator == "%" and isinstance(left, str):
         _check_widths(left, right if isinstance(right, tuple) else (right,))
@@ -196,7 +219,7 @@ def _checked_filter(fn: Callable, guard: Callable | None = None) -> Callable:
         _tick()
         _check_args(args[skip:], kwargs)
         if guard is not None and len(args) >= skip:
-            guard(*args[skip - 1:], **kwargs)
+            guard(*args[skip - 1 :], **kwargs)
         return fn(*args, **kwargs)
 
     return checked
@@ -211,8 +234,14 @@ def _indent_guard(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> None
     _too_big("the indented text", len(str(value)) + _lines(value) * pad)
 
 
-def _wordwrap_guard(value: Any, width: int = 79, break_long_words: bool = True, wrapstring: Any = None,
-                    *args: Any, **kwargs: Any) -> None:
+def _wordwrap_guard(
+    value: Any,
+    width: int = 79,
+    break_long_words: bool = True,
+    wrapstring: Any = None,
+    *args: Any,
+    **kwargs: Any,
+) -> None:
     width = kwargs.get("width", width)
     wrap = kwargs.get("wrapstring", wrapstring) or "\n"
     if isinstance(width, int):
@@ -222,13 +251,18 @@ def _wordwrap_guard(value: Any, width: int = 79, break_long_words: bool = True, 
 def _join_guard(value: Any, d: Any = "", *args: Any, **kwargs: Any) -> None:
     if isinstance(value, (list, tuple)):
         sep = len(str(kwargs.get("d", d)))
-        _too_big("the joined text", sum(len(v) if isinstance(v, str) else 8 for v in value) + sep * len(value))
+        _too_big(
+            "the joined text",
+            sum(len(v) if isinstance(v, str) else 8 for v in value) + sep * len(value),
+        )
 
 
 def _json_guard(value: Any, indent: Any = None, *args: Any, **kwargs: Any) -> None:
     indent = kwargs.get("indent", indent)
     if isinstance(indent, int) and indent > 64:
-        raise LimitExceeded(f"a JSON indent of {indent:,} is over the limit of 64", configurable=False)
+        raise LimitExceeded(
+            f"a JSON indent of {indent:,} is over the limit of 64", configurable=False
+        )
 
 
 def _check_args(args, kwargs=None) -> None:
@@ -236,7 +270,9 @@ def _check_args(args, kwargs=None) -> None:
     _check_ints(args, kwargs)
     for a in (*args, *(kwargs or {}).values()):
         if isinstance(a, (str, bytes)) and len(a) > _limit():
-            raise LimitExceeded(f"a {len(a):,}-character argument is over the output limit of {_limit():,}")
+            raise LimitExceeded(
+                f"a {len(a):,}-character argument is over the output limit of {_limit():,}"
+            )
 
 
 def _format_filter(value: Any, *args: Any, **kwargs: Any) -> str:
@@ -250,7 +286,9 @@ def _format_filter(value: Any, *args: Any, **kwargs: Any) -> str:
 def _replace_filter(value: Any, old: str, new: str, count: int | None = None) -> str:
     text = str(value)
     _check_ints((count,) if count is not None else ())
-    _too_big("the replaced text", len(text) + (text.count(old) if old else len(text) + 1) * len(new))
+    _too_big(
+        "the replaced text", len(text) + (text.count(old) if old else len(text) + 1) * len(new)
+    )
     return text.replace(old, new) if count is None else text.replace(old, new, count)
 
 
@@ -271,7 +309,9 @@ class _Namespace(Namespace):
     def __setitem__(self, name: str, value: Any) -> None:
         _tick()
         if isinstance(value, (str, bytes, list, tuple)) and len(value) > _limit():
-            raise LimitExceeded(f"`{name}` would hold {len(value):,} items, over the limit of {_limit():,}")
+            raise LimitExceeded(
+                f"`{name}` would hold {len(value):,} items, over the limit of {_limit():,}"
+            )
         super().__setitem__(name, value)
 
 
@@ -284,9 +324,15 @@ class Sandbox(ImmutableSandboxedEnvironment):
         # optimized=False: no constant folding, so `{{ 9**9999999 }}` is not computed while
         # the template compiles (at declaration), outside every limit.
         super().__init__(optimized=False, **kwargs)
-        guards = {"indent": _indent_guard, "wordwrap": _wordwrap_guard, "join": _join_guard,
-                  "tojson": _json_guard}
-        self.filters = {name: _checked_filter(f, guards.get(name)) for name, f in self.filters.items()}
+        guards = {
+            "indent": _indent_guard,
+            "wordwrap": _wordwrap_guard,
+            "join": _join_guard,
+            "tojson": _json_guard,
+        }
+        self.filters = {
+            name: _checked_filter(f, guards.get(name)) for name, f in self.filters.items()
+        }
         self.filters["format"] = _checked_filter(_format_filter)
         self.filters["replace"] = _checked_filter(_replace_filter)
         self.globals["namespace"] = _Namespace
@@ -302,8 +348,11 @@ class Sandbox(ImmutableSandboxedEnvironment):
             owner = getattr(__obj, "__self__", None)
             if isinstance(__obj, types.ModuleType) or not (
                 type(__obj).__module__.startswith("jinja2.")
-                or (owner is not None and not isinstance(owner, types.ModuleType)
-                    and _safe_method(owner, getattr(__obj, "__name__", "")))
+                or (
+                    owner is not None
+                    and not isinstance(owner, types.ModuleType)
+                    and _safe_method(owner, getattr(__obj, "__name__", ""))
+                )
             ):
                 raise SecurityError(f"calling `{_name(__obj)}` is not allowed in a template")
             if isinstance(owner, str):
@@ -339,7 +388,9 @@ def _visible(value: Any, name: Any) -> Any:
 
 
 def _name(obj: Any) -> str:
-    return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__name__
+    return (
+        getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__name__
+    )
 
 
 def render_limited(template, values: dict, max_output: int, timeout: float) -> str:
@@ -352,7 +403,9 @@ def render_limited(template, values: dict, max_output: int, timeout: float) -> s
             for chunk in template.generate(values):
                 size += len(chunk)
                 if size > max_output:
-                    raise LimitExceeded(f"the rendered prompt passed the limit of {max_output:,} characters")
+                    raise LimitExceeded(
+                        f"the rendered prompt passed the limit of {max_output:,} characters"
+                    )
                 parts.append(chunk)
                 _tick()
     finally:
@@ -380,7 +433,9 @@ class _Watchdog:
         with self._cond:
             self._jobs[token] = (tid, time.monotonic() + seconds + 0.25)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="nbconductor-template-watchdog", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="nbconductor-template-watchdog", daemon=True
+                )
                 self._thread.start()
             self._cond.notify()
         try:
@@ -401,7 +456,9 @@ class _Watchdog:
                     if deadline <= now:
                         del self._jobs[token]
                         self._fired.add(token)
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(RenderTimeout))
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(tid), ctypes.py_object(RenderTimeout)
+                        )
                 nearest = min((d for _, d in self._jobs.values()), default=None)
                 self._cond.wait(None if nearest is None else max(nearest - now, 0.01))
 

@@ -41,7 +41,11 @@ def pngs(output: Any) -> list[bytes]:
     """The PNG images in a step output: an image step's bytes, or each item of an image map."""
     if isinstance(output, (bytes, bytearray)):
         return [bytes(output)] if bytes(output[:8]) == PNG_MAGIC else []
-    if isinstance(output, list) and output and all(isinstance(x, (bytes, bytearray)) for x in output):
+    if (
+        isinstance(output, list)
+        and output
+        and all(isinstance(x, (bytes, bytearray)) for x in output)
+    ):
         return [bytes(x) for x in output if bytes(x[:8]) == PNG_MAGIC]
     return []
 
@@ -60,14 +64,23 @@ def summary_rows(run) -> list[list[str]]:
     rows = []
     for name, r in run.results.items():
         gates = ", ".join(
-            f"{g.name}{' ✓' if g.passed else ' ✗'}" + (f" {g.score:.2f}" if g.score is not None and g.name == "rubric" else "")
+            f"{g.name}{' ✓' if g.passed else ' ✗'}"
+            + (f" {g.score:.2f}" if g.score is not None and g.name == "rubric" else "")
             for g in r.gates
         )
-        rows.append([
-            name, r.state, r.model or "—", str(len(r.attempts)) if r.attempts else "—",
-            fmt_tokens(r.usage.total), fmt_cost(r.cost), f"{r.latency:.2f}s" if r.latency is not None else "—",
-            gates or "—", _image_note(r) or preview(r.error or r.output),
-        ])
+        rows.append(
+            [
+                name,
+                r.state,
+                r.model or "—",
+                str(len(r.attempts)) if r.attempts else "—",
+                fmt_tokens(r.usage.total),
+                fmt_cost(r.cost),
+                f"{r.latency:.2f}s" if r.latency is not None else "—",
+                gates or "—",
+                _image_note(r) or preview(r.error or r.output),
+            ]
+        )
     return rows
 
 
@@ -99,7 +112,11 @@ def summary_table(run) -> str:
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     """A fixed-width table for terminals."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)] if rows else [len(h) for h in header]
+    widths = (
+        [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+        if rows
+        else [len(h) for h in header]
+    )
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*map(str, row)) for row in rows]

@@ -13,7 +13,9 @@ from ._errors import OptionError, TemplateError
 
 _BUILTINS = frozenset(dir(builtins))
 # Names every template can use without declaring them.
-TEMPLATE_GLOBALS = frozenset({"history", "loop", "range", "dict", "lipsum", "cycler", "joiner", "namespace"})
+TEMPLATE_GLOBALS = frozenset(
+    {"history", "loop", "range", "dict", "lipsum", "cycler", "joiner", "namespace"}
+)
 
 
 @lru_cache(maxsize=1)
@@ -24,13 +26,20 @@ def _env():
 
     env = Sandbox(undefined=StrictUndefined, keep_trailing_newline=False)
     env.filters["json"] = _checked_filter(
-        lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False, default=str), _json_guard)
+        lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False, default=str),
+        _json_guard,
+    )
     env.finalize = _finalize
     return env
 
 
 # Tags that pull in other templates: a step's prompt is self-contained (there is no loader).
-_LOADING_TAGS = {"Include": "include", "Import": "import", "FromImport": "from … import", "Extends": "extends"}
+_LOADING_TAGS = {
+    "Include": "include",
+    "Import": "import",
+    "FromImport": "from … import",
+    "Extends": "extends",
+}
 
 
 def _parse(source: str, step: str):
@@ -39,7 +48,9 @@ def _parse(source: str, step: str):
     try:
         tree = _env().parse(source)
     except TemplateSyntaxError as exc:
-        raise TemplateError(f"step `{step}`: template syntax error on line {exc.lineno}: {exc.message}") from None
+        raise TemplateError(
+            f"step `{step}`: template syntax error on line {exc.lineno}: {exc.message}"
+        ) from None
     for node in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
         tag = _LOADING_TAGS[type(node).__name__]
         raise TemplateError(
@@ -67,7 +78,9 @@ def compile_template(source: str, step: str = "?"):
     try:
         code = env.compile(_parse(source, step))
     except TemplateSyntaxError as exc:  # found while compiling: an unknown filter or test
-        raise TemplateError(f"step `{step}`: template error on line {exc.lineno}: {exc.message}") from None
+        raise TemplateError(
+            f"step `{step}`: template error on line {exc.lineno}: {exc.message}"
+        ) from None
     return env.template_class.from_code(env, code, env.make_globals(None), None)
 
 
@@ -79,8 +92,14 @@ def template_names(source: str, step: str = "?") -> frozenset[str]:
     return frozenset(meta.find_undeclared_variables(_parse(source, step))) - TEMPLATE_GLOBALS
 
 
-def render(source: str, values: dict[str, Any], step: str = "?", *, outputs: Collection[str] = (),
-           limits: Any = None) -> str:
+def render(
+    source: str,
+    values: dict[str, Any],
+    step: str = "?",
+    *,
+    outputs: Collection[str] = (),
+    limits: Any = None,
+) -> str:
     """Render a template with the data in ``values``; raises `TemplateError` on failure.
 
     Only the names the template refers to are handed over, and each must be data (see
@@ -100,9 +119,14 @@ def render(source: str, values: dict[str, Any], step: str = "?", *, outputs: Col
     except RenderTimeout:
         raise TemplateError(
             f"step `{step}`: the template ran past its time limit of {timeout:g} s (a loop too large?); "
-            "if it is meant to take longer, raise `timeout` under [templates] in nbconductor.toml") from None
+            "if it is meant to take longer, raise `timeout` under [templates] in nbconductor.toml"
+        ) from None
     except LimitExceeded as exc:
-        where = "; the limit is `max_output` under [templates] in nbconductor.toml" if exc.configurable else ""
+        where = (
+            "; the limit is `max_output` under [templates] in nbconductor.toml"
+            if exc.configurable
+            else ""
+        )
         raise TemplateError(f"step `{step}`: {exc}{where}") from None
     except SecurityError as exc:
         raise TemplateError(f"step `{step}`: {exc}; {_DATA_ONLY}{_OPT_IN}") from None
@@ -111,12 +135,16 @@ def render(source: str, values: dict[str, Any], step: str = "?", *, outputs: Col
         raise TemplateError(f"step `{step}`: template failed to render: {detail}") from None
 
 
-_DATA_ONLY = ("templates see data only (text, numbers, lists, dicts, pydantic models, step outputs): "
-              "compute what you need in a cell or a --python step and refer to that variable")
+_DATA_ONLY = (
+    "templates see data only (text, numbers, lists, dicts, pydantic models, step outputs): "
+    "compute what you need in a cell or a --python step and refer to that variable"
+)
 _OPT_IN = ", or let templates call a notebook function with @nbconductor.template_function"
 
 
-def template_scope(source: str, values: dict[str, Any], step: str = "?", outputs: Collection[str] = ()) -> dict:
+def template_scope(
+    source: str, values: dict[str, Any], step: str = "?", outputs: Collection[str] = ()
+) -> dict:
     """The values a template may see: the names it refers to, each checked to be data.
 
     Raises `TemplateError` for a module, a function that was not opted in, a built-in or any
@@ -128,8 +156,10 @@ def template_scope(source: str, values: dict[str, Any], step: str = "?", outputs
     for name in sorted(template_names(source, step)):
         if name not in values:
             if name == "__builtins__" or hasattr(builtins, name):
-                raise TemplateError(f"step `{step}`: the template refers to `{name}`, a Python built-in; "
-                                    f"{_DATA_ONLY} (filters do the usual things: {{{{ x|length }}}})")
+                raise TemplateError(
+                    f"step `{step}`: the template refers to `{name}`, a Python built-in; "
+                    f"{_DATA_ONLY} (filters do the usual things: {{{{ x|length }}}})"
+                )
             continue  # undefined: the run's name check (or StrictUndefined) says so
         value = values[name]
         if name in outputs or opted_in(value):
@@ -137,8 +167,10 @@ def template_scope(source: str, values: dict[str, Any], step: str = "?", outputs
             continue
         bad = not_data(value)
         if bad is not None:
-            raise TemplateError(f"step `{step}`: the template refers to `{name}`, {_describe(value, bad)}; "
-                                f"{_DATA_ONLY}{_OPT_IN if callable(bad) else ''}")
+            raise TemplateError(
+                f"step `{step}`: the template refers to `{name}`, {_describe(value, bad)}; "
+                f"{_DATA_ONLY}{_OPT_IN if callable(bad) else ''}"
+            )
         scope[name] = value
     if "history" in values:
         scope["history"] = template_function(values["history"])
@@ -167,7 +199,9 @@ def python_names(source: str, step: str = "?", mode: str = "exec") -> frozenset[
         tree = ast.parse(source, mode=mode)
     except SyntaxError as exc:
         what = "expression" if mode == "eval" else "code"
-        raise OptionError(f"step `{step}`: Python {what} has a syntax error on line {exc.lineno}: {exc.msg}") from None
+        raise OptionError(
+            f"step `{step}`: Python {what} has a syntax error on line {exc.lineno}: {exc.msg}"
+        ) from None
     loaded: set[str] = set()
     stored: set[str] = set()
     for node in ast.walk(tree):

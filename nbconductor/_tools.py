@@ -118,7 +118,9 @@ def _fn_hash(fn: Any, seen: frozenset[int]) -> str:
         return "<self>"
     seen = seen | {id(fn)}
     if isinstance(fn, functools.partial):
-        inner = "|".join([_fn_hash(fn.func, seen), _value_part(fn.args, seen), _value_part(fn.keywords, seen)])
+        inner = "|".join(
+            [_fn_hash(fn.func, seen), _value_part(fn.args, seen), _value_part(fn.keywords, seen)]
+        )
         return hashlib.sha256(inner.encode()).hexdigest()[:16]
     code = getattr(fn, "__code__", None)
     if code is None:  # a builtin, or a callable object: its __call__ and its attributes
@@ -126,8 +128,11 @@ def _fn_hash(fn: Any, seen: frozenset[int]) -> str:
         inner = _fn_hash(call, seen) if hasattr(call, "__code__") else ""
         state = _value_part(vars(fn), seen) if hasattr(fn, "__dict__") and inner else ""
         return hashlib.sha256(f"{_qualname(fn)}|{inner}|{state}".encode()).hexdigest()[:16]
-    parts = [_code_part(code), _value_part(getattr(fn, "__defaults__", None), seen),
-             _value_part(getattr(fn, "__kwdefaults__", None), seen)]
+    parts = [
+        _code_part(code),
+        _value_part(getattr(fn, "__defaults__", None), seen),
+        _value_part(getattr(fn, "__kwdefaults__", None), seen),
+    ]
     for cell in getattr(fn, "__closure__", None) or ():
         try:
             parts.append(_value_part(cell.cell_contents, seen))
@@ -142,9 +147,21 @@ def _qualname(obj: Any) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _code_part(code: types.CodeType) -> str:
-    consts = [_code_part(c) if isinstance(c, types.CodeType) else _value_part(c) for c in code.co_consts]
-    fields = (code.co_code.hex(), consts, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,
-              code.co_argcount, code.co_kwonlyargcount, code.co_posonlyargcount, code.co_flags)
+    consts = [
+        _code_part(c) if isinstance(c, types.CodeType) else _value_part(c) for c in code.co_consts
+    ]
+    fields = (
+        code.co_code.hex(),
+        consts,
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_cellvars,
+        code.co_argcount,
+        code.co_kwonlyargcount,
+        code.co_posonlyargcount,
+        code.co_flags,
+    )
     return hashlib.sha256(repr(fields).encode()).hexdigest()
 
 
@@ -254,8 +271,10 @@ async def run_tool_loop(
         if not turn.calls:
             return turn, usage, n + 1
         if n == turns - 1:
-            err = OutputError(f"the model still asked for tools after {turns} turns; raise --max-turns "
-                              "or make the task smaller")
+            err = OutputError(
+                f"the model still asked for tools after {turns} turns; raise --max-turns "
+                "or make the task smaller"
+            )
             err.usage = usage
             raise err
         results = [(call, *(await call_tool(by_name, call))) for call in turn.calls]

@@ -69,7 +69,9 @@ class Usage:
         def add(a: int | None, b: int | None) -> int | None:
             return None if a is None and b is None else (a or 0) + (b or 0)
 
-        return Usage(*(add(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)))
+        return Usage(
+            *(add(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
+        )
 
     @property
     def total(self) -> int | None:

@@ -69,25 +69,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a notebook once (papermill-compatible)")
     run.add_argument("notebook")
-    run.add_argument("-p", "--parameters", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                     help="a parameter (repeatable); values are read as YAML, like papermill -p")
-    run.add_argument("-o", "--output", help="the executed notebook (default: NOTEBOOK with .out.ipynb)")
-    run.add_argument("--engine", default=None, help="papermill engine (default: nbconductor's in-process engine "
-                                                     "for exported jobs, else papermill's kernel engine)")
-    run.add_argument("--offline", action="store_true",
-                     help="every step uses the offline provider, even with API keys set (no network, no cost)")
+    run.add_argument(
+        "-p",
+        "--parameters",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="a parameter (repeatable); values are read as YAML, like papermill -p",
+    )
+    run.add_argument(
+        "-o", "--output", help="the executed notebook (default: NOTEBOOK with .out.ipynb)"
+    )
+    run.add_argument(
+        "--engine",
+        default=None,
+        help="papermill engine (default: nbconductor's in-process engine "
+        "for exported jobs, else papermill's kernel engine)",
+    )
+    run.add_argument(
+        "--offline",
+        action="store_true",
+        help="every step uses the offline provider, even with API keys set (no network, no cost)",
+    )
     run.set_defaults(func=_run)
 
     batch = sub.add_parser("batch", help="one run per parameter row, in parallel")
     batch.add_argument("notebook")
     batch.add_argument("--params", required=True, help="rows of parameters: .csv, .yaml or .json")
-    batch.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
-    batch.add_argument("--dask", metavar="ADDRESS", help="send rows to a Dask cluster, e.g. tcp://host:8786")
-    batch.add_argument("--out", default="batch-out", help="folder for output notebooks (default batch-out)")
-    batch.add_argument("--resume", action="store_true", help="skip rows that finished in an earlier batch")
+    batch.add_argument(
+        "--workers", type=int, default=None, help="local worker processes (default: CPU count)"
+    )
+    batch.add_argument(
+        "--dask", metavar="ADDRESS", help="send rows to a Dask cluster, e.g. tcp://host:8786"
+    )
+    batch.add_argument(
+        "--out", default="batch-out", help="folder for output notebooks (default batch-out)"
+    )
+    batch.add_argument(
+        "--resume", action="store_true", help="skip rows that finished in an earlier batch"
+    )
     batch.add_argument("--engine", default=None, help="papermill engine for each row")
-    batch.add_argument("--store", help="run store (default: .nbconductor/store.sqlite beside the notebook)")
-    batch.add_argument("--offline", action="store_true", help="every step uses the offline provider")
+    batch.add_argument(
+        "--store", help="run store (default: .nbconductor/store.sqlite beside the notebook)"
+    )
+    batch.add_argument(
+        "--offline", action="store_true", help="every step uses the offline provider"
+    )
     batch.set_defaults(func=_batch)
 
     report = sub.add_parser("report", help="per-step quality and cost metrics across runs")

@@ -28,7 +28,7 @@ from fakeapi import FakeAPI
 # third-party notebooks the engine tests execute themselves; not examples for nbval
 collect_ignore_glob = ["fixtures/*"]
 
-FAKE_ANTHROPIC_KEY = "sk-ant-" "test-key-0000000000000000"
+FAKE_ANTHROPIC_KEY = "sk-ant-test-key-0000000000000000"
 FAKE_OPENAI_KEY = "sk-test-key-00000000000000000000"
 
 
@@ -77,7 +77,9 @@ def fast_config():
     from nbconductor._config import Config, RetryPolicy
 
     return Config(
-        retry=RetryPolicy(base_delay=0.01, max_delay=0.05, max_retry_after=5.0, cooldown=60.0, cooldown_after=3),
+        retry=RetryPolicy(
+            base_delay=0.01, max_delay=0.05, max_retry_after=5.0, cooldown=60.0, cooldown_after=3
+        ),
         timeout=20.0,
         read_timeout=0.5,
     )

@@ -1176,9 +1176,14 @@ class FakeAPI:
 
         with self._lock:
             self._fault_rate = rate
-            self._faults = faults or (Cut("partial answ", after_chunks=2), Malformed(), Stall(1.0),
-                                      StreamError("Overloaded", text="half"), Error(503, "unavailable"),
-                                      Error(429, "slow down", retry_after=0))
+            self._faults = faults or (
+                Cut("partial answ", after_chunks=2),
+                Malformed(),
+                Stall(1.0),
+                StreamError("Overloaded", text="half"),
+                Error(503, "unavailable"),
+                Error(429, "slow down", retry_after=0),
+            )
             self._rng = random.Random(seed)
         return self
 

@@ -23,7 +23,9 @@ def fresh_shell(tmp_path, monkeypatch) -> InteractiveShell:
     monkeypatch.chdir(tmp_path)
     shell = InteractiveShell.instance()
     # Another test may have started a terminal shell, whose formatter emits text/plain only.
-    monkeypatch.setattr(shell.display_formatter, "active_types", shell.display_formatter.format_types)
+    monkeypatch.setattr(
+        shell.display_formatter, "active_types", shell.display_formatter.format_types
+    )
     shell.user_ns.clear()
     shell.init_user_ns()
     shell.history_manager.reset()

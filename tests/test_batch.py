@@ -16,7 +16,7 @@ from nbconductor._errors import OptionError
 from nbconductor.handoff._batch import read_rows
 from nbconductor.handoff._export import export_pipeline
 
-CANARY = "sk-ant-" "api03-canaryBATCHcanary0123456789abcdef"
+CANARY = "sk-ant-api03-canaryBATCHcanary0123456789abcdef"
 
 
 def make_job(folder: Path) -> Path:
@@ -24,13 +24,20 @@ def make_job(folder: Path) -> Path:
     p = Pipeline(store=":memory:", namespace={"topic": "t", "divisor": 1, "crash": False})
     p.step("draft", "Write about {{ topic }}", model="offline:w")
     p.step("ratio", "len(draft) // divisor", python=True)
-    p.step("tagline", "One line on {{ topic }}", model="offline:t", checks=["max_words(1)"], retries=0,
-           on_fail="review")
+    p.step(
+        "tagline",
+        "One line on {{ topic }}",
+        model="offline:t",
+        checks=["max_words(1)"],
+        retries=0,
+        on_fail="review",
+    )
     job = export_pipeline(p, folder / "job.ipynb")
     nb = nbformat.read(job, as_version=4)
     # A helper cell that a careless author left in: it prints the key and can kill the process.
     helper = nbformat.v4.new_code_cell(
-        "import os\nprint('key in use:', os.environ.get('ANTHROPIC_API_KEY'))\nif crash:\n    os._exit(3)")
+        "import os\nprint('key in use:', os.environ.get('ANTHROPIC_API_KEY'))\nif crash:\n    os._exit(3)"
+    )
     nb.cells.insert(3, helper)
     nb.cells[1].source += "\ncrash = False"
     nbformat.write(nb, job)
@@ -64,15 +71,21 @@ def batch(monkeypatch, capsys):
 
 def test_batch_with_a_failing_row_a_crash_and_resume(tmp_path, batch):
     make_job(tmp_path)
-    rows = [{"topic": "alpha", "divisor": 1, "crash": False}, {"topic": "beta", "divisor": 0, "crash": False},
-            {"topic": "gamma", "divisor": 2, "crash": False}, {"topic": "delta", "divisor": 1, "crash": True}]
+    rows = [
+        {"topic": "alpha", "divisor": 1, "crash": False},
+        {"topic": "beta", "divisor": 0, "crash": False},
+        {"topic": "gamma", "divisor": 2, "crash": False},
+        {"topic": "delta", "divisor": 1, "crash": True},
+    ]
     write_rows(tmp_path / "rows.csv", rows)
     first = batch(tmp_path, "--params", "rows.csv", "--workers", "2", "--out", "out")
     assert first.returncode == 1, first.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())["rows"]
     status = {int(i): r["status"] for i, r in manifest.items()}
     assert status == {0: "flagged", 1: "failed", 2: "flagged", 3: "failed"}
-    assert "ZeroDivisionError" in manifest["1"]["error"] and manifest["1"]["error"].startswith("cell ")
+    assert "ZeroDivisionError" in manifest["1"]["error"] and manifest["1"]["error"].startswith(
+        "cell "
+    )
     assert "worker process died (exit code 3)" in manifest["3"]["error"]
     assert manifest["0"]["flagged"] == 1 and manifest["0"]["cost"] == 0
     for i in (0, 1, 2):
@@ -87,10 +100,14 @@ def test_batch_with_a_failing_row_a_crash_and_resume(tmp_path, batch):
     store = tmp_path / ".nbconductor" / "store.sqlite"
     db = sqlite3.connect(store)
     by_nb = dict(db.execute("SELECT notebook, status FROM runs").fetchall())
-    assert by_nb == {str(tmp_path / "out" / "job-000.ipynb"): "flagged",
-                     str(tmp_path / "out" / "job-001.ipynb"): "failed",
-                     str(tmp_path / "out" / "job-002.ipynb"): "flagged"}
-    flagged = db.execute("SELECT COUNT(*) FROM results WHERE step='tagline' AND state='flagged'").fetchone()[0]
+    assert by_nb == {
+        str(tmp_path / "out" / "job-000.ipynb"): "flagged",
+        str(tmp_path / "out" / "job-001.ipynb"): "failed",
+        str(tmp_path / "out" / "job-002.ipynb"): "flagged",
+    }
+    flagged = db.execute(
+        "SELECT COUNT(*) FROM results WHERE step='tagline' AND state='flagged'"
+    ).fetchone()[0]
     assert flagged == 3  # the failing row flagged its tagline too
     # the failing row's notebook marks the failing cell
     failed = nbformat.read(tmp_path / "out" / "job-001.ipynb", as_version=4)
@@ -115,7 +132,9 @@ def test_batch_with_a_failing_row_a_crash_and_resume(tmp_path, batch):
     db.close()
 
     # the canary key in the runs' environment reached no file the batch wrote
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("job.ipynb", "rows.csv")]
+    written = [
+        p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("job.ipynb", "rows.csv")
+    ]
     assert len(written) >= 8
     for path in written:
         assert CANARY.encode() not in path.read_bytes(), path
@@ -125,13 +144,17 @@ def test_batch_with_a_failing_row_a_crash_and_resume(tmp_path, batch):
 
 def test_kernel_engine_batch_leaves_no_kernels(tmp_path, batch):
     import psutil
+
     make_job(tmp_path)
     (tmp_path / "rows.json").write_text(json.dumps([{"topic": "a"}, {"topic": "b", "divisor": 2}]))
     result = batch(tmp_path, "--params", "rows.json", "--workers", "2", "--engine", "kernel")
     assert result.returncode == 0, result.stderr
     assert "kernel engine" in result.stderr
-    kernels = [p for p in psutil.process_iter(["cmdline"])
-               if "ipykernel_launcher" in " ".join(p.info["cmdline"] or []) and str(tmp_path) in _env_of(p)]
+    kernels = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "ipykernel_launcher" in " ".join(p.info["cmdline"] or []) and str(tmp_path) in _env_of(p)
+    ]
     assert kernels == []
     assert len(list((tmp_path / "batch-out").glob("job-*.ipynb"))) == 2
 
@@ -144,11 +167,18 @@ def _env_of(proc) -> str:
 
 
 def test_read_rows_formats_and_errors(tmp_path):
-    (tmp_path / "r.csv").write_text('topic,n,markets,empty\nPricing,3,"[""fr"", ""de""]",\nOps,True,,\n')
-    assert read_rows(tmp_path / "r.csv") == [{"topic": "Pricing", "n": 3, "markets": ["fr", "de"]},
-                                             {"topic": "Ops", "n": True}]
+    (tmp_path / "r.csv").write_text(
+        'topic,n,markets,empty\nPricing,3,"[""fr"", ""de""]",\nOps,True,,\n'
+    )
+    assert read_rows(tmp_path / "r.csv") == [
+        {"topic": "Pricing", "n": 3, "markets": ["fr", "de"]},
+        {"topic": "Ops", "n": True},
+    ]
     (tmp_path / "r.yaml").write_text("- topic: Pricing\n  day: 2024-01-02\n- topic: Ops\n")
-    assert read_rows(tmp_path / "r.yaml") == [{"topic": "Pricing", "day": "2024-01-02"}, {"topic": "Ops"}]
+    assert read_rows(tmp_path / "r.yaml") == [
+        {"topic": "Pricing", "day": "2024-01-02"},
+        {"topic": "Ops"},
+    ]
     (tmp_path / "r.json").write_text('{"rows": [{"topic": "x"}]}')
     assert read_rows(tmp_path / "r.json") == [{"topic": "x"}]
     (tmp_path / "bad.json").write_text('{"topic": "x"}')
@@ -161,17 +191,24 @@ def test_read_rows_formats_and_errors(tmp_path):
         read_rows(tmp_path / "nope.csv")
 
 
-@pytest.mark.parametrize("name, content, expected", [
-    ("typo.csv", "topc,divisor\nalpha,1\n", "unknown parameter `topc`: did you mean `topic`?"),
-    ("dup.csv", "topic,topic\nalpha,beta\n", "column `topic` appears twice"),
-    ("short.csv", "topic,divisor\nalpha,1\nbeta\n", "row 1 has 1 value for 2 columns"),
-    ("long.csv", "topic\nalpha,1\n", "row 0 has 2 values for 1 column"),
-    ("latin1.csv", "topic\ncaf\xe9\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9"),
-    ("syntax.yaml", "- topic: alpha\n  divisor: [1\n- topic: beta\n", "at line 3, column"),
-    ("dup.yaml", "- topic: alpha\n  topic: beta\n", "`topic` appears twice in one row"),
-    ("dup.json", '[{"topic": "a", "topic": "b"}]', "`topic` appears twice in one row"),
-    ("unknown.json", '[{"topic": "a"}, {"topic": "b", "wrods": 3}]', "unknown parameter `wrods`"),
-])
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("typo.csv", "topc,divisor\nalpha,1\n", "unknown parameter `topc`: did you mean `topic`?"),
+        ("dup.csv", "topic,topic\nalpha,beta\n", "column `topic` appears twice"),
+        ("short.csv", "topic,divisor\nalpha,1\nbeta\n", "row 1 has 1 value for 2 columns"),
+        ("long.csv", "topic\nalpha,1\n", "row 0 has 2 values for 1 column"),
+        ("latin1.csv", "topic\ncaf\xe9\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9"),
+        ("syntax.yaml", "- topic: alpha\n  divisor: [1\n- topic: beta\n", "at line 3, column"),
+        ("dup.yaml", "- topic: alpha\n  topic: beta\n", "`topic` appears twice in one row"),
+        ("dup.json", '[{"topic": "a", "topic": "b"}]', "`topic` appears twice in one row"),
+        (
+            "unknown.json",
+            '[{"topic": "a"}, {"topic": "b", "wrods": 3}]',
+            "unknown parameter `wrods`",
+        ),
+    ],
+)
 def test_bad_parameter_files_stop_before_any_row_runs(tmp_path, batch, name, content, expected):
     make_job(tmp_path)
     path = tmp_path / name
@@ -199,9 +236,12 @@ def test_workers_zero_is_an_error_and_counts_read_singular(tmp_path, batch):
 def test_a_bad_config_stops_the_batch_naming_file_and_key(tmp_path, batch):
     make_job(tmp_path)
     write_rows(tmp_path / "rows.csv", [{"topic": "alpha", "divisor": 1, "crash": False}])
-    (tmp_path / "nbconductor.toml").write_text('[aliases]\nfast = { model = "offline:f", base_ur = "http://x" }\n')
+    (tmp_path / "nbconductor.toml").write_text(
+        '[aliases]\nfast = { model = "offline:f", base_ur = "http://x" }\n'
+    )
     result = batch(tmp_path, "--params", "rows.csv", "--workers", "1")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"nbconductor: {tmp_path / 'nbconductor.toml'}: `aliases.fast.base_ur` is not a setting: "
-        "did you mean `base_url`? (known here: model, base_url, api_key_env)")
+        "did you mean `base_url`? (known here: model, base_url, api_key_env)"
+    )

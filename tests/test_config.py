@@ -21,7 +21,9 @@ def test_nbconductor_toml_aliases_and_limits(tmp_path):
 
 
 def test_pyproject_table(tmp_path):
-    (tmp_path / "pyproject.toml").write_text('[project]\nname="x"\n[tool.nbconductor.aliases]\nwriter = "offline:w"\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname="x"\n[tool.nbconductor.aliases]\nwriter = "offline:w"\n'
+    )
     assert load_config(start=tmp_path).aliases == {"writer": "offline:w"}
 
 
@@ -73,8 +75,7 @@ def test_offline_can_be_forced_even_with_keys(monkeypatch):
 def test_config_errors_name_the_file_the_key_and_the_fix(tmp_path):
     toml = tmp_path / "nbconductor.toml"
     cases = {
-        '[aliases]\nfast = { model = "offline:f", base_ur = "http://x" }\n':
-            "`aliases.fast.base_ur` is not a setting: did you mean `base_url`? (known here: model, base_url, api_key_env)",
+        '[aliases]\nfast = { model = "offline:f", base_ur = "http://x" }\n': "`aliases.fast.base_ur` is not a setting: did you mean `base_url`? (known here: model, base_url, api_key_env)",
         'defualt_model = "offline:x"\n': "`defualt_model` is not a setting: did you mean `default_model`?",
         "[retry]\nbase_dely = 1\n": "`retry.base_dely` is not a setting: did you mean `base_delay`?",
         '[aliases]\nfast = { base_url = "http://x" }\n': "`aliases.fast.model` is required: add `model = …` there",
@@ -87,7 +88,9 @@ def test_config_errors_name_the_file_the_key_and_the_fix(tmp_path):
         with pytest.raises(ConfigError) as info:
             load_config(start=tmp_path)
         message = str(info.value)
-        assert message.startswith(str(toml)) and expected in message and "\n" not in message, message
+        assert message.startswith(str(toml)) and expected in message and "\n" not in message, (
+            message
+        )
 
 
 def test_unknown_alias_suggests_the_closest(monkeypatch):
@@ -108,9 +111,14 @@ def test_run_with_a_bad_config_exits_2_before_running(tmp_path, monkeypatch, cap
     p = Pipeline(store=":memory:", namespace={"topic": "t"})
     p.step("draft", "Write about {{ topic }}", model="fast")
     job = export_pipeline(p, tmp_path / "job.ipynb")
-    (tmp_path / "nbconductor.toml").write_text('[aliases]\nfast = { model = "offline:f", base_ur = "x" }\n')
+    (tmp_path / "nbconductor.toml").write_text(
+        '[aliases]\nfast = { model = "offline:f", base_ur = "x" }\n'
+    )
     capsys.readouterr()
     assert main(["run", str(job), "-o", str(tmp_path / "out.ipynb")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"nbconductor: {tmp_path / 'nbconductor.toml'}: `aliases.fast.base_ur`") and "\n" not in err
+    assert (
+        err.startswith(f"nbconductor: {tmp_path / 'nbconductor.toml'}: `aliases.fast.base_ur`")
+        and "\n" not in err
+    )
     assert not (tmp_path / "out.ipynb").exists()

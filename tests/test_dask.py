@@ -20,7 +20,7 @@ from nbconductor.handoff._export import export_pipeline
 
 pytestmark = pytest.mark.dask
 
-CANARY = "sk-ant-" "api03-canaryDASKcanary0123456789abcdef"
+CANARY = "sk-ant-api03-canaryDASKcanary0123456789abcdef"
 
 
 def free_port() -> int:
@@ -42,12 +42,49 @@ def cluster(tmp_path_factory):
     env = {**os.environ, "TMPDIR": str(home)}
     env.pop("NBCONDUCTOR_STORE", None)
     env.pop("ANTHROPIC_API_KEY", None)
-    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], cwd=home, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
-    procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nworkers", "2", "--nthreads",
-                                   "1", "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(home)],
-                                  cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dask",
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-dashboard",
+            ],
+            cwd=home,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dask",
+                "worker",
+                address,
+                "--nworkers",
+                "2",
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--local-directory",
+                str(home),
+            ],
+            cwd=home,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
     try:
         deadline = time.monotonic() + 90
         client = None
@@ -76,8 +113,14 @@ def make_job(folder: Path) -> Path:
     p = Pipeline(store=":memory:", namespace={"topic": "t", "divisor": 1})
     p.step("draft", "Write about {{ topic }}", model="offline:w")
     p.step("ratio", "len(draft) // divisor", python=True)
-    p.step("tagline", "One line on {{ topic }}", model="offline:t", checks=["max_words(1)"], retries=0,
-           on_fail="review")
+    p.step(
+        "tagline",
+        "One line on {{ topic }}",
+        model="offline:t",
+        checks=["max_words(1)"],
+        retries=0,
+        on_fail="review",
+    )
     return export_pipeline(p, folder / "job.ipynb")
 
 
@@ -96,8 +139,13 @@ def test_batch_on_a_dask_cluster(cluster, tmp_path, monkeypatch, capsys):
     assert code == 1, err
     assert f"5 rows of job.ipynb on Dask at {address}" in err
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())["rows"]
-    assert {int(i): r["status"] for i, r in manifest.items()} == {0: "flagged", 1: "flagged", 2: "failed",
-                                                                  3: "flagged", 4: "flagged"}
+    assert {int(i): r["status"] for i, r in manifest.items()} == {
+        0: "flagged",
+        1: "flagged",
+        2: "failed",
+        3: "flagged",
+        4: "flagged",
+    }
     assert "ZeroDivisionError" in manifest["2"]["error"]
     # every row ran on a worker process (both were used), none in this process
     pids = {int(r["worker"].rsplit(":", 1)[1]) for r in manifest.values()}
@@ -108,7 +156,10 @@ def test_batch_on_a_dask_cluster(cluster, tmp_path, monkeypatch, capsys):
         assert nb.metadata.papermill.parameters == rows[i]
     db = sqlite3.connect(tmp_path / ".nbconductor" / "store.sqlite")
     runs = dict(db.execute("SELECT notebook, status FROM runs").fetchall())
-    assert runs == {str(tmp_path / "out" / f"job-00{i}.ipynb"): ("failed" if i == 2 else "flagged") for i in range(5)}
+    assert runs == {
+        str(tmp_path / "out" / f"job-00{i}.ipynb"): ("failed" if i == 2 else "flagged")
+        for i in range(5)
+    }
     prompts = {r[0] for r in db.execute("SELECT prompt FROM results WHERE step='draft'")}
     assert prompts == {f"Write about topic {i}" for i in range(5)}
     assert db.execute("SELECT COUNT(*) FROM results WHERE state='flagged'").fetchone()[0] == 5
@@ -127,6 +178,8 @@ def test_unreachable_scheduler_is_a_one_line_error(tmp_path, monkeypatch, capsys
     make_job(tmp_path)
     (tmp_path / "rows.json").write_text('[{"topic": "x"}]')
     monkeypatch.chdir(tmp_path)
-    code = main(["batch", "job.ipynb", "--params", "rows.json", "--dask", f"tcp://127.0.0.1:{free_port()}"])
+    code = main(
+        ["batch", "job.ipynb", "--params", "rows.json", "--dask", f"tcp://127.0.0.1:{free_port()}"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the Dask scheduler" in err

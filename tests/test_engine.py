@@ -32,8 +32,14 @@ def run(tmp_path, nb, engine="nbconductor", name="out.ipynb", **params):
     src = tmp_path / "in.ipynb"
     nbformat.write(nb, src)
     out = tmp_path / name
-    pm.execute_notebook(str(src), str(out), parameters=params or None, engine_name=engine, progress_bar=False,
-                        cwd=str(tmp_path))
+    pm.execute_notebook(
+        str(src),
+        str(out),
+        parameters=params or None,
+        engine_name=engine,
+        progress_bar=False,
+        cwd=str(tmp_path),
+    )
     return nbformat.read(out, as_version=4)
 
 
@@ -61,7 +67,11 @@ def comparable(nb) -> dict:
 
     cells = []
     for cell in nb.cells:
-        entry = {"type": cell.cell_type, "source": cell.source, "tags": cell.metadata.get("tags", [])}
+        entry = {
+            "type": cell.cell_type,
+            "source": cell.source,
+            "tags": cell.metadata.get("tags", []),
+        }
         if cell.cell_type == "code":
             entry["count"] = cell.execution_count
             entry["status"] = cell.metadata.get("papermill", {}).get("status")
@@ -70,17 +80,26 @@ def comparable(nb) -> dict:
                 o = dict(out)
                 if o["output_type"] == "error":
                     o.pop("traceback")  # file paths and colours differ between processes
-                if outs and o["output_type"] == "stream" and outs[-1]["output_type"] == "stream" \
-                        and outs[-1]["name"] == o["name"]:
-                    outs[-1]["text"] += o["text"]  # a kernel may flush one print in several messages
+                if (
+                    outs
+                    and o["output_type"] == "stream"
+                    and outs[-1]["output_type"] == "stream"
+                    and outs[-1]["name"] == o["name"]
+                ):
+                    outs[-1]["text"] += o[
+                        "text"
+                    ]  # a kernel may flush one print in several messages
                     continue
                 outs.append(o)
             entry["outputs"] = norm(outs)
         cells.append(entry)
     pm_meta = nb.metadata.get("papermill", {})
-    return {"cells": cells, "parameters": pm_meta.get("parameters"),
-            "default_parameters": pm_meta.get("default_parameters"),
-            "language": nb.metadata.get("language_info", {}).get("name")}
+    return {
+        "cells": cells,
+        "parameters": pm_meta.get("parameters"),
+        "default_parameters": pm_meta.get("default_parameters"),
+        "language": nb.metadata.get("language_info", {}).get("name"),
+    }
 
 
 RICH = [
@@ -107,7 +126,9 @@ def test_outputs_match_a_kernel_run(tmp_path):
     finally:
         del os.environ["NBCONDUCTOR_STORE"]
     assert comparable(engine) == comparable(kernel)
-    outputs = [c.outputs for c in engine.cells if c.cell_type == "code"][2:]  # after both parameter cells
+    outputs = [c.outputs for c in engine.cells if c.cell_type == "code"][
+        2:
+    ]  # after both parameter cells
     assert outputs[0][0].text == "hello Pricing\n"
     assert [o.output_type for o in outputs[1]] == ["stream", "display_data", "execute_result"]
     assert outputs[1][2].data["text/plain"] == "42" and outputs[1][2].execution_count == 4
@@ -147,16 +168,35 @@ def test_each_notebook_gets_a_fresh_shell_and_the_process_is_put_back(tmp_path, 
     from IPython.core.interactiveshell import InteractiveShell
 
     monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "s.sqlite"))
-    before = (InteractiveShell.initialized() and InteractiveShell.instance(), sys.stdout, sys.modules["__main__"])
-    first = run(tmp_path, notebook("import os\nos.environ['LEAK'] = '1'\nleak = 'yes'\nget_ipython().execution_count"))
-    second = run(tmp_path, notebook("import os\nprint('leak' in globals(), os.environ.get('LEAK'))",
-                                    "get_ipython().execution_count"), name="out2.ipynb")
+    before = (
+        InteractiveShell.initialized() and InteractiveShell.instance(),
+        sys.stdout,
+        sys.modules["__main__"],
+    )
+    first = run(
+        tmp_path,
+        notebook(
+            "import os\nos.environ['LEAK'] = '1'\nleak = 'yes'\nget_ipython().execution_count"
+        ),
+    )
+    second = run(
+        tmp_path,
+        notebook(
+            "import os\nprint('leak' in globals(), os.environ.get('LEAK'))",
+            "get_ipython().execution_count",
+        ),
+        name="out2.ipynb",
+    )
     count = int(first.cells[1].outputs[0].data["text/plain"])  # 1 or 2, by IPython version
     assert second.cells[1].outputs[0].text == "False None\n"
     # counts restart with each notebook: the second notebook's second cell is one past the first's first
     assert int(second.cells[2].outputs[0].data["text/plain"]) == count + 1
     assert "LEAK" not in os.environ
-    after = (InteractiveShell.initialized() and InteractiveShell.instance(), sys.stdout, sys.modules["__main__"])
+    after = (
+        InteractiveShell.initialized() and InteractiveShell.instance(),
+        sys.stdout,
+        sys.modules["__main__"],
+    )
     assert after == before
 
 
@@ -172,8 +212,11 @@ def test_inside_a_running_ipython_shell_the_users_shell_is_untouched(tmp_path):
 
 
 def test_outputs_are_redacted(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-" "canary0000000000000000")
-    out = run(tmp_path, notebook("import os\nprint(os.environ['OPENAI_API_KEY'])\nos.environ['OPENAI_API_KEY']"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-canary0000000000000000")
+    out = run(
+        tmp_path,
+        notebook("import os\nprint(os.environ['OPENAI_API_KEY'])\nos.environ['OPENAI_API_KEY']"),
+    )
     text = nbformat.writes(out)
     assert "canary" not in text and text.count("[REDACTED]") == 2
 
@@ -183,8 +226,13 @@ def test_a_cell_that_runs_too_long_fails(tmp_path):
     src = tmp_path / "in.ipynb"
     nbformat.write(nb, src)
     with pytest.raises(PapermillExecutionError) as info:
-        pm.execute_notebook(str(src), str(tmp_path / "out.ipynb"), engine_name="nbconductor", progress_bar=False,
-                            execution_timeout=1)
+        pm.execute_notebook(
+            str(src),
+            str(tmp_path / "out.ipynb"),
+            engine_name="nbconductor",
+            progress_bar=False,
+            execution_timeout=1,
+        )
     assert info.value.ename == "_CellTimeout"
 
 
@@ -197,9 +245,19 @@ def test_engine_is_registered_and_papermill_default_is_unchanged():
     assert papermill_engines.get_engine(None) is NBClientEngine
 
 
-@pytest.mark.parametrize(("text", "value"), [("True", True), ("None", None), ("3", 3), ("2.5", 2.5),
-                                             ("1e3", 1000.0), ("yes", "yes"), ("[a, b]", "[a, b]"),
-                                             ("2024-01-01", "2024-01-01")])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("True", True),
+        ("None", None),
+        ("3", 3),
+        ("2.5", 2.5),
+        ("1e3", 1000.0),
+        ("yes", "yes"),
+        ("[a, b]", "[a, b]"),
+        ("2024-01-01", "2024-01-01"),
+    ],
+)
 def test_p_values_follow_papermill(text, value):
     from papermill.cli import _resolve_type
 
@@ -211,7 +269,10 @@ def test_nbconductor_run_picks_the_engine(tmp_path, capsys):
 
     nb = notebook("print(topic * 2)", params="topic = 'a'")
     nbformat.write(nb, tmp_path / "plain.ipynb")
-    assert main(["run", str(tmp_path / "plain.ipynb"), "-p", "topic", "7", "--engine", "nbconductor"]) == 0
+    assert (
+        main(["run", str(tmp_path / "plain.ipynb"), "-p", "topic", "7", "--engine", "nbconductor"])
+        == 0
+    )
     out = nbformat.read(tmp_path / "plain.out.ipynb", as_version=4)
     assert out.cells[-1].outputs[0].text == "14\n"
     assert "in-process engine" in capsys.readouterr().out
@@ -312,9 +373,14 @@ def test_papermills_own_notebooks_match_a_kernel_run(tmp_path, name, params):
     for engine in (None, "nbconductor"):
         out = tmp_path / f"{engine}.ipynb"
         try:
-            pm.execute_notebook(str(PAPERMILL_NOTEBOOKS / f"{name}.ipynb"), str(out),
-                                parameters=params or None, engine_name=engine, progress_bar=False,
-                                cwd=str(tmp_path))
+            pm.execute_notebook(
+                str(PAPERMILL_NOTEBOOKS / f"{name}.ipynb"),
+                str(out),
+                parameters=params or None,
+                engine_name=engine,
+                progress_bar=False,
+                cwd=str(tmp_path),
+            )
         except PapermillExecutionError:
             pass
         outs[engine] = _kernel_neutral(nbformat.read(out, as_version=4))

@@ -60,7 +60,9 @@ def test_outputs_types_and_order(counting, tmp_path):
     run = p.run({"topic": "T", "markets": ["fr", "de", "ja"]})
     assert run.status == "passed"
     assert run["research"] == "m: Research T"
-    assert run["translate"] == [f"m: {lang}: m: Draft from m: Research T and m: Outline T" for lang in ["fr", "de", "ja"]]
+    assert run["translate"] == [
+        f"m: {lang}: m: Draft from m: Research T and m: Outline T" for lang in ["fr", "de", "ja"]
+    ]
     assert run["stats"] == {"n": 3, "words": 10}
     assert run.results["translate"].items == 3
 
@@ -92,7 +94,9 @@ def test_per_provider_concurrency_limit(counting, tmp_path):
     assert peak == 2
 
 
-def test_unchanged_rerun_makes_no_model_calls_and_edit_reruns_exactly_downstream(counting, tmp_path):
+def test_unchanged_rerun_makes_no_model_calls_and_edit_reruns_exactly_downstream(
+    counting, tmp_path
+):
     p = newsletter(Pipeline(store=tmp_path / "s.sqlite"))
     params = {"topic": "T", "markets": ["fr", "de"]}
     p.run(params)
@@ -211,14 +215,14 @@ def test_cancellation_keeps_completed_steps(counting, tmp_path):
     assert store.runs()[0]["status"] == "interrupted"
 
 
-RESUME_SCRIPT = textwrap.dedent('''
+RESUME_SCRIPT = textwrap.dedent("""
     import sys
     from nbconductor import Pipeline
     p = Pipeline(store=sys.argv[1])
     p.step("a", "open(sys_argv2, 'a').write('a ran\\\\n')\\n'A'", python=True)
     p.step("b", "import time\\ntime.sleep(delay)\\na + 'B'", python=True)
     print(p.run({"sys_argv2": sys.argv[2], "delay": float(sys.argv[3])}).outputs, flush=True)
-''')
+""")
 
 
 def test_killed_run_resumes_without_redoing_completed_steps(tmp_path):
@@ -233,8 +237,12 @@ def test_killed_run_resumes_without_redoing_completed_steps(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert marker.read_text() == "a ran\n"
-    out = subprocess.run([sys.executable, str(script), str(store), str(marker), "0"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(script), str(store), str(marker), "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "'b': 'AB'" in out.stdout
     assert marker.read_text() == "a ran\n"  # step a was not run again
 
@@ -263,7 +271,14 @@ def test_a_reused_flagged_output_stays_flagged(counting, tmp_path):
 
 def test_failed_step_keeps_its_rendered_prompt(tmp_path):
     p = Pipeline(store=tmp_path / "s.sqlite")
-    p.step("strict", "Write about {{ topic }}", model="offline:m", checks=["max_words(1)"], retries=0, on_fail="fail")
+    p.step(
+        "strict",
+        "Write about {{ topic }}",
+        model="offline:m",
+        checks=["max_words(1)"],
+        retries=0,
+        on_fail="fail",
+    )
     run = p.run({"topic": "pricing"})
     assert run.results["strict"].state == "failed"
     row = Store(tmp_path / "s.sqlite").results(run.run_id)[0]
@@ -280,16 +295,25 @@ def test_environment_store_wins_over_config(tmp_path, monkeypatch):
 
 def test_when_and_map_expressions_see_values_inside_generators(tmp_path):
     p = Pipeline(store=tmp_path / "s.sqlite")
-    p.step("pick", "{{ w }}", model="offline:m", map="w in [w for w in words if w in allowed]",
-           when="any(w in allowed for w in words)")
+    p.step(
+        "pick",
+        "{{ w }}",
+        model="offline:m",
+        map="w in [w for w in words if w in allowed]",
+        when="any(w in allowed for w in words)",
+    )
     run = p.run({"words": ["a", "b", "c"], "allowed": {"a", "c"}})
     assert [o.split("] ")[1][:1] for o in run["pick"]] == ["a", "c"]
 
 
 def test_python_step_can_define_annotated_pydantic_models(tmp_path):
     p = Pipeline(store=tmp_path / "s.sqlite")
-    p.step("typed", "from typing import Literal\nfrom pydantic import BaseModel\n"
-           "class T(BaseModel):\n    kind: Literal['a', 'b']\nT(kind='a').kind", python=True)
+    p.step(
+        "typed",
+        "from typing import Literal\nfrom pydantic import BaseModel\n"
+        "class T(BaseModel):\n    kind: Literal['a', 'b']\nT(kind='a').kind",
+        python=True,
+    )
     assert p.run()["typed"] == "a"
 
 
@@ -303,7 +327,9 @@ def test_map_over_a_string_is_an_error_not_letters(tmp_path):
 def test_dry_run_counts_upstream_output_into_downstream_input(tmp_path):
     p = Pipeline(store=tmp_path / "s.sqlite")
     p.step("a", "Write about {{ t }}", model="anthropic:claude-sonnet-4-6", max_tokens=800)
-    p.step("b", "Translate {{ a }} into {{ lang }}", model="openai:gpt-4.1-mini", map="lang in langs")
+    p.step(
+        "b", "Translate {{ a }} into {{ lang }}", model="openai:gpt-4.1-mini", map="lang in langs"
+    )
     a, b = p.plan({"t": "x", "langs": ["fr", "de"]})
     assert a["calls"] == 1 and a["output_tokens"] == 800 and a["cost"] > 0
     assert b["calls"] == 2 and b["input_tokens"] > 2 * 800  # each item's prompt carries a's output
@@ -336,8 +362,14 @@ def test_gate_rejected_output_is_flagged_even_if_the_fallback_then_errors(tmp_pa
 
     registry.register("down", Down)
     p = Pipeline(store=tmp_path / "s.sqlite", config=Config(retry=RetryPolicy(base_delay=0.001)))
-    p.step("a", "A long answer about {{ t }}", model="offline:m", fallbacks=["down:x"],
-           checks=["max_words(2)"], retries=1)
+    p.step(
+        "a",
+        "A long answer about {{ t }}",
+        model="offline:m",
+        fallbacks=["down:x"],
+        checks=["max_words(2)"],
+        retries=1,
+    )
     r = p.run({"t": "x"}).results["a"]
     assert r.state == "flagged" and r.output.startswith("[offline:m] A long answer")
     assert [a.outcome for a in r.attempts] == ["gate", "gate", "error"]
@@ -361,6 +393,7 @@ def test_function_step_cache_key_covers_the_whole_code_object(tmp_path):
     def make(suffix, sep="-"):
         def w(v):
             return sep.join([v, suffix])
+
         return w
 
     p.function("w")(make("a"))
@@ -387,26 +420,34 @@ def test_code_hash_is_one_helper_equal_across_processes(tmp_path):
     from nbconductor import _executor, _tools
 
     assert not hasattr(_executor, "_code_digest") and not hasattr(_tools, "_code_hash")
-    src = textwrap.dedent('''
+    src = textwrap.dedent("""
         from nbconductor._tools import code_hash
         def outer():
             def f(n):
                 return f(n - 1) if n else [x for x in {"a", "b", "c"} if x in {"a", "z"}]
             return f
         print(code_hash(outer()))
-    ''')
-    hashes = {subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
+    """)
+    hashes = {
+        subprocess.run(
+            [sys.executable, "-c", src],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in (1, 2)
+    }
     assert len(hashes) == 1 and len(hashes.pop().strip()) == 16
 
 
-MAP_SCRIPT = textwrap.dedent('''
+MAP_SCRIPT = textwrap.dedent("""
     import sys
     from nbconductor import Pipeline
     p = Pipeline(store=sys.argv[1])
     p.step("each", "Item {{ x }}.", model="anthropic:claude-haiku-4-5", map="x in xs")
     print(p.run({"xs": ["a", "b", "c", "d"]}).results["each"].output, flush=True)
-''')
+""")
 
 
 def _item_of(body) -> str:
@@ -421,8 +462,12 @@ def test_killed_mid_map_resends_no_finished_item(fake_api, tmp_path):
     script, store = tmp_path / "job.py", tmp_path / "s.sqlite"
     script.write_text(MAP_SCRIPT)
     # items a and b answer at once; c and d hang until the run is killed
-    fake_api.set_default(lambda body: Text(f"done {_item_of(body)}") if _item_of(body) in "ab"
-                         else Slow(60, Text("late")), endpoint="anthropic")
+    fake_api.set_default(
+        lambda body: (
+            Text(f"done {_item_of(body)}") if _item_of(body) in "ab" else Slow(60, Text("late"))
+        ),
+        endpoint="anthropic",
+    )
     proc = subprocess.Popen([sys.executable, str(script), str(store)], stdout=subprocess.PIPE)
     deadline, done = time.time() + 60, 0
     while time.time() < deadline and done < 2:
@@ -436,9 +481,14 @@ def test_killed_mid_map_resends_no_finished_item(fake_api, tmp_path):
     assert done == 2 and len(fake_api.requests_for("anthropic")) == 4
     fake_api.reset()
     fake_api.set_default(lambda body: Text(f"done {_item_of(body)}"), endpoint="anthropic")
-    out = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(script), str(store)], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "['done a', 'done b', 'done c', 'done d']"
-    assert sorted(_item_of(r.json) for r in fake_api.requests_for("anthropic")) == ["c", "d"]  # 0 re-sent
+    assert sorted(_item_of(r.json) for r in fake_api.requests_for("anthropic")) == [
+        "c",
+        "d",
+    ]  # 0 re-sent
 
 
 def test_a_failing_map_item_fails_only_itself(fake_api, fast_config, tmp_path):

@@ -22,7 +22,7 @@ from nbconductor import Pipeline
 from nbconductor._errors import OptionError
 from nbconductor.handoff._export import export_pipeline, is_job
 
-CANARY = "sk-ant-" "api03-canaryCANARYcanary0123456789abcdef"
+CANARY = "sk-ant-api03-canaryCANARYcanary0123456789abcdef"
 KERNEL = {"display_name": "Python 3", "language": "python", "name": "python3"}
 
 
@@ -44,8 +44,12 @@ def source_notebook(folder: Path) -> Path:
         code("def shout(text):\n    return text.upper()"),
         code("%%context tone\nWarm and direct."),
         new_markdown_cell("The draft, in the house tone:"),
-        code("%%step draft --model offline:writer --context tone\nWrite about {{ topic }} in {{ words }} words."),
-        code("%%rubric draft --judge offline:judge --threshold 0.5 --on-fail review\n- Is it warm?"),
+        code(
+            "%%step draft --model offline:writer --context tone\nWrite about {{ topic }} in {{ words }} words."
+        ),
+        code(
+            "%%rubric draft --judge offline:judge --threshold 0.5 --on-fail review\n- Is it warm?"
+        ),
         code("%%step loud --python\nshout(draft)"),
         code("%conductor graph"),
         new_markdown_cell("Peek at the draft:"),
@@ -67,8 +71,13 @@ def exported(tmp_path_factory):
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        pm.execute_notebook(str(src), str(folder / "executed.ipynb"), engine_name="nbconductor",
-                            cwd=str(folder), progress_bar=False)
+        pm.execute_notebook(
+            str(src),
+            str(folder / "executed.ipynb"),
+            engine_name="nbconductor",
+            cwd=str(folder),
+            progress_bar=False,
+        )
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -89,11 +98,19 @@ def test_export_writes_a_clean_documented_job(exported):
     assert header.cell_type == "markdown" and header.source.startswith("# Newsletter")
     svg = base64.b64decode(header.attachments["pipeline.svg"]["image/svg+xml"]).decode()
     assert 'data-node="draft"' in svg and 'data-node="loud"' in svg
-    for needle in ("| `draft` | LLM | `offline:writer` |", "rubric ≥ 0.5 (judge `offline:judge`)",
-                   "| `topic` | `\"AI orchestration\"` |", "papermill job.ipynb out.ipynb -p topic",
-                   "nbconductor batch job.ipynb --params", "`tone` (16 characters)"):
+    for needle in (
+        "| `draft` | LLM | `offline:writer` |",
+        "rubric ≥ 0.5 (judge `offline:judge`)",
+        '| `topic` | `"AI orchestration"` |',
+        "papermill job.ipynb out.ipynb -p topic",
+        "nbconductor batch job.ipynb --params",
+        "`tone` (16 characters)",
+    ):
         assert needle in header.source
-    assert params.metadata["tags"] == ["parameters"] and params.source == 'topic = "AI orchestration"\nwords = 120'
+    assert (
+        params.metadata["tags"] == ["parameters"]
+        and params.source == 'topic = "AI orchestration"\nwords = 120'
+    )
     assert load.source == "%load_ext nbconductor"
     body = sources(job)[3:]
     assert body == [
@@ -107,7 +124,11 @@ def test_export_writes_a_clean_documented_job(exported):
         "%conductor run",
     ]
     # no outputs, no secrets, no exploration, no skip-export cell
-    assert all(c.get("outputs", []) == [] and c.get("execution_count") is None for c in job.cells if c.cell_type == "code")
+    assert all(
+        c.get("outputs", []) == [] and c.get("execution_count") is None
+        for c in job.cells
+        if c.cell_type == "code"
+    )
     assert CANARY not in text and "SCRATCH" not in text and "%conductor graph" not in text
     assert "export job.ipynb" not in text.replace("papermill job.ipynb", "")
     assert "a secret in cell" in header.source and "reads step outputs" in header.source
@@ -121,16 +142,30 @@ def test_papermill_runs_the_job_with_parameters_and_failure_semantics(exported, 
     # Two more jobs, written without IPython: a rule gate that fails the run, one that flags.
     for name, on_fail in (("fail", "fail"), ("flag", "review")):
         p = Pipeline(store=":memory:", namespace={"topic": name})
-        p.step("tagline", "One line about {{ topic }}", model="offline:t", checks=["max_words(1)"], retries=0,
-               on_fail=on_fail)
+        p.step(
+            "tagline",
+            "One line about {{ topic }}",
+            model="offline:t",
+            checks=["max_words(1)"],
+            retries=0,
+            on_fail=on_fail,
+        )
         export_pipeline(p, tmp_path / f"{name}.ipynb")
 
     def papermill(job, out, *params):
-        return subprocess.Popen([sys.executable, "-m", "papermill", str(job), str(out), *params, "--no-progress-bar"],
-                                env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "papermill", str(job), str(out), *params, "--no-progress-bar"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     runs = {
-        "job": papermill(folder / "job.ipynb", tmp_path / "out.ipynb", "-p", "topic", "Pricing pages"),
+        "job": papermill(
+            folder / "job.ipynb", tmp_path / "out.ipynb", "-p", "topic", "Pricing pages"
+        ),
         "fail": papermill(tmp_path / "fail.ipynb", tmp_path / "fail-out.ipynb"),
         "flag": papermill(tmp_path / "flag.ipynb", tmp_path / "flag-out.ipynb"),
     }
@@ -142,12 +177,17 @@ def test_papermill_runs_the_job_with_parameters_and_failure_semantics(exported, 
     assert out.metadata.papermill.parameters == {"topic": "Pricing pages"}
     db = sqlite3.connect(store)
     prompt, output, state = db.execute(
-        "SELECT prompt, output, state FROM results WHERE step='draft' AND item IS NULL").fetchone()
+        "SELECT prompt, output, state FROM results WHERE step='draft' AND item IS NULL"
+    ).fetchone()
     assert prompt == "Write about Pricing pages in 120 words."
     assert output.decode().startswith("[offline:writer] Write about Pricing pages in 120 words.")
     assert state == "passed"
-    assert db.execute("SELECT output FROM results WHERE step='loud'").fetchone()[0].decode().startswith(
-        "[OFFLINE:WRITER] WRITE ABOUT PRICING PAGES")
+    assert (
+        db.execute("SELECT output FROM results WHERE step='loud'")
+        .fetchone()[0]
+        .decode()
+        .startswith("[OFFLINE:WRITER] WRITE ABOUT PRICING PAGES")
+    )
     summary = "".join(o.get("data", {}).get("text/markdown", "") for o in out.cells[-1].outputs)
     assert "| draft | passed | offline:writer |" in summary
 
@@ -162,8 +202,12 @@ def test_papermill_runs_the_job_with_parameters_and_failure_semantics(exported, 
 
     # --on-fail review: the run succeeds and the flagged output waits in the store
     assert done["flag"][0] == 0, done["flag"][1][-2000:]
-    states = dict(db.execute("SELECT json_extract(r.params, '$.topic'), s.state FROM results s "
-                             "JOIN runs r ON s.run_id = r.id WHERE s.step = 'tagline'").fetchall())
+    states = dict(
+        db.execute(
+            "SELECT json_extract(r.params, '$.topic'), s.state FROM results s "
+            "JOIN runs r ON s.run_id = r.id WHERE s.step = 'tagline'"
+        ).fetchall()
+    )
     assert states == {"flag": "flagged", "fail": "failed"}
 
     # the canary key (in the environment, and pasted in the source) reached no file the runs or
@@ -256,7 +300,9 @@ def test_export_into_a_missing_folder_or_an_unwritable_place_is_one_line(tmp_pat
     with pytest.raises(OptionError, match="folder .*jobs' does not exist; create it first"):
         export_pipeline(p, tmp_path / "jobs" / "job.ipynb")
     assert not (tmp_path / "jobs").exists()  # not created behind the user's back
-    with pytest.raises(OptionError, match=r"^export: cannot write /proc/x\.ipynb: .*; choose another path$"):
+    with pytest.raises(
+        OptionError, match=r"^export: cannot write /proc/x\.ipynb: .*; choose another path$"
+    ):
         export_pipeline(p, "/proc/x.ipynb")
     ip = fresh_shell(tmp_path, monkeypatch)
     assert ip.run_cell("%%step a --model offline:x --lazy\nhi").success
@@ -276,7 +322,11 @@ def test_run_refuses_bad_output_paths_and_unknown_parameters(tmp_path, monkeypat
     job = str(export_pipeline(p, tmp_path / "job.ipynb"))
     (tmp_path / "outdir").mkdir()
     cases = [
-        (["-o", str(tmp_path / "missing" / "out.ipynb")], "folder", "does not exist; create it first"),
+        (
+            ["-o", str(tmp_path / "missing" / "out.ipynb")],
+            "folder",
+            "does not exist; create it first",
+        ),
         (["-o", str(tmp_path / "outdir")], "-o", "that is a folder"),
         (["-p", "topc", "x"], "-p", "unknown parameter `topc`: did you mean `topic`?"),
         (["-p", "topic", "x", "-p", "topic", "y"], "-p", "-p topic is given twice"),
@@ -293,14 +343,20 @@ def test_kernel_death_is_the_one_line_failure_with_the_output_path(tmp_path, cap
     from nbconductor.cli import main
 
     nb = new_notebook(metadata={"kernelspec": KERNEL})
-    nb.cells = [code("x = 1", "parameters"), code("print('before')"),
-                code("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"), code("print('after')")]
+    nb.cells = [
+        code("x = 1", "parameters"),
+        code("print('before')"),
+        code("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"),
+        code("print('after')"),
+    ]
     nbformat.write(nb, tmp_path / "dies.ipynb")
     out = tmp_path / "dies.out.ipynb"
     capsys.readouterr()
     assert main(["run", str(tmp_path / "dies.ipynb"), "--engine", "kernel", "-o", str(out)]) == 1
     text = capsys.readouterr().err
     ours = [line for line in text.splitlines() if line.startswith("nbconductor")]
-    assert ours == ["nbconductor: dies.ipynb failed in cell 2: the kernel died (DeadKernelError: Kernel died)"]
+    assert ours == [
+        "nbconductor: dies.ipynb failed in cell 2: the kernel died (DeadKernelError: Kernel died)"
+    ]
     assert f"  the executed notebook, as far as it ran, is {out}" in text
     assert "Traceback" not in text and "Kernel died while waiting" not in text and out.is_file()

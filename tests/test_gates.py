@@ -28,7 +28,12 @@ def check(expr: str, output, namespace: dict | None = None):
         ("max_chars(5)", "abcdef", False, "output has 6 characters; the limit is 5"),
         ('contains("Next Step")', "Your next step: reply.", True, ""),
         ('contains("next step")', "Bye.", False, "output does not contain 'next step'"),
-        ('not_contains("lorem")', "Lorem ipsum", False, "output contains 'lorem', which is not allowed"),
+        (
+            'not_contains("lorem")',
+            "Lorem ipsum",
+            False,
+            "output contains 'lorem', which is not allowed",
+        ),
         ('regex(r"^# ")', "intro\n# Title", True, ""),
         ('regex(r"^# ")', "no heading", False, "output does not match /^# /"),
         ("json", '{"a": 1}', True, ""),
@@ -70,7 +75,13 @@ def test_notebook_functions_bool_tuple_none_raise_and_async():
     async def remote(o):
         return False, "remote says no"
 
-    ns = {"short": short, "explained": explained, "forgot": forgot, "broken": broken, "remote": remote}
+    ns = {
+        "short": short,
+        "explained": explained,
+        "forgot": forgot,
+        "broken": broken,
+        "remote": remote,
+    }
     assert check("short", "tiny", ns).passed
     assert check("short", "much longer text", ns).feedback == "output failed the check short"
     # a user's message is kept as written
@@ -81,7 +92,10 @@ def test_notebook_functions_bool_tuple_none_raise_and_async():
 
 
 def test_expressions_see_notebook_values_and_python_builtins():
-    ns = {"limit": 2, "json": json}  # `import json` in the notebook does not hide the built-in check
+    ns = {
+        "limit": 2,
+        "json": json,
+    }  # `import json` in the notebook does not hide the built-in check
     assert not check("max_words(limit)", "a b c", ns).passed
     assert check("lambda o: len(o.split()) <= limit", "a b", ns).passed
     assert check("json", "[1]", ns).passed
@@ -113,10 +127,14 @@ def test_gates_for_lists_checks_then_the_rubric():
 # the ladder with rule gates (offline provider: deterministic, no network) --------------------
 def test_failing_check_retries_with_feedback_then_flags(tmp_path):
     p = Pipeline(store=tmp_path / "s.sqlite")
-    p.step("draft", "Write about {{ topic }}", model="offline:w", checks=["max_words(3)"], retries=2)
+    p.step(
+        "draft", "Write about {{ topic }}", model="offline:w", checks=["max_words(3)"], retries=2
+    )
     r = p.run({"topic": "pricing"}).results["draft"]
     assert r.state == "flagged" and [a.outcome for a in r.attempts] == ["gate", "gate", "gate"]
-    assert r.attempts[0].error.startswith("output has ") and r.attempts[0].error.endswith("the limit is 3")
+    assert r.attempts[0].error.startswith("output has ") and r.attempts[0].error.endswith(
+        "the limit is 3"
+    )
     # the offline provider marks an answer written after feedback; the retries got it
     assert "(Revised after feedback.)" in r.output
     p.close()
@@ -133,7 +151,14 @@ def test_a_check_that_passes_on_retry_passes(tmp_path):
 
 def test_on_fail_fail_and_python_steps(tmp_path):
     p = Pipeline(store=tmp_path / "s.sqlite")
-    p.step("draft", "Write about {{ topic }}", model="offline:w", checks=["max_words(2)"], retries=0, on_fail="fail")
+    p.step(
+        "draft",
+        "Write about {{ topic }}",
+        model="offline:w",
+        checks=["max_words(2)"],
+        retries=0,
+        on_fail="fail",
+    )
     p.step("count", "len(draft)", python=True, checks=["lambda n: n < 5"])
     run = p.run({"topic": "pricing"})
     assert run.results["draft"].state == "failed" and "max_words(2)" in run.results["draft"].error

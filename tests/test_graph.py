@@ -10,7 +10,9 @@ def graph(**bodies):
 
 
 def test_dependencies_are_inferred_from_references():
-    g = graph(research="About {{ topic }}", draft="{{ topic }} {{ research }}", stats="{{ draft|length }}")
+    g = graph(
+        research="About {{ topic }}", draft="{{ topic }} {{ research }}", stats="{{ draft|length }}"
+    )
     assert g.deps == {"research": set(), "draft": {"research"}, "stats": {"draft"}}
     assert g.external_names("draft") == {"topic"}
     assert g.order() == ["research", "draft", "stats"]
@@ -22,7 +24,11 @@ def test_loop_variables_and_globals_are_not_dependencies():
 
 
 def test_python_step_names_exclude_locals_imports_and_builtins():
-    step = Step("s", "import math\ny = len(draft)\ndef f(a):\n    return a\nf(y) + math.pi + other", kind="python")
+    step = Step(
+        "s",
+        "import math\ny = len(draft)\ndef f(a):\n    return a\nf(y) + math.pi + other",
+        kind="python",
+    )
     assert free_names(step) == {"draft", "other"}
 
 

@@ -44,9 +44,15 @@ class Script:
             if not isinstance(score, (int, float)):
                 return score  # an Error or a malformed verdict, as scripted
             self.judged.append(score)
-            return JSONText({"score": score, "feedback": f"misses 'one concrete next step' (scored {score})",
-                             "suggested_edit": "End with: Reply to book a call."},
-                            input_tokens=100, output_tokens=20)
+            return JSONText(
+                {
+                    "score": score,
+                    "feedback": f"misses 'one concrete next step' (scored {score})",
+                    "suggested_edit": "End with: Reply to book a call.",
+                },
+                input_tokens=100,
+                output_tokens=20,
+            )
         return Text(self.drafts.pop(0), input_tokens=10, output_tokens=5)
 
 
@@ -63,7 +69,9 @@ def use(api, script: Script) -> Script:
 
 
 def step_requests(api) -> list:
-    return [r for r in api.requests if r.endpoint in ("anthropic", "openai") and not is_judge(r.json)]
+    return [
+        r for r in api.requests if r.endpoint in ("anthropic", "openai") and not is_judge(r.json)
+    ]
 
 
 def judge_requests(api) -> list:
@@ -78,7 +86,12 @@ def pipeline(tmp_path, fast_config):
 
 
 def newsletter(p: Pipeline, *, threshold=0.8, retries=2, on_fail="review", fallbacks=()):
-    p.step("draft", "Write a short newsletter about {{ topic }}.", model=WRITER, fallbacks=list(fallbacks))
+    p.step(
+        "draft",
+        "Write a short newsletter about {{ topic }}.",
+        model=WRITER,
+        fallbacks=list(fallbacks),
+    )
     p.rubric("draft", RUBRIC, judge=JUDGE, threshold=threshold, retries=retries, on_fail=on_fail)
     p.step("stats", "len(draft.split())", python=True)
 
@@ -103,7 +116,9 @@ def test_a_passing_verdict_is_a_first_pass(api, pipeline):
     body = judged[0].json
     assert body["model"] == "claude-opus-4-8"
     assert "score" in json.dumps(body.get("output_config") or body.get("extra_body") or body)
-    assert "Is it under 50 words?" in message_text(judged[0]) and "Hello readers" in message_text(judged[0])
+    assert "Is it under 50 words?" in message_text(judged[0]) and "Hello readers" in message_text(
+        judged[0]
+    )
     # the judge's tokens and cost are part of the step's
     assert (r.usage.input_tokens, r.usage.output_tokens) == (110, 25)
     assert gate.usage.input_tokens == 100 and gate.cost == pytest.approx((100 * 5 + 20 * 25) / 1e6)
@@ -112,7 +127,10 @@ def test_a_passing_verdict_is_a_first_pass(api, pipeline):
 
 
 def test_a_verdict_that_passes_on_the_second_try_is_a_retry_not_a_first_pass(api, pipeline):
-    use(api, Script(["First draft, far too long.", "Short draft. Reply to book a call."], [0.5, 0.85]))
+    use(
+        api,
+        Script(["First draft, far too long.", "Short draft. Reply to book a call."], [0.5, 0.85]),
+    )
     newsletter(pipeline)
     run = pipeline.run({"topic": "pricing"})
     r = run.results["draft"]
@@ -138,7 +156,12 @@ def test_retries_then_fallback_then_review_flags_and_the_run_goes_on(api, pipeli
     assert r.state == "flagged" and run.status == "flagged"
     assert [a.model for a in r.attempts] == [WRITER, WRITER, FALLBACK, FALLBACK]
     assert [a.outcome for a in r.attempts] == ["gate"] * 4
-    assert [q.endpoint for q in step_requests(api)] == ["anthropic", "anthropic", "openai", "openai"]
+    assert [q.endpoint for q in step_requests(api)] == [
+        "anthropic",
+        "anthropic",
+        "openai",
+        "openai",
+    ]
     assert script.judged == [0.3, 0.4, 0.5, 0.45] and r.gates[0].score == 0.45 and r.output == "o2"
     assert run["stats"] == 1  # a flagged output does not stop the steps after it
     (item,) = queue(pipeline.store)
@@ -237,18 +260,31 @@ def test_rubric_magic_on_fail_fail_raises_in_the_cell(api, tmp_path, monkeypatch
     shell.user_ns["topic"] = "pricing"
     with capture_output():
         shell.run_cell_magic("step", f"draft --model {WRITER}", "Write about {{ topic }}")
-    shell.run_cell_magic("rubric", f"draft --judge {JUDGE} --threshold 0.75 --retries 1 --on-fail fail", RUBRIC)
+    shell.run_cell_magic(
+        "rubric", f"draft --judge {JUDGE} --threshold 0.75 --retries 1 --on-fail fail", RUBRIC
+    )
     step = magics.pipeline.steps["draft"]
     assert (step.rubric.threshold, step.retries, step.on_fail) == (0.75, 1, "fail")
-    with capture_output(), pytest.raises(StepFailed, match=r"draft.*0\.20.*misses 'one concrete next step'"):
+    with (
+        capture_output(),
+        pytest.raises(StepFailed, match=r"draft.*0\.20.*misses 'one concrete next step'"),
+    ):
         shell.run_line_magic("conductor", "run draft")
     assert len(judge_requests(api)) == 2
 
 
 # units --------------------------------------------------------------------------------------
 def test_parse_verdict_accepts_objects_text_and_fences_and_refuses_bad_scores():
-    assert parse_verdict({"score": 1, "feedback": " ok ", "suggested_edit": ""}, "") == (1.0, "ok", "")
-    assert parse_verdict(None, '```json\n{"score": "0.25", "feedback": "f"}\n```') == (0.25, "f", "")
+    assert parse_verdict({"score": 1, "feedback": " ok ", "suggested_edit": ""}, "") == (
+        1.0,
+        "ok",
+        "",
+    )
+    assert parse_verdict(None, '```json\n{"score": "0.25", "feedback": "f"}\n```') == (
+        0.25,
+        "f",
+        "",
+    )
     for bad in ({"feedback": "no score"}, {"score": 1.5}, {"score": True}, {"score": "high"}):
         with pytest.raises(OutputError):
             parse_verdict(bad, "")
@@ -272,9 +308,15 @@ def test_the_offline_judge_is_deterministic_mixed_and_names_a_rubric_line(tmp_pa
     scores = [r.gates[0].score for r in runs]
     assert {r.state for r in runs} == {"passed", "flagged"}  # some pass, some are flagged
     assert all(0 <= s <= 1 for s in scores)
-    assert all(('"Is the tone warm?"' in r.gates[0].feedback) or ('"Does it end with a next step?"' in r.gates[0].feedback)
-               for r in runs)
-    again = [p.run({"topic": f"topic {i}"}, force=True).results["draft"].gates[0].score for i in range(12)]
+    assert all(
+        ('"Is the tone warm?"' in r.gates[0].feedback)
+        or ('"Does it end with a next step?"' in r.gates[0].feedback)
+        for r in runs
+    )
+    again = [
+        p.run({"topic": f"topic {i}"}, force=True).results["draft"].gates[0].score
+        for i in range(12)
+    ]
     assert again == scores
     # a word-limit line is actually checked
     p.rubric("draft", "- under 3 words", judge="offline:judge")
@@ -287,7 +329,9 @@ def test_redeclaring_a_step_keeps_its_rubric_and_the_ladder_options_it_set(tmp_p
     p = Pipeline(store=tmp_path / "s.sqlite")
     p.step("draft", "Write about {{ topic }}", model="offline:w")
     p.rubric("draft", RUBRIC, judge="offline:j", threshold=0.9, retries=0, on_fail="fail")
-    p.step("draft", "Write, briefly, about {{ topic }}", model="offline:w")  # the cell is edited and re-run
+    p.step(
+        "draft", "Write, briefly, about {{ topic }}", model="offline:w"
+    )  # the cell is edited and re-run
     s = p.steps["draft"]
     assert (s.rubric.threshold, s.retries, s.on_fail) == (0.9, 0, "fail")
     p.close()
@@ -312,7 +356,9 @@ def test_four_transport_faults_then_a_verdict_passes_with_retries_4(api, pipelin
 
 
 def test_a_step_whose_judge_gave_no_verdict_records_every_billed_call(api, pipeline):
-    bad = JSONText({"score": 7, "feedback": "x", "suggested_edit": ""}, input_tokens=100, output_tokens=20)
+    bad = JSONText(
+        {"score": 7, "feedback": "x", "suggested_edit": ""}, input_tokens=100, output_tokens=20
+    )
     use(api, Script(["d1"], [bad, bad, bad]))
     newsletter(pipeline, retries=2)
     run = pipeline.run({"topic": "pricing"})
@@ -324,11 +370,15 @@ def test_a_step_whose_judge_gave_no_verdict_records_every_billed_call(api, pipel
     assert r.cost is not None and r.cost > 0 and r.attempts[0].cost == pytest.approx(r.cost)
     row = pipeline.store.results(run.run_id, "draft")[0]
     assert (row["attempts"], row["input_tokens"], row["output_tokens"]) == (1, 310, 65)
-    assert row["cost"] == pytest.approx(r.cost) and pipeline.store.runs()[0]["cost"] == pytest.approx(r.cost)
+    assert row["cost"] == pytest.approx(r.cost) and pipeline.store.runs()[0][
+        "cost"
+    ] == pytest.approx(r.cost)
 
 
 def test_a_python_step_whose_judge_gave_no_verdict_keeps_the_judges_cost(api, pipeline):
-    bad = JSONText({"score": 7, "feedback": "x", "suggested_edit": ""}, input_tokens=100, output_tokens=20)
+    bad = JSONText(
+        {"score": 7, "feedback": "x", "suggested_edit": ""}, input_tokens=100, output_tokens=20
+    )
     use(api, Script([], [bad]))
     pipeline.step("summary", "'summary of ' + topic", python=True)
     pipeline.rubric("summary", RUBRIC, judge=JUDGE, threshold=0.5, retries=0)
@@ -336,7 +386,9 @@ def test_a_python_step_whose_judge_gave_no_verdict_keeps_the_judges_cost(api, pi
     assert r.state == "failed" and r.usage.input_tokens == 100 and r.cost and r.cost > 0
 
 
-def test_rubric_max_tokens_reaches_the_judge_and_the_truncation_message_names_it(api, tmp_path, monkeypatch):
+def test_rubric_max_tokens_reaches_the_judge_and_the_truncation_message_names_it(
+    api, tmp_path, monkeypatch
+):
     shell = fresh_shell(tmp_path, monkeypatch)
     magics = shell.user_ns["__nbconductor__"]
     magics.pipeline.config.retry.base_delay = 0.01
@@ -345,9 +397,14 @@ def test_rubric_max_tokens_reaches_the_judge_and_the_truncation_message_names_it
     shell.user_ns["topic"] = "pricing"
     with capture_output():
         shell.run_cell_magic("step", f"draft --model {WRITER} --lazy", "Write about {{ topic }}")
-    shell.run_cell_magic("rubric", f"draft --judge {JUDGE} --retries 0 --max-tokens 77 --on-fail fail", RUBRIC)
+    shell.run_cell_magic(
+        "rubric", f"draft --judge {JUDGE} --retries 0 --max-tokens 77 --on-fail fail", RUBRIC
+    )
     assert magics.pipeline.steps["draft"].rubric.max_tokens == 77
-    with capture_output(), pytest.raises(StepFailed, match=r"raise %%rubric draft --max-tokens \(now 77\)"):
+    with (
+        capture_output(),
+        pytest.raises(StepFailed, match=r"raise %%rubric draft --max-tokens \(now 77\)"),
+    ):
         shell.run_line_magic("conductor", "run draft")
     assert judge_requests(api)[0].json["max_tokens"] == 77
 

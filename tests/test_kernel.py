@@ -31,7 +31,10 @@ def test_interrupt_cancels_the_run_and_keeps_finished_steps(kernel, tmp_path):
     km, kc = kernel
     assert execute(kc, "%load_ext nbconductor")["status"] == "ok"
     assert execute(kc, "%%step quick --model offline:a --lazy\nA quick step")["status"] == "ok"
-    assert execute(kc, "%%step slow --python --lazy\nimport time\ntime.sleep(30)\nquick")["status"] == "ok"
+    assert (
+        execute(kc, "%%step slow --python --lazy\nimport time\ntime.sleep(30)\nquick")["status"]
+        == "ok"
+    )
     msg_id = kc.execute("%conductor run")
     store_path = tmp_path / "store.sqlite"
     deadline = time.time() + 30
@@ -43,7 +46,9 @@ def test_interrupt_cancels_the_run_and_keeps_finished_steps(kernel, tmp_path):
     km.interrupt_kernel()
     reply = kc.get_shell_msg(timeout=20)
     assert reply["parent_header"]["msg_id"] == msg_id
-    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    assert (
+        reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    )
     assert time.time() - started < 10  # did not wait for the 30 s sleep
     # the kernel is usable at once, and the finished step is not redone
     content = execute(kc, "%conductor run quick\nprint(quick[:12])", timeout=20)

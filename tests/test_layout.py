@@ -18,7 +18,11 @@ PKG = Path(__file__).resolve().parent.parent / "nbconductor"
 RULES = [
     (
         ("IPython", "ipywidgets", "anywidget", "traitlets", "ipykernel"),
-        ("nbconductor.notebook", "nbconductor.handoff._engine", "nbconductor.handoff._engine_outputs"),
+        (
+            "nbconductor.notebook",
+            "nbconductor.handoff._engine",
+            "nbconductor.handoff._engine_outputs",
+        ),
         "only the notebook layer (and the in-process papermill engine) imports IPython and widgets",
     ),
     (
@@ -26,7 +30,11 @@ RULES = [
         ("nbconductor.handoff",),
         "only handoff/ imports papermill, nbclient and Dask",
     ),
-    (("anthropic",), ("nbconductor.providers.anthropic",), "an SDK is imported only by its adapter"),
+    (
+        ("anthropic",),
+        ("nbconductor.providers.anthropic",),
+        "an SDK is imported only by its adapter",
+    ),
     (("openai",), ("nbconductor.providers.openai",), "an SDK is imported only by its adapter"),
     (
         ("nbconductor.notebook",),
@@ -74,7 +82,9 @@ def _within(name: str, prefixes: tuple[str, ...]) -> bool:
 def _violations() -> list[str]:
     out = []
     for path in sorted(PKG.rglob("*.py")):
-        importer = _module_name(path) if path.name != "__init__.py" else _module_name(path) + ".__init__"
+        importer = (
+            _module_name(path) if path.name != "__init__.py" else _module_name(path) + ".__init__"
+        )
         for line, imported in _imports(path):
             for targets, allowed, why in RULES:
                 if _within(imported, targets) and not _within(importer, allowed):

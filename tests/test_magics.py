@@ -22,14 +22,26 @@ def cell(ip, line, body):
 
 
 def test_steps_bind_typed_outputs(ip):
-    cell(ip, "research --json", 'List five competitors on {{ topic }} as JSON: [{"name": ..., "angle": ...}]')
+    cell(
+        ip,
+        "research --json",
+        'List five competitors on {{ topic }} as JSON: [{"name": ..., "angle": ...}]',
+    )
     cell(ip, "draft --model writer", "Write about {{ topic }} avoiding {{ research }}")
     cell(ip, 'translate --map "lang in markets"', "Translate into {{ lang }}: {{ draft }}")
     cap = cell(ip, "stats --python", '{"words": len(draft.split()), "languages": len(translate)}')
     ns = ip.user_ns
-    assert isinstance(ns["research"], list) and len(ns["research"]) == 5 and set(ns["research"][0]) == {"name", "angle"}
-    assert isinstance(ns["draft"], str) and ns["draft"].startswith("[offline:writer] Write about pricing pages")
-    assert [t[:38] for t in ns["translate"]] == [f"[offline:default] Translate into {m}: [" for m in ("fr", "de")]
+    assert (
+        isinstance(ns["research"], list)
+        and len(ns["research"]) == 5
+        and set(ns["research"][0]) == {"name", "angle"}
+    )
+    assert isinstance(ns["draft"], str) and ns["draft"].startswith(
+        "[offline:writer] Write about pricing pages"
+    )
+    assert [t[:38] for t in ns["translate"]] == [
+        f"[offline:default] Translate into {m}: [" for m in ("fr", "de")
+    ]
     assert ns["stats"] == {"words": len(ns["draft"].split()), "languages": 2}
     # the output is shown inline with a footer line
     texts = [o.data.get("text/plain", "") for o in cap.outputs]
@@ -48,22 +60,44 @@ def test_when_false_binds_none_and_lazy_does_not_run(ip):
 
 def test_step_help_documents_every_option(ip):
     doc = ip.find_cell_magic("step").__doc__
-    for option in ["--model", "--fallback", "--context", "--system", "--after", "--json", "--schema", "--python",
-                   "--image", "--map", "--when", "--temperature", "--max-tokens", "--retries", "--check",
-                   "--on-fail", "--tools", "--max-turns", "--lazy", "--no-cache"]:
+    for option in [
+        "--model",
+        "--fallback",
+        "--context",
+        "--system",
+        "--after",
+        "--json",
+        "--schema",
+        "--python",
+        "--image",
+        "--map",
+        "--when",
+        "--temperature",
+        "--max-tokens",
+        "--retries",
+        "--check",
+        "--on-fail",
+        "--tools",
+        "--max-turns",
+        "--lazy",
+        "--no-cache",
+    ]:
         assert option in doc
 
 
-@pytest.mark.parametrize("line, body, message", [
-    ("b", "{{ topc }}", "step `b` refers to unknown name `topc`: did you mean `topic`?"),
-    ("b --bogus", "x", "unrecognized arguments: --bogus"),
-    ("", "x", "%%step needs a step name"),
-    ('b --map "x of y"', "x", '--map must look like "VAR in EXPR"'),
-    ("b", "{{ topic ", "step `b`: template syntax error on line 1"),
-    ("b -m nope:x", "x", "unknown provider `nope` in model `nope:x`"),
-    ("b -m fastt", "x", "unknown model `fastt`"),
-    ("b --python", "x = (", "step `b`: Python syntax error on line 1"),
-])
+@pytest.mark.parametrize(
+    "line, body, message",
+    [
+        ("b", "{{ topc }}", "step `b` refers to unknown name `topc`: did you mean `topic`?"),
+        ("b --bogus", "x", "unrecognized arguments: --bogus"),
+        ("", "x", "%%step needs a step name"),
+        ('b --map "x of y"', "x", '--map must look like "VAR in EXPR"'),
+        ("b", "{{ topic ", "step `b`: template syntax error on line 1"),
+        ("b -m nope:x", "x", "unknown provider `nope` in model `nope:x`"),
+        ("b -m fastt", "x", "unknown model `fastt`"),
+        ("b --python", "x = (", "step `b`: Python syntax error on line 1"),
+    ],
+)
 def test_bad_input_is_a_one_line_usage_error(ip, line, body, message):
     with pytest.raises(UsageError) as err:
         ip.run_cell_magic("step", line, body)
@@ -83,7 +117,9 @@ def test_usage_error_shows_without_traceback(ip, capsys):
     assert isinstance(result.error_in_exec, UsageError)
     err = capsys.readouterr()
     shown = err.out + err.err
-    assert "did you mean `topic`" in shown and "Traceback" not in shown and "_magics.py" not in shown
+    assert (
+        "did you mean `topic`" in shown and "Traceback" not in shown and "_magics.py" not in shown
+    )
 
 
 def test_python_step_error_shows_its_own_line_and_keeps_other_results(ip, capsys):
@@ -168,37 +204,68 @@ def test_status_says_which_steps_the_next_run_calls(ip):
 
 
 # Issue 16 item 13: every mistake in a magic is one line.
-@pytest.mark.parametrize("line, body, message", [
-    ("y --python", "x = 1\nyield x", "step `y`: Python error on line 2: 'yield' outside function"),
-    ("y --python", "return 3", "step `y`: Python error on line 1: 'return' outside function"),
-    ("y --python", "await thing()", "'await' outside function"),
-    ("f", "{{ topic|nofilter }}", "step `f`: template error on line 1: No filter named 'nofilter'."),
-    ("inc", 'Intro {% include "brand.txt" %}', "step `inc`: {% include %} on line 1 is not supported"),
-    ("inc --lazy", '{% extends "base.txt" %}', "{% extends %} on line 1 is not supported"),
-    ("inc --lazy", '{% from "m.txt" import x %}{{ x }}', "{% from … import %} on line 1 is not supported"),
-    ("get_ipython", "x", "step name `get_ipython` would hide IPython's `get_ipython`"),
-    ("__builtins__", "x", "step name `__builtins__` is a special Python name"),
-    ("__nbconductor__", "x", "step name `__nbconductor__` would hide IPython's `__nbconductor__`"),
-    ("_i3", "x", "step name `_i3` would hide IPython's `_i3`"),
-    ("print", "x", "step name `print` would hide Python's built-in `print`: choose another name, e.g. %%step print_step"),
-    ("len", "x", "would hide Python's built-in `len`"),
-    ("range", "x", "would hide Python's built-in `range`"),
-    ("dict", "x", "would hide Python's built-in `dict`"),
-    ("str", "x", "would hide Python's built-in `str`"),
-    ("class", "x", "step name `class` is a Python keyword"),
-    ("None", "x", "step name `None` is a Python keyword"),
-    ("cycler", "x", "step name `cycler` would hide `cycler`, which templates use"),
-    ("history", "x", "would hide `history`, which templates use"),
-    ("b --temperature 2.5", "x", "step `b`: --temperature must be a number between 0 and 2, got 2.5"),
-    ("b --temperature -0.1", "x", "--temperature must be a number between 0 and 2"),
-    ("b --temperature nan", "x", "--temperature must be a number between 0 and 2, got nan"),
-    ("b --temperature inf", "x", "--temperature must be a number between 0 and 2, got inf"),
-    ("b --max-tokens 0", "x", "step `b`: --max-tokens must be 1 or more and at most 128,000"),
-    ("b --max-tokens -5", "x", "--max-tokens must be 1 or more"),
-    ("b --max-tokens 10000000", "x", "--max-tokens must be 1 or more and at most 128,000"),
-    ("b --retries -1", "x", "step `b`: --retries must be between 0 and 100, got -1"),
-    ("b --tools f --max-turns 0", "x", "--max-turns must be between 1 and 100, got 0"),
-])
+@pytest.mark.parametrize(
+    "line, body, message",
+    [
+        (
+            "y --python",
+            "x = 1\nyield x",
+            "step `y`: Python error on line 2: 'yield' outside function",
+        ),
+        ("y --python", "return 3", "step `y`: Python error on line 1: 'return' outside function"),
+        ("y --python", "await thing()", "'await' outside function"),
+        (
+            "f",
+            "{{ topic|nofilter }}",
+            "step `f`: template error on line 1: No filter named 'nofilter'.",
+        ),
+        (
+            "inc",
+            'Intro {% include "brand.txt" %}',
+            "step `inc`: {% include %} on line 1 is not supported",
+        ),
+        ("inc --lazy", '{% extends "base.txt" %}', "{% extends %} on line 1 is not supported"),
+        (
+            "inc --lazy",
+            '{% from "m.txt" import x %}{{ x }}',
+            "{% from … import %} on line 1 is not supported",
+        ),
+        ("get_ipython", "x", "step name `get_ipython` would hide IPython's `get_ipython`"),
+        ("__builtins__", "x", "step name `__builtins__` is a special Python name"),
+        (
+            "__nbconductor__",
+            "x",
+            "step name `__nbconductor__` would hide IPython's `__nbconductor__`",
+        ),
+        ("_i3", "x", "step name `_i3` would hide IPython's `_i3`"),
+        (
+            "print",
+            "x",
+            "step name `print` would hide Python's built-in `print`: choose another name, e.g. %%step print_step",
+        ),
+        ("len", "x", "would hide Python's built-in `len`"),
+        ("range", "x", "would hide Python's built-in `range`"),
+        ("dict", "x", "would hide Python's built-in `dict`"),
+        ("str", "x", "would hide Python's built-in `str`"),
+        ("class", "x", "step name `class` is a Python keyword"),
+        ("None", "x", "step name `None` is a Python keyword"),
+        ("cycler", "x", "step name `cycler` would hide `cycler`, which templates use"),
+        ("history", "x", "would hide `history`, which templates use"),
+        (
+            "b --temperature 2.5",
+            "x",
+            "step `b`: --temperature must be a number between 0 and 2, got 2.5",
+        ),
+        ("b --temperature -0.1", "x", "--temperature must be a number between 0 and 2"),
+        ("b --temperature nan", "x", "--temperature must be a number between 0 and 2, got nan"),
+        ("b --temperature inf", "x", "--temperature must be a number between 0 and 2, got inf"),
+        ("b --max-tokens 0", "x", "step `b`: --max-tokens must be 1 or more and at most 128,000"),
+        ("b --max-tokens -5", "x", "--max-tokens must be 1 or more"),
+        ("b --max-tokens 10000000", "x", "--max-tokens must be 1 or more and at most 128,000"),
+        ("b --retries -1", "x", "step `b`: --retries must be between 0 and 100, got -1"),
+        ("b --tools f --max-turns 0", "x", "--max-turns must be between 1 and 100, got 0"),
+    ],
+)
 def test_magic_mistakes_are_one_line(ip, line, body, message):
     with pytest.raises(UsageError) as err:
         ip.run_cell_magic("step", line, body)
@@ -209,9 +276,14 @@ def test_magic_mistakes_are_one_line(ip, line, body, message):
 
 def test_step_names_of_imported_modules_and_functions_are_refused(ip):
     ip.run_cell("import json\nimport numpy as np\ndef summarize(text):\n    return text[:10]")
-    for name, what in [("json", "the module `json`"), ("np", "the module `numpy`"),
-                       ("summarize", "the function `summarize`")]:
-        with pytest.raises(UsageError, match=f"step name `{name}` would replace {what}.*e.g. %%step {name}_step"):
+    for name, what in [
+        ("json", "the module `json`"),
+        ("np", "the module `numpy`"),
+        ("summarize", "the function `summarize`"),
+    ]:
+        with pytest.raises(
+            UsageError, match=f"step name `{name}` would replace {what}.*e.g. %%step {name}_step"
+        ):
             ip.run_cell_magic("step", name, "x")
     # every later magic still works, and re-declaring a step is not a clash with its own output
     cell(ip, "fine --python", "lambda: 1")
@@ -223,11 +295,13 @@ def test_step_names_of_imported_modules_and_functions_are_refused(ip):
 
 def test_rubric_numbers_are_checked_at_declaration(ip):
     cell(ip, "draft --lazy", "About {{ topic }}")
-    for line, message in [("draft --retries -1", "%%rubric draft: --retries must be between 0 and 100, got -1"),
-                          ("draft --max-tokens 0", "--max-tokens must be 1 or more"),
-                          ("draft --max-tokens 999999", "at most 128,000"),
-                          ("draft --threshold nan", "--threshold must be between 0 and 1"),
-                          ("draft --threshold 1.5", "--threshold must be between 0 and 1")]:
+    for line, message in [
+        ("draft --retries -1", "%%rubric draft: --retries must be between 0 and 100, got -1"),
+        ("draft --max-tokens 0", "--max-tokens must be 1 or more"),
+        ("draft --max-tokens 999999", "at most 128,000"),
+        ("draft --threshold nan", "--threshold must be between 0 and 1"),
+        ("draft --threshold 1.5", "--threshold must be between 0 and 1"),
+    ]:
         with pytest.raises(UsageError) as err:
             ip.run_cell_magic("rubric", line, "- Is it good?")
         assert message in str(err.value) and "\n" not in str(err.value)
@@ -235,7 +309,9 @@ def test_rubric_numbers_are_checked_at_declaration(ip):
 
 
 def test_unbalanced_quotes_in_conductor_are_one_line(ip):
-    with pytest.raises(UsageError, match=r"%conductor: cannot parse 'run \"unbalanced': No closing quotation"):
+    with pytest.raises(
+        UsageError, match=r"%conductor: cannot parse 'run \"unbalanced': No closing quotation"
+    ):
         ip.run_line_magic("conductor", 'run "unbalanced')
 
 
@@ -249,8 +325,15 @@ def test_include_never_reaches_status_or_dry_run(ip):
     assert [p["step"] for p in plan] == ["ok"] and "inc" not in cap.stdout
 
 
-@pytest.mark.parametrize("body", ["(i for i in range(3))", "class Local:\n    pass\nLocal()", "import os\nos.environ",
-                                  "import threading\nthreading.Lock()"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "(i for i in range(3))",
+        "class Local:\n    pass\nLocal()",
+        "import os\nos.environ",
+        "import threading\nthreading.Lock()",
+    ],
+)
 def test_python_step_with_an_unstorable_output_keeps_the_run(ip, body):
     cell(ip, "first", "About {{ topic }}")
     result = ip.run_cell("%%step odd --python\n" + body)
@@ -260,7 +343,9 @@ def test_python_step_with_an_unstorable_output_keeps_the_run(ip, body):
         run = ip.run_line_magic("conductor", "run")
     assert run is None
     rows = Store(ip.user_ns["__nbconductor__"].pipeline.store.path).results()
-    assert {r["step"] for r in rows} >= {"first", "odd"} and all(r["state"] != "failed" for r in rows)
+    assert {r["step"] for r in rows} >= {"first", "odd"} and all(
+        r["state"] != "failed" for r in rows
+    )
 
 
 def test_fuzzed_magic_cells_never_show_a_raw_traceback(ip):
@@ -273,16 +358,81 @@ def test_fuzzed_magic_cells_never_show_a_raw_traceback(ip):
     ip.run_cell("import os\ndef chk(o):\n    return True")
     rnd = random.Random(16)
     names = ["a", "b", "print", "get_ipython", "os", "1x", "class", "x-y", "", "a.b", "_i", "ok"]
-    opts = ["--json", "--python", "--image", "--lazy", "--model", "-m fastt", "--after zz", "--schema Nope",
-            '--map "l in markets"', '--map "l in 5"', '--when "1/0"', '--when "("', "--temperature nan",
-            "--temperature 3", "--max-tokens 0", "--max-tokens 99999999", "--retries -1", "--retries x", "--check nope",
-            '--check "("', "--on-fail nope", "--tools nope", "--max-turns 0", "--system '{{ os }}'", '"unbal', "--bogus"]
-    bodies = ["{{ topic }}", "{{ a }}", "{{ nope }}", "{{ os.getcwd() }}", "{% include 'x' %}", "{{ ", "{{ 9**99999 }}",
-              "{{ 1/0 }}", "{{ topic|nofilter }}", "{{ markets[5] }}", "return 1", "yield 1", "1/0",
-              "(i for i in [1])", "{{ history(1, 2, 3) }}", "", "{{ topic.__class__ }}", "def f(:", "{{ l }}"]
-    lines = ["run", "run nope", 'run "unbal', "status", "show", "show nope", "alias q", "alias q nope", "bogus", "",
-             "export", "template-function", "template-function os", "run --dry-run a b"]
-    rubrics = ["a", "a --threshold 2", "a --threshold x", "a --retries -1", "a --max-tokens 0", "nope", "", '"a']
+    opts = [
+        "--json",
+        "--python",
+        "--image",
+        "--lazy",
+        "--model",
+        "-m fastt",
+        "--after zz",
+        "--schema Nope",
+        '--map "l in markets"',
+        '--map "l in 5"',
+        '--when "1/0"',
+        '--when "("',
+        "--temperature nan",
+        "--temperature 3",
+        "--max-tokens 0",
+        "--max-tokens 99999999",
+        "--retries -1",
+        "--retries x",
+        "--check nope",
+        '--check "("',
+        "--on-fail nope",
+        "--tools nope",
+        "--max-turns 0",
+        "--system '{{ os }}'",
+        '"unbal',
+        "--bogus",
+    ]
+    bodies = [
+        "{{ topic }}",
+        "{{ a }}",
+        "{{ nope }}",
+        "{{ os.getcwd() }}",
+        "{% include 'x' %}",
+        "{{ ",
+        "{{ 9**99999 }}",
+        "{{ 1/0 }}",
+        "{{ topic|nofilter }}",
+        "{{ markets[5] }}",
+        "return 1",
+        "yield 1",
+        "1/0",
+        "(i for i in [1])",
+        "{{ history(1, 2, 3) }}",
+        "",
+        "{{ topic.__class__ }}",
+        "def f(:",
+        "{{ l }}",
+    ]
+    lines = [
+        "run",
+        "run nope",
+        'run "unbal',
+        "status",
+        "show",
+        "show nope",
+        "alias q",
+        "alias q nope",
+        "bogus",
+        "",
+        "export",
+        "template-function",
+        "template-function os",
+        "run --dry-run a b",
+    ]
+    rubrics = [
+        "a",
+        "a --threshold 2",
+        "a --threshold x",
+        "a --retries -1",
+        "a --max-tokens 0",
+        "nope",
+        "",
+        '"a',
+    ]
     raw = []
     for _ in range(250):
         kind = rnd.random()

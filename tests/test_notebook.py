@@ -34,7 +34,9 @@ def test_helper_cells_are_executed_and_skip_export_is_not(tmp_path):
     nb.cells = [
         nbformat.v4.new_code_cell("n = 3", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("def double(x):\n    return 2 * x"),
-        nbformat.v4.new_code_cell("raise RuntimeError('exploration only')", metadata={"tags": ["skip-export"]}),
+        nbformat.v4.new_code_cell(
+            "raise RuntimeError('exploration only')", metadata={"tags": ["skip-export"]}
+        ),
         nbformat.v4.new_code_cell("%%step twice --python\ndouble(n)"),
     ]
     path = tmp_path / "nb.ipynb"
@@ -51,11 +53,31 @@ def test_cli_run_offline_never_calls_a_provider(tmp_path, monkeypatch):
     import sys
 
     shutil.copy(QUICKSTART, tmp_path / "q.ipynb")
-    env = {**__import__("os").environ, "ANTHROPIC_API_KEY": "not-a-real-key", "NBCONDUCTOR_STORE": str(tmp_path / "s.sqlite")}
+    env = {
+        **__import__("os").environ,
+        "ANTHROPIC_API_KEY": "not-a-real-key",
+        "NBCONDUCTOR_STORE": str(tmp_path / "s.sqlite"),
+    }
     env.pop("NBCONDUCTOR_OFFLINE", None)
-    out = subprocess.run([sys.executable, "-m", "nbconductor", "run", str(tmp_path / "q.ipynb"), "--offline",
-                          "-o", str(tmp_path / "out.ipynb"), "-p", "topic", "Pricing pages"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nbconductor",
+            "run",
+            str(tmp_path / "q.ipynb"),
+            "--offline",
+            "-o",
+            str(tmp_path / "out.ipynb"),
+            "-p",
+            "topic",
+            "Pricing pages",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     text = str([c.get("outputs") for c in nb.cells])

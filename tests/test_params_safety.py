@@ -120,7 +120,19 @@ def test_bad_names_in_a_csv_header_yaml_and_json_stop_the_batch(tmp_path, cli):
             result = cli("batch", str(nb), "--params", params, "--workers", "1", "--out", "out")
             one_line_exit_2(result, name)
         # the Dask coordinator checks the same, before it connects anywhere
-        one_line_exit_2(cli("batch", str(nb), "--params", files[0], "--dask", "tcp://127.0.0.1:9", "--out", "out"), name)
+        one_line_exit_2(
+            cli(
+                "batch",
+                str(nb),
+                "--params",
+                files[0],
+                "--dask",
+                "tcp://127.0.0.1:9",
+                "--out",
+                "out",
+            ),
+            name,
+        )
     assert not (tmp_path / "out").exists()  # nothing ran: not even the output folder was made
     assert no_marker(tmp_path)
 
@@ -131,8 +143,14 @@ def test_bad_names_with_run_p_papermill_and_the_python_api(tmp_path, cli):
         one_line_exit_2(cli("run", str(nb), "-p", name, "1", "-o", "out.ipynb"), name)
         for engine in ("nbconductor", None):  # the in-process engine and papermill's kernel engine
             with pytest.raises(ValueError, match="parameter name"):
-                pm.execute_notebook(str(nb), str(tmp_path / "pm.ipynb"), parameters={name: 1},
-                                    engine_name=engine, progress_bar=False, cwd=str(tmp_path))
+                pm.execute_notebook(
+                    str(nb),
+                    str(tmp_path / "pm.ipynb"),
+                    parameters={name: 1},
+                    engine_name=engine,
+                    progress_bar=False,
+                    cwd=str(tmp_path),
+                )
         p = Pipeline(store=":memory:")
         p.step("draft", "Write about {{ topic }}", model="offline:w")
         with pytest.raises(ValueError, match="parameter name"):
@@ -146,8 +164,13 @@ def test_bad_names_with_run_p_papermill_and_the_python_api(tmp_path, cli):
 def test_plain_papermill_cli_refuses_a_bad_name(tmp_path):
     nb = notebook(tmp_path)
     name = BAD_NAMES[0]
-    run = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(tmp_path / "o.ipynb"), "-p", name, "1"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "papermill", str(nb), str(tmp_path / "o.ipynb"), "-p", name, "1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert run.returncode != 0 and "is not a Python identifier" in run.stderr
     assert not (tmp_path / "seen.json").exists() and no_marker(tmp_path)
 
@@ -182,8 +205,14 @@ def test_values_with_quotes_and_newlines_arrive_as_data(tmp_path, cli):
         seen.unlink()
     # papermill's Python API with the in-process engine, values nested in lists and dicts too
     nested = {n: {"text": v, "list": [v]} for n, v in zip(names, VALUES, strict=True)}
-    pm.execute_notebook(str(nb), str(tmp_path / "pm.ipynb"), parameters=nested, engine_name="nbconductor",
-                        progress_bar=False, cwd=str(tmp_path))
+    pm.execute_notebook(
+        str(nb),
+        str(tmp_path / "pm.ipynb"),
+        parameters=nested,
+        engine_name="nbconductor",
+        progress_bar=False,
+        cwd=str(tmp_path),
+    )
     assert json.loads(seen.read_text()) == [nested[n] for n in names]
     seen.unlink()
     # a batch from JSON and from CSV (one row each)
@@ -191,7 +220,18 @@ def test_values_with_quotes_and_newlines_arrive_as_data(tmp_path, cli):
     with (tmp_path / "rows.csv").open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([names, VALUES])
     for params, expected in (("rows.json", VALUES), ("rows.csv", VALUES)):
-        result = cli("batch", str(nb), "--params", params, "--workers", "1", "--out", "out", "--engine", "nbconductor")
+        result = cli(
+            "batch",
+            str(nb),
+            "--params",
+            params,
+            "--workers",
+            "1",
+            "--out",
+            "out",
+            "--engine",
+            "nbconductor",
+        )
         assert result.returncode == 0, result.stderr + result.stdout
         assert json.loads(seen.read_text()) == expected
         seen.unlink()
@@ -202,17 +242,27 @@ def test_values_that_are_not_data_are_refused_or_quoted(tmp_path, cli):
     nb = notebook(tmp_path)
     payload = f'"+{MARK}+"'
     yaml_rows = {
-        "binary.yaml": "- topic: !!binary " + __import__("base64").b64encode(payload.encode()).decode() + "\n",
+        "binary.yaml": "- topic: !!binary "
+        + __import__("base64").b64encode(payload.encode()).decode()
+        + "\n",
         "set.yaml": f"- topic: !!set {{'{payload}': null}}\n",
         "object.yaml": "- topic: !!python/object/apply:os.system ['touch MARKER']\n",
     }
     for name, text in yaml_rows.items():
         (tmp_path / name).write_text(text)
         result = cli("batch", str(nb), "--params", name, "--workers", "1", "--out", "out")
-        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, (
+            result.stderr
+        )
     # papermill's own Python API pastes str() of other types between quotes: now escaped
-    pm.execute_notebook(str(nb), str(tmp_path / "pm.ipynb"), parameters={"topic": payload.encode()},
-                        engine_name="nbconductor", progress_bar=False, cwd=str(tmp_path))
+    pm.execute_notebook(
+        str(nb),
+        str(tmp_path / "pm.ipynb"),
+        parameters={"topic": payload.encode()},
+        engine_name="nbconductor",
+        progress_bar=False,
+        cwd=str(tmp_path),
+    )
     assert json.loads((tmp_path / "seen.json").read_text()) == [str(payload.encode())]
     assert no_marker(tmp_path)
 
@@ -231,6 +281,9 @@ def test_an_injected_cell_that_holds_code_does_not_run(tmp_path, cli):
 def test_exported_parameters_cell_is_literals(tmp_path):
     from nbconductor.handoff._export_cells import params_source
 
-    assert params_source({"topic": 'a"""b\n', "n": [1, {"k": None}]}) == "topic = 'a\"\"\"b\\n'\nn = [1, {'k': None}]"
+    assert (
+        params_source({"topic": 'a"""b\n', "n": [1, {"k": None}]})
+        == "topic = 'a\"\"\"b\\n'\nn = [1, {'k': None}]"
+    )
     with pytest.raises(ParameterError):
         params_source({BAD_NAMES[0]: 1})

@@ -21,12 +21,25 @@ def make(tmp_path, config) -> Pipeline:
 
 
 def test_streamed_text_usage_cost_and_model(fake_api, fast_config, tmp_path):
-    fake_api.script(Text("Pricing pages that convert.", input_tokens=120, output_tokens=9,
-                         cache_read=1500, cache_write=300, chunks=4), endpoint="anthropic")
+    fake_api.script(
+        Text(
+            "Pricing pages that convert.",
+            input_tokens=120,
+            output_tokens=9,
+            cache_read=1500,
+            cache_write=300,
+            chunks=4,
+        ),
+        endpoint="anthropic",
+    )
     p = make(tmp_path, fast_config)
     p.step("draft", "Write about {{ topic }}", model=MODEL, max_tokens=300)
     events = []
-    run = p.run({"topic": "pricing"}, observer=lambda e, s, payload: events.append((e, s, payload)), stream=True)
+    run = p.run(
+        {"topic": "pricing"},
+        observer=lambda e, s, payload: events.append((e, s, payload)),
+        stream=True,
+    )
 
     res = run.results["draft"]
     assert res.state == "passed" and res.output == "Pricing pages that convert."
@@ -35,7 +48,9 @@ def test_streamed_text_usage_cost_and_model(fake_api, fast_config, tmp_path):
     assert (res.usage.input_tokens, res.usage.output_tokens) == (120, 9)
     assert (res.usage.cache_read_tokens, res.usage.cache_write_tokens) == (1500, 300)
     price = DEFAULT_PRICES[MODEL]
-    expected = (120 * price.input + 9 * price.output + 1500 * price.cache_read + 300 * price.cache_write) / 1e6
+    expected = (
+        120 * price.input + 9 * price.output + 1500 * price.cache_read + 300 * price.cache_write
+    ) / 1e6
     assert res.cost == pytest.approx(expected)
     assert res.model == MODEL and [a.outcome for a in res.attempts] == ["passed"]
     req = fake_api.requests_for("anthropic")[-1]
@@ -51,13 +66,26 @@ def test_context_blocks_are_cacheable_system_blocks(fake_api, fast_config, tmp_p
     p = make(tmp_path, fast_config)
     p.context("brand_voice", "Warm, direct, no jargon.")
     p.context("past_issues", "Issue 1: onboarding. Issue 2: pricing.")
-    p.step("draft", "Write about {{ topic }}", model=MODEL, contexts=["brand_voice", "past_issues"],
-           system="You write newsletters.")
+    p.step(
+        "draft",
+        "Write about {{ topic }}",
+        model=MODEL,
+        contexts=["brand_voice", "past_issues"],
+        system="You write newsletters.",
+    )
     p.run({"topic": "pricing"})
     system = fake_api.requests_for("anthropic")[-1].json["system"]
     assert system == [
-        {"type": "text", "text": "Warm, direct, no jargon.", "cache_control": {"type": "ephemeral"}},
-        {"type": "text", "text": "Issue 1: onboarding. Issue 2: pricing.", "cache_control": {"type": "ephemeral"}},
+        {
+            "type": "text",
+            "text": "Warm, direct, no jargon.",
+            "cache_control": {"type": "ephemeral"},
+        },
+        {
+            "type": "text",
+            "text": "Issue 1: onboarding. Issue 2: pricing.",
+            "cache_control": {"type": "ephemeral"},
+        },
         {"type": "text", "text": "You write newsletters."},
     ]
 
@@ -74,11 +102,18 @@ def test_at_most_four_cache_breakpoints(fake_api, fast_config, tmp_path):
 
 
 def test_json_step_parses_and_retries_invalid_json_with_feedback(fake_api, fast_config, tmp_path):
-    fake_api.script(Text("Sure! here it is: {oops", input_tokens=40, output_tokens=6),
-                    JSONText([{"name": "Acme", "angle": "price"}], input_tokens=50, output_tokens=12),
-                    endpoint="anthropic")
+    fake_api.script(
+        Text("Sure! here it is: {oops", input_tokens=40, output_tokens=6),
+        JSONText([{"name": "Acme", "angle": "price"}], input_tokens=50, output_tokens=12),
+        endpoint="anthropic",
+    )
     p = make(tmp_path, fast_config)
-    p.step("research", 'List competitors as JSON: [{"name": ..., "angle": ...}]', model=MODEL, json=True)
+    p.step(
+        "research",
+        'List competitors as JSON: [{"name": ..., "angle": ...}]',
+        model=MODEL,
+        json=True,
+    )
     res = p.run().results["research"]
     assert res.state == "passed" and res.output == [{"name": "Acme", "angle": "price"}]
     first, second = fake_api.requests_for("anthropic")
@@ -98,8 +133,11 @@ class Competitor(BaseModel):
 
 
 def test_schema_step_uses_native_structured_output(fake_api, fast_config, tmp_path):
-    fake_api.script(JSONText({"name": "Acme"}),  # misses a required field: retried
-                    JSONText({"name": "Acme", "angle": "price", "score": 0.9}), endpoint="anthropic")
+    fake_api.script(
+        JSONText({"name": "Acme"}),  # misses a required field: retried
+        JSONText({"name": "Acme", "angle": "price", "score": 0.9}),
+        endpoint="anthropic",
+    )
     p = make(tmp_path, fast_config)
     p.namespace["Competitor"] = Competitor
     p.step("top", "The main competitor of {{ topic }}", model=MODEL, schema="Competitor")
@@ -128,9 +166,17 @@ def test_tool_use_loop_calls_notebook_function(fake_api, fast_config, tmp_path):
         calls.append((product, currency))
         return {"product": product, "price": 49, "currency": currency}
 
-    fake_api.script(ToolCall("lookup_price", {"product": "Pro plan"}, text="Let me check.",
-                             input_tokens=30, output_tokens=8),
-                    Text("The Pro plan costs 49 EUR.", input_tokens=60, output_tokens=10), endpoint="anthropic")
+    fake_api.script(
+        ToolCall(
+            "lookup_price",
+            {"product": "Pro plan"},
+            text="Let me check.",
+            input_tokens=30,
+            output_tokens=8,
+        ),
+        Text("The Pro plan costs 49 EUR.", input_tokens=60, output_tokens=10),
+        endpoint="anthropic",
+    )
     p = make(tmp_path, fast_config)
     p.namespace["lookup_price"] = lookup_price
     p.step("answer", "How much is the Pro plan?", model=MODEL, tools=["lookup_price"])
@@ -140,7 +186,9 @@ def test_tool_use_loop_calls_notebook_function(fake_api, fast_config, tmp_path):
     assert calls == [("Pro plan", "EUR")]
     first, second = fake_api.requests_for("anthropic")
     tool = first.json["tools"][0]
-    assert tool["name"] == "lookup_price" and tool["description"] == "Look up a product's list price."
+    assert (
+        tool["name"] == "lookup_price" and tool["description"] == "Look up a product's list price."
+    )
     assert tool["input_schema"]["required"] == ["product"]
     assert tool["input_schema"]["properties"]["product"]["description"] == "the product name"
     assistant, results = second.json["messages"][1:]
@@ -164,7 +212,9 @@ def test_tool_loop_stops_at_max_turns(fake_api, fast_config, tmp_path):
     assert res.output == "done"
     requests = fake_api.requests_for("anthropic")
     assert len(requests) == 3
-    assert "tool_choice" not in requests[0].json and requests[2].json["tool_choice"] == {"type": "none"}
+    assert "tool_choice" not in requests[0].json and requests[2].json["tool_choice"] == {
+        "type": "none"
+    }
 
 
 def test_tool_errors_go_back_to_the_model(fake_api, fast_config, tmp_path):
@@ -172,7 +222,9 @@ def test_tool_errors_go_back_to_the_model(fake_api, fast_config, tmp_path):
         """Divide a by b."""
         return a / b
 
-    fake_api.script(ToolCall("divide", {"a": 1, "b": 0}), Text("Cannot divide by zero."), endpoint="anthropic")
+    fake_api.script(
+        ToolCall("divide", {"a": 1, "b": 0}), Text("Cannot divide by zero."), endpoint="anthropic"
+    )
     p = make(tmp_path, fast_config)
     p.namespace["divide"] = divide
     p.step("calc", "1/0?", model=MODEL, tools=["divide"])
@@ -197,7 +249,9 @@ def test_malformed_stream_is_an_output_error_then_retried(fake_api, fast_config,
     assert res.attempts[0].outcome == "error" and "malformed" in res.attempts[0].error
 
 
-def test_missing_key_names_the_variable_and_sends_nothing(fake_api, fast_config, tmp_path, monkeypatch):
+def test_missing_key_names_the_variable_and_sends_nothing(
+    fake_api, fast_config, tmp_path, monkeypatch
+):
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     p = make(tmp_path, fast_config)
     p.step("a", "Hi", model=MODEL)
@@ -219,8 +273,9 @@ def test_step_magic_streams_and_binds_output(fake_api, tmp_path, monkeypatch):
     from IPython.utils.capture import capture_output
     from notebook_shell import fresh_shell
 
-
-    fake_api.script(Text("A short issue about pricing.", input_tokens=11, output_tokens=7), endpoint="anthropic")
+    fake_api.script(
+        Text("A short issue about pricing.", input_tokens=11, output_tokens=7), endpoint="anthropic"
+    )
     shell = fresh_shell(tmp_path, monkeypatch)
     magics = shell.user_ns["__nbconductor__"]
     shell.run_cell('topic = "pricing"')

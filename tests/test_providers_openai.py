@@ -23,29 +23,50 @@ def make(tmp_path, config) -> Pipeline:
 
 
 def test_streamed_text_usage_and_system_message(fake_api, fast_config, tmp_path):
-    fake_api.script(Text("Bonjour tout le monde", input_tokens=1200, output_tokens=6, cache_read=1024, chunks=3),
-                    endpoint="openai")
+    fake_api.script(
+        Text(
+            "Bonjour tout le monde", input_tokens=1200, output_tokens=6, cache_read=1024, chunks=3
+        ),
+        endpoint="openai",
+    )
     p = make(tmp_path, fast_config)
     p.context("tone", "Friendly.")
-    p.step("hello", "Say hello in {{ lang }}", model=MODEL, contexts=["tone"], system="Be brief.",
-           max_tokens=50, temperature=0.3)
+    p.step(
+        "hello",
+        "Say hello in {{ lang }}",
+        model=MODEL,
+        contexts=["tone"],
+        system="Be brief.",
+        max_tokens=50,
+        temperature=0.3,
+    )
     events = []
     res = p.run({"lang": "fr"}, observer=lambda *e: events.append(e), stream=True).results["hello"]
 
     assert res.state == "passed" and res.output == "Bonjour tout le monde"
     assert "".join(payload for e, s, payload in events if e == "text") == res.output
     # OpenAI counts cached tokens inside prompt_tokens; nbconductor reports them apart
-    assert (res.usage.input_tokens, res.usage.cache_read_tokens, res.usage.output_tokens) == (176, 1024, 6)
+    assert (res.usage.input_tokens, res.usage.cache_read_tokens, res.usage.output_tokens) == (
+        176,
+        1024,
+        6,
+    )
     assert res.usage.cache_write_tokens is None  # the server sent none
     price = DEFAULT_PRICES[MODEL]
-    assert res.cost == pytest.approx((176 * price.input + 1024 * price.cache_read + 6 * price.output) / 1e6)
+    assert res.cost == pytest.approx(
+        (176 * price.input + 1024 * price.cache_read + 6 * price.output) / 1e6
+    )
     assert res.model == MODEL
     body = fake_api.requests_for("openai")[-1].json
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
-    assert body["messages"] == [{"role": "system", "content": "Friendly.\n\nBe brief."},
-                                {"role": "user", "content": "Say hello in fr"}]
+    assert body["messages"] == [
+        {"role": "system", "content": "Friendly.\n\nBe brief."},
+        {"role": "user", "content": "Say hello in fr"},
+    ]
     assert body["max_completion_tokens"] == 50 and body["temperature"] == 0.3
-    assert fake_api.requests_for("openai")[-1].headers["authorization"] == f"Bearer {FAKE_OPENAI_KEY}"
+    assert (
+        fake_api.requests_for("openai")[-1].headers["authorization"] == f"Bearer {FAKE_OPENAI_KEY}"
+    )
 
 
 def test_json_mode(fake_api, fast_config, tmp_path):
@@ -70,8 +91,11 @@ class Loose(BaseModel):
 
 
 def test_schema_is_strict_json_schema_and_validated(fake_api, fast_config, tmp_path):
-    fake_api.script(JSONText({"title": "T", "tags": "not-a-list", "words": 1}),
-                    JSONText({"title": "T", "tags": ["a"], "words": 120}), endpoint="openai")
+    fake_api.script(
+        JSONText({"title": "T", "tags": "not-a-list", "words": 1}),
+        JSONText({"title": "T", "tags": ["a"], "words": 120}),
+        endpoint="openai",
+    )
     p = make(tmp_path, fast_config)
     p.namespace["Post"] = Post
     p.step("post", "Plan a post", model=MODEL, schema="Post")
@@ -83,8 +107,14 @@ def test_schema_is_strict_json_schema_and_validated(fake_api, fast_config, tmp_p
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "Post"
     assert fmt["json_schema"]["strict"] is True
     schema = fmt["json_schema"]["schema"]
-    assert schema["additionalProperties"] is False and schema["required"] == ["title", "tags", "words"]
-    assert "does not match schema Post" in second.json["messages"][-1]["content"]  # the retry carries it
+    assert schema["additionalProperties"] is False and schema["required"] == [
+        "title",
+        "tags",
+        "words",
+    ]
+    assert (
+        "does not match schema Post" in second.json["messages"][-1]["content"]
+    )  # the retry carries it
 
 
 def test_schema_that_cannot_be_strict_is_sent_non_strict(fake_api, fast_config, tmp_path):
@@ -102,7 +132,11 @@ def test_tool_use_loop(fake_api, fast_config, tmp_path):
         """Count the words in a text."""
         return len(text.split())
 
-    fake_api.script(ToolCall("word_count", {"text": "one two three"}), Text("It has 3 words."), endpoint="openai")
+    fake_api.script(
+        ToolCall("word_count", {"text": "one two three"}),
+        Text("It has 3 words."),
+        endpoint="openai",
+    )
     p = make(tmp_path, fast_config)
     p.namespace["word_count"] = word_count
     p.step("count", "How many words in 'one two three'?", model=MODEL, tools=["word_count"])
@@ -110,11 +144,19 @@ def test_tool_use_loop(fake_api, fast_config, tmp_path):
     assert res.output == "It has 3 words."
     first, second = fake_api.requests_for("openai")
     assert first.json["tools"][0]["function"]["name"] == "word_count"
-    assert first.json["tools"][0]["function"]["parameters"]["properties"] == {"text": {"type": "string"}}
+    assert first.json["tools"][0]["function"]["parameters"]["properties"] == {
+        "text": {"type": "string"}
+    }
     assistant, tool = second.json["messages"][-2:]
     assert assistant["tool_calls"][0]["function"]["name"] == "word_count"
-    assert json.loads(assistant["tool_calls"][0]["function"]["arguments"]) == {"text": "one two three"}
-    assert tool == {"role": "tool", "tool_call_id": assistant["tool_calls"][0]["id"], "content": "3"}
+    assert json.loads(assistant["tool_calls"][0]["function"]["arguments"]) == {
+        "text": "one two three"
+    }
+    assert tool == {
+        "role": "tool",
+        "tool_call_id": assistant["tool_calls"][0]["id"],
+        "content": "3",
+    }
 
 
 def test_image_step_stores_png(fake_api, fast_config, tmp_path):
@@ -127,7 +169,9 @@ def test_image_step_stores_png(fake_api, fast_config, tmp_path):
     assert res.state == "passed" and isinstance(res.output, PNG) and bytes(res.output) == png
     req = fake_api.requests_for("images")[-1]
     assert req.path == "/v1/images/generations"
-    assert req.json["model"] == "gpt-image-1" and req.json["prompt"] == "A cover image about pricing"
+    assert (
+        req.json["model"] == "gpt-image-1" and req.json["prompt"] == "A cover image about pricing"
+    )
     assert "response_format" not in req.json  # GPT image models always answer in base64
     stored = p.store.result(res.result_id)
     assert bytes(stored.output) == png
@@ -155,11 +199,18 @@ def test_auth_error_names_the_key(fake_api, fast_config, tmp_path):
 
 
 def compat_config(fast_config, base_url, **extra):
-    return fast_config.model_copy(update={"aliases": {
-        "local": AliasSpec(model="openai-compatible:llama3.1", base_url=base_url, **extra)}})
+    return fast_config.model_copy(
+        update={
+            "aliases": {
+                "local": AliasSpec(model="openai-compatible:llama3.1", base_url=base_url, **extra)
+            }
+        }
+    )
 
 
-def test_compatible_server_gets_a_placeholder_key_not_the_openai_key(fake_api, fast_config, tmp_path):
+def test_compatible_server_gets_a_placeholder_key_not_the_openai_key(
+    fake_api, fast_config, tmp_path
+):
     fake_api.script(Text("local answer"), endpoint="openai")
     p = make(tmp_path, compat_config(fast_config, fake_api.openai_base_url))
     p.step("a", "Hi", model="local")
@@ -172,7 +223,9 @@ def test_compatible_server_gets_a_placeholder_key_not_the_openai_key(fake_api, f
 
 def test_compatible_server_key_from_alias_env(fake_api, fast_config, tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_API_KEY", "vllm-secret-key-123")
-    p = make(tmp_path, compat_config(fast_config, fake_api.openai_base_url, api_key_env="VLLM_API_KEY"))
+    p = make(
+        tmp_path, compat_config(fast_config, fake_api.openai_base_url, api_key_env="VLLM_API_KEY")
+    )
     p.step("a", "Hi", model="local", max_tokens=20)
     p.run()
     req = fake_api.requests_for("openai")[-1]
@@ -195,8 +248,19 @@ def test_compatible_without_base_url_says_how_to_configure(fake_api, fast_config
 
 def test_server_without_usage_reports_unknown_not_zero(fake_api, fast_config, tmp_path):
     # Some compatible servers ignore stream_options and never send usage.
-    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "llama3.1",
-             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi there"}, "finish_reason": None}]}
+    chunk = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "llama3.1",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": "hi there"},
+                "finish_reason": None,
+            }
+        ],
+    }
     done = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
     sse = f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(done)}\n\ndata: [DONE]\n\n"
     fake_api.script(Raw(200, sse, content_type="text/event-stream"), endpoint="openai")

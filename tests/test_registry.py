@@ -13,7 +13,8 @@ from nbconductor.providers import ProviderRegistry, registry
 @pytest.fixture
 def installed_plugin(tmp_path, monkeypatch):
     """A distribution on sys.path, as pip would install it, declaring a provider entry point."""
-    (tmp_path / "echo_provider.py").write_text(textwrap.dedent('''
+    (tmp_path / "echo_provider.py").write_text(
+        textwrap.dedent("""
         from nbconductor.providers import Provider
         from nbconductor._types import Response, Usage
 
@@ -21,7 +22,8 @@ def installed_plugin(tmp_path, monkeypatch):
             name = "echo"
             async def complete(self, request):
                 return Response(f"echo/{self.ref.model}: {request.prompt}", Usage(1, 1), cost=0.0)
-    '''))
+    """)
+    )
     dist = tmp_path / "echo_provider-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-provider\nVersion: 1.0\n")
@@ -43,5 +45,7 @@ def test_entry_point_provider_is_found_and_used(installed_plugin, tmp_path, monk
 
 
 def test_unknown_provider_names_the_known_ones():
-    with pytest.raises(OptionError, match="unknown provider `nope`: known providers are .*anthropic.*offline"):
+    with pytest.raises(
+        OptionError, match="unknown provider `nope`: known providers are .*anthropic.*offline"
+    ):
         ProviderRegistry().get("nope")

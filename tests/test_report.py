@@ -18,13 +18,45 @@ from nbconductor.store._sqlite import Store
 W, F = "anthropic:claude-haiku-4-5", "openai:gpt-4.1-mini"
 
 
-def record(store, run, step, state, outcomes, *, models=None, latency=1.0, tokens=(10, 5), cost=0.001,
-           items=None, item=None, cached=False, error=None):
-    attempts = [Attempt((models or [W] * len(outcomes))[i], 0.0, 0.0, o.split(":")[0],
-                        o.partition(":")[2].strip() or None)
-                for i, o in enumerate(outcomes)]
-    result = StepResult(step, state, f"{step} output", attempts=attempts, usage=Usage(*tokens), cost=cost,
-                        started=100.0, ended=100.0 + latency, items=items, cached=cached, error=error)
+def record(
+    store,
+    run,
+    step,
+    state,
+    outcomes,
+    *,
+    models=None,
+    latency=1.0,
+    tokens=(10, 5),
+    cost=0.001,
+    items=None,
+    item=None,
+    cached=False,
+    error=None,
+):
+    attempts = [
+        Attempt(
+            (models or [W] * len(outcomes))[i],
+            0.0,
+            0.0,
+            o.split(":")[0],
+            o.partition(":")[2].strip() or None,
+        )
+        for i, o in enumerate(outcomes)
+    ]
+    result = StepResult(
+        step,
+        state,
+        f"{step} output",
+        attempts=attempts,
+        usage=Usage(*tokens),
+        cost=cost,
+        started=100.0,
+        ended=100.0 + latency,
+        items=items,
+        cached=cached,
+        error=error,
+    )
     return store.record(run, result, item=item)
 
 
@@ -40,15 +72,41 @@ def store(tmp_path):
     record(s, r4, "research", "cached", ["passed"], cached=True)
     # draft: first pass, a retry, a flagged output edited after a fallback, a flagged one rejected
     record(s, r1, "draft", "passed", ["passed"], latency=1.0, tokens=(100, 50), cost=0.01)
-    record(s, r2, "draft", "passed", ["gate: too long", "passed"], latency=2.0, tokens=(200, 100), cost=0.02)
-    edited = record(s, r3, "draft", "flagged", ["gate", "gate", "gate"], models=[W, W, F], latency=3.0,
-                    tokens=(300, 150), cost=0.03)
+    record(
+        s,
+        r2,
+        "draft",
+        "passed",
+        ["gate: too long", "passed"],
+        latency=2.0,
+        tokens=(200, 100),
+        cost=0.02,
+    )
+    edited = record(
+        s,
+        r3,
+        "draft",
+        "flagged",
+        ["gate", "gate", "gate"],
+        models=[W, W, F],
+        latency=3.0,
+        tokens=(300, 150),
+        cost=0.03,
+    )
     rejected = record(s, r4, "draft", "flagged", ["gate"], latency=4.0, tokens=(100, 50), cost=0.01)
     # translate (--map over 2 items): item rows are recorded too, but only step-level rows count
     for run, per_item in ((r1, [["passed"], ["passed"]]), (r2, [["passed"], ["gate", "passed"]])):
         for i, outcomes in enumerate(per_item):
             record(s, run, "translate", "passed", outcomes, item=i)
-        record(s, run, "translate", "passed", [o for p in per_item for o in p], items=2, tokens=(40, 20))
+        record(
+            s,
+            run,
+            "translate",
+            "passed",
+            [o for p in per_item for o in p],
+            items=2,
+            tokens=(40, 20),
+        )
     # publish: invalid output counts against first pass; skipped rows are not counted
     record(s, r1, "publish", "passed", ["passed"], cost=None)
     record(s, r2, "publish", "passed", ["error: OutputError: output is not valid JSON", "passed"])
@@ -66,8 +124,19 @@ def test_per_step_figures(store):
     rep = report(store)
     assert list(rep["steps"]) == ["research", "draft", "translate", "publish"]
     d = rep["steps"]["draft"]
-    assert (d["runs"], d["first_pass"], d["first_pass_yield"], d["final_yield"]) == (4, 1, 0.25, 0.75)
-    assert (d["mean_attempts"], d["fallbacks"], d["edits"], d["rejects"], d["pending"]) == (1.75, 1, 1, 1, 0)
+    assert (d["runs"], d["first_pass"], d["first_pass_yield"], d["final_yield"]) == (
+        4,
+        1,
+        0.25,
+        0.75,
+    )
+    assert (d["mean_attempts"], d["fallbacks"], d["edits"], d["rejects"], d["pending"]) == (
+        1.75,
+        1,
+        1,
+        1,
+        0,
+    )
     assert (d["flagged"], d["approved"], d["failed"]) == (2, 0, 0)
     assert d["decisions"] == {"edit": 1, "reject": 1}
     assert (d["input_tokens"], d["output_tokens"], d["tokens"]) == (700, 350, 1050)
@@ -78,17 +147,32 @@ def test_per_step_figures(store):
     assert r["mean_attempts"] == pytest.approx(4 / 3, abs=1e-3)
     t = rep["steps"]["translate"]
     # an item is an output: 2 + 3 calls for 4 outputs; the run with an item retry is not first pass
-    assert (t["runs"], t["first_pass_yield"], t["final_yield"], t["mean_attempts"]) == (2, 0.5, 1.0, 1.25)
+    assert (t["runs"], t["first_pass_yield"], t["final_yield"], t["mean_attempts"]) == (
+        2,
+        0.5,
+        1.0,
+        1.25,
+    )
     assert t["tokens"] == 120
     p = rep["steps"]["publish"]
-    assert (p["runs"], p["first_pass"], p["final_yield"], p["failed"]) == (3, 1, pytest.approx(0.6667), 1)
+    assert (p["runs"], p["first_pass"], p["final_yield"], p["failed"]) == (
+        3,
+        1,
+        pytest.approx(0.6667),
+        1,
+    )
     assert (p["cost_unknown"], p["cost"]) == (1, pytest.approx(0.002))
 
 
 def test_totals_and_the_worst_step(store):
     rep = report(store)
     t = rep["totals"]
-    assert (rep["runs"], t["runs_with_output"], t["first_pass_runs"], t["first_pass_yield"]) == (4, 4, 1, 0.25)
+    assert (rep["runs"], t["runs_with_output"], t["first_pass_runs"], t["first_pass_yield"]) == (
+        4,
+        4,
+        1,
+        0.25,
+    )
     assert t["pending_review"] == 0 and t["tokens"] == 15 * 3 + 1050 + 120 + 15 * 3
     assert rep["worst_step"] == "draft"
     assert rep["worst_step_reason"].startswith("lowest first-pass yield: 1 of 4 outputs (25%)")
@@ -100,10 +184,17 @@ def test_pending_review_is_not_yet_a_final_yield(tmp_path):
     run = s.start_run({}, None, None)
     result_id = record(s, run, "draft", "flagged", ["gate"])
     assert report(s)["steps"]["draft"]["final_yield"] == 0.0
-    assert report(s)["steps"]["draft"]["pending"] == 1 and report(s)["totals"]["pending_review"] == 1
+    assert (
+        report(s)["steps"]["draft"]["pending"] == 1 and report(s)["totals"]["pending_review"] == 1
+    )
     decide(s, result_id, "approve")
     d = report(s)["steps"]["draft"]
-    assert (d["final_yield"], d["approved"], d["pending"], d["first_pass_yield"]) == (1.0, 1, 0, 0.0)
+    assert (d["final_yield"], d["approved"], d["pending"], d["first_pass_yield"]) == (
+        1.0,
+        1,
+        0,
+        0.0,
+    )
 
 
 def test_ties_go_to_lower_final_yield_then_more_edits_then_pipeline_order(tmp_path):
@@ -149,7 +240,9 @@ def test_cli_without_a_store_fails_cleanly(tmp_path, capsys):
 def shell(monkeypatch):
     shell = InteractiveShell.instance()  # tests/conftest.py puts sys.modules["__main__"] back
     # A terminal shell (if another test started one) formats text/plain only; a notebook does all.
-    monkeypatch.setattr(shell.display_formatter, "active_types", shell.display_formatter.format_types)
+    monkeypatch.setattr(
+        shell.display_formatter, "active_types", shell.display_formatter.format_types
+    )
     return shell
 
 
@@ -182,12 +275,19 @@ def test_totals_reconcile_and_state_their_denominators(tmp_path):
     record(s, r2, "draft", "passed", ["gate: too long", "passed"], cost=0.02)
     record(s, r3, "draft", "cached", ["passed"], cached=True)  # r3 reused everything
     record(s, r3, "publish", "skipped", [])
-    record(s, r4, "draft", "failed", ["error: ServerError: 500"], cost=0.0, error="boom")  # priced $0
+    record(
+        s, r4, "draft", "failed", ["error: ServerError: 500"], cost=0.0, error="boom"
+    )  # priced $0
     for run, status in ((r1, "passed"), (r2, "passed"), (r3, "passed"), (r4, "failed")):
         s.end_run(run, status, 0.0)
     rep = report(s)
     t = rep["totals"]
-    assert (rep["runs"], t["runs_with_output"], t["runs_all_reused"], t["runs_without_results"]) == (5, 3, 1, 1)
+    assert (
+        rep["runs"],
+        t["runs_with_output"],
+        t["runs_all_reused"],
+        t["runs_without_results"],
+    ) == (5, 3, 1, 1)
     assert t["first_pass_runs"] == 1 and t["cost"] == pytest.approx(0.03)
     text = report_text(rep)
     assert "5 runs (3 passed, 1 failed, 1 running)" in text

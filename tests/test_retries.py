@@ -27,9 +27,15 @@ def outcomes(result) -> list[tuple[str, str]]:
     return [(a.model, a.outcome) for a in result.attempts]
 
 
-def test_two_rate_limits_then_success_is_three_requests_honouring_retry_after(fake_api, fast_config, tmp_path):
-    fake_api.script(Error(429, "slow down", retry_after_ms=300), Error(429, "slow down", retry_after="0.4"),
-                    Text("finally"), endpoint="anthropic")
+def test_two_rate_limits_then_success_is_three_requests_honouring_retry_after(
+    fake_api, fast_config, tmp_path
+):
+    fake_api.script(
+        Error(429, "slow down", retry_after_ms=300),
+        Error(429, "slow down", retry_after="0.4"),
+        Text("finally"),
+        endpoint="anthropic",
+    )
     p = make(tmp_path, fast_config)
     p.step("a", "Hi", model=CLAUDE, retries=2)
     res = p.run().results["a"]
@@ -82,22 +88,30 @@ def test_server_errors_then_fallback_records_who_answered(fake_api, fast_config,
     run = p.run()
     res = run.results["a"]
     assert res.state == "passed" and res.output == "from openai" and res.model == GPT
-    assert len(fake_api.requests_for("anthropic")) == 3 and len(fake_api.requests_for("openai")) == 1
+    assert (
+        len(fake_api.requests_for("anthropic")) == 3 and len(fake_api.requests_for("openai")) == 1
+    )
     assert outcomes(res) == [(CLAUDE, "error")] * 3 + [(GPT, "passed")]
-    assert ["ServerError", "RateLimitError", "ServerError"] == [a.error.split(":")[0] for a in res.attempts[:3]]
+    assert ["ServerError", "RateLimitError", "ServerError"] == [
+        a.error.split(":")[0] for a in res.attempts[:3]
+    ]
     row = p.store.results(run.run_id, "a")[0]
     assert row["model"] == GPT and row["attempts"] == 4
 
 
 def test_retry_after_above_the_cap_falls_back_at_once(fake_api, fast_config, tmp_path):
-    config = fast_config.model_copy(update={"retry": fast_config.retry.model_copy(update={"max_retry_after": 1.0})})
+    config = fast_config.model_copy(
+        update={"retry": fast_config.retry.model_copy(update={"max_retry_after": 1.0})}
+    )
     fake_api.script(Error(429, "come back in a minute", retry_after=60), endpoint="anthropic")
     p = make(tmp_path, config)
     p.step("a", "Hi", model=CLAUDE, fallbacks=[GPT], retries=2)
     started = time.monotonic()
     res = p.run().results["a"]
     assert res.model == GPT and len(fake_api.requests_for("anthropic")) == 1
-    assert fake_api.requests_for("openai")[0].time - fake_api.requests_for("anthropic")[0].time < 1.0
+    assert (
+        fake_api.requests_for("openai")[0].time - fake_api.requests_for("anthropic")[0].time < 1.0
+    )
     assert time.monotonic() - started < 5
 
 
@@ -128,7 +142,9 @@ def test_backoff_without_retry_after(fake_api, fast_config, tmp_path):
     assert all(gap < 1.0 for gap in fake_api.gaps("anthropic"))
 
 
-def test_failing_provider_cools_down_so_later_steps_go_straight_to_the_fallback(fake_api, fast_config, tmp_path):
+def test_failing_provider_cools_down_so_later_steps_go_straight_to_the_fallback(
+    fake_api, fast_config, tmp_path
+):
     fake_api.set_default(Error(500), endpoint="anthropic")
     p = make(tmp_path, fast_config)
     p.step("first", "One", model=CLAUDE, fallbacks=[GPT], retries=2)
@@ -141,20 +157,25 @@ def test_failing_provider_cools_down_so_later_steps_go_straight_to_the_fallback(
 
 
 @pytest.mark.parametrize("provider, endpoint", [(CLAUDE, "anthropic"), (GPT, "openai")])
-@pytest.mark.parametrize("fault, kind", [
-    (Cut("partial answ", after_chunks=2), "TransportError"),
-    (Stall(5, text="stalled answer"), "TransportError"),
-    (Malformed(), "TransportError"),
-    (StreamError("Overloaded", text="half"), "RateLimitError"),
-])
-def test_faulty_streams_are_failed_attempts_then_retried(fake_api, fast_config, tmp_path, provider, endpoint,
-                                                         fault, kind):
+@pytest.mark.parametrize(
+    "fault, kind",
+    [
+        (Cut("partial answ", after_chunks=2), "TransportError"),
+        (Stall(5, text="stalled answer"), "TransportError"),
+        (Malformed(), "TransportError"),
+        (StreamError("Overloaded", text="half"), "RateLimitError"),
+    ],
+)
+def test_faulty_streams_are_failed_attempts_then_retried(
+    fake_api, fast_config, tmp_path, provider, endpoint, fault, kind
+):
     fake_api.script(fault, Text("the full answer"), endpoint=endpoint)
     p = make(tmp_path, fast_config)
     p.step("a", "Hi", model=provider, retries=1)
     texts = []
-    res = p.run(observer=lambda e, s, payload: texts.append(payload) if e == "text" else None,
-                stream=True).results["a"]
+    res = p.run(
+        observer=lambda e, s, payload: texts.append(payload) if e == "text" else None, stream=True
+    ).results["a"]
     assert res.state == "passed" and res.output == "the full answer"
     assert len(fake_api.requests_for(endpoint)) == 2
     assert [a.outcome for a in res.attempts] == ["error", "passed"]
@@ -183,9 +204,12 @@ def test_per_provider_concurrency_limit(fake_api, fast_config, tmp_path):
 
 
 @pytest.mark.parametrize("provider, endpoint", [(CLAUDE, "anthropic"), (GPT, "openai")])
-@pytest.mark.parametrize("fault", [Malformed(), Cut("half an answ", after_chunks=2), Stall(5, text="stall")])
+@pytest.mark.parametrize(
+    "fault", [Malformed(), Cut("half an answ", after_chunks=2), Stall(5, text="stall")]
+)
 def test_transport_faults_are_retried_without_feedback_and_keep_first_pass_yield(
-        fake_api, fast_config, tmp_path, provider, endpoint, fault):
+    fake_api, fast_config, tmp_path, provider, endpoint, fault
+):
     from nbconductor.store._report import report
 
     fake_api.script(fault, Text('{"ok": true}'), endpoint=endpoint)
@@ -195,12 +219,16 @@ def test_transport_faults_are_retried_without_feedback_and_keep_first_pass_yield
     assert res.state == "passed" and res.output == {"ok": True}
     retry = fake_api.requests_for(endpoint)[1].json["messages"][-1]["content"]
     assert "not valid" not in str(retry) and "rejected" not in str(retry)
-    assert res.attempts[0].error.startswith("TransportError") and not res.attempts[0].quality_failure
+    assert (
+        res.attempts[0].error.startswith("TransportError") and not res.attempts[0].quality_failure
+    )
     rep = report(p.store)
     assert rep["steps"]["a"]["first_pass_yield"] == 1.0
 
 
-def test_an_invalid_answer_the_model_finished_counts_against_first_pass_yield(fake_api, fast_config, tmp_path):
+def test_an_invalid_answer_the_model_finished_counts_against_first_pass_yield(
+    fake_api, fast_config, tmp_path
+):
     from nbconductor.store._report import report
 
     fake_api.script(Text("not json at all"), Text('{"ok": true}'), endpoint="anthropic")
@@ -227,17 +255,27 @@ def test_soak_transport_faults_change_no_quality_count(fake_api, fast_config, tm
         brief = int(re.search(r"brief (\d+)\.", text).group(1))
         if "<rubric>" in text:
             weak = "first" in text and brief % 4 == 0
-            return JSONText({"score": 0.5 if weak else 0.9, "feedback": "vague", "suggested_edit": ""})
-        return Text(f"{'revised' if 'rejected by a quality' in text else 'first'} post for brief {brief}.")
+            return JSONText(
+                {"score": 0.5 if weak else 0.9, "feedback": "vague", "suggested_edit": ""}
+            )
+        return Text(
+            f"{'revised' if 'rejected by a quality' in text else 'first'} post for brief {brief}."
+        )
 
     def soak(rate, store):
         fake_api.reset()
         fake_api.set_default(reply, endpoint="anthropic")
         fake_api.set_default(reply, endpoint="openai")
-        fake_api.inject_faults(rate, (Malformed(), Cut("partial answ", after_chunks=2), Error(503, "down")), seed=3)
-        p = Pipeline(store=store, config=fast_config.model_copy(update={"read_timeout": 0.3}), root=tmp_path)
+        fake_api.inject_faults(
+            rate, (Malformed(), Cut("partial answ", after_chunks=2), Error(503, "down")), seed=3
+        )
+        p = Pipeline(
+            store=store, config=fast_config.model_copy(update={"read_timeout": 0.3}), root=tmp_path
+        )
         p.step("draft", "Write a post for brief {{ n }}.", model=CLAUDE)
-        p.rubric("draft", "- Is it specific?", judge=GPT, threshold=0.8, retries=4, on_fail="review")
+        p.rubric(
+            "draft", "- Is it specific?", judge=GPT, threshold=0.8, retries=4, on_fail="review"
+        )
         statuses = [p.run({"n": i}).status for i in range(8)]
         t = report(p.store)["totals"]
         p.close()

@@ -37,7 +37,11 @@ def step(ip, line, body):
 
 def flagged_pipeline(ip):
     """draft (flagged by a word limit) → shout (Python, downstream)."""
-    step(ip, "draft --model offline:writer --check max_words(limit) --retries 0", "Write about {{ topic }}")
+    step(
+        ip,
+        "draft --model offline:writer --check max_words(limit) --retries 0",
+        "Write about {{ topic }}",
+    )
     step(ip, "shout --python", "draft.upper()")
     return magics_of(ip)
 
@@ -52,11 +56,16 @@ def test_edit_and_approve_replaces_output_and_reruns_downstream(ip):
     m = flagged_pipeline(ip)
     original = ip.user_ns["draft"]
     draft = m.pipeline.results["draft"]
-    assert draft.cached and draft.state == "flagged"  # the second cell reused the flagged draft, still flagged
+    assert (
+        draft.cached and draft.state == "flagged"
+    )  # the second cell reused the flagged draft, still flagged
     widget = review_widget(m)
     assert [c.item.step for c in widget.cards] == ["draft"]
     card = widget.cards[0]
-    assert card.item.feedback.startswith("max_words(limit): output has ") and card.textarea.value == original
+    assert (
+        card.item.feedback.startswith("max_words(limit): output has ")
+        and card.textarea.value == original
+    )
     card.textarea.value = "Edited draft. Reply to book a call."
     card.note.value = "tightened"
     click(card.edit_button)
@@ -67,8 +76,15 @@ def test_edit_and_approve_replaces_output_and_reruns_downstream(ip):
     row = m.pipeline.store.result(card.item.id)
     assert (row.state, row.output) == ("edited", "Edited draft. Reply to book a call.")
     (rev,) = reviews(m.pipeline.store, card.item.id)
-    assert (rev["decision"], rev["user"], rev["note"]) == ("edit", m.pipeline.store.user, "tightened")
-    assert json.loads(rev["before"]) == original and json.loads(rev["after"]) == "Edited draft. Reply to book a call."
+    assert (rev["decision"], rev["user"], rev["note"]) == (
+        "edit",
+        m.pipeline.store.user,
+        "tightened",
+    )
+    assert (
+        json.loads(rev["before"]) == original
+        and json.loads(rev["after"]) == "Edited draft. Reply to book a call."
+    )
     assert rev["at"] > 0
     # the kernel: the variable, the results, and the downstream step re-ran on the edited text
     assert ip.user_ns["draft"] == "Edited draft. Reply to book a call."
@@ -97,7 +113,13 @@ def test_approve_keeps_output_records_decision_and_is_served_from_cache(ip):
     assert history(m.pipeline.store, "draft") == [original]
     # a fresh pipeline on the same store gets the approved output from the cache
     p = Pipeline(store=m.pipeline.store, namespace=dict(ip.user_ns))
-    p.step("draft", "Write about {{ topic }}", model="offline:writer", checks=["max_words(limit)"], retries=0)
+    p.step(
+        "draft",
+        "Write about {{ topic }}",
+        model="offline:writer",
+        checks=["max_words(limit)"],
+        retries=0,
+    )
     again = p.run().results["draft"]
     assert again.state == "cached" and again.output == original
 
@@ -122,7 +144,10 @@ def test_rerun_reruns_the_step_and_supersedes_the_flagged_output(ip):
     ip.user_ns["limit"] = 1000  # the fix: a looser limit; Re-run runs the step again
     click(card.rerun_button)
     assert card.error is None, card.error
-    assert m.pipeline.results["draft"].state == "passed" and m.pipeline.results["draft"].result_id != card.item.id
+    assert (
+        m.pipeline.results["draft"].state == "passed"
+        and m.pipeline.results["draft"].result_id != card.item.id
+    )
     assert m.pipeline.store.result(card.item.id).state == "rejected"
     assert reviews(m.pipeline.store)[0]["decision"] == "rerun"
     assert queue(m.pipeline.store) == []
@@ -130,13 +155,18 @@ def test_rerun_reruns_the_step_and_supersedes_the_flagged_output(ip):
 
 
 def test_map_items_are_reviewed_one_by_one_and_the_list_follows(ip):
-    step(ip, 'translate --model offline:fast --map "lang in markets" --check "not_contains(\'into de\')" --retries 0',
-         "Translate into {{ lang }}: {{ topic }}")
+    step(
+        ip,
+        'translate --model offline:fast --map "lang in markets" --check "not_contains(\'into de\')" --retries 0',
+        "Translate into {{ lang }}: {{ topic }}",
+    )
     step(ip, "first_words --python", "[t.split()[0] for t in translate]")
     m = magics_of(ip)
     fr = ip.user_ns["translate"][0]
     widget = review_widget(m)
-    assert [c.item.label for c in widget.cards] == ["translate[1]"]  # the step-level row is not queued
+    assert [c.item.label for c in widget.cards] == [
+        "translate[1]"
+    ]  # the step-level row is not queued
     card = widget.cards[0]
     card.textarea.value = "Hallo Preisseiten"
     click(card.edit_button)
@@ -144,14 +174,18 @@ def test_map_items_are_reviewed_one_by_one_and_the_list_follows(ip):
     assert ip.user_ns["translate"] == [fr, "Hallo Preisseiten"]
     assert ip.user_ns["first_words"] == [fr.split()[0], "Hallo"]
     step_row = m.pipeline.store.query(
-        "SELECT id FROM results WHERE step='translate' AND item IS NULL AND cached=0")[0]
+        "SELECT id FROM results WHERE step='translate' AND item IS NULL AND cached=0"
+    )[0]
     whole = m.pipeline.store.result(step_row["id"])
     assert whole.state == "edited" and whole.output == [fr, "Hallo Preisseiten"]
 
 
 def test_json_edits_must_be_json_and_become_typed_values(ip):
-    step(ip, "research --model offline:fast --json --check \"lambda o: len(o) > 9\" --retries 0",
-         'List three competitors as JSON: [{"name": ...}]')
+    step(
+        ip,
+        'research --model offline:fast --json --check "lambda o: len(o) > 9" --retries 0',
+        'List three competitors as JSON: [{"name": ...}]',
+    )
     m = magics_of(ip)
     card = review_widget(m).cards[0]
     card.textarea.value = "not json"
@@ -166,7 +200,13 @@ def test_json_edits_must_be_json_and_become_typed_values(ip):
 def test_items_from_another_store_are_decided_there_without_touching_the_kernel(ip, tmp_path):
     batch = tmp_path / "batch.sqlite"
     p = Pipeline(store=batch)
-    p.step("draft", "Write about {{ topic }}", model="offline:writer", checks=["max_words(2)"], retries=0)
+    p.step(
+        "draft",
+        "Write about {{ topic }}",
+        model="offline:writer",
+        checks=["max_words(2)"],
+        retries=0,
+    )
     for topic in ("a", "b"):
         p.run({"topic": topic})
     p.close()
@@ -190,7 +230,10 @@ def test_widget_has_a_text_and_markdown_fallback(ip):
     item = widget.cards[0].item
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert f"#{item.id}" in bundle["text/plain"] and "draft" in bundle["text/plain"]
-    assert bundle["text/markdown"].startswith("**Review queue**") and "max_words(limit)" in bundle["text/markdown"]
+    assert (
+        bundle["text/markdown"].startswith("**Review queue**")
+        and "max_words(limit)" in bundle["text/markdown"]
+    )
     click(widget.cards[0].approve_button)
     assert "nothing to review" in widget._repr_mimebundle_()["text/plain"]
 
@@ -206,7 +249,13 @@ def test_conductor_review_magic_returns_the_widget(ip):
 @pytest.fixture
 def store(tmp_path):
     p = Pipeline(store=tmp_path / "store.sqlite")
-    p.step("draft", "Write about {{ topic }}", model="offline:writer", checks=["max_words(2)"], retries=0)
+    p.step(
+        "draft",
+        "Write about {{ topic }}",
+        model="offline:writer",
+        checks=["max_words(2)"],
+        retries=0,
+    )
     p.step("ok", "Say hi", model="offline:writer")
     for topic in ("a", "b", "c"):
         p.run({"topic": topic})
@@ -231,7 +280,10 @@ def test_decide_refuses_what_it_cannot_do(store):
     # an "edit" that changes nothing is recorded as an approval
     before = store.result(second).output
     decide(store, second, "edit", before)
-    assert store.result(second).state == "approved" and reviews(store, second)[0]["decision"] == "approve"
+    assert (
+        store.result(second).state == "approved"
+        and reviews(store, second)[0]["decision"] == "approve"
+    )
 
 
 # the command line ------------------------------------------------------------------------------
@@ -242,7 +294,22 @@ def test_cli_lists_the_queue_and_approves_and_rejects_by_id(store, capsys):
     assert "id" in out.splitlines()[0] and "parameters" in out.splitlines()[0]
     assert all(f"#{i}" in out for i in (a, b, c)) and "topic=" in out
     assert "max_words(2): output has" in out
-    assert main(["review", "--store", store.path, "--approve", str(a), "--reject", str(b), "--note", "batch 7"]) == 0
+    assert (
+        main(
+            [
+                "review",
+                "--store",
+                store.path,
+                "--approve",
+                str(a),
+                "--reject",
+                str(b),
+                "--note",
+                "batch 7",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"#{a} draft: approved" in out and f"#{b} draft: rejected" in out
     assert [i.id for i in queue(store)] == [c]

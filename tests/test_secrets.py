@@ -13,8 +13,8 @@ from fakeapi import Error, Text
 from nbconductor import Pipeline
 from nbconductor._redact import redact
 
-CANARY = "sk-ant-" "canary0123456789abcdef0123"
-OPENAI_CANARY = "sk-proj-" "canaryOPENAI0123456789abcdef"
+CANARY = "sk-ant-canary0123456789abcdef0123"
+OPENAI_CANARY = "sk-proj-canaryOPENAI0123456789abcdef"
 
 
 def files_containing(root, secret: str) -> list[str]:
@@ -38,7 +38,9 @@ def debug_log(tmp_path):
         handler.close()
 
 
-def test_canary_key_is_in_no_written_file(fake_api, fast_config, tmp_path, monkeypatch, capsys, debug_log):
+def test_canary_key_is_in_no_written_file(
+    fake_api, fast_config, tmp_path, monkeypatch, capsys, debug_log
+):
     monkeypatch.setenv("ANTHROPIC_API_KEY", CANARY)
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_CANARY)
     # The provider echoes the key in its error, and the fallback model repeats it in its answer.
@@ -70,7 +72,9 @@ def test_canary_key_is_in_no_written_file(fake_api, fast_config, tmp_path, monke
     assert files_containing(tmp_path, CANARY) == []
     assert files_containing(tmp_path, OPENAI_CANARY) == []
     printed = capsys.readouterr()
-    assert CANARY not in printed.out + printed.err and OPENAI_CANARY not in printed.out + printed.err
+    assert (
+        CANARY not in printed.out + printed.err and OPENAI_CANARY not in printed.out + printed.err
+    )
     assert "set ANTHROPIC_API_KEY to a valid key" in printed.out
     stored = p.store.query("SELECT output FROM results WHERE step='leaky'")[0]["output"]
     assert b"[REDACTED]" in stored
@@ -95,7 +99,12 @@ def test_magic_errors_show_no_key(fake_api, tmp_path, monkeypatch):
     with capture_output() as cap:
         result = shell.run_cell("%%step draft --model anthropic:claude-haiku-4-5\nWrite a haiku")
     magics.pipeline.close()
-    shown = cap.stdout + cap.stderr + "".join(str(o.data) for o in cap.outputs) + str(result.error_in_exec)
+    shown = (
+        cap.stdout
+        + cap.stderr
+        + "".join(str(o.data) for o in cap.outputs)
+        + str(result.error_in_exec)
+    )
     assert "ANTHROPIC_API_KEY" in shown
     assert CANARY not in shown
     assert files_containing(tmp_path, CANARY) == []
@@ -103,9 +112,17 @@ def test_magic_errors_show_no_key(fake_api, tmp_path, monkeypatch):
 
 def test_redact_covers_key_shapes(monkeypatch):
     monkeypatch.setenv("MY_SERVER_API_KEY", "local-server-secret-42")
-    text = (f"x-api-key: abcdefgh12345678 {CANARY} {OPENAI_CANARY} sk-abcdefghijklmnopqrstuv "
-            "Authorization: Bearer abcdefghijklmnop1234 and local-server-secret-42")
+    text = (
+        f"x-api-key: abcdefgh12345678 {CANARY} {OPENAI_CANARY} sk-abcdefghijklmnopqrstuv "
+        "Authorization: Bearer abcdefghijklmnop1234 and local-server-secret-42"
+    )
     cleaned = redact(text)
-    for secret in (CANARY, OPENAI_CANARY, "sk-abcdefghijklmnopqrstuv", "abcdefghijklmnop1234",
-                   "local-server-secret-42", "abcdefgh12345678"):
+    for secret in (
+        CANARY,
+        OPENAI_CANARY,
+        "sk-abcdefghijklmnopqrstuv",
+        "abcdefghijklmnop1234",
+        "local-server-secret-42",
+        "abcdefgh12345678",
+    ):
         assert secret not in cleaned

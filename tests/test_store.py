@@ -8,7 +8,9 @@ def _writer(path, n, worker):
     store = Store(path)
     run = store.start_run({"worker": worker}, None, "nb.ipynb")
     for i in range(n):
-        store.record(run, StepResult(f"s{i}", "passed", f"w{worker}-{i}", cache_key=f"k{worker}-{i}"))
+        store.record(
+            run, StepResult(f"s{i}", "passed", f"w{worker}-{i}", cache_key=f"k{worker}-{i}")
+        )
     store.end_run(run, "passed", 0.0)
 
 
@@ -32,14 +34,24 @@ def test_record_roundtrip_with_audit_fields(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     run = store.start_run({"topic": "x"}, ["draft"], "nb.ipynb")
     result = StepResult(
-        "draft", "flagged", {"a": [1, 2]}, prompt="Write", model="offline:w",
+        "draft",
+        "flagged",
+        {"a": [1, 2]},
+        prompt="Write",
+        model="offline:w",
         attempts=[Attempt("offline:w", 1.0, 2.0, "gate", "too long", Usage(5, 7), 0.0)],
         gates=[GateResult("rubric", False, 0.4, "too long", "shorten")],
-        usage=Usage(5, 7, 1, 2), cost=0.01, started=1.0, ended=2.0, cache_key="key1",
+        usage=Usage(5, 7, 1, 2),
+        cost=0.01,
+        started=1.0,
+        ended=2.0,
+        cache_key="key1",
     )
     rid = store.record(run, result, "nb.ipynb")
     back = store.result(rid)
-    assert back.output == {"a": [1, 2]} and back.state == "flagged" and back.usage == Usage(5, 7, 1, 2)
+    assert (
+        back.output == {"a": [1, 2]} and back.state == "flagged" and back.usage == Usage(5, 7, 1, 2)
+    )
     assert back.attempts[0].usage == Usage(5, 7) and back.gates[0].suggestion == "shorten"
     row = store.results(run)[0]
     assert row["user"] and row["notebook"] == "nb.ipynb" and len(row["prompt_hash"]) == 16
@@ -76,14 +88,16 @@ def test_rich_outputs_have_safe_encodings():
     assert encode_output(pd.DataFrame({"o": [object()]}))[0] == "unstored"
     from nbconductor.store._codec import _safe_pyarrow
 
-    assert not _safe_pyarrow("14.0.0") and _safe_pyarrow("14.0.1")  # CVE-2023-47248: never read with older
+    assert not _safe_pyarrow("14.0.0") and _safe_pyarrow(
+        "14.0.1"
+    )  # CVE-2023-47248: never read with older
 
 
 def test_secrets_in_rich_outputs_are_not_stored(monkeypatch):
     import numpy as np
     import pandas as pd
 
-    canary = "sk-ant-" "canary-0123456789abcdefghij"
+    canary = "sk-ant-canary-0123456789abcdefghij"
     monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
     for value in (np.array([f"key {canary}"]), pd.DataFrame({"k": [canary]})):
         kind, blob = encode_output(value)
@@ -117,16 +131,22 @@ def test_cache_keys_hash_without_pickle(monkeypatch):
     exec("def helper(x):\n    return x + 1", again)
     changed = {}
     exec("def helper(x):\n    return x + 2", changed)
-    assert stable_hash(first["helper"]) == stable_hash(again["helper"]) != stable_hash(changed["helper"])
+    assert (
+        stable_hash(first["helper"])
+        == stable_hash(again["helper"])
+        != stable_hash(changed["helper"])
+    )
 
 
 def test_keys_are_redacted_before_writing(tmp_path, monkeypatch):
-    canary = "sk-ant-" "canary-0123456789abcdefghij"
+    canary = "sk-ant-canary-0123456789abcdefghij"
     monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
     path = tmp_path / "s.sqlite"
     store = Store(path)
     run = store.start_run({"note": f"key is {canary}"}, None, None)
-    store.record(run, StepResult("s", "failed", f"echo {canary}", prompt=canary, error=f"401 for {canary}"))
+    store.record(
+        run, StepResult("s", "failed", f"echo {canary}", prompt=canary, error=f"401 for {canary}")
+    )
     store.close()
     data = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert canary.encode() not in data
@@ -135,7 +155,7 @@ def test_keys_are_redacted_before_writing(tmp_path, monkeypatch):
 def test_structured_outputs_are_redacted_too(monkeypatch):
     from pydantic import BaseModel
 
-    canary = "sk-ant-" "canary-0123456789abcdefghij"
+    canary = "sk-ant-canary-0123456789abcdefghij"
     monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
 
     class Reply(BaseModel):
@@ -190,7 +210,9 @@ def test_history_ends_where_the_batch_began(tmp_path, monkeypatch):
     p.close()
     monkeypatch.setenv(HISTORY_ENV, repr(time.time()))  # what `nbconductor batch` sets for its rows
     outputs, prompts = [], {}
-    for n, order in enumerate((["a", "b", "c"], ["c", "b", "a"])):  # rows finishing in different orders
+    for n, order in enumerate(
+        (["a", "b", "c"], ["c", "b", "a"])
+    ):  # rows finishing in different orders
         store = _copy(seed, tmp_path / f"batch{n}.sqlite")
         got = {}
         for topic in order:
@@ -200,7 +222,9 @@ def test_history_ends_where_the_batch_began(tmp_path, monkeypatch):
             row.close()
         outputs.append(got)
     assert outputs[0] == outputs[1]  # identical batches on identical stores: identical outputs
-    for prompt in prompts.values():  # each row remembers the work before the batch, none of its rows
+    for (
+        prompt
+    ) in prompts.values():  # each row remembers the work before the batch, none of its rows
         past = prompt.split("Past issues:", 1)[1]
         assert "Issue on seed" in past and not any(f"Issue on {t}." in past for t in "abc")
 
@@ -215,19 +239,40 @@ def test_batch_rows_do_not_see_each_other(tmp_path, monkeypatch, capsys):
     p = _draft_pipeline(":memory:")
     p.namespace["topic"] = "t"
     job = export_pipeline(p, tmp_path / "job.ipynb")
-    (tmp_path / "rows.json").write_text(json.dumps([{"topic": t} for t in ("alpha", "beta", "gamma")]))
+    (tmp_path / "rows.json").write_text(
+        json.dumps([{"topic": t} for t in ("alpha", "beta", "gamma")])
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
     prompts = []
     for n in range(2):  # two identical batches on identical (empty) stores
         store = tmp_path / f"s{n}.sqlite"
-        assert main(["batch", str(job), "--params", "rows.json", "--workers", "1", "--store", str(store),
-                     "--out", f"out{n}"]) == 0, capsys.readouterr().err
+        assert (
+            main(
+                [
+                    "batch",
+                    str(job),
+                    "--params",
+                    "rows.json",
+                    "--workers",
+                    "1",
+                    "--store",
+                    str(store),
+                    "--out",
+                    f"out{n}",
+                ]
+            )
+            == 0
+        ), capsys.readouterr().err
         db = sqlite3.connect(store)
-        prompts.append(sorted(r[0] for r in db.execute("SELECT prompt FROM results WHERE step='draft'")))
+        prompts.append(
+            sorted(r[0] for r in db.execute("SELECT prompt FROM results WHERE step='draft'"))
+        )
         db.close()
     assert prompts[0] == prompts[1]
-    assert all(prompt.endswith("Past issues: []") for prompt in prompts[0])  # no row saw another's draft
+    assert all(
+        prompt.endswith("Past issues: []") for prompt in prompts[0]
+    )  # no row saw another's draft
 
 
 # ---------------------------------------------------------------------- interrupted runs, the WAL
@@ -303,7 +348,9 @@ def test_a_reused_pid_does_not_keep_a_dead_run_alive(tmp_path):
 
     store = Store(tmp_path / "s.sqlite")
     dead = store.start_run({}, None, None)
-    store.execute("UPDATE runs SET pid=?, pid_start=pid_start - 100 WHERE id=?", (os.getpid(), dead))
+    store.execute(
+        "UPDATE runs SET pid=?, pid_start=pid_start - 100 WHERE id=?", (os.getpid(), dead)
+    )
     live = store.start_run({}, None, None)
     statuses = {r["id"]: r["status"] for r in store.runs()}
     assert statuses == {dead: "interrupted", live: "running"}
@@ -336,7 +383,9 @@ def test_an_older_store_is_migrated_in_place(tmp_path):
     assert report(path)["totals"]["runs"] == 1  # read-only: an unmigrated store reads as it is
     store = Store(path)
     assert {"pid", "pid_start"} <= {c[1] for c in store.query("PRAGMA table_info(runs)")}
-    assert store.lookup("k").output == "hi" and store.runs()[0]["status"] == "running"  # pid unknown: left alone
+    assert (
+        store.lookup("k").output == "hi" and store.runs()[0]["status"] == "running"
+    )  # pid unknown: left alone
     store.start_run({}, None, None)
     store.close()
     assert Store(path).query("SELECT count(*) AS n FROM runs")[0]["n"] == 2
@@ -357,17 +406,23 @@ def test_the_store_file_alone_has_the_data_after_a_kernel_run(tmp_path, monkeypa
     p.step("words", "len(draft.split())", python=True)
     job = export_pipeline(p, tmp_path / "job.ipynb")
     nb = nbformat.read(job, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell("%conductor run words --force"))  # a second run right after
+    nb.cells.append(
+        nbformat.v4.new_code_cell("%conductor run words --force")
+    )  # a second run right after
     nbformat.write(nb, job)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
     assert main(["run", str(job), "--engine", "kernel", "-o", str(tmp_path / "out.ipynb")]) == 0
     copy = tmp_path / "copy"
     copy.mkdir()
-    shutil.copy(tmp_path / ".nbconductor" / "store.sqlite", copy / "store.sqlite")  # the file alone, no -wal
+    shutil.copy(
+        tmp_path / ".nbconductor" / "store.sqlite", copy / "store.sqlite"
+    )  # the file alone, no -wal
     db = sqlite3.connect(copy / "store.sqlite")
     assert db.execute("SELECT status FROM runs").fetchall() == [("passed",), ("passed",)]
-    per_run = db.execute("SELECT run_id, group_concat(step) FROM results GROUP BY run_id ORDER BY min(id)").fetchall()
+    per_run = db.execute(
+        "SELECT run_id, group_concat(step) FROM results GROUP BY run_id ORDER BY min(id)"
+    ).fetchall()
     assert len(per_run) == 2 and all("words" in steps for _, steps in per_run)
     db.close()
 
@@ -383,8 +438,16 @@ def test_opening_a_store_twice_in_a_process_keeps_its_wal_safe(tmp_path):
     held = Store(path)
     held.record(held.start_run({}, None, None), StepResult("a", "passed", "x", cache_key="k"))
     Store(path, readonly=True).close()  # e.g. `%conductor review --store` on the kernel's own store
-    subprocess.run([sys.executable, "-c", "import sys; from nbconductor.store._sqlite import Store; "
-                    "s = Store(sys.argv[1]); s.start_run({}, None, None); s.close()", str(path)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from nbconductor.store._sqlite import Store; "
+            "s = Store(sys.argv[1]); s.start_run({}, None, None); s.close()",
+            str(path),
+        ],
+        check=True,
+    )
     assert (tmp_path / "s.sqlite-wal").exists()  # not deleted while `held` uses it
     held.record(held.start_run({}, None, None), StepResult("b", "passed", "y", cache_key="k2"))
     assert held.lookup("k2").output == "y"

@@ -51,20 +51,33 @@ class _Payload:
 def payloads(markers: Path) -> list[bytes]:
     """Five pickles, each writing its own marker file when loaded."""
     m = str(markers)
-    return [pickle.dumps(p) for p in (
-        _Payload(builtins.exec, f"open({m + '/exec'!r}, 'w').write('x')"),
-        _Payload(builtins.eval, f"open({m + '/eval'!r}, 'w')"),
-        _Payload(os.system, f"touch {m}/system"),
-        _Payload(subprocess.call, ["touch", f"{m}/subprocess"]),
-        _Payload(builtins.open, f"{m}/open", "w"),
-    )]
+    return [
+        pickle.dumps(p)
+        for p in (
+            _Payload(builtins.exec, f"open({m + '/exec'!r}, 'w').write('x')"),
+            _Payload(builtins.eval, f"open({m + '/eval'!r}, 'w')"),
+            _Payload(os.system, f"touch {m}/system"),
+            _Payload(subprocess.call, ["touch", f"{m}/subprocess"]),
+            _Payload(builtins.open, f"{m}/open", "w"),
+        )
+    ]
 
 
 def make_job(folder: Path) -> Path:
     p = Pipeline(store=":memory:", namespace={"topic": "t"})
-    p.step("draft", "Write about {{ topic }}. Earlier issues: {{ history('draft') }}", model="offline:w")
-    p.step("tagline", "One line on {{ topic }}", model="offline:t", checks=["max_words(1)"], retries=0,
-           on_fail="review")
+    p.step(
+        "draft",
+        "Write about {{ topic }}. Earlier issues: {{ history('draft') }}",
+        model="offline:w",
+    )
+    p.step(
+        "tagline",
+        "One line on {{ topic }}",
+        model="offline:t",
+        checks=["max_words(1)"],
+        retries=0,
+        on_fail="review",
+    )
     p.step("stats", "len(draft)", python=True)
     return export_pipeline(p, folder / "job.ipynb")
 
@@ -74,7 +87,10 @@ def poison(path: Path, blobs: list[bytes]) -> int:
     db = sqlite3.connect(path)
     ids = [r[0] for r in db.execute("SELECT id FROM results")]
     for i, rid in enumerate(ids):
-        db.execute("UPDATE results SET output_kind='pickle', output=? WHERE id=?", (blobs[i % len(blobs)], rid))
+        db.execute(
+            "UPDATE results SET output_kind='pickle', output=? WHERE id=?",
+            (blobs[i % len(blobs)], rid),
+        )
     db.commit()
     db.close()
     return len(ids)
@@ -85,13 +101,20 @@ def add_other_brief(path: Path) -> None:
     db = sqlite3.connect(path)
     db.row_factory = sqlite3.Row
     other = dict(db.execute("SELECT * FROM runs ORDER BY started LIMIT 1").fetchone())
-    other.update(id="20200101-000000-aaaaaa", started=other["started"] - 3600, params='{"topic": "other"}')
-    db.execute(f"INSERT INTO runs ({', '.join(other)}) VALUES ({', '.join('?' * len(other))})", list(other.values()))
+    other.update(
+        id="20200101-000000-aaaaaa", started=other["started"] - 3600, params='{"topic": "other"}'
+    )
+    db.execute(
+        f"INSERT INTO runs ({', '.join(other)}) VALUES ({', '.join('?' * len(other))})",
+        list(other.values()),
+    )
     cols = [c[1] for c in db.execute("PRAGMA table_info(results)") if c[1] != "id"]
     swapped = {"run_id": other["id"], "ended": other["started"] + 1}
-    db.execute(f"INSERT INTO results ({', '.join(cols)}) SELECT {', '.join('?' if c in swapped else c for c in cols)} "
-               "FROM results WHERE step IN ('draft', 'tagline') AND item IS NULL",
-               [swapped[c] for c in cols if c in swapped])
+    db.execute(
+        f"INSERT INTO results ({', '.join(cols)}) SELECT {', '.join('?' if c in swapped else c for c in cols)} "
+        "FROM results WHERE step IN ('draft', 'tagline') AND item IS NULL",
+        [swapped[c] for c in cols if c in swapped],
+    )
     db.commit()
     db.close()
 
@@ -109,7 +132,22 @@ def crafted(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     job = make_job(folder)
-    assert main(["run", str(job), "-p", "topic", "t", "--engine", "nbconductor", "-o", str(folder / "first.ipynb")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(job),
+                "-p",
+                "topic",
+                "t",
+                "--engine",
+                "nbconductor",
+                "-o",
+                str(folder / "first.ipynb"),
+            ]
+        )
+        == 0
+    )
     store = folder / ".nbconductor" / "store.sqlite"
     add_other_brief(store)
     blobs = payloads(markers)
@@ -130,8 +168,16 @@ def crafted(tmp_path, monkeypatch, capsys):
         assert sorted(os.listdir(markers)) == []
 
     fresh_warning()
-    return SimpleNamespace(folder=folder, job=job, store=store, markers=markers, blobs=blobs, cli=cli,
-                           check=check, fresh=fresh_warning)
+    return SimpleNamespace(
+        folder=folder,
+        job=job,
+        store=store,
+        markers=markers,
+        blobs=blobs,
+        cli=cli,
+        check=check,
+        fresh=fresh_warning,
+    )
 
 
 def _one_warning(text: str, store: Path) -> None:
@@ -143,8 +189,12 @@ def _one_warning(text: str, store: Path) -> None:
 def test_pickled_outputs_are_never_loaded_from_any_entry_point(crafted, monkeypatch, capsys):
     c = crafted
     store = c.store
-    flagged = [r[0] for r in sqlite3.connect(store).execute(
-        "SELECT id FROM results WHERE state='flagged' AND item IS NULL ORDER BY id")]
+    flagged = [
+        r[0]
+        for r in sqlite3.connect(store).execute(
+            "SELECT id FROM results WHERE state='flagged' AND item IS NULL ORDER BY id"
+        )
+    ]
     assert len(flagged) == 2
 
     # the command line: review (listing, approve, reject) and report
@@ -178,9 +228,13 @@ def test_pickled_outputs_are_never_loaded_from_any_entry_point(crafted, monkeypa
     s = Store(store)
     assert history(s, "draft") == []  # the other brief's output is a pickle: never offered
     ENTRY_POINTS.append("history()")
-    keys = [r["cache_key"] for r in s.query("SELECT cache_key FROM results WHERE cache_key IS NOT NULL")]
+    keys = [
+        r["cache_key"] for r in s.query("SELECT cache_key FROM results WHERE cache_key IS NOT NULL")
+    ]
     assert keys and all(s.lookup(k) is None for k in keys)  # every poisoned row is a cache miss
-    assert all(isinstance(s.result(r["id"]).output, Unstored) for r in s.query("SELECT id FROM results"))
+    assert all(
+        isinstance(s.result(r["id"]).output, Unstored) for r in s.query("SELECT id FROM results")
+    )
     ENTRY_POINTS.append("Store.lookup / Store.result")
     s.close()
     c.check()
@@ -188,10 +242,15 @@ def test_pickled_outputs_are_never_loaded_from_any_entry_point(crafted, monkeypa
     # a notebook: %conductor review / status / run --dry-run, and a %%step cache hit
     c.fresh()
     shell = fresh_shell(c.folder, monkeypatch)
-    monkeypatch.setenv("NBCONDUCTOR_STORE", str(store))  # the cloned store, as if beside the notebook
+    monkeypatch.setenv(
+        "NBCONDUCTOR_STORE", str(store)
+    )  # the cloned store, as if beside the notebook
     shell.user_ns["topic"] = "t"
-    shell.run_cell_magic("step", "tagline --model offline:t --check 'max_words(1)' --retries 0 --on-fail review "
-                                 "--lazy", "One line on {{ topic }}")
+    shell.run_cell_magic(
+        "step",
+        "tagline --model offline:t --check 'max_words(1)' --retries 0 --on-fail review --lazy",
+        "One line on {{ topic }}",
+    )
     capsys.readouterr()
     shell.run_line_magic("conductor", "status")
     assert WARNING in capsys.readouterr().err
@@ -205,8 +264,11 @@ def test_pickled_outputs_are_never_loaded_from_any_entry_point(crafted, monkeypa
     assert widget.cards and WARNING in capsys.readouterr().err
     ENTRY_POINTS.append("%conductor review")
     c.fresh()
-    shell.run_cell_magic("step", "tagline --model offline:t --check 'max_words(1)' --retries 0 --on-fail review",
-                         "One line on {{ topic }}")
+    shell.run_cell_magic(
+        "step",
+        "tagline --model offline:t --check 'max_words(1)' --retries 0 --on-fail review",
+        "One line on {{ topic }}",
+    )
     assert WARNING in capsys.readouterr().err
     assert shell.user_ns["tagline"].startswith("[offline:t]")  # run again, not loaded
     ENTRY_POINTS.append("%%step (cache hit)")
@@ -224,8 +286,14 @@ def test_pickled_outputs_are_never_loaded_from_any_entry_point(crafted, monkeypa
     c.fresh()
     out = c.folder / "out-papermill.ipynb"
     env = {k: v for k, v in os.environ.items() if k != "NBCONDUCTOR_STORE"}
-    subprocess.run([sys.executable, "-m", "papermill", str(c.job), str(out), "-p", "topic", "t"],
-                   cwd=c.folder, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "papermill", str(c.job), str(out), "-p", "topic", "t"],
+        cwd=c.folder,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert WARNING in out.read_text()
     ENTRY_POINTS.append("papermill")
     c.check()
@@ -282,7 +350,9 @@ def test_unstored_values_are_cached_in_the_session_only(tmp_path):
     q = Pipeline(store=path, namespace={"make": make})
     q.step("a", "make()", python=True)
     res = q.run().results["a"]
-    assert not res.cached and res.output == {1, 2, 3} and len(calls) == 2  # a later session runs it again
+    assert (
+        not res.cached and res.output == {1, 2, 3} and len(calls) == 2
+    )  # a later session runs it again
 
 
 # --------------------------------------------------------------------- not a store, read-only
@@ -309,12 +379,17 @@ def test_a_path_that_is_not_a_store_is_one_line_exit_2_everywhere(tmp_path, monk
     for what, path in not_stores(tmp_path).items():
         if what == "foreign":
             foreign_before = path.read_bytes()
-        commands = [["review", "--store", str(path)], ["review", "--store", str(path), "--approve", "1"],
-                    ["report", "--store", str(path)],
-                    ["batch", str(job), "--params", "rows.csv", "--store", str(path), "--out", "b"]]
+        commands = [
+            ["review", "--store", str(path)],
+            ["review", "--store", str(path), "--approve", "1"],
+            ["report", "--store", str(path)],
+            ["batch", str(job), "--params", "rows.csv", "--store", str(path), "--out", "b"],
+        ]
         monkeypatch.setenv("NBCONDUCTOR_STORE", str(path))
-        commands += [["run", str(job), "--engine", engine, "-o", str(tmp_path / "o.ipynb")]
-                     for engine in ("nbconductor", "kernel")]
+        commands += [
+            ["run", str(job), "--engine", engine, "-o", str(tmp_path / "o.ipynb")]
+            for engine in ("nbconductor", "kernel")
+        ]
         for args in commands:
             capsys.readouterr()
             code = main(args)
@@ -322,9 +397,13 @@ def test_a_path_that_is_not_a_store_is_one_line_exit_2_everywhere(tmp_path, monk
             assert code == 2, (args, out, err)
             lines = err.strip().splitlines()
             assert len(lines) == 1 and str(path) in lines[0] and "store" in lines[0], (args, err)
-            assert not (tmp_path / "o.ipynb").exists() and not (tmp_path / "b").exists()  # nothing ran
+            assert (
+                not (tmp_path / "o.ipynb").exists() and not (tmp_path / "b").exists()
+            )  # nothing ran
         monkeypatch.delenv("NBCONDUCTOR_STORE")
-    assert (tmp_path / "other.sqlite").read_bytes() == foreign_before  # no tables added to someone's database
+    assert (
+        tmp_path / "other.sqlite"
+    ).read_bytes() == foreign_before  # no tables added to someone's database
 
 
 def test_not_a_store_is_a_usage_error_in_a_notebook(tmp_path, monkeypatch):
@@ -341,7 +420,9 @@ def _as_other_user(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(repo), "HOME": str(cwd)}
     env.pop("NBCONDUCTOR_STORE", None)
     cmd = [sys.executable, "-m", "nbconductor", *args]
-    if os.geteuid() == 0:  # root writes any file: drop to an unprivileged user, as the users it matters to are
+    if (
+        os.geteuid() == 0
+    ):  # root writes any file: drop to an unprivileged user, as the users it matters to are
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
@@ -355,11 +436,19 @@ def test_a_read_only_store_is_read_by_report_and_review(readonly):
         folder.mkdir()
         path = folder / "store.sqlite"
         p = Pipeline(store=path)
-        p.step("tagline", "One line on {{ topic }}", model="offline:t", checks=["max_words(1)"], retries=0,
-               on_fail="review")
+        p.step(
+            "tagline",
+            "One line on {{ topic }}",
+            model="offline:t",
+            checks=["max_words(1)"],
+            retries=0,
+            on_fail="review",
+        )
         p.run({"topic": "pricing"})
         p.close()
-        assert not (folder / "store.sqlite-wal").exists()  # closing checkpointed the WAL into the file
+        assert not (
+            folder / "store.sqlite-wal"
+        ).exists()  # closing checkpointed the WAL into the file
         before = path.read_bytes()
         os.chmod(path, 0o444)
         if readonly == "folder":
@@ -374,7 +463,9 @@ def test_a_read_only_store_is_read_by_report_and_review(readonly):
         assert "tagline" in review.stdout and "#1" in review.stdout and review.stderr == ""
         # deciding writes: refused with one line, not a traceback
         decide = _as_other_user(["review", "--store", str(path), "--approve", "1"], base)
-        assert decide.returncode == 2 and len(decide.stderr.strip().splitlines()) == 1, decide.stderr
+        assert decide.returncode == 2 and len(decide.stderr.strip().splitlines()) == 1, (
+            decide.stderr
+        )
         assert "read-only" in decide.stderr or "readonly" in decide.stderr
         assert path.read_bytes() == before
     finally:

@@ -37,8 +37,11 @@ def one_line_error(ip, line, body) -> str:
 # Each writes the marker file if it runs: the test asserts the file never appears.
 SHELL_PAYLOADS = [
     ("{{ get_ipython().system('touch {m}') }}", "`get_ipython`, a function"),
-    ("{{ __nbconductor__.shell.system('touch {m}') }}", "`__nbconductor__`, a ConductorMagics object"),
-    ("{{ __builtins__.exec('open(\"{m}\", \"w\")') }}", "the template refers to `__builtins__`, "),
+    (
+        "{{ __nbconductor__.shell.system('touch {m}') }}",
+        "`__nbconductor__`, a ConductorMagics object",
+    ),
+    ('{{ __builtins__.exec(\'open("{m}", "w")\') }}', "the template refers to `__builtins__`, "),
     ("{{ __builtins__.open('{m}', 'w') }}", "the template refers to `__builtins__`, "),
     ("{{ os.popen('touch {m}').read() }}", "`os`, a module (os)"),
     ("{{ sub.run(['touch', '{m}']) }}", "`sub`, a module (subprocess)"),
@@ -53,8 +56,10 @@ SHELL_PAYLOADS = [
 @pytest.mark.parametrize("template, message", SHELL_PAYLOADS)
 def test_shell_payloads_are_refused(ip, tmp_path, template, message):
     marker = tmp_path / "pwned"
-    ip.run_cell("import os\nimport subprocess as sub\ncfg = {'mod': os}\n"
-                "def write(path):\n    open(path, 'w').close()\n")
+    ip.run_cell(
+        "import os\nimport subprocess as sub\ncfg = {'mod': os}\n"
+        "def write(path):\n    open(path, 'w').close()\n"
+    )
     text = one_line_error(ip, "s", template.replace("{m}", str(marker)))
     assert message in text and "templates see data only" in text
     assert not marker.exists()
@@ -130,22 +135,29 @@ def test_output_limit_is_configurable(tmp_path):
 
 
 def test_templates_still_do_what_templates_do(ip):
-    ip.run_cell("from pydantic import BaseModel\nclass Brief(BaseModel):\n    title: str\n    words: int\n"
-                "brief = Brief(title='Hi', words=3)\ncfg = {'markets': ['fr', 'de'], 'n': 2}\n"
-                "import datetime\nwhen = datetime.date(2026, 1, 2)")
-    body = ("{{ topic.upper() }} {{ topic|length }} {{ cfg.markets|join(',') }} {{ brief.title }} "
-            "{{ brief.model_dump()['words'] }} {% for m in cfg['markets'] %}{{ loop.index }}{{ loop.cycle('a','b') }}"
-            "{% endfor %} {{ '%05d'|format(42) }} {{ '{:>4}'.format(7) }} {{ 2**10 }} {{ when }} {{ 5000000|string }}"
-            "{% macro m(x) %}<{{ x }}>{% endmacro %}{{ m(1) }} {{ dict(a=1).keys()|join }} {{ range(3)|join(',') }}")
+    ip.run_cell(
+        "from pydantic import BaseModel\nclass Brief(BaseModel):\n    title: str\n    words: int\n"
+        "brief = Brief(title='Hi', words=3)\ncfg = {'markets': ['fr', 'de'], 'n': 2}\n"
+        "import datetime\nwhen = datetime.date(2026, 1, 2)"
+    )
+    body = (
+        "{{ topic.upper() }} {{ topic|length }} {{ cfg.markets|join(',') }} {{ brief.title }} "
+        "{{ brief.model_dump()['words'] }} {% for m in cfg['markets'] %}{{ loop.index }}{{ loop.cycle('a','b') }}"
+        "{% endfor %} {{ '%05d'|format(42) }} {{ '{:>4}'.format(7) }} {{ 2**10 }} {{ when }} {{ 5000000|string }}"
+        "{% macro m(x) %}<{{ x }}>{% endmacro %}{{ m(1) }} {{ dict(a=1).keys()|join }} {{ range(3)|join(',') }}"
+    )
     with capture_output():
         ip.run_cell_magic("step", "s", body)
     assert ip.user_ns["__nbconductor__"].pipeline.results["s"].prompt == (
-        "PRICING PAGES 13 fr,de Hi 3 1a2b 00042    7 1024 2026-01-02 5000000<1> a 0,1,2")
+        "PRICING PAGES 13 fr,de Hi 3 1a2b 00042    7 1024 2026-01-02 5000000<1> a 0,1,2"
+    )
 
 
 def test_opted_in_functions_and_step_outputs(ip):
-    ip.run_cell("import nbconductor\n@nbconductor.template_function\ndef shout(s):\n    return s.upper() + '!'\n"
-                "def quiet(s):\n    return s.lower()\nimport textwrap\nfrom textwrap import shorten")
+    ip.run_cell(
+        "import nbconductor\n@nbconductor.template_function\ndef shout(s):\n    return s.upper() + '!'\n"
+        "def quiet(s):\n    return s.lower()\nimport textwrap\nfrom textwrap import shorten"
+    )
     with capture_output():
         ip.run_cell_magic("step", "s", "{{ shout(topic) }}")
     assert "PRICING PAGES!" in ip.user_ns["s"]
@@ -160,7 +172,9 @@ def test_opted_in_functions_and_step_outputs(ip):
         ip.run_line_magic("conductor", "template-function nope")
     # an upstream step's output passes whatever its type; the same object as a variable does not
     with capture_output():
-        ip.run_cell_magic("step", "box --python", "import types\ntypes.SimpleNamespace(text='boxed')")
+        ip.run_cell_magic(
+            "step", "box --python", "import types\ntypes.SimpleNamespace(text='boxed')"
+        )
         ip.run_cell_magic("step", "u", "{{ box.text }}")
     assert ip.user_ns["__nbconductor__"].pipeline.results["u"].prompt == "boxed"
     ip.run_cell("import types\nns = types.SimpleNamespace(text='boxed')")
@@ -176,6 +190,7 @@ def _interrupt_main_after(seconds: float) -> None:
 def _in_kernel_loop(fn):
     """Run ``fn`` as a Jupyter kernel runs cells: with an event loop running in this thread
     (and, unlike `asyncio.run`, no SIGINT handler of its own: an interrupt raises KeyboardInterrupt)."""
+
     async def main():
         return fn()
 
@@ -190,9 +205,15 @@ def _in_kernel_loop(fn):
 def test_after_an_interrupt_the_next_step_works(ip, what):
     ip.user_ns["__nbconductor__"].pipeline.config.templates.timeout = 60
     ip.run_cell("def forever(output):\n    while True:\n        pass\n")
-    line, body = (("s", "{% set xs = [1] * 1000 %}{% for a in xs %}{% for b in xs %}{% for c in xs %}"
-                        "{% endfor %}{% endfor %}{% endfor %}") if what == "template"
-                  else ("s --check forever", "About {{ topic }}"))
+    line, body = (
+        (
+            "s",
+            "{% set xs = [1] * 1000 %}{% for a in xs %}{% for b in xs %}{% for c in xs %}"
+            "{% endfor %}{% endfor %}{% endfor %}",
+        )
+        if what == "template"
+        else ("s --check forever", "About {{ topic }}")
+    )
 
     def interrupted():
         _interrupt_main_after(0.5)
@@ -215,10 +236,14 @@ def test_after_an_interrupt_the_next_step_works(ip, what):
 
 def test_model_methods_of_the_notebook_need_opting_in(ip, tmp_path):
     marker = tmp_path / "wiped"
-    ip.run_cell("from pydantic import BaseModel\nclass Brief(BaseModel):\n    title: str\n"
-                f"    def wipe(self):\n        open({str(marker)!r}, 'w').close()\n        return 'gone'\n"
-                "brief = Brief(title='Hi')")
-    assert "calling `Brief.wipe` is not allowed in a template" in one_line_error(ip, "s", "{{ brief.wipe() }}")
+    ip.run_cell(
+        "from pydantic import BaseModel\nclass Brief(BaseModel):\n    title: str\n"
+        f"    def wipe(self):\n        open({str(marker)!r}, 'w').close()\n        return 'gone'\n"
+        "brief = Brief(title='Hi')"
+    )
+    assert "calling `Brief.wipe` is not allowed in a template" in one_line_error(
+        ip, "s", "{{ brief.wipe() }}"
+    )
     assert not marker.exists()
     with capture_output():
         ip.run_cell_magic("step", "s", "{{ brief.model_dump_json() }}")
@@ -233,9 +258,11 @@ def test_export_keeps_template_function_lines():
 
 
 def test_guarded_filters_and_methods_still_work():
-    body = ("{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }} "
-            "{{ ['a', 'b']|join(', ') }} {{ '-'.join(['x', 'y']) }} {{ 'a\tb'.expandtabs(2) }} {{ 'x\ny'|indent(2) }} "
-            "{{ 'aa bb'|wordwrap(2) }} {{ {'k': [1]}|tojson(indent=1) }} {{ 'ab'.replace('a', 'c') }}")
+    body = (
+        "{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }} "
+        "{{ ['a', 'b']|join(', ') }} {{ '-'.join(['x', 'y']) }} {{ 'a\tb'.expandtabs(2) }} {{ 'x\ny'|indent(2) }} "
+        "{{ 'aa bb'|wordwrap(2) }} {{ {'k': [1]}|tojson(indent=1) }} {{ 'ab'.replace('a', 'c') }}"
+    )
     assert render(body, {}, "s") == '3 a, b x-y a b x\n  y aa\nbb {\n "k": [\n  1\n ]\n} cb'
 
 
@@ -247,6 +274,7 @@ def test_real_kernel_runs_the_next_step_after_an_interrupted_check(tmp_path, mon
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
     try:
+
         def execute(code, timeout=30):
             msg_id = kc.execute(code)
             reply = kc.get_shell_msg(timeout=timeout)
@@ -254,12 +282,20 @@ def test_real_kernel_runs_the_next_step_after_an_interrupted_check(tmp_path, mon
                 reply = kc.get_shell_msg(timeout=timeout)
             return reply["content"]
 
-        assert execute("%load_ext nbconductor\ndef forever(output):\n    while True:\n        pass")["status"] == "ok"
+        assert (
+            execute("%load_ext nbconductor\ndef forever(output):\n    while True:\n        pass")[
+                "status"
+            ]
+            == "ok"
+        )
         msg_id = kc.execute("%%step s --check forever\nAbout things")
         time.sleep(1.5)
         km.interrupt_kernel()
         reply = kc.get_shell_msg(timeout=15)
-        assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["ename"] == "KeyboardInterrupt"
+        assert (
+            reply["parent_header"]["msg_id"] == msg_id
+            and reply["content"]["ename"] == "KeyboardInterrupt"
+        )
         started = time.monotonic()
         content = execute("%%step after\nThen more\n", timeout=20)
         assert content["status"] == "ok", content
@@ -272,6 +308,13 @@ def test_real_kernel_runs_the_next_step_after_an_interrupted_check(tmp_path, mon
 
 def test_map_items_of_any_type_reach_the_template(ip):
     with capture_output():
-        ip.run_cell_magic("step", "rows --python", "import types\n[types.SimpleNamespace(lang='fr')]")
+        ip.run_cell_magic(
+            "step", "rows --python", "import types\n[types.SimpleNamespace(lang='fr')]"
+        )
         ip.run_cell_magic("step", 't --map "row in rows"', "Into {{ row.lang }}")
-    assert ip.user_ns["__nbconductor__"].pipeline.results["t"].output[0].startswith("[offline:default] Into fr")
+    assert (
+        ip.user_ns["__nbconductor__"]
+        .pipeline.results["t"]
+        .output[0]
+        .startswith("[offline:default] Into fr")
+    )

@@ -26,7 +26,9 @@ VERDICT_SCHEMA: dict = {
     "type": "object",
     "properties": {
         "score": {
-            "type": "number", "minimum": 0, "maximum": 1,
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
             "description": "How well the output meets the rubric: 1 = every line fully met, 0 = none.",
         },
         "feedback": {
@@ -36,7 +38,7 @@ VERDICT_SCHEMA: dict = {
         "suggested_edit": {
             "type": "string",
             "description": "A concrete edit that would make the output pass (rewritten passage or "
-                           "exact change); empty when nothing needs changing.",
+            "exact change); empty when nothing needs changing.",
         },
     },
     "required": ["score", "feedback", "suggested_edit"],
@@ -76,7 +78,9 @@ def parse_verdict(data: Any, text: str) -> tuple[float, str, str]:
         try:
             data = json.loads(cleaned)
         except ValueError:
-            raise OutputError(f"the judge did not answer with a Verdict (JSON): {text[:120]!r}") from None
+            raise OutputError(
+                f"the judge did not answer with a Verdict (JSON): {text[:120]!r}"
+            ) from None
     if not isinstance(data, dict) or "score" not in data:
         raise OutputError(f"the judge's verdict has no score: {str(data)[:120]}")
     score = data["score"]
@@ -87,7 +91,11 @@ def parse_verdict(data: Any, text: str) -> tuple[float, str, str]:
             pass
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
         raise OutputError(f"the judge's score {data['score']!r} is not a number between 0 and 1")
-    return float(score), str(data.get("feedback") or "").strip(), str(data.get("suggested_edit") or "").strip()
+    return (
+        float(score),
+        str(data.get("feedback") or "").strip(),
+        str(data.get("suggested_edit") or "").strip(),
+    )
 
 
 class RubricGate:
@@ -111,7 +119,10 @@ class RubricGate:
         request = Request(
             model=ref.model,
             prompt=judge_prompt(self.rubric.text, ctx.prompt, ctx.text or _text(output)),
-            system=JUDGE_SYSTEM, json=True, schema=VERDICT_SCHEMA, schema_name="Verdict",
+            system=JUDGE_SYSTEM,
+            json=True,
+            schema=VERDICT_SCHEMA,
+            schema_name="Verdict",
             max_tokens=self.rubric.max_tokens or JUDGE_MAX_TOKENS,
         )
         policy = pool.config.retry
@@ -125,15 +136,23 @@ class RubricGate:
                     response = await provider.complete(request)
                 pool.succeeded(ref.provider)
                 spent = response.usage
-                call_cost = response.cost if response.cost is not None else cost_of(ref, spent, pool.config)
-                usage, cost = usage + spent, None if cost is None or call_cost is None else cost + call_cost
+                call_cost = (
+                    response.cost if response.cost is not None else cost_of(ref, spent, pool.config)
+                )
+                usage, cost = (
+                    usage + spent,
+                    None if cost is None or call_cost is None else cost + call_cost,
+                )
                 score, feedback, suggestion = parse_verdict(response.data, response.text)
             except ProviderError as exc:
                 error = exc
                 spent = getattr(exc, "usage", None)  # an unusable answer was still billed
                 if spent is not None and spent.total:
                     call_cost = cost_of(ref, spent, pool.config)
-                    usage, cost = usage + spent, None if cost is None or call_cost is None else cost + call_cost
+                    usage, cost = (
+                        usage + spent,
+                        None if cost is None or call_cost is None else cost + call_cost,
+                    )
                 if isinstance(exc, OutputError):  # an answer, unusable: ask again, saying why
                     request.feedback = f"Your answer was not a valid Verdict: {exc}"
                     continue
@@ -148,8 +167,16 @@ class RubricGate:
             return GateResult(self.name, passed, score, feedback, suggestion or None, usage, cost)
         detail = f"{type(error).__name__}: {error}"
         if "raise --max-tokens" in detail:
-            detail = detail.replace("raise --max-tokens", f"raise %%rubric {ctx.step.name} --max-tokens "
-                                                          f"(now {request.max_tokens})")
-        raise GateError(ctx.step.name, f"the rubric judge `{ref.spec}` gave no verdict after {calls} "
-                                       f"{'try' if calls == 1 else 'tries'}: {detail}",
-                        usage=usage, cost=cost, calls=calls, cause=error)
+            detail = detail.replace(
+                "raise --max-tokens",
+                f"raise %%rubric {ctx.step.name} --max-tokens (now {request.max_tokens})",
+            )
+        raise GateError(
+            ctx.step.name,
+            f"the rubric judge `{ref.spec}` gave no verdict after {calls} "
+            f"{'try' if calls == 1 else 'tries'}: {detail}",
+            usage=usage,
+            cost=cost,
+            calls=calls,
+            cause=error,
+        )

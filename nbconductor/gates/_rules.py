@@ -32,6 +32,7 @@ def max_words(n: int) -> Checker:
     def check(output: Any):
         words = len(_text(output).split())
         return words <= n, f"output has {words} words; the limit is {n}"
+
     check.__name__ = f"max_words({n})"
     return check
 
@@ -40,6 +41,7 @@ def min_words(n: int) -> Checker:
     def check(output: Any):
         words = len(_text(output).split())
         return words >= n, f"output has {words} words; at least {n} are needed"
+
     check.__name__ = f"min_words({n})"
     return check
 
@@ -48,6 +50,7 @@ def max_chars(n: int) -> Checker:
     def check(output: Any):
         size = len(_text(output))
         return size <= n, f"output has {size} characters; the limit is {n}"
+
     check.__name__ = f"max_chars({n})"
     return check
 
@@ -55,13 +58,17 @@ def max_chars(n: int) -> Checker:
 def contains(s: str) -> Checker:
     def check(output: Any):
         return s.lower() in _text(output).lower(), f"output does not contain {s!r}"
+
     check.__name__ = f"contains({s!r})"
     return check
 
 
 def not_contains(s: str) -> Checker:
     def check(output: Any):
-        return s.lower() not in _text(output).lower(), f"output contains {s!r}, which is not allowed"
+        return s.lower() not in _text(
+            output
+        ).lower(), f"output contains {s!r}, which is not allowed"
+
     check.__name__ = f"not_contains({s!r})"
     return check
 
@@ -71,6 +78,7 @@ def regex(pattern: str) -> Checker:
 
     def check(output: Any):
         return bool(compiled.search(_text(output))), f"output does not match /{pattern}/"
+
     check.__name__ = f"regex({pattern!r})"
     return check
 
@@ -87,12 +95,23 @@ def json(output: Any):
 
 
 BUILTIN_CHECKS: dict[str, Any] = {
-    "max_words": max_words, "min_words": min_words, "max_chars": max_chars, "contains": contains,
-    "not_contains": not_contains, "regex": regex, "json": json,
+    "max_words": max_words,
+    "min_words": min_words,
+    "max_chars": max_chars,
+    "contains": contains,
+    "not_contains": not_contains,
+    "regex": regex,
+    "json": json,
 }
 # Built-ins that take an argument and return the check; ``--check max_words`` alone is a mistake.
-_FACTORIES = {max_words: "max_words(400)", min_words: "min_words(50)", max_chars: "max_chars(2000)",
-              contains: 'contains("next step")', not_contains: 'not_contains("TODO")', regex: 'regex(r"^# ")'}
+_FACTORIES = {
+    max_words: "max_words(400)",
+    min_words: "min_words(50)",
+    max_chars: "max_chars(2000)",
+    contains: 'contains("next step")',
+    not_contains: 'not_contains("TODO")',
+    regex: 'regex(r"^# ")',
+}
 
 
 class RuleGate:
@@ -107,12 +126,22 @@ class RuleGate:
             if inspect.isawaitable(verdict):
                 verdict = await verdict
         except Exception as exc:  # noqa: BLE001 - a user's check that raises fails the gate
-            return GateResult(self.name, False, 0.0, f"the check raised {type(exc).__name__}: {exc}")
+            return GateResult(
+                self.name, False, 0.0, f"the check raised {type(exc).__name__}: {exc}"
+            )
         if verdict is None:
-            return GateResult(self.name, False, 0.0, f"the check {self.name} returned None; it must return "
-                                                     "True/False or (passed, message)")
+            return GateResult(
+                self.name,
+                False,
+                0.0,
+                f"the check {self.name} returned None; it must return "
+                "True/False or (passed, message)",
+            )
         if isinstance(verdict, tuple):
-            ok, message = bool(verdict[0]), str(verdict[1]) if len(verdict) > 1 and verdict[1] else ""
+            ok, message = (
+                bool(verdict[0]),
+                str(verdict[1]) if len(verdict) > 1 and verdict[1] else "",
+            )
         else:
             ok, message = bool(verdict), ""
         if not ok and not message:
@@ -136,15 +165,23 @@ def compile_check(expr: str, namespace: dict, step: str) -> RuleGate:
     try:
         fn = eval(expr, scope)  # noqa: S307 - the notebook's own expression
     except NameError as exc:
-        raise OptionError(f"step `{step}`: --check {expr}: {exc}; built-in checks are "
-                          f"{', '.join(BUILTIN_CHECKS)}, or name a function defined in the notebook") from None
+        raise OptionError(
+            f"step `{step}`: --check {expr}: {exc}; built-in checks are "
+            f"{', '.join(BUILTIN_CHECKS)}, or name a function defined in the notebook"
+        ) from None
     except Exception as exc:  # noqa: BLE001
-        raise OptionError(f"step `{step}`: --check {expr} is not valid: {type(exc).__name__}: {exc}") from None
+        raise OptionError(
+            f"step `{step}`: --check {expr} is not valid: {type(exc).__name__}: {exc}"
+        ) from None
     if isinstance(fn, types.FunctionType) and fn in _FACTORIES:
-        raise OptionError(f"step `{step}`: --check {expr} needs an argument, e.g. --check '{_FACTORIES[fn]}'")
+        raise OptionError(
+            f"step `{step}`: --check {expr} needs an argument, e.g. --check '{_FACTORIES[fn]}'"
+        )
     if not callable(fn):
-        raise OptionError(f"step `{step}`: --check {expr} is not a check: it must be a built-in check or "
-                          "a function of the output returning a bool or (bool, message)")
+        raise OptionError(
+            f"step `{step}`: --check {expr} is not a check: it must be a built-in check or "
+            "a function of the output returning a bool or (bool, message)"
+        )
     return RuleGate(expr, fn)
 
 

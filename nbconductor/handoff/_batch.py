@@ -35,8 +35,21 @@ from ._runner import choose_engine, engine_label, environ, parse_value, redact_f
 from ._workers import WORKER_ENV, run_local, sweep, worker_context
 
 __all__ = [
-    "FINISHED", "MANIFEST", "WORKER_ENV", "Manifest", "Progress", "Row", "RowResult", "cli_batch",
-    "execute_row", "output_name", "params_key", "read_rows", "run_local", "summary", "sweep",
+    "FINISHED",
+    "MANIFEST",
+    "WORKER_ENV",
+    "Manifest",
+    "Progress",
+    "Row",
+    "RowResult",
+    "cli_batch",
+    "execute_row",
+    "output_name",
+    "params_key",
+    "read_rows",
+    "run_local",
+    "summary",
+    "sweep",
 ]
 
 MANIFEST = "manifest.json"
@@ -64,8 +77,10 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise OptionError(f"--params {p.name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
-                          "save it as UTF-8 (e.g. Excel's \"CSV UTF-8\")") from None
+        raise OptionError(
+            f"--params {p.name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
+            'save it as UTF-8 (e.g. Excel\'s "CSV UTF-8")'
+        ) from None
     where = f"--params {p.name}"
     if suffix == ".csv":
         return _csv_rows(text, where)
@@ -75,7 +90,11 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
         elif suffix == ".json":
             rows = json.loads(text, object_pairs_hook=_no_duplicates)
         else:
-            rows = [json.loads(line, object_pairs_hook=_no_duplicates) for line in text.split("\n") if line.strip()]
+            rows = [
+                json.loads(line, object_pairs_hook=_no_duplicates)
+                for line in text.split("\n")
+                if line.strip()
+            ]
     except OptionError as exc:
         raise OptionError(f"{where}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - yaml and json each raise their own
@@ -83,8 +102,10 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     if isinstance(rows, dict) and isinstance(rows.get("rows"), list):
         rows = rows["rows"]
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise OptionError(f"{where} must hold a list of rows, each a mapping of parameter names "
-                          'to values (e.g. [{"topic": "Pricing"}, {"topic": "Onboarding"}])')
+        raise OptionError(
+            f"{where} must hold a list of rows, each a mapping of parameter names "
+            'to values (e.g. [{"topic": "Pricing"}, {"topic": "Onboarding"}])'
+        )
     if not rows:
         raise OptionError(f"{where} has no rows")
     for i, row in enumerate(rows):
@@ -110,9 +131,11 @@ def _csv_rows(text: str, where: str) -> list[dict[str, Any]]:
     rows = []
     for i, fields in enumerate(lines[1:]):
         if len(fields) != len(header):
-            raise OptionError(f"{where}: row {i} has {plural(len(fields), 'value')} for {plural(len(header), 'column')} "
-                              f"({', '.join(header)}): give every row a value per column (an empty one keeps "
-                              "the notebook's default)")
+            raise OptionError(
+                f"{where}: row {i} has {plural(len(fields), 'value')} for {plural(len(header), 'column')} "
+                f"({', '.join(header)}): give every row a value per column (an empty one keeps "
+                "the notebook's default)"
+            )
         rows.append({k: _csv_value(v) for k, v in zip(header, fields, strict=True) if v != ""})
     if not rows:
         raise OptionError(f"{where} has no rows")
@@ -138,7 +161,9 @@ def _yaml_load(text: str) -> Any:
         keys = [loader.construct_object(k, deep=True) for k, _ in node.value]
         for key in keys:
             if isinstance(key, str) and keys.count(key) > 1:
-                raise OptionError(f"`{key}` appears twice in one row (line {node.start_mark.line + 1}): keep one")
+                raise OptionError(
+                    f"`{key}` appears twice in one row (line {node.start_mark.line + 1}): keep one"
+                )
         return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
@@ -187,7 +212,9 @@ class Manifest:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, out_dir: Path, notebook: Path, params_file: str, store: str, resume: bool) -> Manifest:
+    def open(
+        cls, out_dir: Path, notebook: Path, params_file: str, store: str, resume: bool
+    ) -> Manifest:
         path = out_dir / MANIFEST
         data = None
         if resume and path.is_file():
@@ -243,8 +270,12 @@ class Progress:
             return
         width = len(str(self.total))
         tail = f": {result['error']}" if result["status"] == "failed" else ""
-        print(f"[{self.done:>{width}}/{self.total}] row {result['index']} {result['status']} "
-              f"in {result['seconds']:.1f}s{tail}", file=sys.stderr, flush=True)
+        print(
+            f"[{self.done:>{width}}/{self.total}] row {result['index']} {result['status']} "
+            f"in {result['seconds']:.1f}s{tail}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -257,7 +288,9 @@ class Progress:
 def cli_batch(args: argparse.Namespace) -> int:
     """``nbconductor batch``; returns 0 when every row finished, 1 when one failed, 2 for bad input."""
     if args.workers is not None and args.workers < 1:
-        raise OptionError(f"--workers must be 1 or more, got {args.workers} (leave it out for one per CPU)")
+        raise OptionError(
+            f"--workers must be 1 or more, got {args.workers} (leave it out for one per CPU)"
+        )
     notebook = Path(args.notebook).resolve()
     nb = _read_notebook(notebook)  # as JSON: the coordinator never imports nbformat or papermill
     from .._config import load_config
@@ -272,7 +305,10 @@ def cli_batch(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     store = str(_store_path(args.store, notebook))
     manifest = Manifest.open(out_dir, notebook, args.params, store, args.resume)
-    rows = [Row(i, params, str(out_dir / output_name(notebook, i, len(rows_in)))) for i, params in enumerate(rows_in)]
+    rows = [
+        Row(i, params, str(out_dir / output_name(notebook, i, len(rows_in))))
+        for i, params in enumerate(rows_in)
+    ]
     results: dict[int, dict] = {}
     todo = []
     for row in rows:
@@ -282,11 +318,20 @@ def cli_batch(args: argparse.Namespace) -> int:
         else:
             todo.append(row)
     if args.resume and results:
-        print(f"nbconductor: resuming: {len(results)} of {plural(len(rows), 'row')} already finished",
-              file=sys.stderr)
-    where = f"Dask at {args.dask}" if args.dask else plural(_worker_count(args.workers, len(todo)), "local worker")
-    print(f"nbconductor: {plural(len(todo), 'row')} of {notebook.name} on {where}, {engine_label(engine)} engine; "
-          f"store {store}", file=sys.stderr)
+        print(
+            f"nbconductor: resuming: {len(results)} of {plural(len(rows), 'row')} already finished",
+            file=sys.stderr,
+        )
+    where = (
+        f"Dask at {args.dask}"
+        if args.dask
+        else plural(_worker_count(args.workers, len(todo)), "local worker")
+    )
+    print(
+        f"nbconductor: {plural(len(todo), 'row')} of {notebook.name} on {where}, {engine_label(engine)} engine; "
+        f"store {store}",
+        file=sys.stderr,
+    )
     progress = Progress(len(todo), notebook.stem)
     started = time.time()
 
@@ -306,7 +351,13 @@ def cli_batch(args: argparse.Namespace) -> int:
 
                 run_dask(args.dask, todo, job, done)
             elif todo:
-                run_local(todo, job, _worker_count(args.workers, len(todo)), done, log_dir=out_dir / "logs")
+                run_local(
+                    todo,
+                    job,
+                    _worker_count(args.workers, len(todo)),
+                    done,
+                    log_dir=out_dir / "logs",
+                )
     finally:
         progress.close()
         manifest.write()
@@ -357,8 +408,11 @@ def _check_known(nb: dict, rows: list[dict], params_file: str) -> None:
 
     known = notebook_parameters(nb)
     if known is None:
-        print("nbconductor: the notebook has no cell tagged `parameters`; papermill puts row values "
-              "at the top", file=sys.stderr)
+        print(
+            "nbconductor: the notebook has no cell tagged `parameters`; papermill puts row values "
+            "at the top",
+            file=sys.stderr,
+        )
         return
     names = list(dict.fromkeys(k for r in rows for k in r))
     check_known(names, known, f"--params {Path(params_file).name}")
@@ -377,16 +431,31 @@ def summary(results: list[dict], out_dir: Path, seconds: float, store: str) -> s
         where = r["error"] if r["status"] == "failed" else _relative(r["output"], out_dir)
         if r.get("images") and r["status"] != "failed":
             where += " + " + ", ".join(Path(i).name for i in r["images"])
-        rows.append([str(r["index"]), status, str(r.get("flagged") or 0), fmt_cost(r.get("cost")),
-                     f"{r.get('seconds') or 0:.1f}s", preview(redact(_params_text(r.get("params") or {})), 32),
-                     preview(where or "", 80 + 40 * len(r.get("images") or []))])
-    table = text_table(["row", "status", "flagged", "cost", "time", "params", "notebook (+ images) / error"], rows)
-    counts = {s: sum(1 for r in results if r["status"] == s) for s in ("passed", "flagged", "failed")}
+        rows.append(
+            [
+                str(r["index"]),
+                status,
+                str(r.get("flagged") or 0),
+                fmt_cost(r.get("cost")),
+                f"{r.get('seconds') or 0:.1f}s",
+                preview(redact(_params_text(r.get("params") or {})), 32),
+                preview(where or "", 80 + 40 * len(r.get("images") or [])),
+            ]
+        )
+    table = text_table(
+        ["row", "status", "flagged", "cost", "time", "params", "notebook (+ images) / error"], rows
+    )
+    counts = {
+        s: sum(1 for r in results if r["status"] == s) for s in ("passed", "flagged", "failed")
+    }
     costs = [r.get("cost") for r in results if not r.get("resumed")]
     total = None if any(c is None for c in costs) else sum(costs)
-    lines = [table, "",
-             f"{plural(len(results), 'row')}: {counts['passed']} passed, {counts['flagged']} flagged, {counts['failed']} failed"
-             f" · {fmt_cost(total)} · {seconds:.1f}s · notebooks in {out_dir}"]
+    lines = [
+        table,
+        "",
+        f"{plural(len(results), 'row')}: {counts['passed']} passed, {counts['flagged']} flagged, {counts['failed']} failed"
+        f" · {fmt_cost(total)} · {seconds:.1f}s · notebooks in {out_dir}",
+    ]
     if counts["flagged"]:
         lines.append(f"flagged outputs wait for review: nbconductor review --store {store}")
     if counts["failed"]:
@@ -403,4 +472,3 @@ def _relative(path: str, base: Path) -> str:
         return str(Path(path).relative_to(base))
     except ValueError:
         return path
-

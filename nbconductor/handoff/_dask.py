@@ -27,14 +27,23 @@ from ._row import Row, RowResult, execute_row
 TABLES = ("runs", "results")
 
 
-def run_row_task(notebook_text: str, notebook_name: str, params: dict[str, Any], engine: str | None,
-                 label: str, index: int, offline: bool = False) -> dict[str, Any]:
+def run_row_task(
+    notebook_text: str,
+    notebook_name: str,
+    params: dict[str, Any],
+    engine: str | None,
+    label: str,
+    index: int,
+    offline: bool = False,
+) -> dict[str, Any]:
     """The Dask task: run one row in a temporary folder; returns its result, notebook and store rows."""
     from ._runner import environ
 
     # `--offline` travels with the task (the worker's environment is its own); keys never do.
-    with environ({"NBCONDUCTOR_OFFLINE": "1"} if offline else {}), \
-            tempfile.TemporaryDirectory(prefix="nbconductor-row-") as tmp:
+    with (
+        environ({"NBCONDUCTOR_OFFLINE": "1"} if offline else {}),
+        tempfile.TemporaryDirectory(prefix="nbconductor-row-") as tmp,
+    ):
         folder = Path(tmp)
         nb_path = folder / notebook_name
         nb_path.write_text(notebook_text, encoding="utf-8")
@@ -53,7 +62,9 @@ def dump_store(path: Path) -> dict[str, list[dict]]:
     db = sqlite3.connect(path)
     db.row_factory = sqlite3.Row
     try:
-        return {t: [dict(r) for r in db.execute(f"SELECT * FROM {t} ORDER BY rowid")] for t in TABLES}
+        return {
+            t: [dict(r) for r in db.execute(f"SELECT * FROM {t} ORDER BY rowid")] for t in TABLES
+        }
     finally:
         db.close()
 
@@ -70,12 +81,16 @@ def merge_store(rows: dict[str, list[dict]], store_path: str) -> None:
             try:
                 for run in rows.get("runs", []):
                     cols = list(run)
-                    db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                               [run[c] for c in cols])
+                    db.execute(
+                        f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                        [run[c] for c in cols],
+                    )
                 for res in rows.get("results", []):
                     cols = [c for c in res if c != "id"]
-                    db.execute(f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                               [res[c] for c in cols])
+                    db.execute(
+                        f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                        [res[c] for c in cols],
+                    )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -84,7 +99,9 @@ def merge_store(rows: dict[str, list[dict]], store_path: str) -> None:
         store.close()
 
 
-def run_dask(address: str, rows: list[Row], job: dict[str, Any], on_done: Callable[[dict], None]) -> None:
+def run_dask(
+    address: str, rows: list[Row], job: dict[str, Any], on_done: Callable[[dict], None]
+) -> None:
     """Submit every row to the cluster at ``address``; calls ``on_done(result)`` as each row ends."""
     from .._errors import OptionError, missing_dependency
 
@@ -97,24 +114,43 @@ def run_dask(address: str, rows: list[Row], job: dict[str, Any], on_done: Callab
         _probe(address)
         client = Client(address, timeout=30)
     except (OSError, TimeoutError) as exc:
-        raise OptionError(f"--dask {address}: cannot reach the Dask scheduler ({exc}); "
-                          "start one with `dask scheduler` and pass its tcp://host:port") from None
+        raise OptionError(
+            f"--dask {address}: cannot reach the Dask scheduler ({exc}); "
+            "start one with `dask scheduler` and pass its tcp://host:port"
+        ) from None
     batch = f"nbconductor-{int(time.time())}-{os.getpid()}"
     try:
         futures = {}
         for row in rows:
-            future = client.submit(run_row_task, text, notebook.name, row.params, job["engine"], row.output,
-                                   row.index, offline_forced(), key=f"{batch}-row-{row.index}", pure=False,
-                                   retries=0)
+            future = client.submit(
+                run_row_task,
+                text,
+                notebook.name,
+                row.params,
+                job["engine"],
+                row.output,
+                row.index,
+                offline_forced(),
+                key=f"{batch}-row-{row.index}",
+                pure=False,
+                retries=0,
+            )
             futures[future] = row
         for future in as_completed(futures):
             row = futures[future]
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 - a lost task fails its row, not the batch
-                result = asdict(RowResult(index=row.index, status="failed", output=row.output, params=row.params,
-                                          error=f"the Dask task failed: {type(exc).__name__}: {exc}".splitlines()[0],
-                                          key=row.key))
+                result = asdict(
+                    RowResult(
+                        index=row.index,
+                        status="failed",
+                        output=row.output,
+                        params=row.params,
+                        error=f"the Dask task failed: {type(exc).__name__}: {exc}".splitlines()[0],
+                        key=row.key,
+                    )
+                )
             else:
                 _land(result, row, job["store"])
             on_done(result)

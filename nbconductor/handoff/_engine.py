@@ -70,8 +70,17 @@ def _build_engine():
         """papermill engine that runs code cells in an in-process IPython shell, one per notebook."""
 
         @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
-                                     stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs):
+        def execute_managed_notebook(
+            cls,
+            nb_man,
+            kernel_name,
+            log_output=False,
+            stdout_file=None,
+            stderr_file=None,
+            start_timeout=60,
+            execution_timeout=None,
+            **kwargs,
+        ):
             """Run every cell of ``nb_man.nb`` in order; stop at the first error, as papermill does."""
             nb = nb_man.nb
             language = (nb.metadata.get("kernelspec") or {}).get("language") or "python"
@@ -80,8 +89,14 @@ def _build_engine():
                     f"the {ENGINE_NAME} engine runs Python notebooks; this one is {language}: use --engine nbclient"
                 )
             input_path = kwargs.get("input_path")
-            _execute(nb_man, input_path if isinstance(input_path, str) else None, execution_timeout,
-                     log_output, stdout_file, stderr_file)
+            _execute(
+                nb_man,
+                input_path if isinstance(input_path, str) else None,
+                execution_timeout,
+                log_output,
+                stdout_file,
+                stderr_file,
+            )
             return nb
 
         @classmethod
@@ -162,7 +177,9 @@ def _check_injected(nb) -> None:
     from .._params import check_injected
 
     for cell in nb.cells:
-        if cell.cell_type == "code" and "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+        if cell.cell_type == "code" and "injected-parameters" in cell.get("metadata", {}).get(
+            "tags", []
+        ):
             try:
                 check_injected(cell.source)
             except ParameterError as exc:
@@ -179,7 +196,9 @@ def _shell_class():
     from traitlets import Type
 
     class _Publisher(DisplayPublisher):
-        def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
+        def publish(
+            self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs
+        ):
             self.shell._nbc_sink.display(data, metadata or {}, transient or {}, update)
 
         def clear_output(self, wait=False):
@@ -209,7 +228,9 @@ def _shell_class():
 
         def init_environment(self):
             # What ipykernel sets for commands run from cells.
-            os.environ.update({"TERM": "xterm-color", "CLICOLOR": "1", "PAGER": "cat", "GIT_PAGER": "cat"})
+            os.environ.update(
+                {"TERM": "xterm-color", "CLICOLOR": "1", "PAGER": "cat", "GIT_PAGER": "cat"}
+            )
 
         def enable_gui(self, gui=None):
             pass
@@ -291,17 +312,26 @@ def _isolated(notebook: str | None) -> Iterator[None]:
 
     klasses = [k for k in _engine_shell_class().mro() if hasattr(k, "_instance")]
     saved_instances = {k: k.__dict__.get("_instance", _MISSING) for k in klasses}
-    saved_sys = {name: getattr(sys, name) for name in ("stdout", "stderr", "displayhook", "excepthook")}
+    saved_sys = {
+        name: getattr(sys, name) for name in ("stdout", "stderr", "displayhook", "excepthook")
+    }
     saved_main = sys.modules.get("__main__")
-    saved_builtins = {name: builtins.__dict__.get(name, _MISSING) for name in ("__IPYTHON__", "display", "get_ipython")}
+    saved_builtins = {
+        name: builtins.__dict__.get(name, _MISSING)
+        for name in ("__IPYTHON__", "display", "get_ipython")
+    }
     saved_env = dict(os.environ)
     saved_path = list(sys.path)
     saved_lines = set(linecache.cache)
-    for k in klasses:  # a new singleton for this notebook (restored afterwards, e.g. inside a kernel)
+    for (
+        k
+    ) in klasses:  # a new singleton for this notebook (restored afterwards, e.g. inside a kernel)
         k._instance = None
     InteractiveShell._instance = None
     if notebook and not os.environ.get("JPY_SESSION_NAME") and os.path.isfile(notebook):
-        os.environ["JPY_SESSION_NAME"] = os.path.abspath(notebook)  # as Jupyter does: the notebook being run
+        os.environ["JPY_SESSION_NAME"] = os.path.abspath(
+            notebook
+        )  # as Jupyter does: the notebook being run
     if "MPLBACKEND" not in os.environ:
         with contextlib.suppress(ImportError):
             import importlib.util
@@ -354,7 +384,12 @@ def _fresh_warnings() -> Iterator[None]:
 
     with warnings.catch_warnings():
         warnings.resetwarnings()
-        for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+        for category in (
+            ResourceWarning,
+            ImportWarning,
+            PendingDeprecationWarning,
+            DeprecationWarning,
+        ):
             warnings.simplefilter("ignore", category)
         warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
         warnings.showwarning = show
@@ -405,7 +440,9 @@ class _CellTimeout(Exception):
     pass
 
 
-def _run_cell(shell, sink: OutputSink, cell: NotebookNode, index: int, timeout: float | None) -> bool:
+def _run_cell(
+    shell, sink: OutputSink, cell: NotebookNode, index: int, timeout: float | None
+) -> bool:
     """Execute one cell; returns False when it raised (the run stops there)."""
     if cell.cell_type != "code" or not cell.source.strip():
         return True
@@ -416,8 +453,13 @@ def _run_cell(shell, sink: OutputSink, cell: NotebookNode, index: int, timeout: 
     cell.execution_count = shell.execution_count
     timing = cell.metadata.setdefault("execution", {})
     timing["iopub.status.busy"] = timing["iopub.execute_input"] = _now()
-    alarm = timeout and threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    alarm = (
+        timeout
+        and threading.current_thread() is threading.main_thread()
+        and hasattr(signal, "setitimer")
+    )
     if alarm:
+
         def on_alarm(signum, frame):
             raise _CellTimeout(f"cell {index} ran longer than {timeout} s")
 
@@ -456,9 +498,15 @@ def _log(cell: NotebookNode, log_output: bool, stdout_file, stderr_file) -> None
 
 def _language_info() -> dict:
     major = sys.version_info[0]
-    return {"codemirror_mode": {"name": "ipython", "version": major}, "file_extension": ".py",
-            "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
-            "pygments_lexer": f"ipython{major}", "version": sys.version.split()[0]}
+    return {
+        "codemirror_mode": {"name": "ipython", "version": major},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": f"ipython{major}",
+        "version": sys.version.split()[0],
+    }
 
 
 # --------------------------------------------------------------------------------- widgets

@@ -83,7 +83,11 @@ class OutputSink:
             return
         with self.lock:
             now = time.monotonic()
-            due = [(since, n) for n, (_, since) in self.pending.items() if now - since >= FLUSH_INTERVAL]
+            due = [
+                (since, n)
+                for n, (_, since) in self.pending.items()
+                if now - since >= FLUSH_INTERVAL
+            ]
             for _, n in sorted(due):
                 self.flush_stream(n)
             buffered = self.pending.get(name)
@@ -130,13 +134,25 @@ class OutputSink:
 
     def result(self, data: dict, metadata: dict, count: int) -> None:
         with self.lock:
-            self._add(new_output("execute_result", data=_clean(data), metadata=_jsonable(metadata),
-                                 execution_count=count))
+            self._add(
+                new_output(
+                    "execute_result",
+                    data=_clean(data),
+                    metadata=_jsonable(metadata),
+                    execution_count=count,
+                )
+            )
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         with self.lock:
-            self._add(new_output("error", ename=ename, evalue=redact(evalue),
-                                 traceback=[redact(line) for line in traceback]))
+            self._add(
+                new_output(
+                    "error",
+                    ename=ename,
+                    evalue=redact(evalue),
+                    traceback=[redact(line) for line in traceback],
+                )
+            )
 
     def clear(self, wait: bool) -> None:
         with self.lock:
@@ -293,15 +309,30 @@ def save_widget_state(nb: NotebookNode, before: set) -> None:
             st, paths, buffers = _remove_buffers(widget.get_state())
         except Exception:  # noqa: BLE001 - a widget that cannot serialise is left out
             continue
-        entry = {"model_name": st.get("_model_name"), "model_module": st.get("_model_module"),
-                 "model_module_version": st.get("_model_module_version"), "state": _jsonable(st)}
+        entry = {
+            "model_name": st.get("_model_name"),
+            "model_module": st.get("_model_module"),
+            "model_module_version": st.get("_model_module_version"),
+            "state": _jsonable(st),
+        }
         if buffers:
-            entry["buffers"] = [{"data": base64.b64encode(bytes(b)).decode("ascii"), "encoding": "base64",
-                                 "path": p} for p, b in zip(paths, buffers, strict=False)]
+            entry["buffers"] = [
+                {
+                    "data": base64.b64encode(bytes(b)).decode("ascii"),
+                    "encoding": "base64",
+                    "path": p,
+                }
+                for p, b in zip(paths, buffers, strict=False)
+            ]
         state[model_id] = entry
     for widget in new.values():
         with contextlib.suppress(Exception):
             widget.close()
     if state:
-        nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
-            "state": state, "version_major": 2, "version_minor": 0}}
+        nb.metadata["widgets"] = {
+            "application/vnd.jupyter.widget-state+json": {
+                "state": state,
+                "version_major": 2,
+                "version_minor": 0,
+            }
+        }

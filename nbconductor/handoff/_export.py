@@ -52,15 +52,32 @@ from ._export_cells import (
 )
 from ._export_header import header, job_pipeline
 
-__all__ = ["JOB_TAG", "KEEP_CONDUCTOR", "PAPERMILL_TAGS", "PYTHON_KERNEL", "SKIP_TAG", "export_notebook",
-           "export_pipeline", "is_job", "step_cell"]
+__all__ = [
+    "JOB_TAG",
+    "KEEP_CONDUCTOR",
+    "PAPERMILL_TAGS",
+    "PYTHON_KERNEL",
+    "SKIP_TAG",
+    "export_notebook",
+    "export_pipeline",
+    "is_job",
+    "step_cell",
+]
 
 JOB_TAG = "nbconductor-job"
 # papermill's own cells: never part of a job.
 PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
 # Top-level statements that make a history cell part of the job (expressions only look at results).
-_DEFINING = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Assign,
-             ast.AnnAssign, ast.AugAssign)
+_DEFINING = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.Import,
+    ast.ImportFrom,
+    ast.Assign,
+    ast.AnnAssign,
+    ast.AugAssign,
+)
 
 
 # ------------------------------------------------------------------------------------- public
@@ -76,7 +93,9 @@ def export_notebook(magics: Any, path: str | os.PathLike) -> Path:
     pipeline = magics.pipeline
     source = _notebook_file(pipeline.notebook)
     if source is not None:
-        job = _job_from_file(source, declared=getattr(magics, "cells", {}), namespace=pipeline.namespace)
+        job = _job_from_file(
+            source, declared=getattr(magics, "cells", {}), namespace=pipeline.namespace
+        )
     else:
         job = _job_from_history(magics)
     out = _write(job, path, pipeline)
@@ -85,7 +104,9 @@ def export_notebook(magics: Any, path: str | os.PathLike) -> Path:
     return out
 
 
-def export_pipeline(pipeline: Any, path: str | os.PathLike, source_notebook: str | os.PathLike | None = None) -> Path:
+def export_pipeline(
+    pipeline: Any, path: str | os.PathLike, source_notebook: str | os.PathLike | None = None
+) -> Path:
     """Write a papermill job for ``pipeline`` to ``path``; returns the path. No IPython needed.
 
     With ``source_notebook`` (or a pipeline read by `Pipeline.from_notebook`) the job keeps that
@@ -95,7 +116,9 @@ def export_pipeline(pipeline: Any, path: str | os.PathLike, source_notebook: str
     check_target(path)
     if source_notebook is not None and not Path(source_notebook).is_file():
         raise OptionError(f"export: source notebook {str(source_notebook)!r} not found")
-    source = Path(source_notebook) if source_notebook is not None else _notebook_file(pipeline.notebook)
+    source = (
+        Path(source_notebook) if source_notebook is not None else _notebook_file(pipeline.notebook)
+    )
     if source is not None:
         job = _job_from_file(source, namespace=pipeline.namespace)
     else:
@@ -118,7 +141,9 @@ def _notebook_file(name: str | None) -> Path | None:
     return path if path.suffix == ".ipynb" and path.is_file() else None
 
 
-def _job_from_file(path: Path, declared: dict[str, str] | None = None, namespace: dict | None = None) -> Job:
+def _job_from_file(
+    path: Path, declared: dict[str, str] | None = None, namespace: dict | None = None
+) -> Job:
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -129,7 +154,9 @@ def _job_from_file(path: Path, declared: dict[str, str] | None = None, namespace
             continue
         raw.append((cell.cell_type, cell.source, tags, cell.get("attachments")))
     title, intro = _title(raw, path)
-    job = Job([], title, intro or "", path.name, dict(nb.metadata.get("kernelspec") or PYTHON_KERNEL))
+    job = Job(
+        [], title, intro or "", path.name, dict(nb.metadata.get("kernelspec") or PYTHON_KERNEL)
+    )
     _classify(job, raw[1:] if intro is not None else raw, path.parent)
     if declared:
         add_unsaved(job, declared, path.parent)
@@ -176,8 +203,10 @@ def _job_from_history(magics: Any) -> Job:
         history = list(getattr(hm, "input_hist_raw", None) or shell.user_ns.get("In") or [])
     pipeline = magics.pipeline
     job = Job([], "nbconductor pipeline", "", None, dict(PYTHON_KERNEL))
-    job.notes.append("the notebook file is not known (JPY_SESSION_NAME is unset), so the job was built "
-                     "from this kernel's history")
+    job.notes.append(
+        "the notebook file is not known (JPY_SESSION_NAME is unset), so the job was built "
+        "from this kernel's history"
+    )
     steps = set(pipeline.steps)
     seen: set[str] = set()
     for index, source in enumerate(history):
@@ -220,20 +249,28 @@ def _job_from_pipeline(pipeline: Any) -> Job:
             try:
                 src = textwrap.dedent(inspect.getsource(step.fn))
             except (OSError, TypeError):
-                job.notes.append(f"the source of function step `{step.name}` is not available; it was left out")
+                job.notes.append(
+                    f"the source of function step `{step.name}` is not available; it was left out"
+                )
                 continue
             lines = [ln for ln in src.splitlines() if not ln.lstrip().startswith("@")]
             # The step's output takes the step's name, so the function is renamed.
             new_name = _function_name(step)
-            text = re.sub(rf"^(async\s+)?def\s+{re.escape(step.fn.__name__)}\s*\(",
-                          lambda m, name=new_name: f"{m.group(1) or ''}def {name}(", "\n".join(lines), count=1,
-                          flags=re.M)
+            text = re.sub(
+                rf"^(async\s+)?def\s+{re.escape(step.fn.__name__)}\s*\(",
+                lambda m, name=new_name: f"{m.group(1) or ''}def {name}(",
+                "\n".join(lines),
+                count=1,
+                flags=re.M,
+            )
             job.cells.append(Cell("code", redact(text)))
     if pipeline.aliases:
         job.cells.append(alias_cell(pipeline.aliases))
     for source in _pipeline_cells(pipeline).values():
         kind = cell_kind(source)
-        job.cells.append(Cell(kind, lazy(redact(source)) if kind == "step" else redact(source).strip()))
+        job.cells.append(
+            Cell(kind, lazy(redact(source)) if kind == "step" else redact(source).strip())
+        )
     insert_parameters(job, pipeline.namespace)
     return job
 
@@ -266,7 +303,11 @@ def _pipeline_cells(pipeline: Any, skip: set[str] | None = None) -> dict[str, st
 
 
 def _function_name(step: Any) -> str:
-    return f"{step.name}_fn" if getattr(step.fn, "__name__", step.name) == step.name else step.fn.__name__
+    return (
+        f"{step.name}_fn"
+        if getattr(step.fn, "__name__", step.name) == step.name
+        else step.fn.__name__
+    )
 
 
 def step_cell(step: Any) -> str:
@@ -284,15 +325,28 @@ def step_cell(step: Any) -> str:
         words.append("--python")
         params = list(inspect.signature(step.fn).parameters) if step.fn is not None else []
         body = f"{_function_name(step)}({', '.join(params)})"
-    flags = [("model", "--model"), ("system", "--system"), ("schema", "--schema"), ("map", "--map"),
-             ("when", "--when"), ("temperature", "--temperature"), ("max_tokens", "--max-tokens"),
-             ("retries", "--retries"), ("on_fail", "--on-fail"), ("max_turns", "--max-turns")]
+    flags = [
+        ("model", "--model"),
+        ("system", "--system"),
+        ("schema", "--schema"),
+        ("map", "--map"),
+        ("when", "--when"),
+        ("temperature", "--temperature"),
+        ("max_tokens", "--max-tokens"),
+        ("retries", "--retries"),
+        ("on_fail", "--on-fail"),
+        ("max_turns", "--max-turns"),
+    ]
     for attr, flag in flags:
         value = getattr(step, attr)
         if value is not None and value != getattr(default, attr):
             words += [flag, str(value)]
-    for attr, flag in (("fallbacks", "--fallback"), ("contexts", "--context"), ("after", "--after"),
-                       ("checks", "--check")):
+    for attr, flag in (
+        ("fallbacks", "--fallback"),
+        ("contexts", "--context"),
+        ("after", "--after"),
+        ("checks", "--check"),
+    ):
         for value in getattr(step, attr):
             words += [flag, value]
     if step.tools:
@@ -314,7 +368,12 @@ def _write(job: Job, path: str | os.PathLike, like: Any | None) -> Path:
     from .. import __version__
 
     out = check_target(path)
-    if job.source and like is not None and like.notebook and Path(like.notebook).resolve() == out.resolve():
+    if (
+        job.source
+        and like is not None
+        and like.notebook
+        and Path(like.notebook).resolve() == out.resolve()
+    ):
         raise OptionError(f"export: {out} is the notebook being exported; choose another path")
     check_helpers(job)
     p = job_pipeline(job, like)
@@ -339,13 +398,20 @@ def _write(job: Job, path: str | os.PathLike, like: Any | None) -> Path:
     cells.append(v4.new_code_cell("%conductor run", metadata={"tags": [f"{JOB_TAG}-run"]}))
     for cell in cells:  # one last pass: parameter values from the namespace may hold a secret too
         cell.source = redact(cell.source)
-    nb = v4.new_notebook(cells=cells, metadata={
-        "kernelspec": job.kernelspec or dict(PYTHON_KERNEL),
-        "language_info": {"name": "python"},
-        "nbconductor": {"job": True, "version": __version__, "source": job.source,
-                        "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                        "steps": list(p.steps)},
-    })
+    nb = v4.new_notebook(
+        cells=cells,
+        metadata={
+            "kernelspec": job.kernelspec or dict(PYTHON_KERNEL),
+            "language_info": {"name": "python"},
+            "nbconductor": {
+                "job": True,
+                "version": __version__,
+                "source": job.source,
+                "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "steps": list(p.steps),
+            },
+        },
+    )
     nbformat.validate(nb)
     tmp = out.with_name(out.name + ".tmp")
     try:
@@ -354,7 +420,9 @@ def _write(job: Job, path: str | os.PathLike, like: Any | None) -> Path:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise OptionError(f"export: cannot write {out}: {exc.strerror or exc}; choose another path") from None
+        raise OptionError(
+            f"export: cannot write {out}: {exc.strerror or exc}; choose another path"
+        ) from None
     return out
 
 
@@ -362,10 +430,16 @@ def check_target(path: str | os.PathLike) -> Path:
     """The export path, if a job can be written there; raises `OptionError` (before any work)."""
     out = Path(path)
     if out.suffix != ".ipynb":
-        raise OptionError(f"export: the job must be an .ipynb file, got {str(path)!r} (e.g. jobs/newsletter.ipynb)")
+        raise OptionError(
+            f"export: the job must be an .ipynb file, got {str(path)!r} (e.g. jobs/newsletter.ipynb)"
+        )
     if out.is_dir():
-        raise OptionError(f"export: {out} is a folder; give the job's file name (e.g. {out / 'job.ipynb'})")
+        raise OptionError(
+            f"export: {out} is a folder; give the job's file name (e.g. {out / 'job.ipynb'})"
+        )
     if not out.parent.is_dir():
         # not created silently: a typo in the folder would hide the job somewhere unexpected
-        raise OptionError(f"export: folder {str(out.parent)!r} does not exist; create it first (mkdir -p {out.parent})")
+        raise OptionError(
+            f"export: folder {str(out.parent)!r} does not exist; create it first (mkdir -p {out.parent})"
+        )
     return out

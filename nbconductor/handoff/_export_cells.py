@@ -47,7 +47,9 @@ class Job:
 # ---------------------------------------------------------------------------- one cell
 
 
-def code_cell(job: Job, source: str, tags: list[str], index: int, src_dir: Path | None) -> list[Cell]:
+def code_cell(
+    job: Job, source: str, tags: list[str], index: int, src_dir: Path | None
+) -> list[Cell]:
     """What a notebook's code cell becomes in the job: nothing, or one cell."""
     kind = cell_kind(source)
     source = redact_note(job, source, index)
@@ -64,7 +66,9 @@ def code_cell(job: Job, source: str, tags: list[str], index: int, src_dir: Path 
     kept = filter_magic_lines(text)
     if not kept.strip():
         return []
-    if kind == "conductor" or all(ln.strip().startswith("%conductor") for ln in kept.splitlines() if ln.strip()):
+    if kind == "conductor" or all(
+        ln.strip().startswith("%conductor") for ln in kept.splitlines() if ln.strip()
+    ):
         return [Cell("alias", kept)]
     return [Cell("code", kept, [t for t in tags if t != SKIP_TAG])]
 
@@ -89,7 +93,9 @@ def filter_magic_lines(text: str) -> str:
         bare = line.strip()
         if bare.startswith("%conductor"):
             words = _words(bare)
-            if (len(words) == 4 and words[1] in KEEP_CONDUCTOR) or words[1:2] == ["template-function"]:
+            if (len(words) == 4 and words[1] in KEEP_CONDUCTOR) or words[1:2] == [
+                "template-function"
+            ]:
                 kept.append(bare)  # template-function: what the job's templates may call
             continue
         if bare.startswith("%load_ext") and "nbconductor" in bare.split():
@@ -128,12 +134,16 @@ def _inline_context(job: Job, source: str, src_dir: Path | None) -> str:
     if not file.is_absolute() and src_dir is not None:
         file = src_dir / file
     if not file.is_file():
-        job.notes.append(f"context `{words[0] if words else '?'}` reads {name!r}, which was not found at export time; "
-                         "the job needs it beside the job notebook")
+        job.notes.append(
+            f"context `{words[0] if words else '?'}` reads {name!r}, which was not found at export time; "
+            "the job needs it beside the job notebook"
+        )
         return source.strip()
     text = redact(file.read_text())
-    rest = words[:i] + words[i + 2:]
-    job.notes.append(f"context `{rest[0] if rest else '?'}` was read from {name} and is inlined in the job")
+    rest = words[:i] + words[i + 2 :]
+    job.notes.append(
+        f"context `{rest[0] if rest else '?'}` was read from {name} and is inlined in the job"
+    )
     return f"%%context {shlex.join(rest)}\n{text.strip()}"
 
 
@@ -141,8 +151,10 @@ def redact_note(job: Job, source: str, index: int) -> str:
     """``source`` redacted; a note for the header when there was a secret in it."""
     clean = redact(source)
     if clean != source:
-        job.notes.append(f"a secret in cell {index} was redacted: keys belong in the environment "
-                         "(ANTHROPIC_API_KEY, OPENAI_API_KEY), not in the notebook")
+        job.notes.append(
+            f"a secret in cell {index} was redacted: keys belong in the environment "
+            "(ANTHROPIC_API_KEY, OPENAI_API_KEY), not in the notebook"
+        )
     return clean
 
 
@@ -160,7 +172,9 @@ def declared_name(cell: Cell) -> str | None:
     return words[0] if cell.kind == "step" else f"{cell.kind}:{words[0]}"
 
 
-def add_unsaved(job: Job, declared: dict[str, str], src_dir: Path | None, *, note: bool = True) -> None:
+def add_unsaved(
+    job: Job, declared: dict[str, str], src_dir: Path | None, *, note: bool = True
+) -> None:
     """Steps declared in the kernel but absent from the saved file (an unsaved edit) still go in."""
     present = {declared_name(c) for c in job.cells}
     for key, source in declared.items():
@@ -169,8 +183,10 @@ def add_unsaved(job: Job, declared: dict[str, str], src_dir: Path | None, *, not
             continue
         cell = magic_cell(job, kind, redact(source), src_dir)
         if note:
-            job.notes.append(f"`{key}` is declared in the kernel but not in the saved notebook; "
-                             "the job uses the kernel's version (save the notebook to keep them in step)")
+            job.notes.append(
+                f"`{key}` is declared in the kernel but not in the saved notebook; "
+                "the job uses the kernel's version (save the notebook to keep them in step)"
+            )
         if cell.kind == "rubric":
             job.cells.append(cell)
         else:  # before the first rubric, so a rubric never precedes its step
@@ -186,7 +202,9 @@ def promote_parameters(job: Job, namespace: dict) -> None:
     for i, cell in enumerate(job.cells):
         if cell.kind == "code" and only_literal_assignments(cell.source):
             job.cells[i] = Cell("params", cell.source, ["parameters"])
-            job.notes.append("no cell was tagged `parameters`; the first cell of plain assignments became it")
+            job.notes.append(
+                "no cell was tagged `parameters`; the first cell of plain assignments became it"
+            )
             return
     insert_parameters(job, namespace)
 
@@ -194,7 +212,11 @@ def promote_parameters(job: Job, namespace: dict) -> None:
 def insert_parameters(job: Job, namespace: dict) -> None:
     """A parameters cell first: the current values of the names steps read that no cell defines."""
     names = step_inputs(job) - defined_names(job)
-    values = {n: namespace[n] for n in sorted(names) if n in namespace and _literal(namespace[n]) is not None}
+    values = {
+        n: namespace[n]
+        for n in sorted(names)
+        if n in namespace and _literal(namespace[n]) is not None
+    }
     job.cells.insert(0, Cell("params", params_source(values), ["parameters"]))
 
 
@@ -203,8 +225,10 @@ def only_literal_assignments(source: str) -> bool:
         tree = ast.parse(source)
     except SyntaxError:
         return False
-    return bool(tree.body) and len(parameter_values(source)) > 0 and all(
-        isinstance(n, (ast.Assign, ast.AnnAssign)) for n in tree.body
+    return (
+        bool(tree.body)
+        and len(parameter_values(source)) > 0
+        and all(isinstance(n, (ast.Assign, ast.AnnAssign)) for n in tree.body)
     )
 
 
@@ -233,7 +257,9 @@ def params_source(values: dict[str, Any]) -> str:
 def parse(source: str) -> ast.Module | None:
     """The cell's syntax tree, or None when it is not Python."""
     # IPython syntax (magics, shell escapes) is masked so the rest can be analysed.
-    masked = "\n".join("pass" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.splitlines())
+    masked = "\n".join(
+        "pass" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.splitlines()
+    )
     try:
         return ast.parse(textwrap.dedent(masked))
     except SyntaxError:
@@ -309,8 +335,10 @@ def check_helpers(job: Job) -> None:
             tree = parse(cell.source)
             reads = top_level_reads(tree) & steps if tree is not None else set()
             if reads:
-                job.notes.append(f"left out a cell that reads step outputs before the run "
-                                 f"({', '.join(sorted(reads))}): {_first_line(cell.source)}")
+                job.notes.append(
+                    f"left out a cell that reads step outputs before the run "
+                    f"({', '.join(sorted(reads))}): {_first_line(cell.source)}"
+                )
                 # the markdown just before it described it
                 while kept and kept[-1].kind == "markdown":
                     kept.pop()
@@ -319,8 +347,10 @@ def check_helpers(job: Job) -> None:
     job.cells = kept
     missing = step_inputs(job) - defined_names(job) - _BUILTIN_NAMES
     for name in sorted(missing):
-        job.notes.append(f"steps read `{name}`, which no parameter or helper cell of the job defines: "
-                         "pass it with -p or add it to the parameters cell")
+        job.notes.append(
+            f"steps read `{name}`, which no parameter or helper cell of the job defines: "
+            "pass it with -p or add it to the parameters cell"
+        )
 
 
 def _first_line(source: str) -> str:

@@ -46,8 +46,15 @@ def job_pipeline(job: Job, like: Any | None):
                 else:
                     p.context(words[0], body)
             elif cell.kind == "rubric":
-                opts = _options(words[1:], {"--judge": "judge", "--threshold": "threshold",
-                                            "--retries": "retries", "--on-fail": "on_fail"})
+                opts = _options(
+                    words[1:],
+                    {
+                        "--judge": "judge",
+                        "--threshold": "threshold",
+                        "--retries": "retries",
+                        "--on-fail": "on_fail",
+                    },
+                )
                 p.rubric(words[0], body, **opts)
             else:
                 p.add(step_from_cell(words, body))
@@ -66,8 +73,11 @@ def header(job: Job, p: Any, path: Path) -> tuple[str, dict]:
     lines = [f"# {job.title}", ""]
     if job.intro:
         lines += [job.intro, ""]
-    lines += [f"*An nbconductor job, exported{src} on {when} (nbconductor {__version__}). "
-              "It runs the whole pipeline once per set of parameters: see **How to run**.*", ""]
+    lines += [
+        f"*An nbconductor job, exported{src} on {when} (nbconductor {__version__}). "
+        "It runs the whole pipeline once per set of parameters: see **How to run**.*",
+        "",
+    ]
     try:
         graph = p.graph
     except Exception as exc:  # noqa: BLE001
@@ -81,7 +91,10 @@ def header(job: Job, p: Any, path: Path) -> tuple[str, dict]:
         lines.append("")
         if p.contexts:
             ctx = ", ".join(f"`{n}` ({len(t):,} characters)" for n, t in p.contexts.items())
-            lines += [f"**Context blocks** (put in the system prompt of the steps that attach them): {ctx}.", ""]
+            lines += [
+                f"**Context blocks** (put in the system prompt of the steps that attach them): {ctx}.",
+                "",
+            ]
         aliases = _alias_lines(p, graph)
         if aliases:
             lines += ["**Models.** " + " ".join(aliases), ""]
@@ -94,7 +107,9 @@ def header(job: Job, p: Any, path: Path) -> tuple[str, dict]:
         for name, value in values.items():
             shown = _md(json.dumps(value, ensure_ascii=False, default=repr))
             who = ", ".join(f"`{s}`" for s in users.get(name, [])) or "—"
-            lines.append(f"| `{name}` | `{shown if len(shown) <= 60 else shown[:59] + '…'}` | {who} |")
+            lines.append(
+                f"| `{name}` | `{shown if len(shown) <= 60 else shown[:59] + '…'}` | {who} |"
+            )
         lines.append("")
     else:
         lines += ["The job has no parameters.", ""]
@@ -113,8 +128,10 @@ def _graph_picture(p: Any, graph) -> tuple[str, dict]:
     if render_svg is not None:
         svg = render_svg(snap)
         text = render_text(snap)
-        picture = ("![The step graph](attachment:pipeline.svg)\n\n<details><summary>as text</summary>\n\n"
-                   f"```text\n{text}\n```\n\n</details>")
+        picture = (
+            "![The step graph](attachment:pipeline.svg)\n\n<details><summary>as text</summary>\n\n"
+            f"```text\n{text}\n```\n\n</details>"
+        )
         return picture, {"pipeline.svg": {"image/svg+xml": base64.b64encode(svg.encode()).decode()}}
     mermaid = ["```mermaid", "graph LR"]
     mermaid += [f"  {n}" for n in graph.order() if not graph.deps[n] and not graph.dependents[n]]
@@ -127,15 +144,29 @@ def _static_snapshot(p: Any, graph) -> dict:
         from ..render._snapshot import snapshot
 
         snap = snapshot(p, results={}, run={"status": "not run yet"})
-        for node in snap["nodes"]:  # the model as written: what it resolves to depends on the keys set
+        for node in snap[
+            "nodes"
+        ]:  # the model as written: what it resolves to depends on the keys set
             step = graph.steps.get(node["id"])
             if step is not None and step.kind in ("llm", "image"):
                 node["model"] = step.model or "default"
         return snap
     except ImportError:
-        nodes = [{"id": n, "label": n, "kind": graph.steps[n].kind, "state": "pending",
-                  "model": graph.steps[n].model} for n in graph.order()]
-        return {"nodes": nodes, "edges": [list(e) for e in graph.edges], "run": {"status": "not run yet"}}
+        nodes = [
+            {
+                "id": n,
+                "label": n,
+                "kind": graph.steps[n].kind,
+                "state": "pending",
+                "model": graph.steps[n].model,
+            }
+            for n in graph.order()
+        ]
+        return {
+            "nodes": nodes,
+            "edges": [list(e) for e in graph.edges],
+            "run": {"status": "not run yet"},
+        }
 
 
 def _steps_table(graph) -> list[str]:
@@ -143,8 +174,16 @@ def _steps_table(graph) -> list[str]:
     for name in graph.order():
         s = graph.steps[name]
         kind = {"llm": "LLM", "python": "Python", "image": "image", "function": "Python"}[s.kind]
-        extras = [x for x in ("JSON" if s.json else "", f"schema `{s.schema}`" if s.schema else "",
-                              f"map `{s.map}`" if s.map else "", f"when `{s.when}`" if s.when else "") if x]
+        extras = [
+            x
+            for x in (
+                "JSON" if s.json else "",
+                f"schema `{s.schema}`" if s.schema else "",
+                f"map `{s.map}`" if s.map else "",
+                f"when `{s.when}`" if s.when else "",
+            )
+            if x
+        ]
         if extras:
             kind += " (" + ", ".join(extras) + ")"
         model = "—"
@@ -157,8 +196,10 @@ def _steps_table(graph) -> list[str]:
         if s.rubric is not None:
             gates.append(f"rubric ≥ {s.rubric.threshold:g} (judge `{s.rubric.judge or 'judge'}`)")
         fails = f"{s.on_fail}, after {s.retries} retr{'y' if s.retries == 1 else 'ies'}"
-        rows.append(f"| `{name}` | {kind} | {model} | {', '.join(f'`{r}`' for r in reads) or '—'} | "
-                    f"{', '.join(gates) or '—'} | {fails} |")
+        rows.append(
+            f"| `{name}` | {kind} | {model} | {', '.join(f'`{r}`' for r in reads) or '—'} | "
+            f"{', '.join(gates) or '—'} | {fails} |"
+        )
     return rows
 
 
@@ -182,18 +223,25 @@ def _alias_lines(p: Any, graph) -> list[str]:
         elif spec in p.config.aliases:
             target = p.config.aliases[spec]
             target = target if isinstance(target, str) else target.model
-            out.append(f"`{spec}` is `{target}` (from {Path(p.config.source or 'nbconductor.toml').name}; "
-                       "keep that file beside the job).")
+            out.append(
+                f"`{spec}` is `{target}` (from {Path(p.config.source or 'nbconductor.toml').name}; "
+                "keep that file beside the job)."
+            )
             providers.add(target.split(":", 1)[0])
         else:
             builtin.append(f"`{spec}`")
             providers.update({"anthropic", "openai"})
     if builtin:
         are = "is a built-in alias" if len(builtin) == 1 else "are built-in aliases"
-        out.append(f"{', '.join(builtin)} {are}: they use the provider whose key is set (Anthropic, then "
-                   "OpenAI), or the offline provider when none is.")
-    keys = [f"`{v}`" for k, v in (("anthropic", "ANTHROPIC_API_KEY"), ("openai", "OPENAI_API_KEY"))
-            if k in providers]
+        out.append(
+            f"{', '.join(builtin)} {are}: they use the provider whose key is set (Anthropic, then "
+            "OpenAI), or the offline provider when none is."
+        )
+    keys = [
+        f"`{v}`"
+        for k, v in (("anthropic", "ANTHROPIC_API_KEY"), ("openai", "OPENAI_API_KEY"))
+        if k in providers
+    ]
     if keys:
         out.append(f"Keys are read from the environment only: {' or '.join(keys)}.")
     return out
@@ -212,19 +260,22 @@ def _how_to_run(name: str, values: dict, p: Any) -> list[str]:
     p_arg = f' -p {example} "…"' if example else ""
     store = p.config.store or ".nbconductor/store.sqlite"
     return [
-        "## How to run", "",
+        "## How to run",
+        "",
         "```bash",
         f"papermill {name} out.ipynb{p_arg}              # plain papermill, one kernel",
         f"nbconductor run {name}{p_arg} -o out.ipynb      # the same, in-process (no kernel start)",
         f"nbconductor batch {name} --params rows.csv --workers 4 --out runs/   # one run per row",
         f"nbconductor batch {name} --params rows.csv --dask tcp://scheduler:8786",
-        "```", "",
+        "```",
+        "",
         "Parameters go in with `-p NAME VALUE` (papermill's rules) or as the columns of a CSV / the keys "
         "of a YAML or JSON list of rows. Every step result is recorded in the run store "
         f"(`{store}` beside the job, or `$NBCONDUCTOR_STORE`). A step that fails with "
         "`--on-fail fail` stops the run and papermill exits non-zero, with the error cell marked; "
         "flagged outputs do not fail the run: they wait in `nbconductor review`, and "
-        "`nbconductor report` shows yield, retries and cost per step.", "",
+        "`nbconductor report` shows yield, retries and cost per step.",
+        "",
     ]
 
 

@@ -54,8 +54,15 @@ def params_key(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def execute_row(notebook: str, output: str, params: dict[str, Any], engine: str | None, store: str,
-                label: str, index: int = 0) -> dict[str, Any]:
+def execute_row(
+    notebook: str,
+    output: str,
+    params: dict[str, Any],
+    engine: str | None,
+    store: str,
+    label: str,
+    index: int = 0,
+) -> dict[str, Any]:
     """Run one row with papermill; never raises. Returns a `RowResult` as a dict."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -67,13 +74,21 @@ def execute_row(notebook: str, output: str, params: dict[str, Any], engine: str 
     started = time.time()
     status, error, attempts = "passed", None, 0
     # JPY_SESSION_NAME becomes runs.notebook: how this row's runs are found afterwards.
-    with _ROW_LOCK, environ({"NBCONDUCTOR_STORE": store, "JPY_SESSION_NAME": label}), redacting_every_write():
+    with (
+        _ROW_LOCK,
+        environ({"NBCONDUCTOR_STORE": store, "JPY_SESSION_NAME": label}),
+        redacting_every_write(),
+    ):
         while True:
             attempts += 1
             try:
                 pm.execute_notebook(
-                    notebook, output, parameters=params, engine_name=engine,
-                    cwd=str(Path(notebook).resolve().parent), progress_bar=False,
+                    notebook,
+                    output,
+                    parameters=params,
+                    engine_name=engine,
+                    cwd=str(Path(notebook).resolve().parent),
+                    progress_bar=False,
                     request_save_on_cell_execute=engine != "nbconductor",
                 )
                 status, error = "passed", None
@@ -91,17 +106,36 @@ def execute_row(notebook: str, output: str, params: dict[str, Any], engine: str 
         status = "flagged"
     if status == "passed" and run_failed and not error:
         status, error = "failed", "a run did not finish"
-    return asdict(RowResult(
-        index=index, status=status, output=output, params=params, error=redact(error) if error else None,
-        seconds=round(time.time() - started, 3), run_ids=run_ids, flagged=flagged, cost=cost,
-        worker=f"{host()}:{os.getpid()}", key=params_key(params), attempts=attempts,
-    ))
+    return asdict(
+        RowResult(
+            index=index,
+            status=status,
+            output=output,
+            params=params,
+            error=redact(error) if error else None,
+            seconds=round(time.time() - started, 3),
+            run_ids=run_ids,
+            flagged=flagged,
+            cost=cost,
+            worker=f"{host()}:{os.getpid()}",
+            key=params_key(params),
+            attempts=attempts,
+        )
+    )
 
 
 def _kernel_start_failed(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
-    return any(s in text for s in ("address already in use", "zmqerror", "kernel died before replying",
-                                   "kernel didn't respond", "timeout waiting for kernel"))
+    return any(
+        s in text
+        for s in (
+            "address already in use",
+            "zmqerror",
+            "kernel died before replying",
+            "kernel didn't respond",
+            "timeout waiting for kernel",
+        )
+    )
 
 
 def _row_runs(store: str, label: str, since: float) -> tuple[list[str], int, float | None, bool]:
@@ -113,14 +147,19 @@ def _row_runs(store: str, label: str, since: float) -> tuple[list[str], int, flo
     db = sqlite3.connect(store, timeout=60)
     try:
         db.execute("PRAGMA busy_timeout = 60000")
-        runs = db.execute("SELECT id, status, cost FROM runs WHERE notebook=? AND started>=? ORDER BY started",
-                          (label, since - 1)).fetchall()
+        runs = db.execute(
+            "SELECT id, status, cost FROM runs WHERE notebook=? AND started>=? ORDER BY started",
+            (label, since - 1),
+        ).fetchall()
         ids = [r[0] for r in runs]
         flagged = 0
         if ids:
             marks = ",".join("?" * len(ids))
-            flagged = db.execute(f"SELECT COUNT(*) FROM results WHERE run_id IN ({marks}) AND state='flagged' "
-                                 "AND item IS NULL", ids).fetchone()[0]
+            flagged = db.execute(
+                f"SELECT COUNT(*) FROM results WHERE run_id IN ({marks}) AND state='flagged' "
+                "AND item IS NULL",
+                ids,
+            ).fetchone()[0]
     except sqlite3.Error:
         return [], 0, None, False
     finally:

@@ -71,7 +71,13 @@ def choose_engine(nb, engine: str | None, *, register: bool = True) -> str | Non
 
 
 def engine_label(engine: str | None) -> str:
-    return "in-process" if engine == "nbconductor" else "kernel" if engine in (None, "nbclient") else engine
+    return (
+        "in-process"
+        if engine == "nbconductor"
+        else "kernel"
+        if engine in (None, "nbclient")
+        else engine
+    )
 
 
 @contextlib.contextmanager
@@ -121,7 +127,11 @@ def _stderr_of(nb_path, cell_index: int) -> str | None:
     try:
         nb = json.loads(Path(nb_path).read_text())
         # papermill inserted two marker cells before the failing one when it wrote the file
-        cells = [c for c in nb["cells"] if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+        cells = [
+            c
+            for c in nb["cells"]
+            if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])
+        ]
         outs = cells[cell_index].get("outputs", [])
     except (OSError, ValueError, IndexError, KeyError):
         return None
@@ -138,15 +148,21 @@ def check_output(output: str, notebook: str) -> None:
 
     out = Path(output)
     if out.is_dir():
-        raise OptionError(f"-o {output}: that is a folder; give the output notebook's file name "
-                          f"(e.g. -o {out / Path(notebook).name})")
+        raise OptionError(
+            f"-o {output}: that is a folder; give the output notebook's file name "
+            f"(e.g. -o {out / Path(notebook).name})"
+        )
     if not out.parent.is_dir():
-        raise OptionError(f"-o {output}: folder {str(out.parent)!r} does not exist; create it first "
-                          f"(mkdir -p {out.parent})")
+        raise OptionError(
+            f"-o {output}: folder {str(out.parent)!r} does not exist; create it first "
+            f"(mkdir -p {out.parent})"
+        )
     if out.resolve() == Path(notebook).resolve():
         raise OptionError(f"-o {output} is the notebook being run; choose another output file")
     if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise OptionError(f"-o {output}: cannot write there (permission denied); choose another path")
+        raise OptionError(
+            f"-o {output}: cannot write there (permission denied); choose another path"
+        )
 
 
 def notebook_parameters(nb) -> set[str] | None:
@@ -154,7 +170,9 @@ def notebook_parameters(nb) -> set[str] | None:
     from .._params import assigned_names
 
     for cell in nb["cells"]:
-        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get(
+            "tags", []
+        ):
             source = cell["source"]
             return assigned_names("".join(source) if isinstance(source, list) else source)
     return None
@@ -199,7 +217,11 @@ def _died(exc: BaseException, output: str) -> str:
     what = f"{type(exc).__name__}: {exc}".strip().rstrip(":").splitlines()[0]
     try:
         cells = json.loads(Path(output).read_text())["cells"]
-        started = [i for i, c in enumerate(cells) if (c.get("metadata", {}).get("papermill") or {}).get("start_time")]
+        started = [
+            i
+            for i, c in enumerate(cells)
+            if (c.get("metadata", {}).get("papermill") or {}).get("start_time")
+        ]
     except (OSError, ValueError, KeyError, TypeError):
         started = []
     where = f" in cell {started[-1]}" if started else ""
@@ -229,7 +251,9 @@ def run_notebook(notebook: str, output: str | None, params, *, engine: str | Non
     values = check_cli_params(params, nb)
     output = output or default_output(notebook)
     check_output(output, notebook)
-    load_config(start=Path(notebook).resolve().parent)  # a config error is exit 2 here, not a failed cell
+    load_config(
+        start=Path(notebook).resolve().parent
+    )  # a config error is exit 2 here, not a failed cell
     import papermill as pm
     from papermill.exceptions import PapermillException, PapermillExecutionError
 
@@ -238,24 +262,41 @@ def run_notebook(notebook: str, output: str | None, params, *, engine: str | Non
     install_translator()
     engine_name = choose_engine(nb, engine)
     try:
-        with environ({"JPY_SESSION_NAME": str(Path(notebook).resolve())}), _quiet_kernel_death(), \
-                redacting_every_write():
+        with (
+            environ({"JPY_SESSION_NAME": str(Path(notebook).resolve())}),
+            _quiet_kernel_death(),
+            redacting_every_write(),
+        ):
             pm.execute_notebook(
-                notebook, output, parameters=values, engine_name=engine_name,
-                cwd=str(Path(notebook).resolve().parent), progress_bar=False,
+                notebook,
+                output,
+                parameters=values,
+                engine_name=engine_name,
+                cwd=str(Path(notebook).resolve().parent),
+                progress_bar=False,
             )
     except PapermillExecutionError as exc:
         redact_file(output)
-        print(f"nbconductor: {Path(notebook).name} failed in {failure_message(exc, output)}\n"
-              f"  the executed notebook, with the error cell marked, is {output}", file=sys.stderr)
+        print(
+            f"nbconductor: {Path(notebook).name} failed in {failure_message(exc, output)}\n"
+            f"  the executed notebook, with the error cell marked, is {output}",
+            file=sys.stderr,
+        )
         return 1
     except PapermillException as exc:
         print(redact(f"nbconductor: {exc} (engines: nbconductor, kernel)"), file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a dead kernel and the like: one line, not nbclient's traceback
         redact_file(output)
-        where = f"\n  the executed notebook, as far as it ran, is {output}" if Path(output).is_file() else ""
-        print(redact(f"nbconductor: {Path(notebook).name} {_died(exc, output)}{where}"), file=sys.stderr)
+        where = (
+            f"\n  the executed notebook, as far as it ran, is {output}"
+            if Path(output).is_file()
+            else ""
+        )
+        print(
+            redact(f"nbconductor: {Path(notebook).name} {_died(exc, output)}{where}"),
+            file=sys.stderr,
+        )
         return 1
     redact_file(output)
     print(f"nbconductor: ran {notebook} → {output} ({engine_label(engine_name)} engine)")

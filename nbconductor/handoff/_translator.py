@@ -20,7 +20,9 @@ def install_translator() -> None:
             @classmethod
             def translate_escaped_str(cls, str_val):
                 # papermill pastes str() of a value of no JSON type between quotes, unescaped
-                return super().translate_escaped_str(str_val if isinstance(str_val, str) else str(str_val))
+                return super().translate_escaped_str(
+                    str_val if isinstance(str_val, str) else str(str_val)
+                )
 
             @classmethod
             def assign(cls, name, str_val):
@@ -30,4 +32,3 @@ def install_translator() -> None:
     for language in ("python", "pysparkkernel"):
         if papermill_translators._translators.get(language) in (None, PythonTranslator):
             papermill_translators.register(language, _TRANSLATOR)
-

@@ -69,18 +69,31 @@ def _warm_forkserver() -> None:
         from ._engine import ENGINE_NAME, register
 
         register()
-        for name in ("nbconductor.notebook._magics", "nbconductor.notebook._commands", "nbconductor._executor", "nbconductor.gates._judge",
-                     "nbconductor.providers.offline", "nbconductor.notebook.widgets.live", "networkx", "jinja2.sandbox"):
+        for name in (
+            "nbconductor.notebook._magics",
+            "nbconductor.notebook._commands",
+            "nbconductor._executor",
+            "nbconductor.gates._judge",
+            "nbconductor.providers.offline",
+            "nbconductor.notebook.widgets.live",
+            "networkx",
+            "jinja2.sandbox",
+        ):
             with contextlib.suppress(ImportError):
                 __import__(name)
-        nb = new_notebook(cells=[new_code_cell("%load_ext nbconductor"),
-                                 new_code_cell("%%step warm --model offline:warm --lazy\nwarm up"),
-                                 new_code_cell("%conductor run")],
-                          metadata={"kernelspec": {"name": "python3", "language": "python"}, "papermill": {}})
+        nb = new_notebook(
+            cells=[
+                new_code_cell("%load_ext nbconductor"),
+                new_code_cell("%%step warm --model offline:warm --lazy\nwarm up"),
+                new_code_cell("%conductor run"),
+            ],
+            metadata={"kernelspec": {"name": "python3", "language": "python"}, "papermill": {}},
+        )
         nb = nbformat.reads(nbformat.writes(nb), as_version=4)  # compiles the schema validator
         with environ({"NBCONDUCTOR_STORE": ":memory:"}):
-            papermill_engines.execute_notebook_with_engine(ENGINE_NAME, nb, kernel_name="python3", output_path=None,
-                                                           progress_bar=False)
+            papermill_engines.execute_notebook_with_engine(
+                ENGINE_NAME, nb, kernel_name="python3", output_path=None, progress_bar=False
+            )
     except Exception:  # noqa: BLE001 - warming is an optimisation; rows report real problems
         pass
 
@@ -167,8 +180,12 @@ class _Worker:
     def start(self) -> None:
         parent, child = self.ctx.Pipe()
         log = str(self.log_dir / f"worker-{self.n}.log") if self.log_dir else None
-        self.proc = self.ctx.Process(target=_worker_main, args=(child, self.env, os.getcwd(), log),
-                                     name=f"nbconductor-worker-{self.n}", daemon=True)
+        self.proc = self.ctx.Process(
+            target=_worker_main,
+            args=(child, self.env, os.getcwd(), log),
+            name=f"nbconductor-worker-{self.n}",
+            daemon=True,
+        )
         # Workers need nothing from the caller's __main__ (a script, stdin, a kernel): without this,
         # multiprocessing would re-run that script in every worker.
         main = sys.modules.get("__main__")
@@ -205,8 +222,13 @@ class _Worker:
 # ------------------------------------------------------------------------------- the pool
 
 
-def run_local(rows: list[Row], job: dict[str, Any], workers: int, on_done: Callable[[dict], None],
-              log_dir: Path | None = None) -> None:
+def run_local(
+    rows: list[Row],
+    job: dict[str, Any],
+    workers: int,
+    on_done: Callable[[dict], None],
+    log_dir: Path | None = None,
+) -> None:
     """Run ``rows`` on ``workers`` local processes; calls ``on_done(result)`` as each row ends."""
     from multiprocessing.connection import wait
 
@@ -227,8 +249,15 @@ def run_local(rows: list[Row], job: dict[str, Any], workers: int, on_done: Calla
                         w.start()
                     row = queue.popleft()
                     try:
-                        w.conn.send({**job, "output": row.output, "params": row.params, "label": row.output,
-                                     "index": row.index})
+                        w.conn.send(
+                            {
+                                **job,
+                                "output": row.output,
+                                "params": row.params,
+                                "label": row.output,
+                                "index": row.index,
+                            }
+                        )
                         w.row = row
                     except (BrokenPipeError, OSError):
                         queue.appendleft(row)
@@ -253,8 +282,10 @@ def run_local(rows: list[Row], job: dict[str, Any], workers: int, on_done: Calla
             w.stop(5.0 if finished else 0.0)  # interrupted: do not wait for rows in flight
         leftover = sweep(token)
         if leftover:
-            print(f"nbconductor: stopped {leftover} leftover kernel process{'es' if leftover > 1 else ''}",
-                  file=sys.stderr)
+            print(
+                f"nbconductor: stopped {leftover} leftover kernel process{'es' if leftover > 1 else ''}",
+                file=sys.stderr,
+            )
 
 
 def _receive(w: _Worker, live_pids: set[int]) -> dict | None:
@@ -268,12 +299,24 @@ def _receive(w: _Worker, live_pids: set[int]) -> dict | None:
     if w.alive():
         return None
     code = w.proc.exitcode
-    how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    how = (
+        f"signal {signal.Signals(-code).name}"
+        if code is not None and code < 0
+        else f"exit code {code}"
+    )
     w.stop()
     sweep(w.env.get(WORKER_ENV, ""), keep_parents=live_pids)
-    return asdict(RowResult(index=row.index, status="failed", output=row.output, params=row.params,
-                            error=f"the worker process died ({how}) while running this row",
-                            key=row.key, worker=f"{host()}:worker-{w.n}"))
+    return asdict(
+        RowResult(
+            index=row.index,
+            status="failed",
+            output=row.output,
+            params=row.params,
+            error=f"the worker process died ({how}) while running this row",
+            key=row.key,
+            worker=f"{host()}:worker-{w.n}",
+        )
+    )
 
 
 def sweep(token: str, keep_parents: set[int] | frozenset = frozenset()) -> int:

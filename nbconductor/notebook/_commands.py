@@ -27,13 +27,20 @@ def _args(prog: str, words: list[str], *specs) -> argparse.Namespace:
 
 def cmd_run(m, words):
     """Run the graph (or targets and their upstream); ``--dry-run`` estimates and sends nothing."""
-    a = _args("run", words, (["steps"], {"nargs": "*"}), (["--force"], {"action": "store_true"}),
-              (["--dry-run"], {"action": "store_true"}))
+    a = _args(
+        "run",
+        words,
+        (["steps"], {"nargs": "*"}),
+        (["--force"], {"action": "store_true"}),
+        (["--dry-run"], {"action": "store_true"}),
+    )
     if a.dry_run:
         return _dry_run(m, a.steps or None)
     live = _live_graph(m, a.steps or None)
     try:
-        run = m._run(a.steps or None, force=a.force, live=live.observe if live else None, raise_failed=False)
+        run = m._run(
+            a.steps or None, force=a.force, live=live.observe if live else None, raise_failed=False
+        )
     finally:
         if live is not None:
             live.finish(m.pipeline)
@@ -57,10 +64,26 @@ def _dry_run(m, targets):
     from .._summary import text_table
 
     plan = m.pipeline.plan(None, targets)
-    rows = [[p["step"], p["model"] or "—", "cached" if p["cached"] else "run", str(p["calls"]),
-             f"{p['input_tokens']:,}", f"{p['output_tokens']:,}", fmt_cost(p["cost"])] for p in plan]
-    total_cost = None if any(p["cost"] is None for p in plan) else sum(p["cost"] for p in plan if not p["cached"])
-    text = text_table(["step", "model", "action", "calls", "est. input", "est. output", "est. cost"], rows)
+    rows = [
+        [
+            p["step"],
+            p["model"] or "—",
+            "cached" if p["cached"] else "run",
+            str(p["calls"]),
+            f"{p['input_tokens']:,}",
+            f"{p['output_tokens']:,}",
+            fmt_cost(p["cost"]),
+        ]
+        for p in plan
+    ]
+    total_cost = (
+        None
+        if any(p["cost"] is None for p in plan)
+        else sum(p["cost"] for p in plan if not p["cached"])
+    )
+    text = text_table(
+        ["step", "model", "action", "calls", "est. input", "est. output", "est. cost"], rows
+    )
     text += f"\n\ndry run: nothing was sent. Estimated cost: {fmt_cost(total_cost)}"
     print(text)
     return plan
@@ -84,11 +107,26 @@ def cmd_status(m, words):
         r = m.pipeline.results.get(name)
         model = "—" if step.kind in ("python", "function") else (step.model or "default")
         p = plan.get(name)
-        nxt = "—" if step.kind in ("python", "function") or p is None else (
-            "cached" if p["cached"] else f"calls model ×{p['calls']}")
-        rows.append([name, step.kind, model, ", ".join(sorted(graph.deps[name])) or "—",
-                     r.state if r else "not run", nxt, preview(r.output if r else None, 50)])
-    print(text_table(["step", "kind", "model", "upstream", "last state", "next run", "output"], rows) + note)
+        nxt = (
+            "—"
+            if step.kind in ("python", "function") or p is None
+            else ("cached" if p["cached"] else f"calls model ×{p['calls']}")
+        )
+        rows.append(
+            [
+                name,
+                step.kind,
+                model,
+                ", ".join(sorted(graph.deps[name])) or "—",
+                r.state if r else "not run",
+                nxt,
+                preview(r.output if r else None, 50),
+            ]
+        )
+    print(
+        text_table(["step", "kind", "model", "upstream", "last state", "next run", "output"], rows)
+        + note
+    )
 
 
 def cmd_show(m, words):
@@ -98,15 +136,22 @@ def cmd_show(m, words):
     if r is None:
         if a.step not in m.pipeline.steps:
             raise UsageError(f"%conductor show: no step named `{a.step}`")
-        raise UsageError(f"%conductor show: step `{a.step}` has not run yet: %conductor run {a.step}")
+        raise UsageError(
+            f"%conductor show: step `{a.step}` has not run yet: %conductor run {a.step}"
+        )
     lines = [f"### {a.step}", "", footer(r), ""]
     if r.prompt:
         lines += ["**Prompt**", "", "```text", r.prompt, "```", ""]
     for i, att in enumerate(r.attempts, 1):
-        lines.append(f"- attempt {i}: {att.model} — {att.outcome}" + (f" ({att.error})" if att.error else ""))
+        lines.append(
+            f"- attempt {i}: {att.model} — {att.outcome}" + (f" ({att.error})" if att.error else "")
+        )
     for g in r.gates:
-        lines.append(f"- gate {g.name}: {'passed' if g.passed else 'failed'}"
-                     + (f", score {g.score:.2f}" if g.score is not None else "") + (f" — {g.feedback}" if g.feedback else ""))
+        lines.append(
+            f"- gate {g.name}: {'passed' if g.passed else 'failed'}"
+            + (f", score {g.score:.2f}" if g.score is not None else "")
+            + (f" — {g.feedback}" if g.feedback else "")
+        )
     if r.error:
         lines += ["", f"**Error**: {r.error}"]
     display(Markdown("\n".join(lines)))
@@ -118,7 +163,9 @@ def cmd_alias(m, words):
     if not words:
         return cmd_models(m, [])
     if len(words) != 2:
-        raise UsageError("%conductor alias NAME SPEC, e.g. %conductor alias fast anthropic:claude-haiku-4-5")
+        raise UsageError(
+            "%conductor alias NAME SPEC, e.g. %conductor alias fast anthropic:claude-haiku-4-5"
+        )
     m.pipeline.alias(words[0], words[1])
     print(f"alias {words[0]} → {m.pipeline.pool.resolve(words[0]).spec}")
 
@@ -128,7 +175,9 @@ def cmd_models(m, words):
     from .._summary import text_table
 
     pool = m.pipeline.pool
-    names = sorted(set(m.pipeline.config.aliases) | set(m.pipeline.aliases) | {"fast", "writer", "judge"})
+    names = sorted(
+        set(m.pipeline.config.aliases) | set(m.pipeline.aliases) | {"fast", "writer", "judge"}
+    )
     rows = []
     for name in names:
         try:
@@ -140,7 +189,10 @@ def cmd_models(m, words):
     rows += [[spec, spec, "—"] for spec in used]
     print(text_table(["model", "resolves to", "base url"], rows))
     keys = keys_available()
-    print("\nkeys set: " + (", ".join(KEY_ENV[k] for k in keys) if keys else "none (offline provider in use)"))
+    print(
+        "\nkeys set: "
+        + (", ".join(KEY_ENV[k] for k in keys) if keys else "none (offline provider in use)")
+    )
 
 
 def cmd_graph(m, words):
@@ -156,7 +208,9 @@ def cmd_timeline(m, words):
     _args("timeline", words)
     last = m.pipeline.last_run
     if last is None:
-        raise UsageError("%conductor timeline: nothing has run yet: run a %%step cell or %conductor run")
+        raise UsageError(
+            "%conductor timeline: nothing has run yet: run a %%step cell or %conductor run"
+        )
     from ..render._snapshot import snapshot
     from ..render.timeline import TimelineView
 
@@ -225,7 +279,9 @@ def cmd_export(m, words):
     from ..handoff._export import export_notebook
 
     path = export_notebook(m, a.path)
-    print(f"exported to {path}: run it with `papermill {path} out.ipynb -p NAME VALUE` or `nbconductor run {path}`")
+    print(
+        f"exported to {path}: run it with `papermill {path} out.ipynb -p NAME VALUE` or `nbconductor run {path}`"
+    )
 
 
 def cmd_template_function(m, words):
@@ -235,16 +291,22 @@ def cmd_template_function(m, words):
     from .._sandbox import template_function
 
     if not words:
-        raise UsageError("%conductor template-function NAME [NAME ...]: the notebook functions templates may call")
+        raise UsageError(
+            "%conductor template-function NAME [NAME ...]: the notebook functions templates may call"
+        )
     for name in words:
         if name not in m.shell.user_ns:
-            raise UsageError(f"%conductor template-function: no function `{name}` in the notebook: define it, or "
-                             f"import it by name first (from textwrap import shorten)")
+            raise UsageError(
+                f"%conductor template-function: no function `{name}` in the notebook: define it, or "
+                f"import it by name first (from textwrap import shorten)"
+            )
         value = m.shell.user_ns[name]
         if not callable(value):
             kind = "a module" if type(value).__name__ == "module" else f"a {type(value).__name__}"
-            raise UsageError(f"%conductor template-function: `{name}` is {kind}, not a function: name a function "
-                             "(from textwrap import shorten; %conductor template-function shorten)")
+            raise UsageError(
+                f"%conductor template-function: `{name}` is {kind}, not a function: name a function "
+                "(from textwrap import shorten; %conductor template-function shorten)"
+            )
         template_function(value)
     print(f"templates may call: {', '.join(words)}")
 

@@ -16,8 +16,15 @@ from .._redact import redact, redactor
 from .._summary import fmt_cost, fmt_tokens, pngs, run_images
 from .._types import StepResult
 
-ICONS = {"passed": "✓", "cached": "↺", "flagged": "⚑", "failed": "✗", "skipped": "⤼", "pending": "…",
-         "running": "▶"}
+ICONS = {
+    "passed": "✓",
+    "cached": "↺",
+    "flagged": "⚑",
+    "failed": "✗",
+    "skipped": "⤼",
+    "pending": "…",
+    "running": "▶",
+}
 
 
 def footer(result: StepResult) -> str:
@@ -72,22 +79,30 @@ def show_result(result: StepResult) -> None:
         text += "\n" + "\n".join(f"⚑ {g.name}: {g.feedback}" for g in flagged)
     text = clean(text)
     color = {"failed": "#b42318", "flagged": "#b54708"}.get(result.state, "#667085")
-    display({"text/plain": text,
-             "text/html": f'<pre style="color:{color};font-size:0.85em;margin:0;white-space:pre-wrap">'
-                          f"{html.escape(text)}</pre>"}, raw=True)
+    display(
+        {
+            "text/plain": text,
+            "text/html": f'<pre style="color:{color};font-size:0.85em;margin:0;white-space:pre-wrap">'
+            f"{html.escape(text)}</pre>",
+        },
+        raw=True,
+    )
 
 
 #: width in pixels of an image step's thumbnail in the run summary
 THUMBNAIL_WIDTH = 160
 
 
-def image_bundle(step: str, png: bytes, index: int | None = None,
-                 width: int | None = None) -> tuple[dict, dict]:
+def image_bundle(
+    step: str, png: bytes, index: int | None = None, width: int | None = None
+) -> tuple[dict, dict]:
     """A display bundle for one image of ``step`` (item ``index`` of a map), ``width`` pixels
     wide if given. Its metadata names the step, so `nbconductor batch` can file the image."""
     label = step if index is None else f"{step}[{index}]"
-    data = {"image/png": base64.b64encode(png).decode("ascii"),
-            "text/plain": f"<image {label}, {len(png):,} bytes>"}
+    data = {
+        "image/png": base64.b64encode(png).decode("ascii"),
+        "text/plain": f"<image {label}, {len(png):,} bytes>",
+    }
     tag: dict[str, Any] = {"step": step}
     if index is not None:
         tag["index"] = index
@@ -143,7 +158,9 @@ class LiveText:
                 return
             self._last = now
             preview = redactor().preview
-            text = "\n\n".join(f"**{name}** (streaming…)\n\n{preview(t)}" for name, t in self.buffer.items())
+            text = "\n\n".join(
+                f"**{name}** (streaming…)\n\n{preview(t)}" for name, t in self.buffer.items()
+            )
             if self.handle is None:
                 self.handle = display(Markdown(text), display_id=True)
             else:
@@ -172,7 +189,9 @@ def install_shell_redaction(shell) -> None:
     def _showtraceback(etype, evalue, stb):
         text = str(evalue)
         clean = redact(text)
-        return show_traceback(etype, clean if clean != text else evalue, [redact(line) for line in stb])
+        return show_traceback(
+            etype, clean if clean != text else evalue, [redact(line) for line in stb]
+        )
 
     def _show_usage_error(exc):
         text = str(exc)
@@ -188,4 +207,7 @@ def _redact_bundle(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     clean = redactor()
-    return {k: clean.value(v) if k[:6] != "image/" or k == "image/svg+xml" else v for k, v in data.items()}
+    return {
+        k: clean.value(v) if k[:6] != "image/" or k == "image/svg+xml" else v
+        for k, v in data.items()
+    }

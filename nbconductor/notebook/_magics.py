@@ -20,8 +20,21 @@ from .._errors import ConductorError, DefinitionError, StepFailed
 from .._options import STEP_OPTIONS, check_step_name, step_from_args
 from .._pipeline import Pipeline
 
-SUBCOMMANDS = ("run", "status", "show", "alias", "models", "graph", "timeline", "form", "review", "report",
-               "export", "reset", "template-function")
+SUBCOMMANDS = (
+    "run",
+    "status",
+    "show",
+    "alias",
+    "models",
+    "graph",
+    "timeline",
+    "form",
+    "review",
+    "report",
+    "export",
+    "reset",
+    "template-function",
+)
 
 
 @contextmanager
@@ -104,13 +117,17 @@ class ConductorMagics(Magics):
             raise UsageError("%%context needs a name: %%context NAME [--file PATH]")
         with usage_errors():
             self.pipeline.context(args.name, cell if not args.file else None, file=args.file)
-        self.cells[f"context:{args.name}"] = f"%%context {line}\n{cell}" if cell is not None else f"%context {line}"
+        self.cells[f"context:{args.name}"] = (
+            f"%%context {line}\n{cell}" if cell is not None else f"%context {line}"
+        )
 
     # %%rubric ----------------------------------------------------------------------------------
     @magic_arguments(name="%rubric")
     @argument("step", nargs="?", help="the step this rubric judges")
     @argument("--judge", help="the judge model SPEC (default: the `judge` alias)")
-    @argument("--threshold", type=float, default=0.8, help="the lowest passing score, 0..1 (default 0.8)")
+    @argument(
+        "--threshold", type=float, default=0.8, help="the lowest passing score, 0..1 (default 0.8)"
+    )
     @argument("--retries", type=int, help="re-runs of the step with the judge's feedback")
     @argument("--on-fail", help="after retries and fallbacks: retry|fallback|review|fail")
     @argument("--max-tokens", type=int, help="the most tokens the judge may write (default 1024)")
@@ -121,8 +138,15 @@ class ConductorMagics(Magics):
         if not args.step:
             raise UsageError("%%rubric needs a step name: %%rubric STEP --judge SPEC --threshold X")
         with usage_errors():
-            self.pipeline.rubric(args.step, cell, judge=args.judge or "judge", threshold=args.threshold,
-                                 retries=args.retries, on_fail=args.on_fail, max_tokens=args.max_tokens)
+            self.pipeline.rubric(
+                args.step,
+                cell,
+                judge=args.judge or "judge",
+                threshold=args.threshold,
+                retries=args.retries,
+                on_fail=args.on_fail,
+                max_tokens=args.max_tokens,
+            )
         self.cells[f"rubric:{args.step}"] = f"%%rubric {line}\n{cell}"
 
     # %conductor --------------------------------------------------------------------------------
@@ -135,7 +159,9 @@ class ConductorMagics(Magics):
         try:
             words = shlex.split(line)
         except ValueError as exc:
-            raise UsageError(f"%conductor: cannot parse {line!r}: {exc} (check the quotes)") from None
+            raise UsageError(
+                f"%conductor: cannot parse {line!r}: {exc} (check the quotes)"
+            ) from None
         if not words:
             raise UsageError(f"%conductor needs a subcommand: {', '.join(SUBCOMMANDS)}")
         sub, rest = words[0], words[1:]
@@ -143,7 +169,9 @@ class ConductorMagics(Magics):
             import difflib
 
             close = difflib.get_close_matches(sub, SUBCOMMANDS, n=1)
-            hint = f"did you mean `{close[0]}`?" if close else f"use one of {', '.join(SUBCOMMANDS)}"
+            hint = (
+                f"did you mean `{close[0]}`?" if close else f"use one of {', '.join(SUBCOMMANDS)}"
+            )
             raise UsageError(f"%conductor: unknown subcommand `{sub}`: {hint}")
         from . import _commands
 
@@ -151,8 +179,15 @@ class ConductorMagics(Magics):
             return getattr(_commands, f"cmd_{sub.replace('-', '_')}")(self, rest)
 
     # running -----------------------------------------------------------------------------------
-    def _run(self, targets: list[str] | None, *, force=False, show: list[str] | None = None, live=None,
-             raise_failed: bool = True):
+    def _run(
+        self,
+        targets: list[str] | None,
+        *,
+        force=False,
+        show: list[str] | None = None,
+        live=None,
+        raise_failed: bool = True,
+    ):
         """Run ``targets``; bind outputs; show ``show`` steps' outputs; raise if one failed."""
         from ._display import LiveText, show_result
 
@@ -186,7 +221,10 @@ class ConductorMagics(Magics):
         if failed:
             first = run.results[failed[0]]
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-            raise StepFailed(failed[0], (first.error or "failed").removeprefix(f"step `{failed[0]}` failed: ") + more)
+            raise StepFailed(
+                failed[0],
+                (first.error or "failed").removeprefix(f"step `{failed[0]}` failed: ") + more,
+            )
 
     def _say_offline(self, targets) -> None:
         if self._said_offline or keys_available():
@@ -194,18 +232,23 @@ class ConductorMagics(Magics):
         try:
             graph = self.pipeline.graph
             names = graph.upstream(targets) if targets else graph.steps
-            refs = [self.pipeline.pool.resolve(graph.steps[n].model) for n in names
-                    if graph.steps[n].kind in ("llm", "image")]
+            refs = [
+                self.pipeline.pool.resolve(graph.steps[n].model)
+                for n in names
+                if graph.steps[n].kind in ("llm", "image")
+            ]
         except ConductorError:
             return
         implicit = [r for r in refs if r.provider == "offline" and r.alias]
         if implicit:
             self._said_offline = True
-            display(Markdown(
-                "*nbconductor: no `ANTHROPIC_API_KEY` or `OPENAI_API_KEY` is set, so steps without an "
-                "explicit model use the **offline** provider (deterministic, no network). Set a key to "
-                "use real models.*"
-            ))
+            display(
+                Markdown(
+                    "*nbconductor: no `ANTHROPIC_API_KEY` or `OPENAI_API_KEY` is set, so steps without an "
+                    "explicit model use the **offline** provider (deterministic, no network). Set a key to "
+                    "use real models.*"
+                )
+            )
 
 
 def load(ipython) -> None:

@@ -41,9 +41,14 @@ class KernelHooks:
         if item.step not in p.steps or current is None:
             return False
         if item.item is None:
-            return current.result_id == item.id or (item.cache_key is not None and current.cache_key == item.cache_key)
-        return (item.cache_key in p.memory and isinstance(current.output, list)
-                and item.item < len(current.output))
+            return current.result_id == item.id or (
+                item.cache_key is not None and current.cache_key == item.cache_key
+            )
+        return (
+            item.cache_key in p.memory
+            and isinstance(current.output, list)
+            and item.item < len(current.output)
+        )
 
     def apply(self, item: ReviewItem, output: Any, edited: bool) -> str:
         """Put the decided output in place and re-run the steps downstream; returns a message."""
@@ -54,7 +59,9 @@ class KernelHooks:
             hit = p.memory.get(item.cache_key) or p.store.result(item.id)
             if hit is not None:
                 # The next run takes this step from the cache: downstream steps see the decided output.
-                p.memory[item.cache_key] = replace(hit, output=value, state="edited" if edited else "approved")
+                p.memory[item.cache_key] = replace(
+                    hit, output=value, state="edited" if edited else "approved"
+                )
         current = p.results[item.step]
         if item.item is None:
             current.output = value
@@ -82,7 +89,9 @@ class KernelHooks:
         p = self.pipeline
         saved = p.steps.get(keep) if keep else None
         if saved is not None and saved.no_cache:
-            p.steps[keep] = saved.replace(no_cache=False)  # so the decided output is used, not regenerated
+            p.steps[keep] = saved.replace(
+                no_cache=False
+            )  # so the decided output is used, not regenerated
         try:
             self.magics._run(targets, force=force)
         finally:
@@ -97,7 +106,9 @@ class KernelHooks:
                 try:
                     return cls.model_validate(output)
                 except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError
-                    raise ReviewError(f"the edited output of `{step.name}` does not match {step.schema}: {exc}") from None
+                    raise ReviewError(
+                        f"the edited output of `{step.name}` does not match {step.schema}: {exc}"
+                    ) from None
         if step.kind == "image" and isinstance(output, (bytes, bytearray)):
             from .._types import PNG
 
@@ -114,39 +125,66 @@ class ReviewCard:
 
         self.item, self.owner, self.error = item, owner, None
         self.decision: str | None = None
-        head = (f"<b>{html.escape(item.label)}</b> · result #{item.id} · run {html.escape(item.run_id or '?')}"
-                + (f" · score <b>{item.score:.2f}</b>" if item.score is not None else "")
-                + (f" · {html.escape(item.model)}" if item.model else ""))
+        head = (
+            f"<b>{html.escape(item.label)}</b> · result #{item.id} · run {html.escape(item.run_id or '?')}"
+            + (f" · score <b>{item.score:.2f}</b>" if item.score is not None else "")
+            + (f" · {html.escape(item.model)}" if item.model else "")
+        )
         params = _params_text(item.params, 200)
-        self.header = w.HTML(f"<div>{head}</div><div style='color:#667085'>parameters: {html.escape(params)}</div>")
+        self.header = w.HTML(
+            f"<div>{head}</div><div style='color:#667085'>parameters: {html.escape(params)}</div>"
+        )
         if isinstance(item.output, (bytes, bytearray)):
-            self.output = w.Image(value=bytes(item.output), format="png", layout=w.Layout(max_width="320px"))
+            self.output = w.Image(
+                value=bytes(item.output), format="png", layout=w.Layout(max_width="320px")
+            )
         else:
             self.output = w.HTML(_pre(_editable(item.output)))
         self.feedback = w.HTML(f"<b>Feedback</b>: {html.escape(item.feedback or '—')}")
         self.suggestion = w.HTML(f"<b>Suggested edit</b>: {html.escape(item.suggestion or '—')}")
         editable = not isinstance(item.output, (bytes, bytearray))
-        self.textarea = w.Textarea(value=_editable(item.output) if editable else "", disabled=not editable,
-                                   rows=min(16, max(4, _editable(item.output).count("\n") + 2)),
-                                   layout=w.Layout(width="100%"))
+        self.textarea = w.Textarea(
+            value=_editable(item.output) if editable else "",
+            disabled=not editable,
+            rows=min(16, max(4, _editable(item.output).count("\n") + 2)),
+            layout=w.Layout(width="100%"),
+        )
         self.note = w.Text(placeholder="note (optional)", layout=w.Layout(width="100%"))
         self.approve_button = w.Button(description="Approve", button_style="success", icon="check")
-        self.edit_button = w.Button(description="Edit & approve", button_style="info", icon="pencil",
-                                    disabled=not editable)
+        self.edit_button = w.Button(
+            description="Edit & approve", button_style="info", icon="pencil", disabled=not editable
+        )
         self.reject_button = w.Button(description="Reject", button_style="danger", icon="times")
-        self.rerun_button = w.Button(description="Re-run", icon="refresh",
-                                     disabled=owner.kernel is None or not owner.kernel.owns(item),
-                                     tooltip="re-run this step (only for this kernel's current output)")
+        self.rerun_button = w.Button(
+            description="Re-run",
+            icon="refresh",
+            disabled=owner.kernel is None or not owner.kernel.owns(item),
+            tooltip="re-run this step (only for this kernel's current output)",
+        )
         self.approve_button.on_click(lambda _: self.act("approve"))
         self.edit_button.on_click(lambda _: self.act("edit"))
         self.reject_button.on_click(lambda _: self.act("reject"))
         self.rerun_button.on_click(lambda _: self.act("rerun"))
-        self.buttons = [self.approve_button, self.edit_button, self.reject_button, self.rerun_button]
+        self.buttons = [
+            self.approve_button,
+            self.edit_button,
+            self.reject_button,
+            self.rerun_button,
+        ]
         self.status = w.HTML("")
         self.out = w.Output()
         self.box = w.VBox(
-            [self.header, self.output, self.feedback, self.suggestion, self.textarea, self.note,
-             w.HBox(self.buttons), self.status, self.out],
+            [
+                self.header,
+                self.output,
+                self.feedback,
+                self.suggestion,
+                self.textarea,
+                self.note,
+                w.HBox(self.buttons),
+                self.status,
+                self.out,
+            ],
             layout=w.Layout(border="1px solid #d0d5dd", padding="8px", margin="0 0 8px 0"),
         )
 
@@ -160,9 +198,13 @@ class ReviewCard:
             except Exception as exc:  # noqa: BLE001 - a widget callback has nowhere else to report
                 self.error = exc
         if self.error is not None:
-            self.status.value = f"<span style='color:#b42318'>{html.escape(str(self.error), quote=False)}</span>"
+            self.status.value = (
+                f"<span style='color:#b42318'>{html.escape(str(self.error), quote=False)}</span>"
+            )
             return
-        self.status.value = f"<span style='color:#067647'>{html.escape(message, quote=False)}</span>"
+        self.status.value = (
+            f"<span style='color:#067647'>{html.escape(message, quote=False)}</span>"
+        )
 
     def close(self, decision: str) -> None:
         self.decision = decision
@@ -175,7 +217,9 @@ class ReviewWidget:
     """The review queue as cards (``%conductor review``). ``cards[i].approve_button.click()``
     etc. drive it from Python too; ``_repr_mimebundle_`` adds a Markdown/text fallback."""
 
-    def __init__(self, store: Store, items: list[ReviewItem] | None = None, kernel: KernelHooks | None = None):
+    def __init__(
+        self, store: Store, items: list[ReviewItem] | None = None, kernel: KernelHooks | None = None
+    ):
         import ipywidgets as w
 
         self.store, self.kernel = store, kernel
@@ -202,29 +246,41 @@ class ReviewWidget:
         owned = kernel is not None and kernel.owns(item)
         if action == "rerun":
             if not owned:
-                raise ReviewError(f"{item.label} (result #{item.id}) is not this kernel's current output: "
-                                  "re-run it where it ran, e.g. nbconductor run / batch --resume")
+                raise ReviewError(
+                    f"{item.label} (result #{item.id}) is not this kernel's current output: "
+                    "re-run it where it ran, e.g. nbconductor run / batch --resume"
+                )
             message = kernel.rerun(item)
             decide(self.store, item.id, "rerun", note=card.note.value)
             card.close("rerun")
             self.header.value = self._title()
             return f"superseded by a re-run: {message}"
         after = card.textarea.value if action == "edit" else None
-        if after is not None and owned:  # a kernel-typed edit that does not validate is refused before recording
-            kernel._typed(kernel.pipeline.steps[item.step], _coerce(after, item.output_kind, item.label))
+        if (
+            after is not None and owned
+        ):  # a kernel-typed edit that does not validate is refused before recording
+            kernel._typed(
+                kernel.pipeline.steps[item.step], _coerce(after, item.output_kind, item.label)
+            )
         decide(self.store, item.id, action, after, note=card.note.value)
-        row = self.store.query("SELECT state, output_kind, output FROM results WHERE id=?", (item.id,))[0]
+        row = self.store.query(
+            "SELECT state, output_kind, output FROM results WHERE id=?", (item.id,)
+        )[0]
         card.close(row["state"])
         self.header.value = self._title()
         message = f"{row['state']} by {self.store.user}"
         if row["state"] in ("approved", "edited") and owned:
             output = self.store.output(row)
-            if isinstance(output, Unstored):  # the store has only its repr: the kernel holds the value
+            if isinstance(
+                output, Unstored
+            ):  # the store has only its repr: the kernel holds the value
                 held = kernel.pipeline.results[item.step].output
                 output = held if item.item is None else held[item.item]
             message += "; " + kernel.apply(item, output, edited=row["state"] == "edited")
         elif row["state"] in ("approved", "edited"):
-            message += " (recorded in the store; not this kernel's current output, so nothing re-ran)"
+            message += (
+                " (recorded in the store; not this kernel's current output, so nothing re-ran)"
+            )
         return message
 
     def _repr_mimebundle_(self, **kwargs) -> dict:
@@ -239,11 +295,17 @@ def _queue_markdown(items: list[ReviewItem]) -> str:
     if not items:
         return "**Review queue**: nothing to review"
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = ["**Review queue**", "", "| id | step | run | score | feedback | suggested edit | output |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| #{i.id} | {esc(i.label)} | {esc(i.run_id)} | {'—' if i.score is None else f'{i.score:.2f}'} | "
-              f"{esc(preview(i.feedback, 80))} | {esc(preview(i.suggestion, 60))} | {esc(preview(i.output, 60))} |"
-              for i in items]
+    lines = [
+        "**Review queue**",
+        "",
+        "| id | step | run | score | feedback | suggested edit | output |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| #{i.id} | {esc(i.label)} | {esc(i.run_id)} | {'—' if i.score is None else f'{i.score:.2f}'} | "
+        f"{esc(preview(i.feedback, 80))} | {esc(preview(i.suggestion, 60))} | {esc(preview(i.output, 60))} |"
+        for i in items
+    ]
     return "\n".join(lines)
 
 
@@ -261,8 +323,10 @@ def _editable(value: Any) -> str:
 
 
 def _pre(text: str) -> str:
-    return ("<pre style='white-space:pre-wrap;max-height:24em;overflow:auto;background:#f9fafb;"
-            f"padding:6px'>{html.escape(text)}</pre>")
+    return (
+        "<pre style='white-space:pre-wrap;max-height:24em;overflow:auto;background:#f9fafb;"
+        f"padding:6px'>{html.escape(text)}</pre>"
+    )
 
 
 def review_widget(magics, store_path: str | os.PathLike | None = None) -> ReviewWidget:

@@ -30,7 +30,13 @@ from .._errors import (
 from .._redact import redact
 from .._types import Request, Response, Usage
 
-_RATE_KINDS = {"rate_limit_error", "overloaded_error", "overloaded", "rate_limit_exceeded", "requests"}
+_RATE_KINDS = {
+    "rate_limit_error",
+    "overloaded_error",
+    "overloaded",
+    "rate_limit_exceeded",
+    "requests",
+}
 
 
 def retry_after(headers: Any) -> float | None:
@@ -73,7 +79,11 @@ def error_for_status(
     common = {"provider": provider, "model": model, "status": status, "retry_after": wait}
     code = f"({status})" if status is not None else "(error event in the stream)"
     if status in (429, 529) or kind in _RATE_KINDS:
-        what = "is overloaded" if status == 529 or (kind or "").startswith("overloaded") else "rate-limited the call"
+        what = (
+            "is overloaded"
+            if status == 529 or (kind or "").startswith("overloaded")
+            else "rate-limited the call"
+        )
         return RateLimitError(f"{where} {what} {code}: {text}", **common)
     if status in (401, 403):
         return AuthError(
@@ -107,59 +117,100 @@ def http_errors() -> tuple[type[BaseException], ...]:
     for name in ("httpx2", "httpx"):
         module = sys.modules.get(name)  # the SDK has imported its own; import nothing new here
         if module is not None:
-            found += [getattr(module, cls) for cls in ("HTTPError", "StreamError") if hasattr(module, cls)]
+            found += [
+                getattr(module, cls) for cls in ("HTTPError", "StreamError") if hasattr(module, cls)
+            ]
     return tuple(found)
 
 
-def map_error(exc: BaseException, sdk: Any, *, provider: str, model: str, key_env: str,
-              read_timeout: float) -> ProviderError | None:
+def map_error(
+    exc: BaseException, sdk: Any, *, provider: str, model: str, key_env: str, read_timeout: float
+) -> ProviderError | None:
     """Map an exception raised by ``sdk`` (or under it) to a `ProviderError`, or None if foreign."""
     where = f"{provider}:{model}"
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, sdk.APITimeoutError):
-        return TransportError(f"{where} timed out (read timeout {read_timeout:g}s)", provider=provider, model=model)
+        return TransportError(
+            f"{where} timed out (read timeout {read_timeout:g}s)", provider=provider, model=model
+        )
     if isinstance(exc, sdk.APIConnectionError):
         cause = exc.__cause__ or exc.__context__
         detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
-        return TransportError(redact(f"{where} connection failed: {detail}"), provider=provider, model=model)
+        return TransportError(
+            redact(f"{where} connection failed: {detail}"), provider=provider, model=model
+        )
     # A malformed event or body is a fault of the wire, not of the model's answer: it is retried
     # without feedback and does not count against first-pass yield (the model never finished).
     if isinstance(exc, sdk.APIResponseValidationError):
-        return TransportError(redact(f"{where} sent a response that does not match its API: {exc}"),
-                              provider=provider, model=model)
+        return TransportError(
+            redact(f"{where} sent a response that does not match its API: {exc}"),
+            provider=provider,
+            model=model,
+        )
     if isinstance(exc, sdk.APIStatusError):
         message, kind = _body_message(exc.body)
-        status = exc.status_code if exc.status_code != 200 else None  # 200: an error event in a stream
-        return error_for_status(status, message or str(exc), provider=provider, model=model, key_env=key_env,
-                                wait=retry_after(exc.response.headers), kind=kind)
+        status = (
+            exc.status_code if exc.status_code != 200 else None
+        )  # 200: an error event in a stream
+        return error_for_status(
+            status,
+            message or str(exc),
+            provider=provider,
+            model=model,
+            key_env=key_env,
+            wait=retry_after(exc.response.headers),
+            kind=kind,
+        )
     if isinstance(exc, sdk.APIError):  # an error event inside a stream (OpenAI)
         message, kind = _body_message(exc.body)
         kind = getattr(exc, "code", None) or kind
-        return error_for_status(None, message or str(exc), provider=provider, model=model, key_env=key_env,
-                                kind=kind)
+        return error_for_status(
+            None, message or str(exc), provider=provider, model=model, key_env=key_env, kind=kind
+        )
     if isinstance(exc, http_errors()):
         name = type(exc).__name__
         if "Timeout" in name:
-            return TransportError(f"{where} stream stalled: no data for {read_timeout:g}s ({name})",
-                                  provider=provider, model=model)
-        return TransportError(redact(f"{where} stream broke off: {name}: {exc}"), provider=provider, model=model)
+            return TransportError(
+                f"{where} stream stalled: no data for {read_timeout:g}s ({name})",
+                provider=provider,
+                model=model,
+            )
+        return TransportError(
+            redact(f"{where} stream broke off: {name}: {exc}"), provider=provider, model=model
+        )
     if isinstance(exc, json.JSONDecodeError):
-        return TransportError(f"{where} sent a malformed event or body (not JSON: {exc.msg})",
-                              provider=provider, model=model)
+        return TransportError(
+            f"{where} sent a malformed event or body (not JSON: {exc.msg})",
+            provider=provider,
+            model=model,
+        )
     return None
 
 
-async def guarded(call: Awaitable[Any], sdk: Any, *, provider: str, model: str, key_env: str,
-                  timeout: float, read_timeout: float) -> Any:
+async def guarded(
+    call: Awaitable[Any],
+    sdk: Any,
+    *,
+    provider: str,
+    model: str,
+    key_env: str,
+    timeout: float,
+    read_timeout: float,
+) -> Any:
     """Await ``call`` within ``timeout`` seconds, turning any SDK failure into a `ProviderError`."""
     try:
         return await asyncio.wait_for(call, timeout)
     except asyncio.TimeoutError:
-        raise TransportError(f"{provider}:{model} gave no complete answer within {timeout:g}s",
-                             provider=provider, model=model) from None
+        raise TransportError(
+            f"{provider}:{model} gave no complete answer within {timeout:g}s",
+            provider=provider,
+            model=model,
+        ) from None
     except Exception as exc:  # noqa: BLE001 - mapped below or re-raised as is
-        mapped = map_error(exc, sdk, provider=provider, model=model, key_env=key_env, read_timeout=read_timeout)
+        mapped = map_error(
+            exc, sdk, provider=provider, model=model, key_env=key_env, read_timeout=read_timeout
+        )
         if mapped is None or mapped is exc:
             raise
         raise mapped from None
@@ -174,13 +225,18 @@ def parse_json(text: str, *, provider: str, model: str, usage: Usage) -> Any:
     try:
         return json.loads(cleaned)
     except ValueError as exc:
-        err = OutputError(f"{provider}:{model} did not answer with valid JSON: {exc}", provider=provider, model=model)
+        err = OutputError(
+            f"{provider}:{model} did not answer with valid JSON: {exc}",
+            provider=provider,
+            model=model,
+        )
         err.usage = usage  # the tokens were spent even though the answer is unusable
         raise err from None
 
 
-def final_response(provider: str, model: str, request: Request, text: str, usage: Usage,
-                   truncated: str | None) -> Response:
+def final_response(
+    provider: str, model: str, request: Request, text: str, usage: Usage, truncated: str | None
+) -> Response:
     """The adapter's answer: redacted text, parsed JSON for a structured request.
 
     ``truncated`` describes the token limit the model stopped at (None when it finished); a
@@ -191,13 +247,20 @@ def final_response(provider: str, model: str, request: Request, text: str, usage
     data = None
     if request.json or request.schema is not None:
         if truncated:
-            raise output_error(f"{provider}:{model} stopped at {truncated} before the JSON was complete; "
-                               "raise --max-tokens", provider=provider, model=model, usage=usage)
+            raise output_error(
+                f"{provider}:{model} stopped at {truncated} before the JSON was complete; "
+                "raise --max-tokens",
+                provider=provider,
+                model=model,
+                usage=usage,
+            )
         data = parse_json(text, provider=provider, model=model, usage=usage)
     return Response(text=text, usage=usage, model=f"{provider}:{model}", data=data)
 
 
-def output_error(message: str, *, provider: str, model: str, usage: Usage | None = None) -> OutputError:
+def output_error(
+    message: str, *, provider: str, model: str, usage: Usage | None = None
+) -> OutputError:
     err = OutputError(redact(message), provider=provider, model=model)
     err.usage = usage if usage is not None else Usage()
     return err

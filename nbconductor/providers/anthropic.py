@@ -41,7 +41,9 @@ class AnthropicProvider(Provider):
         self.key_env = ref.api_key_env or "ANTHROPIC_API_KEY"
         # Parameters this SDK version lacks go in extra_body (the wire format is the same).
         try:
-            stream_params = inspect.signature(self.sdk.resources.messages.AsyncMessages.stream).parameters
+            stream_params = inspect.signature(
+                self.sdk.resources.messages.AsyncMessages.stream
+            ).parameters
         except (AttributeError, TypeError, ValueError):
             stream_params = {}
         self._native_temperature = "temperature" in stream_params
@@ -53,7 +55,9 @@ class AnthropicProvider(Provider):
         key = os.environ.get(self.key_env)
         kwargs: dict[str, Any] = {
             "max_retries": 0,
-            "timeout": self.sdk.Timeout(self.timeout, connect=min(self.timeout, 30.0), read=self.read_timeout),
+            "timeout": self.sdk.Timeout(
+                self.timeout, connect=min(self.timeout, 30.0), read=self.read_timeout
+            ),
         }
         if key:
             kwargs["api_key"] = key
@@ -61,7 +65,8 @@ class AnthropicProvider(Provider):
             raise AuthError(
                 f"{self.key_env} is not set: export {self.key_env}=sk-ant-... before starting Jupyter "
                 "(nbconductor reads keys from the environment only)",
-                provider=self.name, model=self.ref.model,
+                provider=self.name,
+                model=self.ref.model,
             )
         if self.ref.base_url:
             kwargs["base_url"] = self.ref.base_url
@@ -87,14 +92,20 @@ class AnthropicProvider(Provider):
             else:
                 extra["temperature"] = request.temperature
         if request.schema is not None:
-            output_config = {"format": {"type": "json_schema", "schema": self._schema(request.schema)}}
+            output_config = {
+                "format": {"type": "json_schema", "schema": self._schema(request.schema)}
+            }
             if self._native_output_config:
                 params["output_config"] = output_config
             else:
                 extra["output_config"] = output_config
         if request.tools:
             params["tools"] = [
-                {"name": t["name"], "description": t["description"], "input_schema": t["parameters"]}
+                {
+                    "name": t["name"],
+                    "description": t["description"],
+                    "input_schema": t["parameters"],
+                }
                 for t in request.tools
             ]
         if extra:
@@ -130,8 +141,13 @@ class AnthropicProvider(Provider):
     # calls -----------------------------------------------------------------------------------
     async def complete(self, request: Request) -> Response:
         return await guarded(
-            self._complete(request), self.sdk, provider=self.name, model=request.model or self.ref.model,
-            key_env=self.key_env, timeout=self.timeout, read_timeout=self.read_timeout,
+            self._complete(request),
+            self.sdk,
+            provider=self.name,
+            model=request.model or self.ref.model,
+            key_env=self.key_env,
+            timeout=self.timeout,
+            read_timeout=self.read_timeout,
         )
 
     async def _complete(self, request: Request) -> Response:
@@ -146,17 +162,31 @@ class AnthropicProvider(Provider):
 
             def add_results(turn: Turn, results: list) -> None:
                 messages.append({"role": "assistant", "content": turn.raw})
-                messages.append({"role": "user", "content": [
-                    {"type": "tool_result", "tool_use_id": call.id, "content": text, "is_error": failed}
-                    for call, text, failed in results
-                ]})
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": call.id,
+                                "content": text,
+                                "is_error": failed,
+                            }
+                            for call, text, failed in results
+                        ],
+                    }
+                )
 
-            turn, usage, _ = await run_tool_loop(send, add_results, request.tools, request.max_turns)
+            turn, usage, _ = await run_tool_loop(
+                send, add_results, request.tools, request.max_turns
+            )
         else:
             turn = await self._turn(client, {**params, "messages": messages}, request)
             usage = turn.usage
         truncated = f"max_tokens ({params['max_tokens']})" if turn.stop == "max_tokens" else None
-        return final_response(self.name, turn.model or params["model"], request, turn.text, usage, truncated)
+        return final_response(
+            self.name, turn.model or params["model"], request, turn.text, usage, truncated
+        )
 
     async def _turn(self, client: Any, params: dict, request: Request) -> Turn:
         on_text = request.on_text
@@ -168,11 +198,18 @@ class AnthropicProvider(Provider):
         model = message.model or params["model"]
         usage = _usage(message.usage)
         if message.stop_reason is None:
-            raise TransportError(f"{self.name}:{model} stream ended before the message was complete",
-                                 provider=self.name, model=model)
+            raise TransportError(
+                f"{self.name}:{model} stream ended before the message was complete",
+                provider=self.name,
+                model=model,
+            )
         if message.stop_reason == "refusal":
-            raise output_error(f"{self.name}:{model} declined to answer (stop_reason: refusal)",
-                               provider=self.name, model=model, usage=usage)
+            raise output_error(
+                f"{self.name}:{model} declined to answer (stop_reason: refusal)",
+                provider=self.name,
+                model=model,
+                usage=usage,
+            )
         text_parts: list[str] = []
         calls: list[ToolCall] = []
         raw: list[dict] = []
@@ -182,7 +219,9 @@ class AnthropicProvider(Provider):
                 raw.append({"type": "text", "text": block.text})
             elif block.type == "tool_use":
                 calls.append(ToolCall(block.id, block.name, block.input))
-                raw.append({"type": "tool_use", "id": block.id, "name": block.name, "input": block.input})
+                raw.append(
+                    {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+                )
         # An empty text block is rejected when the turn is replayed in a tool-use conversation.
         raw = [b for b in raw if b.get("text") != ""]
         return Turn("".join(text_parts), calls, usage, model, raw, message.stop_reason)

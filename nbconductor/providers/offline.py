@@ -19,7 +19,17 @@ from typing import Any
 from .._types import Request, Response, Usage
 from ._base import Provider
 
-_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "ten": 10}
+_NUMBERS = {
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "ten": 10,
+}
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{3,}")
 
 
@@ -55,14 +65,20 @@ class OfflineProvider(Provider):
             for i in range(0, len(text), 64):
                 request.on_text(text[i : i + 64])
         usage = Usage(_tokens((request.system_text() or "") + request.prompt), _tokens(text), 0, 0)
-        return Response(text=text, usage=usage, model=f"offline:{self.ref.model}", data=data, cost=0.0)
+        return Response(
+            text=text, usage=usage, model=f"offline:{self.ref.model}", data=data, cost=0.0
+        )
 
     async def image(self, request: Request) -> Response:
         seed = _seed(self.ref.model, request.prompt)
         png = _png(seed)
-        return Response(text=f"[offline:{self.ref.model}] image for: {request.prompt[:80]}",
-                        usage=Usage(_tokens(request.prompt), 0), model=f"offline:{self.ref.model}",
-                        data=png, cost=0.0)
+        return Response(
+            text=f"[offline:{self.ref.model}] image for: {request.prompt[:80]}",
+            usage=Usage(_tokens(request.prompt), 0),
+            model=f"offline:{self.ref.model}",
+            data=png,
+            cost=0.0,
+        )
 
 
 _STOP = frozenset(
@@ -103,7 +119,10 @@ def _is_verdict(schema: dict) -> bool:
     return {"score", "feedback", "suggested_edit"} <= set(schema.get("properties", {}))
 
 
-_WORD_LIMIT = re.compile(r"(?:under|at most|fewer than|no more than|less than|max(?:imum)?(?: of)?)\s+(\d+)\s+words", re.I)
+_WORD_LIMIT = re.compile(
+    r"(?:under|at most|fewer than|no more than|less than|max(?:imum)?(?: of)?)\s+(\d+)\s+words",
+    re.I,
+)
 
 
 def _between(text: str, start: str, end: str) -> str:
@@ -147,7 +166,10 @@ def _from_prompt(prompt: str, seed: int) -> Any:
     if m:
         count = int(m.group(1)) if m.group(1).isdigit() else _NUMBERS[m.group(1).lower()]
     if not keys:
-        return {"text": f"offline answer {seed % 1000}", "items": [f"item {i + 1}" for i in range(count)]}
+        return {
+            "text": f"offline answer {seed % 1000}",
+            "items": [f"item {i + 1}" for i in range(count)],
+        }
     make = lambda i: {k: f"{k} {i + 1}" for k in keys}  # noqa: E731
     if "[{" in prompt.replace(" ", "") or "list" in prompt.lower():
         return [make(i) for i in range(count)]
@@ -197,4 +219,9 @@ def _png(seed: int, size: int = 64) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
     header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )

@@ -52,7 +52,8 @@ class OpenAIProvider(Provider):
             raise AuthError(
                 f"{self.key_env} is not set: export {self.key_env}=sk-... before starting Jupyter "
                 "(nbconductor reads keys from the environment only)",
-                provider=self.name, model=self.ref.model,
+                provider=self.name,
+                model=self.ref.model,
             )
         options: dict[str, Any] = {"api_key": key}
         if self.ref.base_url:
@@ -60,15 +61,24 @@ class OpenAIProvider(Provider):
         return options
 
     def _new_client(self) -> Any:
-        timeout = self.sdk.Timeout(self.timeout, connect=min(self.timeout, 30.0), read=self.read_timeout)
+        timeout = self.sdk.Timeout(
+            self.timeout, connect=min(self.timeout, 30.0), read=self.read_timeout
+        )
         return self.sdk.AsyncOpenAI(max_retries=0, timeout=timeout, **self.client_options())
 
     async def aclose(self) -> None:
         await self._clients.aclose()
 
     def _guard(self, call: Any, model: str) -> Any:
-        return guarded(call, self.sdk, provider=self.name, model=model, key_env=self.key_env,
-                       timeout=self.timeout, read_timeout=self.read_timeout)
+        return guarded(
+            call,
+            self.sdk,
+            provider=self.name,
+            model=model,
+            key_env=self.key_env,
+            timeout=self.timeout,
+            read_timeout=self.read_timeout,
+        )
 
     # chat ------------------------------------------------------------------------------------
     def params(self, request: Request) -> dict:
@@ -84,17 +94,26 @@ class OpenAIProvider(Provider):
             params[self.max_tokens_param] = request.max_tokens
         if request.schema is not None:
             strict = strict_schema(request.schema)
-            params["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": _schema_name(request.schema_name),
-                "schema": strict if strict is not None else request.schema,
-                "strict": strict is not None,
-            }}
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": _schema_name(request.schema_name),
+                    "schema": strict if strict is not None else request.schema,
+                    "strict": strict is not None,
+                },
+            }
         elif request.json:
             params["response_format"] = {"type": "json_object"}
         if request.tools:
             params["tools"] = [
-                {"type": "function", "function": {
-                    "name": t["name"], "description": t["description"], "parameters": t["parameters"]}}
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t["name"],
+                        "description": t["description"],
+                        "parameters": t["parameters"],
+                    },
+                }
                 for t in request.tools
             ]
         return params
@@ -123,22 +142,44 @@ class OpenAIProvider(Provider):
                 return await self._turn(client, {**params, **extra, "messages": messages}, request)
 
             def add_results(turn: Turn, results: list) -> None:
-                messages.append({"role": "assistant", "content": turn.text or None, "tool_calls": [
-                    {"id": call.id, "type": "function", "function": {
-                        "name": call.name,
-                        "arguments": call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)}}
-                    for call in turn.calls
-                ]})
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": turn.text or None,
+                        "tool_calls": [
+                            {
+                                "id": call.id,
+                                "type": "function",
+                                "function": {
+                                    "name": call.name,
+                                    "arguments": call.arguments
+                                    if isinstance(call.arguments, str)
+                                    else json.dumps(call.arguments),
+                                },
+                            }
+                            for call in turn.calls
+                        ],
+                    }
+                )
                 for call, text, failed in results:
-                    messages.append({"role": "tool", "tool_call_id": call.id,
-                                     "content": f"ERROR: {text}" if failed else text})
+                    messages.append(
+                        {
+                            "role": "tool",
+                            "tool_call_id": call.id,
+                            "content": f"ERROR: {text}" if failed else text,
+                        }
+                    )
 
-            turn, usage, _ = await run_tool_loop(send, add_results, request.tools, request.max_turns)
+            turn, usage, _ = await run_tool_loop(
+                send, add_results, request.tools, request.max_turns
+            )
         else:
             turn = await self._turn(client, {**params, "messages": messages}, request)
             usage = turn.usage
         truncated = "the token limit" if turn.stop == "length" else None
-        return final_response(self.name, turn.model or params["model"], request, turn.text, usage, truncated)
+        return final_response(
+            self.name, turn.model or params["model"], request, turn.text, usage, truncated
+        )
 
     async def _turn(self, client: Any, params: dict, request: Request) -> Turn:
         on_text = request.on_text
@@ -164,7 +205,9 @@ class OpenAIProvider(Provider):
                         if getattr(delta, "refusal", None):
                             refusal.append(delta.refusal)
                         for tc in delta.tool_calls or []:
-                            slot = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+                            slot = calls.setdefault(
+                                tc.index, {"id": None, "name": "", "arguments": ""}
+                            )
                             slot["id"] = tc.id or slot["id"]
                             if tc.function is not None:
                                 slot["name"] = tc.function.name or slot["name"]
@@ -175,14 +218,23 @@ class OpenAIProvider(Provider):
         model = model or params["model"]
         spent = _usage(usage)
         if finish is None:
-            raise TransportError(f"{self.name}:{model} stream ended before the answer was complete",
-                                 provider=self.name, model=model)
+            raise TransportError(
+                f"{self.name}:{model} stream ended before the answer was complete",
+                provider=self.name,
+                model=model,
+            )
         if refusal or finish == "content_filter":
             reason = "".join(refusal) or "content filter"
-            raise output_error(f"{self.name}:{model} declined to answer: {reason}", provider=self.name,
-                               model=model, usage=spent)
-        tool_calls = [ToolCall(slot["id"] or f"call_{i}", slot["name"], slot["arguments"])
-                      for i, slot in sorted(calls.items())]
+            raise output_error(
+                f"{self.name}:{model} declined to answer: {reason}",
+                provider=self.name,
+                model=model,
+                usage=spent,
+            )
+        tool_calls = [
+            ToolCall(slot["id"] or f"call_{i}", slot["name"], slot["arguments"])
+            for i, slot in sorted(calls.items())
+        ]
         return Turn("".join(text), tool_calls, spent, model, None, finish)
 
     # images ----------------------------------------------------------------------------------
@@ -201,16 +253,28 @@ class OpenAIProvider(Provider):
         usage = _image_usage(getattr(result, "usage", None))
         item = (result.data or [None])[0]
         if item is None or not getattr(item, "b64_json", None):
-            raise output_error(f"{self.name}:{model} returned no image data", provider=self.name, model=model,
-                               usage=usage)
+            raise output_error(
+                f"{self.name}:{model} returned no image data",
+                provider=self.name,
+                model=model,
+                usage=usage,
+            )
         try:
             png = base64.b64decode(item.b64_json, validate=True)
         except ValueError:
-            raise output_error(f"{self.name}:{model} returned image data that is not base64",
-                               provider=self.name, model=model, usage=usage) from None
+            raise output_error(
+                f"{self.name}:{model} returned image data that is not base64",
+                provider=self.name,
+                model=model,
+                usage=usage,
+            ) from None
         if not png.startswith(PNG_MAGIC):
-            raise output_error(f"{self.name}:{model} returned an image that is not a PNG", provider=self.name,
-                               model=model, usage=usage)
+            raise output_error(
+                f"{self.name}:{model} returned an image that is not a PNG",
+                provider=self.name,
+                model=model,
+                usage=usage,
+            )
         text = getattr(item, "revised_prompt", None) or prompt
         return Response(text=text, usage=usage, model=f"{self.name}:{model}", data=png)
 
@@ -230,7 +294,8 @@ class OpenAICompatibleProvider(OpenAIProvider):
             raise RequestError(
                 f"model `{self.ref.spec}` needs a server address: define an alias in nbconductor.toml, e.g. "
                 f'[aliases] local = {{ model = "{self.ref.spec}", base_url = "http://localhost:11434/v1" }}',
-                provider=self.name, model=self.ref.model,
+                provider=self.name,
+                model=self.ref.model,
             )
         key = None
         if self.ref.api_key_env:
@@ -239,7 +304,8 @@ class OpenAICompatibleProvider(OpenAIProvider):
                 raise AuthError(
                     f"{self.ref.api_key_env} is not set (the api_key_env of the alias for {self.ref.spec}): "
                     f"export {self.ref.api_key_env}=... before starting Jupyter",
-                    provider=self.name, model=self.ref.model,
+                    provider=self.name,
+                    model=self.ref.model,
                 )
         # The SDK insists on a key; a local server without authentication ignores this one.
         return {"api_key": key or "not-needed", "base_url": self.ref.base_url}

@@ -108,8 +108,10 @@ def decode_output(kind: str | None, blob: bytes | None) -> Any:
             return Unstored("<a pandas DataFrame: install pandas and pyarrow to load it>")
         if not _safe_pyarrow(pa.__version__):
             # before 14.0.1, reading an extension type could unpickle (CVE-2023-47248)
-            return Unstored(f"<a pandas DataFrame: pyarrow {pa.__version__} cannot read it safely; "
-                            "install pyarrow >= 14.0.1>")
+            return Unstored(
+                f"<a pandas DataFrame: pyarrow {pa.__version__} cannot read it safely; "
+                "install pyarrow >= 14.0.1>"
+            )
         with pa.ipc.open_stream(pa.BufferReader(bytes(blob))) as reader:
             return reader.read_all().to_pandas()
     if kind == "unstored":
@@ -213,23 +215,39 @@ def _canonical_default(value: Any) -> Any:
 
         if isinstance(value, np.ndarray):
             if value.dtype == object:
-                return {"ndarray": "object", "shape": list(value.shape), "items": value.ravel().tolist()}
+                return {
+                    "ndarray": "object",
+                    "shape": list(value.shape),
+                    "items": value.ravel().tolist(),
+                }
             data = np.ascontiguousarray(value)
-            return {"ndarray": data.dtype.str, "shape": list(data.shape),
-                    "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
+            return {
+                "ndarray": data.dtype.str,
+                "shape": list(data.shape),
+                "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
+            }
         if isinstance(value, np.generic):
             return {"numpy": value.dtype.str, "value": value.item()}
     if module.startswith("pandas") and hasattr(value, "to_json"):
-        return {"pandas": _type_name(value), "json": value.to_json(orient="split", date_format="iso"),
-                "dtypes": str(getattr(value, "dtypes", getattr(value, "dtype", "")))}
+        return {
+            "pandas": _type_name(value),
+            "json": value.to_json(orient="split", date_format="iso"),
+            "dtypes": str(getattr(value, "dtypes", getattr(value, "dtype", ""))),
+        }
     if hasattr(value, "model_dump"):
         return {"model": _type_name(value), "data": value.model_dump(mode="json")}
     if is_dataclass(value) and not isinstance(value, type):
-        return {"dataclass": _type_name(value), "fields": {f.name: getattr(value, f.name) for f in fields(value)}}
+        return {
+            "dataclass": _type_name(value),
+            "fields": {f.name: getattr(value, f.name) for f in fields(value)},
+        }
     if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)):
         from .._tools import code_hash  # the one code hash: a function's code, defaults and closure
 
-        return {"function": getattr(value, "__qualname__", _type_name(value)), "code": code_hash(value)}
+        return {
+            "function": getattr(value, "__qualname__", _type_name(value)),
+            "code": code_hash(value),
+        }
     state = getattr(value, "__dict__", None)
     if isinstance(state, dict) and state and not callable(value):
         return {"object": _type_name(value), "state": state}

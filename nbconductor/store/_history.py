@@ -32,8 +32,15 @@ ORDER BY r.id DESC LIMIT ? OFFSET ?
 """
 
 
-def history(store: Store, step: str, n: int = 3, *, before: float | None = None,
-            params: dict[str, Any] | None = None, run_id: str = "") -> list[Any]:
+def history(
+    store: Store,
+    step: str,
+    n: int = 3,
+    *,
+    before: float | None = None,
+    params: dict[str, Any] | None = None,
+    run_id: str = "",
+) -> list[Any]:
     """The last ``n`` accepted outputs of ``step``, newest first, by the rule above.
 
     ``before`` is when the current run started (default: now, or ``$NBCONDUCTOR_HISTORY_BEFORE``
@@ -93,8 +100,13 @@ def _same_brief(mine: dict[str, Any], stored: str | None) -> bool:
     return all(theirs[k] == v for k, v in mine.items() if k in theirs)
 
 
-def history_function(store: Store, *, before: float | None = None, params: dict[str, Any] | None = None,
-                     run_id: str = ""):
+def history_function(
+    store: Store,
+    *,
+    before: float | None = None,
+    params: dict[str, Any] | None = None,
+    run_id: str = "",
+):
     """The ``history(step, n=3)`` a template calls, bound to a store and the current run."""
     cutoff = history_cutoff(before)
 

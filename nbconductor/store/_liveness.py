@@ -6,7 +6,9 @@ import os
 import socket
 from pathlib import Path
 
-_STARTS: dict[int, int | None] = {}  # pid -> its start in ticks after boot (a forked child has its own)
+_STARTS: dict[
+    int, int | None
+] = {}  # pid -> its start in ticks after boot (a forked child has its own)
 
 
 def process_gone(host: str | None, pid: int | None, ticks: int | None = None) -> bool:

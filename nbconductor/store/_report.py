@@ -57,11 +57,14 @@ def report(store_or_path: Store | str | os.PathLike | None = None) -> dict:
     rows = store.query(
         "SELECT id, run_id, step, state, model, attempts, attempt_log, gates, items, input_tokens, "
         "output_tokens, cache_read_tokens, cache_write_tokens, cost, started, ended FROM results "
-        "WHERE item IS NULL AND cached=0 ORDER BY id")
+        "WHERE item IS NULL AND cached=0 ORDER BY id"
+    )
     hits: dict[str, int] = defaultdict(int)
     reused_runs: set[str] = set()  # runs with a cache hit or a skipped step
     order: dict[str, None] = {}  # every step, in the order it first appears
-    for r in store.query("SELECT run_id, step, cached, state FROM results WHERE item IS NULL ORDER BY id"):
+    for r in store.query(
+        "SELECT run_id, step, cached, state FROM results WHERE item IS NULL ORDER BY id"
+    ):
         order.setdefault(r["step"])
         if r["cached"]:
             hits[r["step"]] += 1
@@ -72,15 +75,21 @@ def report(store_or_path: Store | str | os.PathLike | None = None) -> dict:
         if r["state"] == "skipped":
             skips[r["step"]] += 1
     decisions: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for r in store.query("SELECT results.step AS step, reviews.decision AS decision, COUNT(*) AS n FROM reviews "
-                         "JOIN results ON results.id = reviews.result_id GROUP BY results.step, reviews.decision"):
+    for r in store.query(
+        "SELECT results.step AS step, reviews.decision AS decision, COUNT(*) AS n FROM reviews "
+        "JOIN results ON results.id = reviews.result_id GROUP BY results.step, reviews.decision"
+    ):
         decisions[r["step"]][r["decision"]] += r["n"]
 
-    by_step: dict[str, list] = {name: [] for name in order}  # a step only ever cached or skipped shows too
+    by_step: dict[str, list] = {
+        name: [] for name in order
+    }  # a step only ever cached or skipped shows too
     for r in rows:
         if r["state"] in COUNTED:
             by_step[r["step"]].append(r)
-    steps = {name: _metrics(rs, hits[name], decisions[name], skips[name]) for name, rs in by_step.items()}
+    steps = {
+        name: _metrics(rs, hits[name], decisions[name], skips[name]) for name, rs in by_step.items()
+    }
 
     run_rows = store.query("SELECT * FROM runs")
     first_pass_runs = defaultdict(lambda: True)
@@ -125,8 +134,11 @@ def _interrupted(run) -> bool:
     if run["status"] == "interrupted":
         return True
     keys = run.keys()
-    return run["status"] == "running" and "pid" in keys and process_gone(
-        run["host"], run["pid"], run["pid_start"] if "pid_start" in keys else None)
+    return (
+        run["status"] == "running"
+        and "pid" in keys
+        and process_gone(run["host"], run["pid"], run["pid_start"] if "pid_start" in keys else None)
+    )
 
 
 def _by_status(run_rows) -> dict[str, int]:
@@ -147,7 +159,9 @@ def _first_pass(row) -> bool:
     return not any(quality_failure(a["outcome"], a.get("error")) for a in _attempts(row))
 
 
-def _metrics(rows: list, cache_hits: int, decisions: dict[str, int], skipped: int = 0) -> dict[str, Any]:
+def _metrics(
+    rows: list, cache_hits: int, decisions: dict[str, int], skipped: int = 0
+) -> dict[str, Any]:
     n = len(rows)
     outputs = sum(max(1, r["items"] or 1) for r in rows)  # a --map step makes one output per item
     calls = 0
@@ -161,7 +175,11 @@ def _metrics(rows: list, cache_hits: int, decisions: dict[str, int], skipped: in
     for r in rows:
         states[r["state"]] += 1
     first = sum(1 for r in rows if _first_pass(r))
-    latencies = [r["ended"] - r["started"] for r in rows if r["started"] is not None and r["ended"] is not None]
+    latencies = [
+        r["ended"] - r["started"]
+        for r in rows
+        if r["started"] is not None and r["ended"] is not None
+    ]
     inp = sum(r["input_tokens"] or 0 for r in rows)
     out = sum(r["output_tokens"] or 0 for r in rows)
     costs = [r["cost"] for r in rows if r["cost"] is not None]
@@ -185,7 +203,9 @@ def _metrics(rows: list, cache_hits: int, decisions: dict[str, int], skipped: in
         "input_tokens": inp,
         "output_tokens": out,
         "tokens": inp + out,
-        "cost": round(sum(costs), 6) if costs or not n else None,  # nothing ran afresh: nothing spent
+        "cost": round(sum(costs), 6)
+        if costs or not n
+        else None,  # nothing ran afresh: nothing spent
         "cost_unknown": n - len(costs),
         "latency_p50": _round(percentile(latencies, 50)),
         "latency_p95": _round(percentile(latencies, 95)),
@@ -201,28 +221,55 @@ def _round(x: float | None) -> float | None:
 
 
 def _worst(steps: dict[str, dict]) -> tuple[str | None, str]:
-    ranked = [(s["first_pass_yield"], s["final_yield"] if s["final_yield"] is not None else 1.0,
-               -(s["edits"] + s["rejects"]), i, name)
-              for i, (name, s) in enumerate(steps.items()) if s["first_pass_yield"] is not None]
+    ranked = [
+        (
+            s["first_pass_yield"],
+            s["final_yield"] if s["final_yield"] is not None else 1.0,
+            -(s["edits"] + s["rejects"]),
+            i,
+            name,
+        )
+        for i, (name, s) in enumerate(steps.items())
+        if s["first_pass_yield"] is not None
+    ]
     if not ranked:
         return None, "no step has run yet"
     fpy, _, _, _, name = min(ranked)
     if fpy >= 1:
         return None, "every step passed its gates first time in every run"
     s = steps[name]
-    why = (f"lowest first-pass yield: {s['first_pass']} of {s['runs']} outputs ({fpy:.0%}) were accepted first time"
-           f"; {s['flagged']} flagged, {s['edits']} edited, {s['rejects']} rejected, {s['failed']} failed")
+    why = (
+        f"lowest first-pass yield: {s['first_pass']} of {s['runs']} outputs ({fpy:.0%}) were accepted first time"
+        f"; {s['flagged']} flagged, {s['edits']} edited, {s['rejects']} rejected, {s['failed']} failed"
+    )
     return name, why
 
 
 # showing ------------------------------------------------------------------------------------
-HEADER = ["step", "runs", "first-pass", "final", "cached", "skipped", "attempts", "fallbacks", "edits",
-          "rejects", "pending", "tokens", "cost", "p50", "p95"]
+HEADER = [
+    "step",
+    "runs",
+    "first-pass",
+    "final",
+    "cached",
+    "skipped",
+    "attempts",
+    "fallbacks",
+    "edits",
+    "rejects",
+    "pending",
+    "tokens",
+    "cost",
+    "p50",
+    "p95",
+]
 #: What each column counts, printed under the table: every figure names its denominator.
-LEGEND = ("runs = fresh executions of the step (cache hits and skips are counted apart, not in any yield); "
-          "first-pass = accepted on the first try (no gate failure, no unusable answer, not edited) / runs; "
-          "final = accepted in the end (passed, approved or edited) / runs; "
-          "attempts = model calls per output (transport retries included); tokens, cost, p50, p95 = fresh runs only")
+LEGEND = (
+    "runs = fresh executions of the step (cache hits and skips are counted apart, not in any yield); "
+    "first-pass = accepted on the first try (no gate failure, no unusable answer, not edited) / runs; "
+    "final = accepted in the end (passed, approved or edited) / runs; "
+    "attempts = model calls per output (transport retries included); tokens, cost, p50, p95 = fresh runs only"
+)
 
 
 def _pct(x: float | None) -> str:
@@ -250,29 +297,57 @@ def report_rows(rep: dict) -> list[list[str]]:
     for name, s in rep["steps"].items():
         mark = " ◀" if name == rep.get("worst_step") else ""
         accepted = s["passed"] + s["approved"] + s["edits"]
-        rows.append([name + mark, str(s["runs"]), _share(s["first_pass"], s["runs"]), _share(accepted, s["runs"]),
-                     str(s["cache_hits"]), str(s.get("skipped", 0)),
-                     "—" if s["mean_attempts"] is None else f"{s['mean_attempts']:.2f}", str(s["fallbacks"]),
-                     str(s["edits"]), str(s["rejects"]), str(s["pending"]), f"{s['tokens']:,}",
-                     _cost(s["cost"], s["cost_unknown"]), _secs(s["latency_p50"]), _secs(s["latency_p95"])])
+        rows.append(
+            [
+                name + mark,
+                str(s["runs"]),
+                _share(s["first_pass"], s["runs"]),
+                _share(accepted, s["runs"]),
+                str(s["cache_hits"]),
+                str(s.get("skipped", 0)),
+                "—" if s["mean_attempts"] is None else f"{s['mean_attempts']:.2f}",
+                str(s["fallbacks"]),
+                str(s["edits"]),
+                str(s["rejects"]),
+                str(s["pending"]),
+                f"{s['tokens']:,}",
+                _cost(s["cost"], s["cost_unknown"]),
+                _secs(s["latency_p50"]),
+                _secs(s["latency_p95"]),
+            ]
+        )
     return rows
 
 
 def _footer(rep: dict) -> str:
     t = rep["totals"]
     n, fresh = rep["runs"], t["runs_with_output"]
-    aside = [f"{k} {what}" for k, what in ((t.get("runs_all_reused", 0), "reused every step from the cache"),
-                                           (t.get("runs_without_results", 0), "recorded no step")) if k]
-    statuses = ", ".join(f"{k} {st}" for st, k in sorted(t.get("runs_by_status", {}).items(), key=lambda kv: -kv[1]))
-    lines = [f"{n} run{'' if n == 1 else 's'}" + (f" ({statuses})" if statuses else "") + " · whole-run first-pass yield "
-             f"{_share(t['first_pass_runs'], fresh) if fresh else '—'} of runs that ran a step afresh"
-             + (f" ({'; '.join(aside)})" if aside else "")
-             + f" · {t['tokens']:,} tokens · {_cost(t['cost'], t.get('cost_unknown', 0))}"
-             f" · {t['pending_review']} waiting for review"]
+    aside = [
+        f"{k} {what}"
+        for k, what in (
+            (t.get("runs_all_reused", 0), "reused every step from the cache"),
+            (t.get("runs_without_results", 0), "recorded no step"),
+        )
+        if k
+    ]
+    statuses = ", ".join(
+        f"{k} {st}" for st, k in sorted(t.get("runs_by_status", {}).items(), key=lambda kv: -kv[1])
+    )
+    lines = [
+        f"{n} run{'' if n == 1 else 's'}"
+        + (f" ({statuses})" if statuses else "")
+        + " · whole-run first-pass yield "
+        f"{_share(t['first_pass_runs'], fresh) if fresh else '—'} of runs that ran a step afresh"
+        + (f" ({'; '.join(aside)})" if aside else "")
+        + f" · {t['tokens']:,} tokens · {_cost(t['cost'], t.get('cost_unknown', 0))}"
+        f" · {t['pending_review']} waiting for review"
+    ]
     if t.get("interrupted_runs"):
         n = t["interrupted_runs"]
-        lines.append(f"{n} run{'s' if n != 1 else ''} interrupted (killed mid-way; finished steps are reused "
-                     "by the next run)")
+        lines.append(
+            f"{n} run{'s' if n != 1 else ''} interrupted (killed mid-way; finished steps are reused "
+            "by the next run)"
+        )
     if rep["worst_step"]:
         lines.append(f"quality drops most at `{rep['worst_step']}`: {rep['worst_step_reason']}")
     else:
@@ -323,9 +398,18 @@ def report_figure(rep: dict):
     ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     if rep["worst_step"] in names:
         i = names.index(rep["worst_step"])
-        ax.annotate("quality drops here", (i - 0.2, first[i]), xytext=(0, 14), textcoords="offset points",
-                    ha="center", color="#D55E00", arrowprops={"arrowstyle": "->", "color": "#D55E00"})
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize="small")
+        ax.annotate(
+            "quality drops here",
+            (i - 0.2, first[i]),
+            xytext=(0, 14),
+            textcoords="offset points",
+            ha="center",
+            color="#D55E00",
+            arrowprops={"arrowstyle": "->", "color": "#D55E00"},
+        )
+    ax.legend(
+        loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize="small"
+    )
     ax.set_xlabel(f"step ({rep['runs']} runs)")
     fig.tight_layout()
     return fig
@@ -337,8 +421,6 @@ def figure_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.canvas.print_png(buf)
     return buf.getvalue()
-
-
 
 
 def cli_report(args: argparse.Namespace) -> int:

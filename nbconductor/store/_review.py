@@ -82,7 +82,11 @@ def open_store(path: str | os.PathLike | None, *, readonly: bool | None = False)
 
 
 def _as_store(store_or_path: Store | str | os.PathLike | None, *, readonly: bool = False) -> Store:
-    return store_or_path if isinstance(store_or_path, Store) else open_store(store_or_path, readonly=readonly)
+    return (
+        store_or_path
+        if isinstance(store_or_path, Store)
+        else open_store(store_or_path, readonly=readonly)
+    )
 
 
 # the queue ----------------------------------------------------------------------------------
@@ -105,7 +109,9 @@ def queue(store: Store | str | os.PathLike | None = None) -> list[ReviewItem]:
 def _item(row, store: Store) -> ReviewItem:
     gates = json.loads(row["gates"] or "[]")
     failed = [g for g in gates if not g.get("passed")]
-    scores = [g["score"] for g in failed if g.get("score") is not None and g.get("name") == "rubric"]
+    scores = [
+        g["score"] for g in failed if g.get("score") is not None and g.get("name") == "rubric"
+    ]
     scores = scores or [g["score"] for g in failed if g.get("score") is not None]
     feedback = "; ".join(f"{g['name']}: {g.get('feedback') or 'failed'}" for g in failed)
     suggestion = next((g["suggestion"] for g in failed if g.get("suggestion")), None)
@@ -114,11 +120,22 @@ def _item(row, store: Store) -> ReviewItem:
     except ValueError:
         params = {}
     return ReviewItem(
-        id=row["id"], run_id=row["run_id"], step=row["step"], item=row["item"], params=params,
-        output=store.output(row), output_kind=row["output_kind"],
-        score=min(scores) if scores else None, feedback=feedback or (row["error"] or ""),
-        suggestion=suggestion, model=row["model"], attempts=row["attempts"] or 0,
-        notebook=row["notebook"], cache_key=row["cache_key"], ended=row["ended"], gates=gates,
+        id=row["id"],
+        run_id=row["run_id"],
+        step=row["step"],
+        item=row["item"],
+        params=params,
+        output=store.output(row),
+        output_kind=row["output_kind"],
+        score=min(scores) if scores else None,
+        feedback=feedback or (row["error"] or ""),
+        suggestion=suggestion,
+        model=row["model"],
+        attempts=row["attempts"] or 0,
+        notebook=row["notebook"],
+        cache_key=row["cache_key"],
+        ended=row["ended"],
+        gates=gates,
     )
 
 
@@ -126,8 +143,17 @@ def queue_table(items: list[ReviewItem], width: int = 48) -> str:
     """The queue as a fixed-width table, then each item's feedback and suggested edit."""
     if not items:
         return "nothing to review: no flagged outputs are waiting"
-    rows = [[f"#{i.id}", i.label, i.run_id, _params_text(i.params, 30),
-             "—" if i.score is None else f"{i.score:.2f}", preview(i.output, width)] for i in items]
+    rows = [
+        [
+            f"#{i.id}",
+            i.label,
+            i.run_id,
+            _params_text(i.params, 30),
+            "—" if i.score is None else f"{i.score:.2f}",
+            preview(i.output, width),
+        ]
+        for i in items
+    ]
     lines = [text_table(["id", "step", "run", "parameters", "score", "output"], rows), ""]
     for i in items:
         lines.append(f"#{i.id} {i.label}: {i.feedback or 'no feedback'}")
@@ -142,8 +168,13 @@ def _params_text(params: dict, width: int = 60) -> str:
 
 
 # decisions ----------------------------------------------------------------------------------
-def decide(store: Store | str | os.PathLike, result_id: int, decision: str, after: Any = None,
-           note: str = "") -> int:
+def decide(
+    store: Store | str | os.PathLike,
+    result_id: int,
+    decision: str,
+    after: Any = None,
+    note: str = "",
+) -> int:
     """Approve, edit (then approve), reject or mark for re-run one flagged result.
 
     ``decision`` is ``approve``, ``edit`` (``after`` is the edited output: text, or JSON text
@@ -158,16 +189,24 @@ def decide(store: Store | str | os.PathLike, result_id: int, decision: str, afte
         raise ReviewError(f"unknown decision {decision!r}: use approve, edit, reject or rerun")
     rows = store.query("SELECT * FROM results WHERE id=?", (int(result_id),))
     if not rows:
-        raise ReviewError(f"no result #{result_id} in {store.path}: `nbconductor review` lists the queue")
+        raise ReviewError(
+            f"no result #{result_id} in {store.path}: `nbconductor review` lists the queue"
+        )
     row = rows[0]
     label = row["step"] if row["item"] is None else f"{row['step']}[{row['item']}]"
     if row["item"] is None and row["items"] is not None:
-        raise ReviewError(f"result #{result_id} is the whole --map step `{row['step']}`: review its items")
+        raise ReviewError(
+            f"result #{result_id} is the whole --map step `{row['step']}`: review its items"
+        )
     if row["state"] != "flagged" or row["cached"]:
-        last = store.query("SELECT * FROM reviews WHERE result_id=? ORDER BY id DESC LIMIT 1", (row["id"],))
+        last = store.query(
+            "SELECT * FROM reviews WHERE result_id=? ORDER BY id DESC LIMIT 1", (row["id"],)
+        )
         why = f" ({last[0]['decision']} by {last[0]['user']})" if last else ""
-        raise ReviewError(f"result #{result_id} ({label}) is {'cached' if row['cached'] else row['state']}"
-                          f"{why}, not waiting for review")
+        raise ReviewError(
+            f"result #{result_id} ({label}) is {'cached' if row['cached'] else row['state']}"
+            f"{why}, not waiting for review"
+        )
     before = store.output(row)
     if action == "edit":
         if after is None:
@@ -180,9 +219,13 @@ def decide(store: Store | str | os.PathLike, result_id: int, decision: str, afte
     state = DECISIONS[action]
     with store._lock:
         # Claim the result atomically: another reviewer (another process) may decide it meanwhile.
-        claimed = store.execute("UPDATE results SET state=? WHERE id=? AND state='flagged'", (state, row["id"]))
+        claimed = store.execute(
+            "UPDATE results SET state=? WHERE id=? AND state='flagged'", (state, row["id"])
+        )
         if claimed.rowcount != 1:
-            raise ReviewError(f"result #{result_id} ({label}) was decided by someone else meanwhile")
+            raise ReviewError(
+                f"result #{result_id} ({label}) was decided by someone else meanwhile"
+            )
         if action == "edit":
             store.update_output(row["id"], after, state)
         review_id = store.record_review(row["id"], action, before, after, note)
@@ -193,15 +236,21 @@ def decide(store: Store | str | os.PathLike, result_id: int, decision: str, afte
 
 def _coerce(after: Any, kind: str | None, label: str) -> Any:
     if kind == "bytes":
-        raise ReviewError(f"{label} is an image: approve, reject or re-run it; it cannot be edited as text")
+        raise ReviewError(
+            f"{label} is an image: approve, reject or re-run it; it cannot be edited as text"
+        )
     if not loadable(kind):
-        raise ReviewError(f"{label} is a Python object the store keeps only as its repr: approve, reject or "
-                          "re-run it; it cannot be edited as text")
+        raise ReviewError(
+            f"{label} is a Python object the store keeps only as its repr: approve, reject or "
+            "re-run it; it cannot be edited as text"
+        )
     if kind in ("json", "pydantic") and isinstance(after, str):
         try:
             return json.loads(after)
         except ValueError as exc:
-            raise ReviewError(f"the edited output of {label} must be JSON, like the step's output: {exc}") from None
+            raise ReviewError(
+                f"the edited output of {label} must be JSON, like the step's output: {exc}"
+            ) from None
     if kind == "text" and not isinstance(after, str):
         return str(after)
     return after
@@ -212,15 +261,20 @@ def _update_map_step(store: Store, row, edited: Any) -> None:
     no item is waiting any more (rejected > edited > approved)."""
     parents = store.query(
         "SELECT * FROM results WHERE run_id=? AND step=? AND item IS NULL AND items IS NOT NULL AND cached=0 "
-        "AND id>? ORDER BY id LIMIT 1", (row["run_id"], row["step"], row["id"]))
+        "AND id>? ORDER BY id LIMIT 1",
+        (row["run_id"], row["step"], row["id"]),
+    )
     if not parents:
         return
     parent = parents[0]
     items = store.query(
         "SELECT state FROM results WHERE run_id=? AND step=? AND item IS NOT NULL AND cached=0 AND id<?",
-        (row["run_id"], row["step"], parent["id"]))
+        (row["run_id"], row["step"], parent["id"]),
+    )
     states = {r["state"] for r in items}
-    state = next((s for s in ("flagged", "rejected", "edited", "approved") if s in states), parent["state"])
+    state = next(
+        (s for s in ("flagged", "rejected", "edited", "approved") if s in states), parent["state"]
+    )
     output = store.output(parent)
     if edited is not None and isinstance(output, list) and row["item"] < len(output):
         output[row["item"]] = edited
@@ -238,26 +292,29 @@ def reviews(store: Store | str | os.PathLike, result_id: int | None = None) -> l
     return [dict(r) for r in store.query(sql + " ORDER BY id", args)]
 
 
-
-
 # the command line ---------------------------------------------------------------------------
 def cli_review(args: argparse.Namespace) -> int:
     """``nbconductor review [--store PATH] [--approve ID] [--reject ID] [--note TEXT]``."""
     deciding = bool(args.approve or args.reject)
-    store = open_store(args.store, readonly=not deciding)  # listing only reads: a read-only store works
+    store = open_store(
+        args.store, readonly=not deciding
+    )  # listing only reads: a read-only store works
     try:
         for action, ids in (("approve", args.approve or []), ("reject", args.reject or [])):
             for result_id in ids:
                 decide(store, result_id, action, note=args.note or "")
-                row = store.query("SELECT step, item, state FROM results WHERE id=?", (result_id,))[0]
+                row = store.query("SELECT step, item, state FROM results WHERE id=?", (result_id,))[
+                    0
+                ]
                 label = row["step"] if row["item"] is None else f"{row['step']}[{row['item']}]"
                 print(f"#{result_id} {label}: {row['state']}")
         items = queue(store)
         print(queue_table(items))
         if items:
-            print("\napprove or reject: nbconductor review --approve ID / --reject ID [--note TEXT]; "
-                  "edit in a notebook: %conductor review")
+            print(
+                "\napprove or reject: nbconductor review --approve ID / --reject ID [--note TEXT]; "
+                "edit in a notebook: %conductor review"
+            )
     finally:
         store.close()
     return 0
-

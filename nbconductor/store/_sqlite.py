@@ -39,14 +39,29 @@ from .._types import Attempt, GateResult, StepResult, Usage
 from ._codec import Unstored, decode_output, encode_output, loadable
 from ._liveness import own_start, process_gone
 
-__all__ = ["ACCEPTED", "Store", "StoreError", "Unstored", "check_store", "decode_output", "default_store_path",
-           "digest", "encode_output", "loadable", "process_gone", "row_to_result", "writable"]
+__all__ = [
+    "ACCEPTED",
+    "Store",
+    "StoreError",
+    "Unstored",
+    "check_store",
+    "decode_output",
+    "default_store_path",
+    "digest",
+    "encode_output",
+    "loadable",
+    "process_gone",
+    "row_to_result",
+    "writable",
+]
 
 _REVIEWS = """CREATE TABLE IF NOT EXISTS reviews (
     id INTEGER PRIMARY KEY AUTOINCREMENT, result_id INTEGER, decision TEXT,
     user TEXT, at REAL, before TEXT, after TEXT, note TEXT
 );"""
-SCHEMA = _REVIEWS + """
+SCHEMA = (
+    _REVIEWS
+    + """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, started REAL, ended REAL, status TEXT, notebook TEXT,
     user TEXT, host TEXT, params TEXT, targets TEXT, cost REAL, error TEXT, pid INTEGER, pid_start INTEGER
@@ -65,6 +80,7 @@ CREATE INDEX IF NOT EXISTS results_step ON results(step, id);
 CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
 CREATE INDEX IF NOT EXISTS reviews_result ON reviews(result_id);
 """
+)
 
 ACCEPTED = ("passed", "flagged", "approved", "edited")
 
@@ -106,8 +122,10 @@ def digest(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:16]
 
 
-_REQUIRED = {"runs": {"id", "started", "status", "params"},
-             "results": {"run_id", "step", "state", "cache_key", "output_kind", "output"}}
+_REQUIRED = {
+    "runs": {"id", "started", "status", "params"},
+    "results": {"run_id", "step", "state", "cache_key", "output_kind", "output"},
+}
 _OPEN: weakref.WeakSet = weakref.WeakSet()  # stores to checkpoint and close at exit
 _WARNED: set[str] = set()  # stores already warned about (pickled outputs)
 
@@ -150,8 +168,11 @@ def writable(path: str | os.PathLike) -> bool:
 
 
 def _read_only(path: str) -> StoreError:
-    return StoreError(f"{path} is read-only: `nbconductor report` and `nbconductor review` (listing) can read "
-                      "it; running or deciding needs a store you can write (--store PATH)", path)
+    return StoreError(
+        f"{path} is read-only: `nbconductor report` and `nbconductor review` (listing) can read "
+        "it; running or deciding needs a store you can write (--store PATH)",
+        path,
+    )
 
 
 def _check_writable(path: str, existing: bool) -> None:
@@ -161,25 +182,36 @@ def _check_writable(path: str, existing: bool) -> None:
 
 def _check_tables(db: sqlite3.Connection, path: str, readonly: bool = True) -> None:
     try:
-        tables = {name: {c[1] for c in db.execute(f"PRAGMA table_info({name})")}
-                  for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
-                  if name in _REQUIRED}
+        tables = {
+            name: {c[1] for c in db.execute(f"PRAGMA table_info({name})")}
+            for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            if name in _REQUIRED
+        }
     except sqlite3.DatabaseError as exc:
         why = "not an SQLite database" if "not a database" in str(exc) else str(exc)
         raise StoreError(f"{path} is not an nbconductor run store ({why})", path) from None
-    if not tables and not readonly and not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+    if (
+        not tables
+        and not readonly
+        and not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    ):
         return  # an empty database: a store another process is creating right now, or a new one
     missing = [t for t, cols in _REQUIRED.items() if not cols <= tables.get(t, set())]
     if missing:
-        raise StoreError(f"{path} is an SQLite database but not an nbconductor run store (no "
-                         f"{' or '.join(missing)} table of its form): pass the store file, or a new path", path)
+        raise StoreError(
+            f"{path} is an SQLite database but not an nbconductor run store (no "
+            f"{' or '.join(missing)} table of its form): pass the store file, or a new path",
+            path,
+        )
 
 
 def _connect_readonly(path: str) -> sqlite3.Connection:
     """A read-only connection; ``immutable`` where SQLite cannot even create the WAL index
     (a read-only folder, or a read-only file nobody else can be writing)."""
     uri = Path(path).resolve().as_uri()
-    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60, check_same_thread=False, isolation_level=None)
+    db = sqlite3.connect(
+        f"{uri}?mode=ro", uri=True, timeout=60, check_same_thread=False, isolation_level=None
+    )
     try:
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return db
@@ -189,9 +221,16 @@ def _connect_readonly(path: str) -> sqlite3.Connection:
             raise StoreError(f"{path} cannot be read as a run store: {exc}", path) from None
     except sqlite3.DatabaseError:
         db.close()
-        raise StoreError(f"{path} is not an nbconductor run store (not an SQLite database)", path) from None
-    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=60, check_same_thread=False,
-                           isolation_level=None)
+        raise StoreError(
+            f"{path} is not an nbconductor run store (not an SQLite database)", path
+        ) from None
+    return sqlite3.connect(
+        f"{uri}?mode=ro&immutable=1",
+        uri=True,
+        timeout=60,
+        check_same_thread=False,
+        isolation_level=None,
+    )
 
 
 class Store:
@@ -214,12 +253,16 @@ class Store:
             self._checked(existing)
             if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='reviews'").fetchone():
                 # an older store without decisions: an empty stand-in, in this connection's temp schema
-                self._db.execute(_REVIEWS.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1))
+                self._db.execute(
+                    _REVIEWS.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1)
+                )
         else:
             if not memory:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
                 _check_writable(self.path, existing)
-            self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+            self._db = sqlite3.connect(
+                self.path, timeout=60, check_same_thread=False, isolation_level=None
+            )
             self._db.execute("PRAGMA busy_timeout = 60000")
             self._checked(existing)  # before anything is written into someone else's database
             try:
@@ -230,7 +273,9 @@ class Store:
                 self._migrate()
             except sqlite3.DatabaseError as exc:
                 self._db.close()
-                raise StoreError(f"{self.path} cannot be opened as a run store: {exc}", self.path) from None
+                raise StoreError(
+                    f"{self.path} cannot be opened as a run store: {exc}", self.path
+                ) from None
         self._db.execute("PRAGMA busy_timeout = 60000")
         self.user = _user()
         self._pid = os.getpid()
@@ -259,11 +304,16 @@ class Store:
     def _migrate(self) -> None:
         """Add the columns newer versions record to a store an older version created."""
         have = {c[1] for c in self._db.execute("PRAGMA table_info(runs)")}
-        for column in ("pid", "pid_start"):  # the process running a run: pid, its start in ticks after boot
+        for column in (
+            "pid",
+            "pid_start",
+        ):  # the process running a run: pid, its start in ticks after boot
             if column in have:
                 continue
             try:
-                self._retry(lambda c=column: self._db.execute(f"ALTER TABLE runs ADD COLUMN {c} INTEGER"))
+                self._retry(
+                    lambda c=column: self._db.execute(f"ALTER TABLE runs ADD COLUMN {c} INTEGER")
+                )
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):  # another process migrated it meanwhile
                     raise
@@ -321,8 +371,11 @@ class Store:
         if self.path in _WARNED:
             return
         _WARNED.add(self.path)
-        print(f"nbconductor: warning: {self.path} holds outputs pickled by an older nbconductor; they are "
-              "not loaded (a store is data, never code), so those steps run again", file=sys.stderr)
+        print(
+            f"nbconductor: warning: {self.path} holds outputs pickled by an older nbconductor; they are "
+            "not loaded (a store is data, never code), so those steps run again",
+            file=sys.stderr,
+        )
 
     # runs -------------------------------------------------------------------------------
     def start_run(self, params: dict, targets: list[str] | None, notebook: str | None) -> str:
@@ -332,12 +385,24 @@ class Store:
         self.execute(
             "INSERT INTO runs (id, started, status, notebook, user, host, params, targets, pid, pid_start) "
             "VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (run_id, time.time(), "running", notebook, self.user, socket.gethostname(),
-             redact(_json(params)), json.dumps(targets), os.getpid(), own_start()),
+            (
+                run_id,
+                time.time(),
+                "running",
+                notebook,
+                self.user,
+                socket.gethostname(),
+                redact(_json(params)),
+                json.dumps(targets),
+                os.getpid(),
+                own_start(),
+            ),
         )
         return run_id
 
-    def end_run(self, run_id: str, status: str, cost: float | None, error: str | None = None) -> None:
+    def end_run(
+        self, run_id: str, status: str, cost: float | None, error: str | None = None
+    ) -> None:
         self.execute(
             "UPDATE runs SET ended=?, status=?, cost=?, error=? WHERE id=?",
             (time.time(), status, cost, redact(error) if error else None, run_id),
@@ -352,23 +417,34 @@ class Store:
 
         Returns their ids. A run on another host, or from a store without ``pid``, is left alone.
         """
-        rows = self.query("SELECT id, host, pid, pid_start FROM runs WHERE status='running' AND host=? "
-                          "AND pid IS NOT NULL", (socket.gethostname(),))
+        rows = self.query(
+            "SELECT id, host, pid, pid_start FROM runs WHERE status='running' AND host=? "
+            "AND pid IS NOT NULL",
+            (socket.gethostname(),),
+        )
         gone = [r["id"] for r in rows if process_gone(r["host"], r["pid"], r["pid_start"])]
         for run_id in gone:
             self.execute(
                 "UPDATE runs SET status='interrupted', "
                 "ended=COALESCE((SELECT MAX(ended) FROM results WHERE run_id=runs.id), started), "
                 "error=COALESCE(error, 'its process ended before the run finished (killed or crashed)') "
-                "WHERE id=? AND status='running'", (run_id,))
+                "WHERE id=? AND status='running'",
+                (run_id,),
+            )
         return gone
 
     def runs(self, limit: int = 50) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM runs ORDER BY started DESC LIMIT ?", (limit,))
 
     # results ----------------------------------------------------------------------------
-    def record(self, run_id: str, result: StepResult, notebook: str | None = None, params: dict | None = None,
-               item: int | None = None) -> int:
+    def record(
+        self,
+        run_id: str,
+        result: StepResult,
+        notebook: str | None = None,
+        params: dict | None = None,
+        item: int | None = None,
+    ) -> int:
         """Write one step result (or one item of a --map step); returns its id."""
         r = redactor()
         kind, blob = encode_output(result.output, r)
@@ -380,12 +456,33 @@ class Store:
                cache_write_tokens, cost, started, ended, error, items, item, notebook, user, prompt_hash,
                output_hash, params) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
-                run_id, result.step, result.state, result.cache_key, int(result.cached), kind, blob, prompt,
-                result.model, len(result.attempts), _dumps_list(result.attempts, r),
-                _dumps_list(result.gates, r), u.input_tokens, u.output_tokens,
-                u.cache_read_tokens, u.cache_write_tokens, result.cost, result.started, result.ended,
-                r(result.error) if result.error else None, result.items, item, notebook, self.user,
-                digest(prompt) if prompt else None, digest(blob), r(_json(params)) if params else "{}",
+                run_id,
+                result.step,
+                result.state,
+                result.cache_key,
+                int(result.cached),
+                kind,
+                blob,
+                prompt,
+                result.model,
+                len(result.attempts),
+                _dumps_list(result.attempts, r),
+                _dumps_list(result.gates, r),
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_read_tokens,
+                u.cache_write_tokens,
+                result.cost,
+                result.started,
+                result.ended,
+                r(result.error) if result.error else None,
+                result.items,
+                item,
+                notebook,
+                self.user,
+                digest(prompt) if prompt else None,
+                digest(blob),
+                r(_json(params)) if params else "{}",
             ),
         )
         return cur.lastrowid
@@ -433,26 +530,58 @@ class Store:
         )
 
     # reviews ----------------------------------------------------------------------------
-    def record_review(self, result_id: int, decision: str, before: Any, after: Any, note: str = "") -> int:
+    def record_review(
+        self, result_id: int, decision: str, before: Any, after: Any, note: str = ""
+    ) -> int:
         cur = self.execute(
             "INSERT INTO reviews (result_id, decision, user, at, before, after, note) VALUES (?,?,?,?,?,?,?)",
-            (result_id, decision, self.user, time.time(), redact(_json(before)), redact(_json(after)), redact(note)),
+            (
+                result_id,
+                decision,
+                self.user,
+                time.time(),
+                redact(_json(before)),
+                redact(_json(after)),
+                redact(note),
+            ),
         )
         return cur.lastrowid
 
 
 def row_to_result(row: sqlite3.Row, store: Store | None = None) -> StepResult:
     """A results row as a `StepResult` (``store`` warns once about outputs it will not load)."""
-    attempts = [Attempt(**{**a, "usage": Usage(**a["usage"])}) for a in json.loads(row["attempt_log"] or "[]")]
-    gates = [GateResult(**{**g, "usage": Usage(**g["usage"]) if g.get("usage") else None})
-             for g in json.loads(row["gates"] or "[]")]
+    attempts = [
+        Attempt(**{**a, "usage": Usage(**a["usage"])})
+        for a in json.loads(row["attempt_log"] or "[]")
+    ]
+    gates = [
+        GateResult(**{**g, "usage": Usage(**g["usage"]) if g.get("usage") else None})
+        for g in json.loads(row["gates"] or "[]")
+    ]
     return StepResult(
-        step=row["step"], state=row["state"],
-        output=store.output(row) if store is not None else decode_output(row["output_kind"], row["output"]),
-        prompt=row["prompt"], model=row["model"], attempts=attempts, gates=gates,
-        usage=Usage(row["input_tokens"], row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]),
-        cost=row["cost"], started=row["started"], ended=row["ended"], error=row["error"],
-        cache_key=row["cache_key"], cached=bool(row["cached"]), items=row["items"], result_id=row["id"],
+        step=row["step"],
+        state=row["state"],
+        output=store.output(row)
+        if store is not None
+        else decode_output(row["output_kind"], row["output"]),
+        prompt=row["prompt"],
+        model=row["model"],
+        attempts=attempts,
+        gates=gates,
+        usage=Usage(
+            row["input_tokens"],
+            row["output_tokens"],
+            row["cache_read_tokens"],
+            row["cache_write_tokens"],
+        ),
+        cost=row["cost"],
+        started=row["started"],
+        ended=row["ended"],
+        error=row["error"],
+        cache_key=row["cache_key"],
+        cached=bool(row["cached"]),
+        items=row["items"],
+        result_id=row["id"],
     )
 
 

@@ -177,8 +177,11 @@ def browser() -> Iterator[Any]:
     from playwright import sync_api
 
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (tests/run.sh does), "
-                    "or set NBCONDUCTOR_CHROMIUM", pytrace=False)
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: apt-get install chromium (tests/run.sh does), "
+            "or set NBCONDUCTOR_CHROMIUM",
+            pytrace=False,
+        )
     with sync_api.sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield chromium

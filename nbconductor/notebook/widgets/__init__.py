@@ -22,5 +22,8 @@ _HOME = {
 
 def __getattr__(name: str) -> Any:
     if name in _HOME:
-        return getattr(importlib.import_module(home if "." in (home := _HOME[name]) else f"{__name__}.{home}"), name)
+        return getattr(
+            importlib.import_module(home if "." in (home := _HOME[name]) else f"{__name__}.{home}"),
+            name,
+        )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

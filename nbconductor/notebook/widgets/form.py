@@ -77,7 +77,9 @@ class IntakeForm(w.VBox):
     ) -> None:
         from ..._params import check_names
 
-        check_names(params, "intake form")  # a ParameterError (a ValueError): the form binds these names
+        check_names(
+            params, "intake form"
+        )  # a ParameterError (a ValueError): the form binds these names
         self.params = dict(params)
         self.on_run = on_run
         self.last_result: Any = None
