@@ -44,6 +44,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+try:
+    from . import fakebatch
+except ImportError:  # imported as a top-level module (tests/ on sys.path)
+    import fakebatch
+
 __all__ = [
     "FakeAPI",
     "fake_api",
@@ -480,7 +485,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         path = self.path.split("?", 1)[0]
         endpoint: str | None = None
-        if path.endswith("/messages/count_tokens"):
+        batch_route = fakebatch.route(path, self.command)
+        if batch_route:
+            endpoint = "batches"
+        elif path.endswith("/messages/count_tokens"):
             endpoint = "count_tokens"
         elif path.endswith("/messages"):
             endpoint = "anthropic"
@@ -506,7 +514,7 @@ class _Handler(BaseHTTPRequestHandler):
             json=parsed,
             time=t_mono,
             wall_time=t_wall,
-            endpoint=endpoint if endpoint in ENDPOINTS else None,
+            endpoint=endpoint if endpoint in (*ENDPOINTS, "batches") else None,
         )
         fake = self.fake
         self._endpoint = endpoint
@@ -516,6 +524,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if fake._stop.is_set():
                 raise _Stopped()
+            if batch_route:
+                if fake.require_key is not None and not self._key_ok(rec):
+                    return self._error(Error(401, "invalid key"))
+                return fakebatch.handle(self, batch_route, rec)
             if endpoint == "count_tokens":
                 n = max(1, len(body) // 4)
                 self._send_json(200, {"input_tokens": n})
@@ -1089,6 +1101,11 @@ class FakeAPI:
         self._faults: tuple = ()
         self._rng = None
         self.injected: list = []  # (endpoint, fault) of every injected fault, in order
+        # Batch endpoints (tests/fakebatch.py): a batch ends batch_delay seconds after creation.
+        self.batch_delay = 0.0
+        self.batches: dict = {}
+        self.files: dict = {}
+        self.batch_log: list = []  # every request ever submitted in a batch (fakebatch.BatchRequest)
 
     # -- lifecycle
     def start(self) -> FakeAPI:
@@ -1201,6 +1218,9 @@ class FakeAPI:
             self._defaults.clear()
             self.injected.clear()
             self._fault_rate = 0.0
+            self.batches.clear()
+            self.files.clear()
+            self.batch_log.clear()
 
     # -- inspection
     def requests_for(self, endpoint: str) -> list:
