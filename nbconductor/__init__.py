@@ -17,12 +17,17 @@ __all__ = [
     "Step",
     "StepFailed",
     "StepResult",
+    "batch",
+    "export",
     "load_ipython_extension",
     "template_function",
     "unload_ipython_extension",
 ]
 
+# name -> "module" or "module:attribute", imported on first use: `import nbconductor` stays cheap.
 _LAZY = {
+    "batch": ".handoff._batch",
+    "export": ".handoff._export:export_pipeline",
     "Pipeline": "._pipeline",
     "RunResult": "._executor",
     "Step": "._types",
@@ -39,15 +44,18 @@ if TYPE_CHECKING:
     from ._pipeline import Pipeline
     from ._sandbox import template_function
     from ._types import Step, StepResult
+    from .handoff._batch import batch
+    from .handoff._export import export_pipeline as export
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    target = _LAZY.get(name)
+    if target is None:
         raise AttributeError(f"module 'nbconductor' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module, __name__), name)
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module, __name__), attr or name)
     globals()[name] = value
     return value
 

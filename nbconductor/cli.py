@@ -41,19 +41,28 @@ def _batch(args: argparse.Namespace) -> int:
     _offline(args)
     _check_store(args.notebook, args.store)
 
-    return cli_batch(args)
+    return cli_batch(
+        args.notebook,
+        args.params,
+        workers=args.workers,
+        dask=args.dask,
+        out=args.out,
+        resume=args.resume,
+        engine=args.engine,
+        store=args.store,
+    )
 
 
 def _report(args: argparse.Namespace) -> int:
     from .store._report import cli_report
 
-    return cli_report(args)
+    return cli_report(args.store, as_json=args.json)
 
 
 def _review(args: argparse.Namespace) -> int:
     from .store._review import cli_review
 
-    return cli_review(args)
+    return cli_review(args.store, approve=args.approve, reject=args.reject, note=args.note)
 
 
 def _new(args: argparse.Namespace) -> int:

@@ -44,7 +44,13 @@ RULES = [
     (("nbconductor.cli",), ("nbconductor.__main__",), "nothing imports the CLI"),
     (
         ("nbconductor.handoff",),
-        ("nbconductor.handoff", "nbconductor.notebook", "nbconductor.cli", "nbconductor.engine"),
+        (
+            "nbconductor.handoff",
+            "nbconductor.notebook",
+            "nbconductor.cli",
+            "nbconductor.engine",
+            "nbconductor.__init__",  # the public face: `nbconductor.export` and `batch`, lazily
+        ),
         "the engine core and the store do not reach out to export and batch",
     ),
 ]

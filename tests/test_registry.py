@@ -1,12 +1,14 @@
-"""Third-party providers arrive through the `nbconductor.providers` entry-point group."""
+"""Third-party providers arrive through the `nbconductor.providers` entry-point group.
+
+This file uses only public names, as a provider author would.
+"""
 
 import sys
 import textwrap
 
 import pytest
 
-from nbconductor import Pipeline
-from nbconductor._errors import OptionError
+from nbconductor import DefinitionError, Pipeline
 from nbconductor.providers import ProviderRegistry, registry
 
 
@@ -15,8 +17,7 @@ def installed_plugin(tmp_path, monkeypatch):
     """A distribution on sys.path, as pip would install it, declaring a provider entry point."""
     (tmp_path / "echo_provider.py").write_text(
         textwrap.dedent("""
-        from nbconductor.providers import Provider
-        from nbconductor._types import Response, Usage
+        from nbconductor.providers import Provider, Response, Usage
 
         class Echo(Provider):
             name = "echo"
@@ -37,15 +38,17 @@ def test_entry_point_provider_is_found_and_used(installed_plugin, tmp_path, monk
     fresh = ProviderRegistry()
     assert "echo" in fresh.names()
     assert fresh.get("echo").__name__ == "Echo"
-    monkeypatch.setattr(registry, "_targets", dict(registry._targets))  # restored after the test
-    monkeypatch.setattr(registry, "_loaded_entry_points", False)
-    p = Pipeline(store=tmp_path / "s.sqlite")
-    p.step("hello", "Hi {{ who }}", model="echo:v1")
-    assert p.run({"who": "Ada"})["hello"] == "echo/v1: Hi Ada"
+    registry.register("echo", fresh.get("echo"))
+    try:
+        p = Pipeline(store=tmp_path / "s.sqlite")
+        p.step("hello", "Hi {{ who }}", model="echo:v1")
+        assert p.run({"who": "Ada"})["hello"] == "echo/v1: Hi Ada"
+    finally:
+        registry.unregister("echo")
 
 
 def test_unknown_provider_names_the_known_ones():
     with pytest.raises(
-        OptionError, match="unknown provider `nope`: known providers are .*anthropic.*offline"
+        DefinitionError, match="unknown provider `nope`: known providers are .*anthropic.*offline"
     ):
         ProviderRegistry().get("nope")

@@ -11,7 +11,6 @@ that did not finish. This module is the coordinator: rows in, manifest, progress
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import datetime as _dt
@@ -21,6 +20,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .._errors import OptionError
 from .._params import check_known, check_name, check_names, check_value
 from .._redact import redact, redact_value
 from .._summary import fmt_cost, preview, text_table
+from ..store._base import shown
 from ..store._history import HISTORY_ENV
 from ._batch_images import write_row_images
 from ._row import Row, RowResult, execute_row, params_key
@@ -36,12 +38,14 @@ from ._workers import WORKER_ENV, run_local, sweep, worker_context
 
 __all__ = [
     "FINISHED",
+    "BatchResult",
     "MANIFEST",
     "WORKER_ENV",
     "Manifest",
     "Progress",
     "Row",
     "RowResult",
+    "batch",
     "cli_batch",
     "execute_row",
     "output_name",
@@ -224,7 +228,7 @@ class Manifest:
                 data = None
         if data is None:
             data = {"version": 1, "rows": {}}
-        data.update(notebook=str(notebook), params=str(params_file), store=store)
+        data.update(notebook=str(notebook), params=str(params_file), store=shown(store))
         return cls(path, data)
 
     def finished(self, row: Row) -> dict | None:
@@ -282,54 +286,92 @@ class Progress:
             self.bar.close()
 
 
-# ---------------------------------------------------------------------------------- the CLI
+# ------------------------------------------------------------------------- the public API
 
 
-def cli_batch(args: argparse.Namespace) -> int:
-    """``nbconductor batch``; returns 0 when every row finished, 1 when one failed, 2 for bad input."""
-    if args.workers is not None and args.workers < 1:
+@dataclass
+class BatchResult:
+    """What `batch` returns: each row's outcome (in row order), where the notebooks and store are."""
+
+    rows: list[dict]
+    out_dir: Path
+    store: str
+    seconds: float
+    missing: int = 0  # rows that never reported (a coordinator interrupted mid-batch)
+
+    @property
+    def failed(self) -> int:
+        """How many rows did not finish (failed, or never reported)."""
+        return sum(1 for r in self.rows if r["status"] == "failed") + self.missing
+
+    def summary(self) -> str:
+        """The table ``nbconductor batch`` prints at the end."""
+        return summary(self.rows, self.out_dir, self.seconds, self.store)
+
+
+def batch(
+    job: str | os.PathLike,
+    rows: str | os.PathLike | list[dict[str, Any]],
+    *,
+    workers: int | None = None,
+    dask: str | None = None,
+    out: str | os.PathLike = "batch-out",
+    resume: bool = False,
+    engine: str | None = None,
+    store: str | os.PathLike | None = None,
+) -> BatchResult:
+    """Run the notebook ``job`` once per parameter row, in parallel; returns a `BatchResult`.
+
+    ``rows`` is a .csv/.yaml/.json file of rows (`read_rows`) or a list of mappings. Rows run on
+    ``workers`` local processes (default: one per CPU) or on the Dask cluster at ``dask``; an
+    output notebook per row goes to ``out``, every result into ``store``. ``resume`` skips rows
+    that finished in an earlier batch into the same ``out``. A failed row does not stop the
+    others. Raises `OptionError` (a `ParameterError` for a bad row) before anything runs.
+    """
+    if workers is not None and workers < 1:
         raise OptionError(
-            f"--workers must be 1 or more, got {args.workers} (leave it out for one per CPU)"
+            f"--workers must be 1 or more, got {workers} (leave it out for one per CPU)"
         )
-    notebook = Path(args.notebook).resolve()
+    notebook = Path(job).resolve()
     nb = _read_notebook(notebook)  # as JSON: the coordinator never imports nbformat or papermill
     from .._config import load_config
 
     load_config(start=notebook.parent)  # a config error stops the batch here, not in every row
-    rows_in = read_rows(args.params)
-    _check_known(nb, rows_in, args.params)
-    if not args.dask:
+    if isinstance(rows, (str, os.PathLike)):
+        params_name = str(rows)
+        rows_in = read_rows(rows)
+    else:
+        params_name = "<rows>"
+        rows_in = _given_rows(rows)
+    _check_known(nb, rows_in, params_name)
+    if not dask:
         worker_context()  # the workers' start-up overlaps with what the coordinator does next
-    engine = choose_engine(nb, args.engine, register=False)
-    out_dir = Path(args.out).resolve()
+    engine = choose_engine(nb, engine, register=False)
+    out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    store = str(_store_path(args.store, notebook))
-    manifest = Manifest.open(out_dir, notebook, args.params, store, args.resume)
-    rows = [
+    store = str(_store_path(None if store is None else str(store), notebook))
+    manifest = Manifest.open(out_dir, notebook, params_name, store, resume)
+    all_rows = [
         Row(i, params, str(out_dir / output_name(notebook, i, len(rows_in))))
         for i, params in enumerate(rows_in)
     ]
     results: dict[int, dict] = {}
     todo = []
-    for row in rows:
-        done = manifest.finished(row) if args.resume else None
+    for row in all_rows:
+        done = manifest.finished(row) if resume else None
         if done is not None:
             results[row.index] = {**done, "resumed": True}
         else:
             todo.append(row)
-    if args.resume and results:
+    if resume and results:
         print(
-            f"nbconductor: resuming: {len(results)} of {plural(len(rows), 'row')} already finished",
+            f"nbconductor: resuming: {len(results)} of {plural(len(all_rows), 'row')} already finished",
             file=sys.stderr,
         )
-    where = (
-        f"Dask at {args.dask}"
-        if args.dask
-        else plural(_worker_count(args.workers, len(todo)), "local worker")
-    )
+    where = f"Dask at {dask}" if dask else plural(_worker_count(workers, len(todo)), "local worker")
     print(
         f"nbconductor: {plural(len(todo), 'row')} of {notebook.name} on {where}, {engine_label(engine)} engine; "
-        f"store {store}",
+        f"store {shown(store)}",
         file=sys.stderr,
     )
     progress = Progress(len(todo), notebook.stem)
@@ -342,19 +384,19 @@ def cli_batch(args: argparse.Namespace) -> int:
         manifest.record(result)
         progress.update(result)
 
-    job = {"notebook": str(notebook), "engine": engine, "store": store}
+    spec = {"notebook": str(notebook), "engine": engine, "store": store}
     try:
         # Every row's history() ends where the batch began: rows do not see each other's outputs.
         with environ({HISTORY_ENV: repr(started)}):
-            if todo and args.dask:
+            if todo and dask:
                 from ._dask import run_dask
 
-                run_dask(args.dask, todo, job, done)
+                run_dask(dask, todo, spec, done)
             elif todo:
                 run_local(
                     todo,
-                    job,
-                    _worker_count(args.workers, len(todo)),
+                    spec,
+                    _worker_count(workers, len(todo)),
                     done,
                     log_dir=out_dir / "logs",
                 )
@@ -364,10 +406,54 @@ def cli_batch(args: argparse.Namespace) -> int:
         for log in (out_dir / "logs").glob("*.log"):
             redact_file(log)
     ordered = [results[i] for i in sorted(results)]
-    print(summary(ordered, out_dir, time.time() - started, store))
-    missing = len(rows) - len(ordered)
-    failed = sum(1 for r in ordered if r["status"] == "failed") + missing
-    return 1 if failed else 0
+    return BatchResult(
+        ordered, out_dir, store, time.time() - started, missing=len(all_rows) - len(ordered)
+    )
+
+
+def _given_rows(rows: Any) -> list[dict[str, Any]]:
+    """Rows passed from Python: a non-empty list of mappings of parameter names to plain data."""
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, Mapping) for r in rows):
+        raise OptionError("batch rows must be a params file or a list of mappings")
+    if not rows:
+        raise OptionError("batch rows: there are no rows")
+    out = []
+    for i, row in enumerate(rows):
+        check_names(row, f"row {i}")
+        plain = {str(k): _plain(v) for k, v in row.items()}
+        for name, value in plain.items():
+            check_value(name, value, f"row {i}")
+        out.append(plain)
+    return out
+
+
+# ---------------------------------------------------------------------------------- the CLI
+
+
+def cli_batch(
+    notebook: str,
+    params: str,
+    *,
+    workers: int | None = None,
+    dask: str | None = None,
+    out: str = "batch-out",
+    resume: bool = False,
+    engine: str | None = None,
+    store: str | None = None,
+) -> int:
+    """``nbconductor batch``; returns 0 when every row finished, 1 when one failed, 2 for bad input."""
+    result = batch(
+        notebook,
+        params,
+        workers=workers,
+        dask=dask,
+        out=out,
+        resume=resume,
+        engine=engine,
+        store=store,
+    )
+    print(result.summary())
+    return 1 if result.failed else 0
 
 
 def _worker_count(requested: int | None, rows: int) -> int:
@@ -377,18 +463,20 @@ def _worker_count(requested: int | None, rows: int) -> int:
     return max(1, min(n, rows or 1))
 
 
-def _store_path(arg: str | None, notebook: Path) -> Path:
+def _store_path(arg: str | None, notebook: Path) -> Path | str:
+    """The batch's store: a resolved path, or a ``postgresql://`` URL as given."""
+    from ..store._base import default_store, resolve
+
     if arg:
-        return Path(arg).resolve()
+        return resolve(arg)
     if os.environ.get("NBCONDUCTOR_STORE"):
-        return Path(os.environ["NBCONDUCTOR_STORE"]).resolve()
+        return resolve(os.environ["NBCONDUCTOR_STORE"])
     from .._config import load_config
-    from ..store._sqlite import default_store_path
 
     config = load_config(start=notebook.parent)
     if config.store:
-        return (notebook.parent / config.store).resolve()
-    return default_store_path(notebook.parent).resolve()
+        return resolve(config.store, notebook.parent)
+    return resolve(default_store(notebook.parent))
 
 
 def _read_notebook(path: Path) -> dict:
@@ -457,7 +545,9 @@ def summary(results: list[dict], out_dir: Path, seconds: float, store: str) -> s
         f" · {fmt_cost(total)} · {seconds:.1f}s · notebooks in {out_dir}",
     ]
     if counts["flagged"]:
-        lines.append(f"flagged outputs wait for review: nbconductor review --store {store}")
+        lines.append(
+            f"flagged outputs wait for review: nbconductor review --store {shown(store)}"
+        )
     if counts["failed"]:
         lines.append("re-run the failed rows only: add --resume")
     return "\n".join(lines)

@@ -25,6 +25,10 @@ class ProviderRegistry:
         """Register a `Provider` subclass (or a ``"module:Class"`` string) under ``name``."""
         self._targets[name] = provider
 
+    def unregister(self, name: str) -> None:
+        """Forget the provider ``name`` (a no-op when it is not registered)."""
+        self._targets.pop(name, None)
+
     def register_entry_points(self) -> None:
         if self._loaded_entry_points:
             return

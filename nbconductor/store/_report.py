@@ -20,7 +20,6 @@ an output already counted, so it is not counted again, and a skipped step produc
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -29,10 +28,8 @@ from typing import Any
 
 from .._summary import fmt_cost, text_table
 from .._types import quality_failure
+from ._base import ACCEPTED, COUNTED
 from ._sqlite import Store
-
-COUNTED = ("passed", "flagged", "failed", "approved", "edited", "rejected")
-ACCEPTED = ("passed", "approved", "edited")
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -423,14 +420,15 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def cli_report(args: argparse.Namespace) -> int:
-    """``nbconductor report [--store PATH] [--json]``."""
+def cli_report(store: str | None = None, *, as_json: bool = False) -> int:
+    """``nbconductor report [--store PATH] [--json]``; returns the exit status."""
     from ._review import open_store
 
-    store = open_store(args.store, readonly=True)  # a report only reads: a read-only store works
+    path = store
+    store = open_store(path, readonly=True)  # a report only reads: a read-only store works
     try:
         rep = report(store)
     finally:
         store.close()
-    print(json.dumps(rep, indent=2) if args.json else report_text(rep))
+    print(json.dumps(rep, indent=2) if as_json else report_text(rep))
     return 0

@@ -18,19 +18,21 @@ approves or rejects by id.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._errors import ConductorError
 from .._summary import preview, text_table
-from ._sqlite import Store, default_store_path, loadable, writable
+from ._base import APPROVED, EDITED, FLAGGED, REJECTED, connect, default_store, is_url, shown
+from ._sqlite import Store, loadable, writable
 
 #: decision -> the state the result takes
-DECISIONS = {"approve": "approved", "edit": "edited", "reject": "rejected", "rerun": "rejected"}
+DECISIONS = {"approve": APPROVED, "edit": EDITED, "reject": REJECTED, "rerun": REJECTED}
 _ALIASES = {"approved": "approve", "edited": "edit", "rejected": "reject", "re-run": "rerun"}
 
 
@@ -73,12 +75,15 @@ def open_store(path: str | os.PathLike | None, *, readonly: bool | None = False)
     read-only file or folder works; nothing is written); ``None``: read-only when it cannot be
     written (a decision on it is then one line saying so).
     """
-    where = Path(path) if path else default_store_path()
+    where = path or default_store()
+    if is_url(str(where)):
+        return connect(str(where), readonly=bool(readonly))
+    where = Path(where)
     if not where.exists():
         raise ReviewError(f"no run store at {where}: run a pipeline first, or pass --store PATH")
     if readonly is None:
         readonly = not writable(where)
-    return Store(where, readonly=readonly)
+    return connect(where, readonly=readonly)
 
 
 def _as_store(store_or_path: Store | str | os.PathLike | None, *, readonly: bool = False) -> Store:
@@ -92,7 +97,7 @@ def _as_store(store_or_path: Store | str | os.PathLike | None, *, readonly: bool
 # the queue ----------------------------------------------------------------------------------
 _QUEUE_SQL = """
 SELECT r.*, runs.params AS run_params FROM results r LEFT JOIN runs ON runs.id = r.run_id
-WHERE r.state = 'flagged' AND r.cached = 0 AND NOT (r.item IS NULL AND r.items IS NOT NULL)
+WHERE r.state = ? AND r.cached = 0 AND NOT (r.item IS NULL AND r.items IS NOT NULL)
 ORDER BY r.id
 """
 
@@ -103,7 +108,7 @@ def queue(store: Store | str | os.PathLike | None = None) -> list[ReviewItem]:
     A ``--map`` step is reviewed item by item (its step-level row follows its items).
     """
     store = _as_store(store, readonly=True)
-    return [_item(row, store) for row in store.query(_QUEUE_SQL)]
+    return [_item(row, store) for row in store.query(_QUEUE_SQL, (FLAGGED,))]
 
 
 def _item(row, store: Store) -> ReviewItem:
@@ -187,26 +192,18 @@ def decide(
     action = _ALIASES.get(decision, decision)
     if action not in DECISIONS:
         raise ReviewError(f"unknown decision {decision!r}: use approve, edit, reject or rerun")
-    rows = store.query("SELECT * FROM results WHERE id=?", (int(result_id),))
-    if not rows:
+    row = store.row(int(result_id))
+    if row is None:
         raise ReviewError(
-            f"no result #{result_id} in {store.path}: `nbconductor review` lists the queue"
+            f"no result #{result_id} in {shown(store.path)}: `nbconductor review` lists the queue"
         )
-    row = rows[0]
     label = row["step"] if row["item"] is None else f"{row['step']}[{row['item']}]"
     if row["item"] is None and row["items"] is not None:
         raise ReviewError(
             f"result #{result_id} is the whole --map step `{row['step']}`: review its items"
         )
-    if row["state"] != "flagged" or row["cached"]:
-        last = store.query(
-            "SELECT * FROM reviews WHERE result_id=? ORDER BY id DESC LIMIT 1", (row["id"],)
-        )
-        why = f" ({last[0]['decision']} by {last[0]['user']})" if last else ""
-        raise ReviewError(
-            f"result #{result_id} ({label}) is {'cached' if row['cached'] else row['state']}"
-            f"{why}, not waiting for review"
-        )
+    if row["state"] != FLAGGED or row["cached"]:
+        raise _not_waiting(store, row, label)
     before = store.output(row)
     if action == "edit":
         if after is None:
@@ -217,21 +214,38 @@ def decide(
     if action != "edit":
         after = before
     state = DECISIONS[action]
-    with store._lock:
-        # Claim the result atomically: another reviewer (another process) may decide it meanwhile.
+    with store.transaction():
+        # One transaction: the state flips from flagged exactly once, whoever else (another
+        # thread, process or machine) decides the same result at the same moment.
         claimed = store.execute(
-            "UPDATE results SET state=? WHERE id=? AND state='flagged'", (state, row["id"])
+            "UPDATE results SET state=? WHERE id=? AND state=?", (state, row["id"], FLAGGED)
         )
-        if claimed.rowcount != 1:
-            raise ReviewError(
-                f"result #{result_id} ({label}) was decided by someone else meanwhile"
-            )
-        if action == "edit":
-            store.update_output(row["id"], after, state)
-        review_id = store.record_review(row["id"], action, before, after, note)
-        if row["item"] is not None:
-            _update_map_step(store, row, after if action == "edit" else None)
-    return review_id
+        if claimed.rowcount == 1:
+            if action == "edit":
+                store.update_output(row["id"], after, state)
+            review_id = store.record_review(row["id"], action, before, after, note)
+            store.execute("DELETE FROM claims WHERE result_id=?", (row["id"],))
+            if row["item"] is not None:
+                _update_map_step(store, row, after if action == "edit" else None)
+            return review_id
+    raise _not_waiting(store, store.row(row["id"]), label)
+
+
+def _not_waiting(store: Store, row, label: str) -> ReviewError:
+    """ "#7 (draft) is already decided: approved by ana at 2026-05-01 10:00:03"."""
+    last = store.query(
+        "SELECT * FROM reviews WHERE result_id=? ORDER BY id DESC LIMIT 1", (row["id"],)
+    )
+    if last:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last[0]["at"]))
+        return ReviewError(
+            f"result #{row['id']} ({label}) is already decided by {last[0]['user']} at {at} "
+            f"({row['state']})"
+        )
+    return ReviewError(
+        f"result #{row['id']} ({label}) is {'cached' if row['cached'] else row['state']}, "
+        "not waiting for review"
+    )
 
 
 def _coerce(after: Any, kind: str | None, label: str) -> Any:
@@ -259,22 +273,22 @@ def _coerce(after: Any, kind: str | None, label: str) -> Any:
 def _update_map_step(store: Store, row, edited: Any) -> None:
     """Carry an item's decision to its step-level row: the list output, and the state once
     no item is waiting any more (rejected > edited > approved)."""
-    parents = store.query(
-        "SELECT * FROM results WHERE run_id=? AND step=? AND item IS NULL AND items IS NOT NULL AND cached=0 "
-        "AND id>? ORDER BY id LIMIT 1",
-        (row["run_id"], row["step"], row["id"]),
-    )
-    if not parents:
-        return
-    parent = parents[0]
+    parent = store.row(row["parent_id"]) if row["parent_id"] is not None else None
+    if parent is None:  # recorded before items pointed at their step (parent_id)
+        parents = store.query(
+            "SELECT * FROM results WHERE run_id=? AND step=? AND item IS NULL AND items IS NOT NULL "
+            "AND cached=0 AND id>? ORDER BY id LIMIT 1",
+            (row["run_id"], row["step"], row["id"]),
+        )
+        if not parents:
+            return
+        parent = parents[0]
     items = store.query(
         "SELECT state FROM results WHERE run_id=? AND step=? AND item IS NOT NULL AND cached=0 AND id<?",
         (row["run_id"], row["step"], parent["id"]),
     )
     states = {r["state"] for r in items}
-    state = next(
-        (s for s in ("flagged", "rejected", "edited", "approved") if s in states), parent["state"]
-    )
+    state = next((s for s in (FLAGGED, REJECTED, EDITED, APPROVED) if s in states), parent["state"])
     output = store.output(parent)
     if edited is not None and isinstance(output, list) and row["item"] < len(output):
         output[row["item"]] = edited
@@ -293,16 +307,21 @@ def reviews(store: Store | str | os.PathLike, result_id: int | None = None) -> l
 
 
 # the command line ---------------------------------------------------------------------------
-def cli_review(args: argparse.Namespace) -> int:
+def cli_review(
+    store: str | None = None,
+    *,
+    approve: Sequence[int] = (),
+    reject: Sequence[int] = (),
+    note: str = "",
+) -> int:
     """``nbconductor review [--store PATH] [--approve ID] [--reject ID] [--note TEXT]``."""
-    deciding = bool(args.approve or args.reject)
-    store = open_store(
-        args.store, readonly=not deciding
-    )  # listing only reads: a read-only store works
+    deciding = bool(approve or reject)
+    path = store
+    store = open_store(path, readonly=not deciding)  # listing only reads: a read-only store works
     try:
-        for action, ids in (("approve", args.approve or []), ("reject", args.reject or [])):
+        for action, ids in (("approve", approve), ("reject", reject)):
             for result_id in ids:
-                decide(store, result_id, action, note=args.note or "")
+                decide(store, result_id, action, note=note or "")
                 row = store.query("SELECT step, item, state FROM results WHERE id=?", (result_id,))[
                     0
                 ]
