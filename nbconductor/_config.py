@@ -18,7 +18,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -66,6 +66,8 @@ class Price(BaseModel):
     cache_read: float | None = None
     cache_write: float | None = None
     image: float | None = None
+    #: batch price as a share of the above (``--provider-batch``); None: the default, 0.5
+    batch: float | None = None
 
 
 class RetryPolicy(BaseModel):
@@ -110,6 +112,15 @@ class TemplateLimits(BaseModel):
     timeout: float = Field(5.0, gt=0, allow_inf_nan=False)  # seconds
 
 
+class OtelConfig(BaseModel):
+    """``[otel]``: where traces go when the ``OTEL_EXPORTER_OTLP_*`` variables do not say (`_trace`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    endpoint: str | None = None  # the OTLP base URL, e.g. http://localhost:6006
+    protocol: Literal["http/protobuf", "grpc"] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     default_model: str | None = None
@@ -121,6 +132,7 @@ class Config(BaseModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     templates: TemplateLimits = Field(default_factory=TemplateLimits)
     redact: RedactConfig = Field(default_factory=RedactConfig)
+    otel: OtelConfig = Field(default_factory=OtelConfig)
     timeout: float = 600.0
     read_timeout: float = 120.0
     source: str | None = None  # the file this came from

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _trace
 from ._errors import DefinitionError, OutputError, StepFailed, UnknownNameError
 from ._graph import Graph, function_params
 from ._ladder import GateContext, GateError, LadderFailed, run_ladder
@@ -165,6 +166,7 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
     session.params, session.started = _params(session.namespace, graph, names), time.time()
     run_id = store.start_run(session.params, targets, options.notebook)
     session.run_id, session.notebook = run_id, options.notebook
+    traced = _trace.run_started(run_id, options.notebook, session.params, session.pool.config)
     results: dict[str, StepResult] = {}
     tasks: dict[str, asyncio.Task] = {}
     emit = options.observer or (lambda *a: None)
@@ -188,7 +190,7 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
             )  # never ran: spent nothing
         else:
             emit("start", name, None)
-            res = await _run_step(session, step, upstream, options, emit)
+            res = await _trace.step(step, _run_step(session, step, upstream, options, emit))
             if res.cached:
                 res.result_id = store.record(run_id, res, options.notebook)
             else:
@@ -221,6 +223,7 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
             run.cost,
             "; ".join(r.error for r in ordered.values() if r.error) or None,
         )
+        _trace.run_ended(traced, run)
     return run
 
 
@@ -332,7 +335,7 @@ def _ladder_failure(step: Step, exc: LadderFailed, started: float) -> StepResult
         step.name,
         "failed",
         exc.output,
-        prompt=getattr(exc, "prompt", None),
+        prompt=exc.prompt,
         attempts=exc.attempts,
         gates=exc.gates,
         usage=usage,
@@ -428,9 +431,6 @@ async def _run_single(
             on_attempt=lambda a: emit("attempt", step.name, a),
             image=step.kind == "image",
         )
-    except LadderFailed as exc:
-        exc.prompt = request.prompt  # the audit trail keeps what was sent, even on failure
-        raise
     return StepResult(
         step.name,
         outcome.state,
@@ -568,6 +568,7 @@ async def _run_python(
             usage=exc.usage,
             error=str(exc),
         )
+    _trace.gates(results)
     state = (
         "passed"
         if all(g.passed for g in results)

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import _trace
 from ._config import ModelRef, RetryPolicy
-from ._errors import OutputError, ProviderError, StepFailed
+from ._errors import GateError, LadderFailed, OutputError, ProviderError
 from ._pool import ProviderPool
 from ._pricing import cost_of
 from ._types import Attempt, GateResult, Request, Response, Step, Usage
@@ -52,37 +53,6 @@ class Outcome:
     cost: float | None
 
 
-class LadderFailed(StepFailed):
-    def __init__(
-        self,
-        step: str,
-        message: str,
-        attempts: list[Attempt],
-        gates: list[GateResult],
-        output: Any = None,
-        cause: BaseException | None = None,
-    ):
-        super().__init__(step, message, cause)
-        self.attempts, self.gates, self.output = attempts, gates, output
-
-
-class GateError(StepFailed):
-    """A model-backed gate (the rubric judge) gave no verdict; says what its calls spent."""
-
-    def __init__(
-        self,
-        step: str,
-        reason: str,
-        *,
-        usage: Usage,
-        cost: float | None,
-        calls: int,
-        cause: BaseException | None = None,
-    ):
-        super().__init__(step, reason, cause)
-        self.reason, self.usage, self.cost, self.calls = reason, usage, cost, calls
-
-
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Full-jitter exponential backoff for attempt number ``attempt`` (0-based)."""
     return random.uniform(0, min(cap, base * 2**attempt))
@@ -99,6 +69,7 @@ async def pause_for_retry(exc: ProviderError, n: int, retries: int, policy: Retr
         if exc.retry_after > policy.max_retry_after:
             return False
         await asyncio.sleep(exc.retry_after)
+        _trace.waited(exc.retry_after)
     else:
         await asyncio.sleep(backoff(n, policy.base_delay, policy.max_delay))
     return True
@@ -137,7 +108,10 @@ async def run_ladder(
             response: Response | None = None
             try:
                 async with pool.slot(ref.provider):
-                    response = await (provider.image(req) if image else provider.complete(req))
+                    call = provider.image(req) if image else provider.complete(req)
+                    response = await _trace.call(
+                        call, ref, req, pool, attempt=n + 1, fallback=index, image=image
+                    )
                 output = parse(response)
             except ProviderError as exc:
                 exc.provider = exc.provider or ref.provider
@@ -148,7 +122,7 @@ async def run_ladder(
                 spent = (
                     response.usage
                     if response is not None
-                    else getattr(exc, "usage", None) or Usage(0, 0)
+                    else exc.usage or Usage(0, 0)
                 )
                 spent_cost = _spent_cost(ref, response, spent, pool, image)
                 usage = usage + spent
@@ -197,7 +171,10 @@ async def run_ladder(
                 attempts.append(att)
                 if on_attempt:
                     on_attempt(att)
-                raise LadderFailed(step.name, exc.reason, attempts, results, output, exc) from None
+                raise LadderFailed(
+                    step.name, exc.reason, attempts, results, output, exc, prompt=request.prompt
+                ) from None
+            _trace.gates(results)
             for g in results:  # a judge's tokens and cost belong to the attempt it judged
                 if g.usage is not None:
                     call_usage = call_usage + g.usage
@@ -258,6 +235,7 @@ async def run_ladder(
             attempts,
             last_gates,
             last_output,
+            prompt=request.prompt,
         )
     tried = ", ".join(dict.fromkeys(a.model for a in attempts))
     raise LadderFailed(
@@ -267,6 +245,7 @@ async def run_ladder(
         [],
         None,
         last_error,
+        prompt=request.prompt,
     )
 
 
@@ -298,4 +277,10 @@ def _spent_cost(
         return response.cost
     if response is None and not usage.total:
         return 0.0  # no answer and no tokens reported: nothing to bill
-    return cost_of(ref, usage, pool.config, images=1 if image and response is not None else 0)
+    return cost_of(
+        ref,
+        usage,
+        pool.config,
+        images=1 if image and response is not None else 0,
+        batch=pool.batched(ref),
+    )

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _trace
 from ._errors import OptionError, OutputError, UnknownNameError
 from ._types import Usage
 
@@ -212,6 +213,9 @@ class Turn:
     raw: Any = None  # whatever the adapter needs to replay this turn in the history
     stop: str | None = None  # the provider's stop / finish reason
 
+    def __post_init__(self) -> None:
+        _trace.finish_reason(self.stop)  # every adapter reports each model call as a Turn
+
 
 async def call_tool(tools: dict[str, dict], call: ToolCall) -> tuple[str, bool]:
     """Run one tool call; returns (result text, is_error). Failures go back to the model."""
@@ -266,17 +270,19 @@ async def run_tool_loop(
     usage = Usage()
     turns = max(1, max_turns)
     for n in range(turns):
-        turn = await send(n == turns - 1)
+        turn = await _trace.turn(send(n == turns - 1), n)
         usage = usage + turn.usage
         if not turn.calls:
             return turn, usage, n + 1
         if n == turns - 1:
             err = OutputError(
                 f"the model still asked for tools after {turns} turns; raise --max-turns "
-                "or make the task smaller"
+                "or make the task smaller",
+                usage=usage,
             )
-            err.usage = usage
             raise err
-        results = [(call, *(await call_tool(by_name, call))) for call in turn.calls]
+        results = [
+            (call, *(await _trace.tool(call_tool(by_name, call), call.name))) for call in turn.calls
+        ]
         add_results(turn, results)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from .. import _trace
 from .._errors import OutputError, ProviderError
 from .._ladder import GateError, pause_for_retry
 from .._pricing import cost_of
@@ -133,11 +134,16 @@ class RubricGate:
             calls += 1
             try:
                 async with pool.slot(ref.provider):
-                    response = await provider.complete(request)
+                    call = provider.complete(request)
+                    response = await _trace.call(
+                        call, ref, request, pool, attempt=n + 1, role="judge"
+                    )
                 pool.succeeded(ref.provider)
                 spent = response.usage
                 call_cost = (
-                    response.cost if response.cost is not None else cost_of(ref, spent, pool.config)
+                    response.cost
+                    if response.cost is not None
+                    else cost_of(ref, spent, pool.config, batch=pool.batched(ref))
                 )
                 usage, cost = (
                     usage + spent,
@@ -146,9 +152,9 @@ class RubricGate:
                 score, feedback, suggestion = parse_verdict(response.data, response.text)
             except ProviderError as exc:
                 error = exc
-                spent = getattr(exc, "usage", None)  # an unusable answer was still billed
+                spent = exc.usage  # an unusable answer was still billed
                 if spent is not None and spent.total:
-                    call_cost = cost_of(ref, spent, pool.config)
+                    call_cost = cost_of(ref, spent, pool.config, batch=pool.batched(ref))
                     usage, cost = (
                         usage + spent,
                         None if cost is None or call_cost is None else cost + call_cost,

@@ -1,0 +1,480 @@
+"""Tracing: runs, steps and model calls as OpenTelemetry spans (the ``otel`` extra).
+
+The only module that imports OpenTelemetry, and only once tracing is on: with
+``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` set, ``[otel] endpoint``
+in the config, ``%conductor trace on``, or an application's own SDK ``TracerProvider`` already
+installed (its spans then join it). Off, every hook is one context-variable read and returns
+what it was given.
+
+A run is one trace: ``nbconductor.run`` → ``step <name>`` → ``chat <model>`` (each attempt, judge
+call and tool-use turn, with the GenAI semantic conventions' ``gen_ai.*`` attributes), gate results
+as ``gate.result`` events. The hooks take the coroutine they trace and return it unchanged when
+tracing is off, so a call site stays one line. Export is the SDK's batch processor (its own
+thread); a collector that is down costs one warning line per run (`_guard`), never the run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: ``%conductor trace on|off`` (None: the environment and the config decide).
+_switch: bool | None = None
+_tracing: Any = None  # the `_guard.Tracing` once set up; False when the extra is missing
+#: The OpenTelemetry context of the innermost nbconductor span of this task (run, step or call).
+_parent: contextvars.ContextVar[Any] = contextvars.ContextVar("nbconductor_span", default=None)
+_step: contextvars.ContextVar[_StepState | None] = contextvars.ContextVar(
+    "nbconductor_step", default=None
+)
+CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+LINK_ENV = "NBCONDUCTOR_TRACE_LINK"  # a W3C traceparent: the batch span a row's run links to
+BATCH_ENV = "NBCONDUCTOR_BATCH_ID"
+
+
+@dataclass
+class _StepState:
+    span: Any
+    waited: float = 0.0  # retry-after seconds waited since the last model call
+    finish: list[str] = field(default_factory=list)
+    call: dict = field(default_factory=dict)  # the model call in progress (for its tool turns)
+
+
+def switch(on: bool | None) -> None:
+    """``%conductor trace on`` (True), ``off`` (False) or back to the environment (None)."""
+    global _switch
+    _switch = on
+
+
+def wanted(config: Any = None) -> bool:
+    """Whether runs are traced now (reads the environment; imports nothing)."""
+    if _switch is not None:
+        return _switch
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        return True
+    otel = getattr(config, "otel", None)
+    if otel is not None and otel.endpoint:
+        return True
+    return app_provider() is not None
+
+
+def app_provider() -> Any:
+    """The application's own SDK TracerProvider, if it installed one (never imports one)."""
+    if "opentelemetry.sdk.trace" not in sys.modules:
+        return None
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = trace.get_tracer_provider()
+    return provider if isinstance(provider, TracerProvider) else None
+
+
+def available() -> bool:
+    """Whether the ``otel`` extra is installed (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("opentelemetry.sdk") is not None
+
+
+def _setup(config: Any) -> Any:
+    global _tracing
+    if _tracing is None:
+        if not available():
+            _tracing = False
+            print(
+                "nbconductor: tracing is on but OpenTelemetry is not installed: "
+                "pip install 'nbconductor[otel]'",
+                file=sys.stderr,
+            )
+        else:
+            from ._trace_setup import Tracing
+
+            _tracing = Tracing(getattr(config, "otel", None))
+    return _tracing or None
+
+
+def reset() -> None:
+    """Forget the set-up provider (tests; a changed endpoint). Flushes what is pending."""
+    global _tracing
+    if _tracing:
+        _tracing.close()
+    _tracing = None
+
+
+# runs --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunTrace:
+    span: Any
+    token: Any
+    tracing: Any
+
+
+def run_started(run_id: str, notebook: str | None, params: dict | None, config: Any) -> Any:
+    """Open a run's root span (None when tracing is off)."""
+    if not wanted(config):
+        return None
+    tracing = _setup(config)
+    if tracing is None:
+        return None
+    attrs = {
+        "nbconductor.run.id": run_id,
+        "nbconductor.notebook": notebook or "",
+        "nbconductor.parameters": sorted(params or ()),
+    }
+    if os.environ.get(BATCH_ENV):
+        attrs["nbconductor.batch.id"] = os.environ[BATCH_ENV]
+    span = tracing.start(
+        "nbconductor.run", None, attrs, links=tracing.links(os.environ.get(LINK_ENV))
+    )
+    tracing.guard.expect(span, run_id)
+    return RunTrace(span, _parent.set(tracing.context(span)), tracing)
+
+
+def run_ended(handle: RunTrace | None, run: Any) -> None:
+    """Close a run's root span with its status, cost and tokens; export starts at once."""
+    if handle is None:
+        return
+    _parent.reset(handle.token)
+    span = handle.span
+    usage = run.usage
+    span.set_attribute("nbconductor.status", run.status)
+    _set(span, "nbconductor.cost", run.cost)
+    _set(span, "gen_ai.usage.input_tokens", usage.input_tokens)
+    _set(span, "gen_ai.usage.output_tokens", usage.output_tokens)
+    if run.status in ("failed", "interrupted"):
+        handle.tracing.error(span, f"run {run.status}")
+    span.end()
+    handle.tracing.flush_soon()
+
+
+# steps -------------------------------------------------------------------------------------
+
+
+def step(step: Any, coro: Awaitable[T]) -> Awaitable[T]:
+    """``coro`` (running ``step``) inside a ``step <name>`` span; unchanged when off."""
+    if _parent.get() is None:
+        return coro
+    return _traced_step(step, coro)
+
+
+async def _traced_step(step: Any, coro: Awaitable[Any]) -> Any:
+    tracing = _tracing
+    attrs = {"nbconductor.step": step.name, "nbconductor.step.kind": step.kind}
+    if step.model:
+        attrs["nbconductor.step.model"] = step.model
+    span = tracing.start(f"step {step.name}", _parent.get(), attrs)
+    token, state = _parent.set(tracing.context(span)), _step.set(_StepState(span))
+    try:
+        res = await coro
+    except BaseException as exc:
+        tracing.error(span, type(exc).__name__)
+        span.end()
+        raise
+    finally:
+        _parent.reset(token)
+        _step.reset(state)
+    span.set_attribute("nbconductor.state", res.state)
+    span.set_attribute("nbconductor.attempts", len(res.attempts))
+    span.set_attribute("nbconductor.cache_hit", bool(res.cached))
+    _set(span, "nbconductor.cost", None if res.cached else res.cost)
+    _set(span, "nbconductor.items", res.items)
+    _set(span, "nbconductor.model", res.model)
+    if res.state == "failed":
+        tracing.error(span, _redact(res.error or "failed"))
+    span.end()
+    return res
+
+
+def gates(results: list) -> None:
+    """Gate results of one attempt (or of a Python step) as ``gate.result`` events of its step."""
+    state = _step.get()
+    if state is None:
+        return
+    for g in results:
+        attrs = {"gate.name": g.name, "gate.passed": bool(g.passed)}
+        if g.score is not None:
+            attrs["gate.score"] = float(g.score)
+        if g.feedback:
+            attrs["gate.feedback"] = _redact(g.feedback)
+        state.span.add_event("gate.result", attrs)
+
+
+def waited(seconds: float) -> None:
+    """The retry-after a server asked for was waited; the next model call carries it."""
+    state = _step.get()
+    if state is not None:
+        state.waited += seconds
+        state.span.add_event("retry.wait", {"nbconductor.retry_after": float(seconds)})
+
+
+def finish_reason(reason: str | None) -> None:
+    """A provider's stop/finish reason of the model call in progress (its adapter reports it)."""
+    state = _step.get()
+    if state is not None and reason:
+        state.finish.append(str(reason))
+
+
+# model calls -------------------------------------------------------------------------------
+
+
+def call(
+    coro: Awaitable[T],
+    ref: Any,
+    request: Any,
+    pool: Any,
+    *,
+    attempt: int = 1,
+    fallback: int = 0,
+    image: bool = False,
+    role: str = "step",
+) -> Awaitable[T]:
+    """``coro`` (one provider call) inside a ``chat <model>`` span; unchanged when off.
+
+    ``attempt`` counts from 1 for each model, ``fallback`` is the model's place in the ladder
+    (0: the step's own model), ``role`` says whose call it is (``step``, ``judge``, ``turn``).
+    """
+    if _parent.get() is None:
+        return coro
+    return _traced_call(coro, ref, request, pool, attempt, fallback, image, role)
+
+
+async def _traced_call(coro, ref, request, pool, attempt, fallback, image, role) -> Any:
+    tracing = _tracing
+    op = "generate_content" if image else "chat"
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": op,
+        "gen_ai.provider.name": ref.provider,
+        "gen_ai.request.model": ref.model,
+        "nbconductor.attempt": attempt,
+        "nbconductor.fallback": fallback,
+        "nbconductor.call": role,
+    }
+    if ref.alias:
+        attrs["nbconductor.alias"] = ref.alias
+    if request.temperature is not None:
+        attrs["gen_ai.request.temperature"] = float(request.temperature)
+    if request.max_tokens is not None:
+        attrs["gen_ai.request.max_tokens"] = int(request.max_tokens)
+    state = _step.get()
+    if state is not None:
+        if state.waited:
+            attrs["nbconductor.retry_after_waited"] = state.waited
+        state.waited, state.finish = 0.0, []
+        state.call = {k: attrs[k] for k in ("gen_ai.provider.name", "gen_ai.request.model")}
+    content = capture_content()
+    if content:
+        attrs.update(_input_messages(request))
+    span = tracing.start(f"{op} {ref.model}", _parent.get(), attrs, client=True)
+    token = _parent.set(tracing.context(span))
+    try:
+        response = await coro
+    except BaseException as exc:
+        span.set_attribute("error.type", type(exc).__name__)
+        _usage(span, getattr(exc, "usage", None))
+        tracing.error(span, _redact(f"{type(exc).__name__}: {exc}")[:500])
+        span.end()
+        raise
+    finally:
+        _parent.reset(token)
+    if response.model:
+        span.set_attribute("gen_ai.response.model", response.model.split(":", 1)[-1])
+    _usage(span, response.usage)
+    if state is not None and state.finish:
+        span.set_attribute("gen_ai.response.finish_reasons", list(state.finish))
+    _set(span, "nbconductor.cost", _cost(ref, response, pool, image))
+    if content and not image:
+        msg = {"role": "assistant", "parts": [{"type": "text", "content": _redact(response.text)}]}
+        span.set_attribute("gen_ai.output.messages", json.dumps([msg]))
+    span.end()
+    return response
+
+
+def turn(coro: Awaitable[T], index: int) -> Awaitable[T]:
+    """One model call of a tool-use conversation (a `Turn`), as a child of its attempt's span."""
+    if _parent.get() is None:
+        return coro
+    return _traced_turn(coro, index)
+
+
+async def _traced_turn(coro: Awaitable[Any], index: int) -> Any:
+    tracing, state = _tracing, _step.get()
+    attrs = {
+        "gen_ai.operation.name": "chat",
+        "nbconductor.call": "turn",
+        "nbconductor.turn": index + 1,
+    }
+    if state is not None:
+        attrs.update(state.call)
+    span = tracing.start(
+        f"chat {attrs.get('gen_ai.request.model', '')}".strip(), _parent.get(), attrs, client=True
+    )
+    try:
+        result = await coro
+    except BaseException as exc:
+        span.set_attribute("error.type", type(exc).__name__)
+        tracing.error(span, _redact(f"{type(exc).__name__}: {exc}")[:500])
+        span.end()
+        raise
+    if result.model:
+        span.set_attribute("gen_ai.response.model", str(result.model).split(":", 1)[-1])
+    if result.stop:
+        span.set_attribute("gen_ai.response.finish_reasons", [str(result.stop)])
+    _usage(span, result.usage)
+    span.end()
+    return result
+
+
+def tool(coro: Awaitable[T], name: str) -> Awaitable[T]:
+    """One tool call a model asked for, as an ``execute_tool <name>`` span."""
+    if _parent.get() is None:
+        return coro
+    return _traced_tool(coro, name)
+
+
+async def _traced_tool(coro: Awaitable[Any], name: str) -> Any:
+    tracing = _tracing
+    attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
+    span = tracing.start(f"execute_tool {name}", _parent.get(), attrs)
+    try:
+        text, failed = await coro
+    except BaseException as exc:
+        span.set_attribute("error.type", type(exc).__name__)
+        span.end()
+        raise
+    if failed:
+        span.set_attribute("error.type", "tool_error")
+        tracing.error(span, _redact(str(text))[:500])
+    span.end()
+    return text, failed
+
+
+def capture_content() -> bool:
+    """Whether prompts and outputs go on the spans (the conventions' opt-in switch)."""
+    return os.environ.get(CONTENT_ENV, "").strip().lower() == "true"
+
+
+def _input_messages(request: Any) -> dict[str, str]:
+    out = {}
+    system = request.system_text()
+    if system:
+        out["gen_ai.system_instructions"] = json.dumps(
+            [{"type": "text", "content": _redact(system)}]
+        )
+    messages = [
+        {"role": m["role"], "parts": [{"type": "text", "content": _redact(m["content"])}]}
+        for m in request.messages()
+    ]
+    out["gen_ai.input.messages"] = json.dumps(messages)
+    return out
+
+
+def _usage(span: Any, usage: Any) -> None:
+    if usage is None:
+        return
+    _set(span, "gen_ai.usage.input_tokens", usage.input_tokens)
+    _set(span, "gen_ai.usage.output_tokens", usage.output_tokens)
+    _set(span, "gen_ai.usage.cache_read.input_tokens", usage.cache_read_tokens)
+    _set(span, "gen_ai.usage.cache_creation.input_tokens", usage.cache_write_tokens)
+
+
+def _cost(ref: Any, response: Any, pool: Any, image: bool) -> float | None:
+    if response.cost is not None:
+        return response.cost
+    if pool is None:
+        return None
+    from ._pricing import cost_of
+
+    try:
+        return cost_of(ref, response.usage, pool.config, images=1 if image else 0)
+    except Exception:  # noqa: BLE001 - a price we cannot work out is no attribute, not a failure
+        return None
+
+
+def _set(span: Any, key: str, value: Any) -> None:
+    if value is not None:
+        span.set_attribute(key, value)
+
+
+def _redact(text: str) -> str:
+    from ._redact import redact
+
+    return redact(text)
+
+
+# batches and later decisions -----------------------------------------------------------------
+
+
+def batch_started(label: str, rows: int, config: Any = None) -> Callable[[str], None] | None:
+    """Open a ``nbconductor.batch`` span; its rows' runs link to it through the environment.
+
+    Returns the function that closes it (with the batch's status), or None when tracing is off.
+    """
+    if not wanted(config):
+        return None
+    tracing = _setup(config)
+    if tracing is None:
+        return None
+    batch_id = f"{label}-{int(time.time() * 1000):x}"
+    attrs = {"nbconductor.batch.id": batch_id, "nbconductor.batch.rows": rows}
+    span = tracing.start("nbconductor.batch", None, attrs)
+    saved = {k: os.environ.get(k) for k in (LINK_ENV, BATCH_ENV)}
+    os.environ[LINK_ENV], os.environ[BATCH_ENV] = tracing.traceparent(span), batch_id
+
+    def close(status: str) -> None:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        span.set_attribute("nbconductor.status", status)
+        span.end()
+        tracing.flush_soon()
+
+    return close
+
+
+def carried_env() -> dict[str, str]:
+    """The tracing environment a Dask task takes to its worker: ``OTEL_*`` and the batch link,
+    never ``*HEADERS*`` (they carry credentials; a worker keeps its own, like API keys)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if (k.startswith("OTEL_") and "HEADERS" not in k) or k in (LINK_ENV, BATCH_ENV)
+    }
+
+
+def step_context() -> str | None:
+    """The current step span as a W3C traceparent (stored with its result), or None."""
+    state = _step.get()
+    if state is None or not _tracing:
+        return None
+    return _tracing.traceparent(state.span)
+
+
+def decision(
+    traceparent: str | None, result_id: int, step: str, decision: str, config=None
+) -> None:
+    """A review decision as a ``review.decision`` event on a short trace linked to its step."""
+    if not traceparent or not wanted(config):
+        return
+    tracing = _setup(config)
+    if tracing is None:
+        return
+    attrs = {"nbconductor.result.id": result_id, "nbconductor.step": step}
+    span = tracing.start("nbconductor.review", None, attrs, links=tracing.links(traceparent))
+    span.add_event("review.decision", {"nbconductor.decision": decision, **attrs})
+    span.end()
+    tracing.flush_soon()
