@@ -15,7 +15,8 @@ from ._loop import run_sync
 from ._pool import ProviderPool
 from ._template import parse_map
 from ._types import ON_FAIL, Rubric, Step, StepResult
-from .store._sqlite import Store, default_store_path
+from .store._base import connect, default_store, resolve
+from .store._sqlite import Store
 
 
 class Pipeline:
@@ -58,8 +59,8 @@ class Pipeline:
             # config's `store`, then .nbconductor/store.sqlite beside the notebook.
             arg = self._store_arg
             if arg is None and not os.environ.get("NBCONDUCTOR_STORE") and self.config.store:
-                arg = self.root / self.config.store
-            self._store = Store(arg if arg is not None else default_store_path(self.root))
+                arg = resolve(self.config.store, self.root)
+            self._store = connect(arg if arg is not None else default_store(self.root))
         return self._store
 
     def add(self, step: Step) -> Step:

@@ -178,6 +178,10 @@ def test_map_items_are_reviewed_one_by_one_and_the_list_follows(ip):
     )[0]
     whole = m.pipeline.store.result(step_row["id"])
     assert whole.state == "edited" and whole.output == [fr, "Hallo Preisseiten"]
+    items = m.pipeline.store.query(
+        "SELECT parent_id FROM results WHERE step='translate' AND item IS NOT NULL AND cached=0"
+    )
+    assert [r["parent_id"] for r in items] == [step_row["id"]] * 2  # items point at their step
 
 
 def test_json_edits_must_be_json_and_become_typed_values(ip):
@@ -275,7 +279,9 @@ def test_decide_refuses_what_it_cannot_do(store):
     with pytest.raises(ReviewError, match=r"is passed, not waiting for review"):
         decide(store, passed, "approve")
     decide(store, first, "approve")
-    with pytest.raises(ReviewError, match=r"is approved \(approve by .+\), not waiting for review"):
+    with pytest.raises(
+        ReviewError, match=r"already decided by .+ at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(approved\)"
+    ):
         decide(store, first, "reject")
     # an "edit" that changes nothing is recorded as an approval
     before = store.result(second).output
@@ -315,7 +321,7 @@ def test_cli_lists_the_queue_and_approves_and_rejects_by_id(store, capsys):
     assert [i.id for i in queue(store)] == [c]
     assert {r["note"] for r in reviews(store)} == {"batch 7"}
     assert main(["review", "--store", store.path, "--approve", str(a)]) == 2
-    assert f"result #{a} (draft) is approved" in capsys.readouterr().err
+    assert f"result #{a} (draft) is already decided by" in capsys.readouterr().err
 
 
 def test_cli_without_a_store_says_so(tmp_path, capsys, monkeypatch):

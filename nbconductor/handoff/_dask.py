@@ -12,7 +12,6 @@ row failed; the other rows go on.
 from __future__ import annotations
 
 import os
-import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,44 +56,24 @@ def run_row_task(
 
 def dump_store(path: Path) -> dict[str, list[dict]]:
     """Every row of the runs and results tables of a store file."""
+    from ..store._base import connect
+
     if not path.is_file():
         return {t: [] for t in TABLES}
-    db = sqlite3.connect(path)
-    db.row_factory = sqlite3.Row
+    store = connect(path, readonly=True)
     try:
-        return {
-            t: [dict(r) for r in db.execute(f"SELECT * FROM {t} ORDER BY rowid")] for t in TABLES
-        }
+        return store.dump(TABLES)
     finally:
-        db.close()
+        store.close()
 
 
 def merge_store(rows: dict[str, list[dict]], store_path: str) -> None:
     """Write a task's runs and results into the batch's store (results get new ids)."""
-    from ..store._sqlite import Store
+    from ..store._base import connect
 
-    store = Store(store_path)
+    store = connect(store_path)
     try:
-        with store._lock:
-            db = store._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for run in rows.get("runs", []):
-                    cols = list(run)
-                    db.execute(
-                        f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                        [run[c] for c in cols],
-                    )
-                for res in rows.get("results", []):
-                    cols = [c for c in res if c != "id"]
-                    db.execute(
-                        f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                        [res[c] for c in cols],
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        store.merge(rows)
     finally:
         store.close()
 

@@ -140,33 +140,19 @@ def _kernel_start_failed(exc: BaseException) -> bool:
 
 def _row_runs(store: str, label: str, since: float) -> tuple[list[str], int, float | None, bool]:
     """(run ids, flagged step results, total cost or None, whether a run did not finish)."""
-    import sqlite3
+    from .._errors import StoreError
+    from ..store._base import connect, is_url
 
-    if not Path(store).is_file():
+    if not is_url(store) and not Path(store).is_file():
         return [], 0, None, False
-    db = sqlite3.connect(store, timeout=60)
     try:
-        db.execute("PRAGMA busy_timeout = 60000")
-        runs = db.execute(
-            "SELECT id, status, cost FROM runs WHERE notebook=? AND started>=? ORDER BY started",
-            (label, since - 1),
-        ).fetchall()
-        ids = [r[0] for r in runs]
-        flagged = 0
-        if ids:
-            marks = ",".join("?" * len(ids))
-            flagged = db.execute(
-                f"SELECT COUNT(*) FROM results WHERE run_id IN ({marks}) AND state='flagged' "
-                "AND item IS NULL",
-                ids,
-            ).fetchone()[0]
-    except sqlite3.Error:
+        db = connect(store, readonly=True)
+    except StoreError:
         return [], 0, None, False
+    try:
+        return db.row_runs(label, since)
     finally:
         db.close()
-    costs = [r[2] for r in runs]
-    cost = None if not runs or any(c is None for c in costs) else round(sum(costs), 6)
-    return ids, flagged, cost, any(r[1] in ("running", "interrupted") for r in runs)
 
 
 def host() -> str:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from .._summary import preview
+from ..store._base import ACCEPTED
 from ..store._review import (
     ReviewError,
     ReviewItem,
@@ -263,13 +264,11 @@ class ReviewWidget:
                 kernel.pipeline.steps[item.step], _coerce(after, item.output_kind, item.label)
             )
         decide(self.store, item.id, action, after, note=card.note.value)
-        row = self.store.query(
-            "SELECT state, output_kind, output FROM results WHERE id=?", (item.id,)
-        )[0]
+        row = self.store.row(item.id)
         card.close(row["state"])
         self.header.value = self._title()
         message = f"{row['state']} by {self.store.user}"
-        if row["state"] in ("approved", "edited") and owned:
+        if row["state"] in ACCEPTED and owned:
             output = self.store.output(row)
             if isinstance(
                 output, Unstored
@@ -277,7 +276,7 @@ class ReviewWidget:
                 held = kernel.pipeline.results[item.step].output
                 output = held if item.item is None else held[item.item]
             message += "; " + kernel.apply(item, output, edited=row["state"] == "edited")
-        elif row["state"] in ("approved", "edited"):
+        elif row["state"] in ACCEPTED:
             message += (
                 " (recorded in the store; not this kernel's current output, so nothing re-ran)"
             )

@@ -36,11 +36,13 @@ from typing import Any
 from .._errors import StoreError
 from .._redact import redact, redactor
 from .._types import Attempt, GateResult, StepResult, Usage
+from ._base import FLAGGED, SERVED, UNFINISHED, default_store, is_url
 from ._codec import Unstored, decode_output, encode_output, loadable
 from ._liveness import own_start, process_gone
 
 __all__ = [
-    "ACCEPTED",
+    "SERVED",
+    "SQLiteStore",
     "Store",
     "StoreError",
     "Unstored",
@@ -57,14 +59,22 @@ __all__ = [
 
 _REVIEWS = """CREATE TABLE IF NOT EXISTS reviews (
     id INTEGER PRIMARY KEY AUTOINCREMENT, result_id INTEGER, decision TEXT,
-    user TEXT, at REAL, before TEXT, after TEXT, note TEXT
+    "user" TEXT, at REAL, before TEXT, after TEXT, note TEXT
 );"""
+# who has an item open (until when), and who it is assigned to: one row per result at most
+_CLAIMS = """CREATE TABLE IF NOT EXISTS claims (result_id INTEGER PRIMARY KEY, "user" TEXT, until REAL);
+CREATE TABLE IF NOT EXISTS assignments (result_id INTEGER PRIMARY KEY, "user" TEXT);"""
+#: the schema this code writes; a store with a higher version was made by a newer nbconductor
+SCHEMA_VERSION = 2
+_VERSION = "CREATE TABLE IF NOT EXISTS nbconductor_schema (version INTEGER);"
 SCHEMA = (
     _REVIEWS
+    + _CLAIMS
+    + _VERSION
     + """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, started REAL, ended REAL, status TEXT, notebook TEXT,
-    user TEXT, host TEXT, params TEXT, targets TEXT, cost REAL, error TEXT, pid INTEGER, pid_start INTEGER
+    "user" TEXT, host TEXT, params TEXT, targets TEXT, cost REAL, error TEXT, pid INTEGER, pid_start INTEGER
 );
 CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,7 +83,7 @@ CREATE TABLE IF NOT EXISTS results (
     attempts INTEGER, attempt_log TEXT, gates TEXT,
     input_tokens INTEGER, output_tokens INTEGER, cache_read_tokens INTEGER, cache_write_tokens INTEGER,
     cost REAL, started REAL, ended REAL, error TEXT, items INTEGER, item INTEGER,
-    notebook TEXT, user TEXT, prompt_hash TEXT, output_hash TEXT, params TEXT
+    notebook TEXT, "user" TEXT, prompt_hash TEXT, output_hash TEXT, params TEXT, parent_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS results_key ON results(cache_key);
 CREATE INDEX IF NOT EXISTS results_step ON results(step, id);
@@ -82,7 +92,13 @@ CREATE INDEX IF NOT EXISTS reviews_result ON reviews(result_id);
 """
 )
 
-ACCEPTED = ("passed", "flagged", "approved", "edited")
+#: columns added after a store's first version: (table, column, type), migrated on open
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    ("runs", "pid", "INTEGER"),  # the process running a run: pid, its start in ticks after boot
+    ("runs", "pid_start", "INTEGER"),
+    ("results", "parent_id", "INTEGER"),  # a --map item's step-level row
+]
+TABLES = ("runs", "results", "reviews", "claims", "assignments")
 
 
 def _dumps_list(items: list, redactor: Callable[[str], str]) -> str:
@@ -110,12 +126,9 @@ def _plain(value: Any) -> Any:
     return {name: _plain(getattr(value, name)) for name in names}
 
 
-def default_store_path(notebook_dir: str | os.PathLike | None = None) -> Path:
-    """``$NBCONDUCTOR_STORE``, else ``.nbconductor/store.sqlite`` beside the notebook."""
-    env = os.environ.get("NBCONDUCTOR_STORE")
-    if env:
-        return Path(env)
-    return Path(notebook_dir or os.getcwd()) / ".nbconductor" / "store.sqlite"
+def default_store_path(notebook_dir: str | os.PathLike | None = None) -> str | Path:
+    """``$NBCONDUCTOR_STORE`` (a path or URL), else ``.nbconductor/store.sqlite`` beside the notebook."""
+    return default_store(notebook_dir)
 
 
 def digest(data: bytes | str) -> str:
@@ -133,8 +146,11 @@ _WARNED: set[str] = set()  # stores already warned about (pickled outputs)
 def check_store(path: str | os.PathLike) -> None:
     """Raise `StoreError` when ``path`` exists and is not an nbconductor store.
 
-    A missing or empty file is fine (a new store is created there). Only reads.
+    A missing or empty file is fine (a new store is created there). Only reads. A server URL
+    is checked when it is opened.
     """
+    if is_url(str(path)):
+        return
     if _existing_file(path):
         db = _connect_readonly(str(path))
         try:
@@ -233,8 +249,8 @@ def _connect_readonly(path: str) -> sqlite3.Connection:
     )
 
 
-class Store:
-    """A connection to one run store. Thread-safe; several processes may share the file.
+class SQLiteStore:
+    """A connection to one run store file. Thread-safe; several processes may share the file.
 
     ``readonly=True`` opens an existing store for reading only (``report``, the review queue):
     nothing is created, migrated or written. Raises `StoreError` for a file that is not a store.
@@ -251,11 +267,17 @@ class Store:
                 raise StoreError(f"no run store at {self.path}", self.path)
             self._db = _connect_readonly(self.path)
             self._checked(existing)
-            if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='reviews'").fetchone():
-                # an older store without decisions: an empty stand-in, in this connection's temp schema
-                self._db.execute(
-                    _REVIEWS.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1)
-                )
+            have = {n for (n,) in self._db.execute("SELECT name FROM sqlite_master")}
+            for name, ddl in (
+                ("reviews", _REVIEWS),
+                *zip(("claims", "assignments"), _CLAIMS.split("\n"), strict=True),
+            ):
+                if name not in have:
+                    # an older store without them: an empty stand-in, in this connection's temp schema
+                    self._db.execute(
+                        ddl.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1)
+                    )
+            self._check_version()
         else:
             if not memory:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -303,20 +325,52 @@ class Store:
 
     def _migrate(self) -> None:
         """Add the columns newer versions record to a store an older version created."""
-        have = {c[1] for c in self._db.execute("PRAGMA table_info(runs)")}
-        for column in (
-            "pid",
-            "pid_start",
-        ):  # the process running a run: pid, its start in ticks after boot
+        self._check_version()
+        for table, column, kind in ADDED_COLUMNS:
+            have = {c[1] for c in self._db.execute(f"PRAGMA table_info({table})")}
             if column in have:
                 continue
             try:
                 self._retry(
-                    lambda c=column: self._db.execute(f"ALTER TABLE runs ADD COLUMN {c} INTEGER")
+                    lambda t=table, c=column, k=kind: self._db.execute(
+                        f"ALTER TABLE {t} ADD COLUMN {c} {k}"
+                    )
                 )
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):  # another process migrated it meanwhile
                     raise
+        self._set_version()
+
+    def _check_version(self) -> None:
+        """Refuse a store whose schema is newer than this code knows."""
+        rows = (
+            self.query("SELECT MAX(version) AS v FROM nbconductor_schema")
+            if self._has_version()
+            else []
+        )
+        found = rows[0]["v"] if rows else None
+        if found is not None and found > SCHEMA_VERSION:
+            self.close()
+            raise StoreError(
+                f"{self.path} has schema version {found}, newer than this nbconductor knows "
+                f"({SCHEMA_VERSION}): upgrade nbconductor (pip install -U nbconductor)",
+                self.path,
+            )
+
+    def _has_version(self) -> bool:
+        return bool(self.query("SELECT name FROM sqlite_master WHERE name='nbconductor_schema'"))
+
+    def _set_version(self) -> None:
+        with self.transaction():
+            if not self.query("SELECT version FROM nbconductor_schema"):
+                self.execute(
+                    "INSERT INTO nbconductor_schema (version) VALUES (?)", (SCHEMA_VERSION,)
+                )
+            else:
+                self.execute(
+                    "UPDATE nbconductor_schema SET version=? WHERE version<?",
+                    (SCHEMA_VERSION, SCHEMA_VERSION),
+                )
 
     def _retry(self, fn, tries: int = 50):
         # Concurrent first-time schema creation can still see "database is locked".
@@ -341,6 +395,27 @@ class Store:
                 return self._retry(lambda: self._db.execute(sql, args).fetchall())
             finally:
                 self._db.row_factory = None
+
+    def insert(self, sql: str, args: tuple = ()) -> int:
+        """Run one INSERT; returns the new row's id."""
+        return self.execute(sql, args).lastrowid
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Statements inside are one transaction (nested uses join the outer one)."""
+        if self.readonly:
+            raise _read_only(self.path)
+        with self._lock:
+            if self._db.in_transaction:
+                yield
+                return
+            self._retry(lambda: self._db.execute("BEGIN IMMEDIATE"))
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def checkpoint(self, mode: str = "PASSIVE") -> None:
         """Copy the WAL's pages into the database file (``TRUNCATE`` also empties the WAL)."""
@@ -383,7 +458,7 @@ class Store:
         self.mark_interrupted()
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.execute(
-            "INSERT INTO runs (id, started, status, notebook, user, host, params, targets, pid, pid_start) "
+            'INSERT INTO runs (id, started, status, notebook, "user", host, params, targets, pid, pid_start) '
             "VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 run_id,
@@ -418,9 +493,9 @@ class Store:
         Returns their ids. A run on another host, or from a store without ``pid``, is left alone.
         """
         rows = self.query(
-            "SELECT id, host, pid, pid_start FROM runs WHERE status='running' AND host=? "
+            "SELECT id, host, pid, pid_start FROM runs WHERE status=? AND host=? "
             "AND pid IS NOT NULL",
-            (socket.gethostname(),),
+            ("running", socket.gethostname()),
         )
         gone = [r["id"] for r in rows if process_gone(r["host"], r["pid"], r["pid_start"])]
         for run_id in gone:
@@ -450,10 +525,10 @@ class Store:
         kind, blob = encode_output(result.output, r)
         prompt = r(result.prompt) if result.prompt else None
         u = result.usage
-        cur = self.execute(
+        result_id = self.insert(
             """INSERT INTO results (run_id, step, state, cache_key, cached, output_kind, output, prompt,
                model, attempts, attempt_log, gates, input_tokens, output_tokens, cache_read_tokens,
-               cache_write_tokens, cost, started, ended, error, items, item, notebook, user, prompt_hash,
+               cache_write_tokens, cost, started, ended, error, items, item, notebook, "user", prompt_hash,
                output_hash, params) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 run_id,
@@ -485,7 +560,14 @@ class Store:
                 r(_json(params)) if params else "{}",
             ),
         )
-        return cur.lastrowid
+        if result.items is not None and item is None:
+            # a --map step's row: its items (recorded before it, in this run) point at it
+            self.execute(
+                "UPDATE results SET parent_id=? WHERE run_id=? AND step=? AND item IS NOT NULL "
+                "AND parent_id IS NULL AND id<?",
+                (result_id, run_id, result.step, result_id),
+            )
+        return result_id
 
     def lookup(self, cache_key: str) -> StepResult | None:
         """The latest accepted result with this cache key, or None.
@@ -494,10 +576,9 @@ class Store:
         is a miss: the step runs again.
         """
         rows = self.query(
-            "SELECT * FROM results WHERE cache_key=? AND state IN ('passed','flagged','approved','edited') "
-            "AND cached=0 "
-            "ORDER BY id DESC LIMIT 1",
-            (cache_key,),
+            f"SELECT * FROM results WHERE cache_key=? AND state IN ({','.join('?' * len(SERVED))}) "
+            "AND cached=0 ORDER BY id DESC LIMIT 1",
+            (cache_key, *SERVED),
         )
         if not rows:
             return None
@@ -519,8 +600,103 @@ class Store:
         return self.query(sql + " ORDER BY id", tuple(args))
 
     def result(self, result_id: int) -> StepResult | None:
-        rows = self.query("SELECT * FROM results WHERE id=?", (result_id,))
-        return row_to_result(rows[0], self) if rows else None
+        row = self.row(result_id)
+        return row_to_result(row, self) if row is not None else None
+
+    def row(self, result_id: int) -> Any:
+        """The results row with this id (a mapping of its columns), or None."""
+        rows = self.query("SELECT * FROM results WHERE id=?", (int(result_id),))
+        return rows[0] if rows else None
+
+    def row_runs(self, notebook: str, since: float) -> tuple[list[str], int, float | None, bool]:
+        """A batch row's runs since ``since``: (run ids, flagged step results, total cost or None
+        when a run's cost is unknown, whether a run did not finish)."""
+        runs = self.query(
+            "SELECT id, status, cost FROM runs WHERE notebook=? AND started>=? ORDER BY started",
+            (notebook, since - 1),
+        )
+        ids = [r["id"] for r in runs]
+        flagged = 0
+        if ids:
+            flagged = self.query(
+                f"SELECT COUNT(*) AS n FROM results WHERE run_id IN ({','.join('?' * len(ids))}) "
+                "AND state=? AND item IS NULL",
+                (*ids, FLAGGED),
+            )[0]["n"]
+        costs = [r["cost"] for r in runs]
+        cost = None if not runs or any(c is None for c in costs) else round(sum(costs), 6)
+        return ids, flagged, cost, any(r["status"] in UNFINISHED for r in runs)
+
+    def dump(self, tables: tuple[str, ...] = TABLES) -> dict[str, list[dict]]:
+        """Every row of ``tables``, oldest first (what `merge` and `nbconductor store copy` take)."""
+        order = {"runs": "started, id", "claims": "result_id", "assignments": "result_id"}
+        return {
+            t: [dict(r) for r in self.query(f"SELECT * FROM {t} ORDER BY {order.get(t, 'id')}")]
+            for t in tables
+        }
+
+    def merge(self, rows: dict[str, list[dict]], *, keep_ids: bool = False) -> dict[str, int]:
+        """Write dumped rows into this store in one transaction; returns rows written per table.
+
+        Runs keep their ids (a run seen again is replaced). Results and reviews get new ids
+        unless ``keep_ids``; a review, a claim, an assignment and a --map item's ``parent_id``
+        follow their result's new id.
+        """
+        counts: dict[str, int] = {}
+        ids: dict[int, int] = {}
+        with self.transaction():
+            for run in rows.get("runs", []):
+                cols = [c for c in run if c in self._columns("runs")]
+                update = ", ".join(f"{_q(c)}=excluded.{_q(c)}" for c in cols if c != "id")
+                self.execute(
+                    f"INSERT INTO runs ({', '.join(map(_q, cols))}) VALUES ({', '.join('?' * len(cols))}) "
+                    f"ON CONFLICT (id) DO UPDATE SET {update}",
+                    tuple(run[c] for c in cols),
+                )
+            counts["runs"] = len(rows.get("runs", []))
+            for table in ("results", "reviews"):
+                known = self._columns(table)
+                for rec in rows.get(table, []):
+                    rec = dict(rec)
+                    if table == "reviews":
+                        rec["result_id"] = ids.get(rec["result_id"], rec["result_id"])
+                    elif rec.get("parent_id") is not None and not keep_ids:
+                        rec["parent_id"] = None  # set below, once the parent has its new id
+                    cols = [c for c in rec if c in known and (keep_ids or c != "id")]
+                    new = self.insert(
+                        f"INSERT INTO {table} ({', '.join(map(_q, cols))}) "
+                        f"VALUES ({', '.join('?' * len(cols))})",
+                        tuple(rec[c] for c in cols),
+                    )
+                    if table == "results":
+                        ids[rec["id"]] = new
+                counts[table] = len(rows.get(table, []))
+            for table in ("claims", "assignments"):
+                for rec in rows.get(table, []):
+                    rid = ids.get(rec["result_id"], rec["result_id"])
+                    cols = [c for c in rec if c in self._columns(table) and c != "result_id"]
+                    self.execute(f"DELETE FROM {table} WHERE result_id=?", (rid,))
+                    self.execute(
+                        f"INSERT INTO {table} (result_id, {', '.join(map(_q, cols))}) "
+                        f"VALUES (?, {', '.join('?' * len(cols))})",
+                        (rid, *(rec[c] for c in cols)),
+                    )
+                counts[table] = len(rows.get(table, []))
+            # a --map step's row comes after its items: point the copied items at its new id
+            for rec in [] if keep_ids else rows.get("results", []):
+                if rec.get("parent_id") is not None:
+                    self.execute(
+                        "UPDATE results SET parent_id=? WHERE id=?",
+                        (ids.get(rec["parent_id"], rec["parent_id"]), ids[rec["id"]]),
+                    )
+        return counts
+
+    def _columns(self, table: str) -> set[str]:
+        return {c[1] for c in self._db.execute(f"PRAGMA table_info({table})")}
+
+    def count(self, table: str) -> int:
+        """How many rows ``table`` holds."""
+        return self.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"]
 
     def update_output(self, result_id: int, output: Any, state: str) -> None:
         kind, blob = encode_output(output)
@@ -533,8 +709,8 @@ class Store:
     def record_review(
         self, result_id: int, decision: str, before: Any, after: Any, note: str = ""
     ) -> int:
-        cur = self.execute(
-            "INSERT INTO reviews (result_id, decision, user, at, before, after, note) VALUES (?,?,?,?,?,?,?)",
+        return self.insert(
+            'INSERT INTO reviews (result_id, decision, "user", at, before, after, note) VALUES (?,?,?,?,?,?,?)',
             (
                 result_id,
                 decision,
@@ -545,10 +721,16 @@ class Store:
                 redact(note),
             ),
         )
-        return cur.lastrowid
 
 
-def row_to_result(row: sqlite3.Row, store: Store | None = None) -> StepResult:
+Store = SQLiteStore  # the name the rest of the package and older code import
+
+
+def _q(column: str) -> str:
+    return f'"{column}"' if column == "user" else column
+
+
+def row_to_result(row: sqlite3.Row, store: SQLiteStore | None = None) -> StepResult:
     """A results row as a `StepResult` (``store`` warns once about outputs it will not load)."""
     attempts = [
         Attempt(**{**a, "usage": Usage(**a["usage"])})
