@@ -12,14 +12,20 @@ The hierarchy::
     │   └── TemplateError        a prompt template does not parse or render
     ├── ConfigError              nbconductor.toml / [tool.nbconductor] is wrong
     ├── MissingDependency        an optional package is absent; names the extra
-    ├── ProviderError            a model call failed; .provider, .model, .status, .retryable
+    ├── ProviderError            a model call failed; .provider, .model, .status, .retryable,
+    │   │                        .retry_after, .usage (tokens billed for a failed call, or None)
     │   ├── TransportError       connection, timeout, cut, stalled or malformed stream (retryable)
     │   ├── RateLimitError       429 / 529 / overloaded; .retry_after seconds (retryable)
     │   ├── ServerError          5xx, 408, 409 (retryable)
     │   ├── AuthError            401 / 403; says which key to set (not retried)
     │   ├── RequestError         400 / 404 / 422 (not retried)
     │   └── OutputError          malformed output, invalid JSON or schema (retryable)
+    ├── ReviewError              a review decision cannot be made (unknown id, already decided, …)
     └── StepFailed               a step could not produce an accepted output; .step, .cause
+        ├── LadderFailed         every attempt, fallback and gate was used up; .attempts, .gates,
+        │                        .output (the last rejected one), .prompt (what was sent)
+        ├── GateError            a model-backed gate gave no verdict; .reason, .usage, .cost, .calls
+        └── PythonStepError      a ``--python`` step raised; the message is the user's own line
 
 `DefinitionError`s are shown in a notebook as a one-line IPython ``UsageError``.
 """
@@ -28,6 +34,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._types import Attempt, GateResult, Usage
 
 
 class ConductorError(Exception):
@@ -115,10 +125,13 @@ class ProviderError(ConductorError):
         model: str = "",
         status: int | None = None,
         retry_after: float | None = None,
+        usage: Usage | None = None,
     ):
         super().__init__(message)
         self.provider, self.model, self.status = provider, model, status
         self.retry_after = retry_after
+        # An unusable answer was still billed: its tokens count (None: nothing was reported).
+        self.usage = usage
 
 
 class TransportError(ProviderError):
@@ -153,6 +166,50 @@ class StepFailed(ConductorError):
     def __init__(self, step: str, message: str, cause: BaseException | None = None):
         self.step, self.cause = step, cause
         super().__init__(f"step `{step}` failed: {message}")
+
+
+class LadderFailed(StepFailed):
+    """Every attempt, fallback model and gate retry of a step was used up without an accepted output."""
+
+    def __init__(
+        self,
+        step: str,
+        message: str,
+        attempts: list[Attempt],
+        gates: list[GateResult],
+        output: Any = None,
+        cause: BaseException | None = None,
+        *,
+        prompt: str | None = None,
+    ):
+        super().__init__(step, message, cause)
+        self.attempts, self.gates, self.output = attempts, gates, output
+        self.prompt = prompt  # the audit trail keeps what was sent, even on failure
+
+
+class GateError(StepFailed):
+    """A model-backed gate (the rubric judge) gave no verdict; says what its calls spent."""
+
+    def __init__(
+        self,
+        step: str,
+        reason: str,
+        *,
+        usage: Usage,
+        cost: float | None,
+        calls: int,
+        cause: BaseException | None = None,
+    ):
+        super().__init__(step, reason, cause)
+        self.reason, self.usage, self.cost, self.calls = reason, usage, cost, calls
+
+
+class PythonStepError(StepFailed):
+    """A Python step raised; the message is the user's own exception and line."""
+
+
+class ReviewError(ConductorError):
+    """A review action cannot be done (unknown id, already decided, an edit that does not parse)."""
 
 
 def missing_dependency(package: str, extra: str, purpose: str = ""):

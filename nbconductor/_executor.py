@@ -419,18 +419,17 @@ async def _run_single(
         request.on_text = lambda delta: emit("text", step.name, delta)
     gates = gates_for(step, values)
     schema_cls = _schema_class(step, values) if step.schema else None
-    try:
-        outcome = await run_ladder(
-            step,
-            request,
-            models,
-            session.pool,
-            _parser(step, schema_cls),
-            gates,
-            values,
-            on_attempt=lambda a: emit("attempt", step.name, a),
-            image=step.kind == "image",
-        )
+    outcome = await run_ladder(  # a LadderFailed carries the prompt for the audit trail
+        step,
+        request,
+        models,
+        session.pool,
+        _parser(step, schema_cls),
+        gates,
+        values,
+        on_attempt=lambda a: emit("attempt", step.name, a),
+        image=step.kind == "image",
+    )
     return StepResult(
         step.name,
         outcome.state,

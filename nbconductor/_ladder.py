@@ -119,11 +119,7 @@ async def run_ladder(
                 last_error = exc
                 # An unusable answer still cost tokens: they count, per attempt and in the total.
                 # No answer and no usage reported: nothing was billed (0 tokens, $0).
-                spent = (
-                    response.usage
-                    if response is not None
-                    else exc.usage or Usage(0, 0)
-                )
+                spent = response.usage if response is not None else exc.usage or Usage(0, 0)
                 spent_cost = _spent_cost(ref, response, spent, pool, image)
                 usage = usage + spent
                 if spent_cost is not None and total_cost is not None:

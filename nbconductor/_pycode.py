@@ -9,11 +9,9 @@ import traceback
 from functools import lru_cache
 from typing import Any
 
-from ._errors import OptionError, StepFailed
+from ._errors import OptionError, PythonStepError
 
-
-class PythonStepError(StepFailed):
-    """A Python step raised; the message is the user's own exception and line."""
+__all__ = ["PythonStepError", "run_python"]
 
 
 @lru_cache(maxsize=1024)

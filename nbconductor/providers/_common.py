@@ -229,8 +229,8 @@ def parse_json(text: str, *, provider: str, model: str, usage: Usage) -> Any:
             f"{provider}:{model} did not answer with valid JSON: {exc}",
             provider=provider,
             model=model,
+            usage=usage,  # the tokens were spent even though the answer is unusable
         )
-        err.usage = usage  # the tokens were spent even though the answer is unusable
         raise err from None
 
 
@@ -261,9 +261,12 @@ def final_response(
 def output_error(
     message: str, *, provider: str, model: str, usage: Usage | None = None
 ) -> OutputError:
-    err = OutputError(redact(message), provider=provider, model=model)
-    err.usage = usage if usage is not None else Usage()
-    return err
+    return OutputError(
+        redact(message),
+        provider=provider,
+        model=model,
+        usage=usage if usage is not None else Usage(),
+    )
 
 
 class LoopClients:

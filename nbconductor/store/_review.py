@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConductorError
+from .._errors import ReviewError
 from .._summary import preview, text_table
 from ._base import APPROVED, EDITED, FLAGGED, REJECTED, connect, default_store, is_url, shown
 from ._sqlite import Store, loadable, writable
@@ -34,10 +34,6 @@ from ._sqlite import Store, loadable, writable
 #: decision -> the state the result takes
 DECISIONS = {"approve": APPROVED, "edit": EDITED, "reject": REJECTED, "rerun": REJECTED}
 _ALIASES = {"approved": "approve", "edited": "edit", "rejected": "reject", "re-run": "rerun"}
-
-
-class ReviewError(ConductorError):
-    """A review action cannot be done (unknown id, already decided, an edit that does not parse)."""
 
 
 @dataclass
