@@ -7,17 +7,19 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-MAGIC_CELLS = ("%%step", "%%context", "%%rubric")
+MAGIC_CELLS = ("%%step", "%%context", "%%rubric", "%%variant")
 
 
 def cell_kind(source: str) -> str:
-    """'step' | 'context' | 'rubric' | 'load_ext' | 'conductor' | 'code'."""
+    """'step' | 'context' | 'rubric' | 'variant' | 'load_ext' | 'conductor' | 'code'."""
     text = source.lstrip()
     for magic in MAGIC_CELLS:
         if text.startswith(magic + " ") or text.startswith(magic + "\n") or text == magic:
             return magic[2:]
     if text.startswith("%context "):
         return "context"
+    if text.startswith("%variant ") and "\n" not in text.strip():
+        return "variant"
     lines = [
         ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")
     ]
@@ -167,8 +169,12 @@ def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):
     kwargs.setdefault("notebook", str(path))
     pipeline = cls(**kwargs)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    variants = []
     for cell in code_cells:
         kind = cell_kind(cell.source)
+        if kind == "variant":
+            variants.append(cell)  # after every step: a variant may precede a re-declaration
+            continue
         if kind not in ("step", "context", "rubric"):
             continue
         line, body = split_magic(cell.source)
@@ -192,6 +198,12 @@ def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):
             pipeline.rubric(words[0], body, **opts)
         else:
             pipeline.add(step_from_cell(words, body))
+    for cell in variants:
+        from ._variants import parse_variant_line
+
+        line, body = split_magic(cell.source)
+        v = parse_variant_line(line, body)
+        pipeline.variant(v.step, v.name, v.body, **v.options)
     if run_code:
         # The parameters cell and helper cells (functions, constants); cells that read step
         # outputs are exploration and are left out, as are cells tagged skip-export.

@@ -15,6 +15,7 @@ from ._loop import run_sync
 from ._pool import ProviderPool
 from ._template import parse_map
 from ._types import ON_FAIL, Rubric, Step, StepResult
+from ._variants import BASE, Variant, check_variant_name, normalize_options
 from .store._base import connect, default_store, resolve
 from .store._sqlite import Store
 
@@ -40,6 +41,7 @@ class Pipeline:
         self.root = Path(root or os.getcwd())
         self.config = config if isinstance(config, Config) else load_config(config, start=self.root)
         self.steps: dict[str, Step] = {}
+        self.variants: dict[str, dict[str, Variant]] = {}  # step -> name -> variant
         self.contexts: dict[str, str] = {}
         self.namespace: dict[str, Any] = namespace if namespace is not None else {}
         self.aliases: dict[str, str] = {}
@@ -110,6 +112,45 @@ class Pipeline:
         except TypeError as exc:
             raise OptionError(f"step `{name}`: {exc}") from None
         return self.add(step)
+
+    def variant(self, step: str, name: str, body: str | None = None, **options: Any) -> Step:
+        """Declare another version of ``step``: a new body (None or empty: the step's prompt)
+        and/or options (model, fallbacks, contexts, system, temperature, max_tokens, retries,
+        checks, on_fail, json, tools, max_turns, no_cache). Runs nothing; returns the variant's
+        step. Raises `OptionError` for an unknown step, a bad name or an option a variant
+        cannot change."""
+        if step not in self.steps:
+            raise OptionError(_unknown(f"%%variant: no step named `{step}`", step, self.steps))
+        check_variant_name(step, name)
+        variant = Variant(step, name, body, normalize_options(step, name, options))
+        declared = self._apply(variant)
+        self.variants.setdefault(step, {})[name] = variant
+        return declared
+
+    def _apply(self, variant: Variant) -> Step:
+        try:
+            declared = variant.apply(self.steps[variant.step])
+        except TypeError as exc:
+            raise OptionError(f"variant `{variant.name}` of `{variant.step}`: {exc}") from None
+        _validate(declared)
+        return declared
+
+    def variant_step(self, step: str, name: str = BASE) -> Step:
+        """The step ``step`` as variant ``name`` declares it (``base``: the step itself)."""
+        if step not in self.steps:
+            raise OptionError(_unknown(f"no step named `{step}`", step, self.steps))
+        if name == BASE:
+            return self.steps[step]
+        known = self.variants.get(step, {})
+        if name not in known:
+            raise OptionError(
+                _unknown(f"step `{step}` has no variant `{name}`", name, [BASE, *known])
+            )
+        return self._apply(known[name])
+
+    def variant_names(self, step: str) -> list[str]:
+        """``base`` and the declared variants of ``step``, in declaration order."""
+        return [BASE, *self.variants.get(step, {})]
 
     def function(self, name: str | None = None, **options: Any) -> Callable:
         """Decorator: a Python function as a step; its parameter names are its inputs."""
@@ -230,6 +271,14 @@ class Pipeline:
         self.last_run = result
         return result
 
+    def compare(self, step: str, rows: list[dict[str, Any]], **options: Any):
+        """Run ``step``'s variants over ``rows`` side by side; returns a `Comparison` (figures,
+        paired verdicts, the per-row grid), recorded in the store as an experiment. Options:
+        variants, repeats, workers, progress. See `nbconductor._compare.acompare`."""
+        from ._compare import compare
+
+        return compare(self, step, rows, **options)
+
     def plan(
         self, params: dict[str, Any] | None = None, targets: Iterable[str] | None = None
     ) -> list[dict]:
@@ -263,6 +312,15 @@ class Pipeline:
         from ._notebook import load_pipeline
 
         return load_pipeline(cls, Path(path), run_code=run_code, **kwargs)
+
+
+def _unknown(message: str, name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    if close:
+        return f"{message}: did you mean `{close[0]}`?"
+    return f"{message} (known: {', '.join(known) or 'none'})"
 
 
 def _validate(step: Step) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from .._errors import OptionError
 from .._notebook import cell_kind
 from .._redact import redact
+from .._variants import variant_source
 from ._export_cells import (
     KEEP_CONDUCTOR,
     PYTHON_KERNEL,
@@ -230,7 +231,7 @@ def _job_from_history(magics: Any) -> Job:
     if aliases:
         job.cells.append(alias_cell(aliases))
     declared = dict(getattr(magics, "cells", {}))
-    for kind in ("context", "step", "rubric"):
+    for kind in ("context", "step", "rubric", "variant"):
         for source in declared.values():
             if cell_kind(source) == kind:
                 job.cells.append(magic_cell(job, kind, redact(source), Path(pipeline.root)))
@@ -299,6 +300,13 @@ def _pipeline_cells(pipeline: Any, skip: set[str] | None = None) -> dict[str, st
             if r.max_tokens is not None:
                 words += ["--max-tokens", str(r.max_tokens)]
             out[f"rubric:{step.name}"] = f"%%rubric {shlex.join(words)}\n{r.text}"
+    for step_name, variants in getattr(pipeline, "variants", {}).items():
+        for v in variants.values():
+            if f"variant:{step_name}:{v.name}" not in skip:
+                line = f"{shlex.join([step_name, v.name])} {variant_source(v)}".strip()
+                out[f"variant:{step_name}:{v.name}"] = (
+                    f"%%variant {line}\n{v.body}" if v.body else f"%variant {line}"
+                )
     return out
 
 

@@ -28,7 +28,7 @@ _BUILTIN_NAMES = set(dir(builtins)) | {"history"}
 
 @dataclass
 class Cell:
-    kind: str  # markdown | params | alias | context | step | rubric | code
+    kind: str  # markdown | params | alias | context | step | rubric | variant | code
     source: str
     tags: list[str] = field(default_factory=list)
     attachments: dict | None = None
@@ -55,7 +55,7 @@ def code_cell(
     source = redact_note(job, source, index)
     if "parameters" in tags:
         return [Cell("params", source.strip(), ["parameters"])]
-    if kind in ("step", "rubric", "context"):
+    if kind in ("step", "rubric", "context", "variant"):
         return [magic_cell(job, kind, source, src_dir)]
     if kind == "load_ext":
         return []
@@ -79,7 +79,7 @@ def magic_cell(job: Job, kind: str, source: str, src_dir: Path | None) -> Cell:
         return Cell("step", lazy(source))
     if kind == "context":
         return Cell("context", _inline_context(job, source, src_dir))
-    return Cell("rubric", source.strip())
+    return Cell(kind, source.strip())  # a rubric or a variant: declared as written
 
 
 def alias_cell(aliases: dict[str, str]) -> Cell:
@@ -159,8 +159,9 @@ def redact_note(job: Job, source: str, index: int) -> str:
 
 
 def declared_name(cell: Cell) -> str | None:
-    """The key of a magic cell in the kernel's declarations: 'x' (a step), 'context:x', 'rubric:x'."""
-    if cell.kind not in ("step", "context", "rubric"):
+    """The key of a magic cell in the kernel's declarations: 'x' (a step), 'context:x', 'rubric:x',
+    'variant:x:name'."""
+    if cell.kind not in ("step", "context", "rubric", "variant"):
         return None
     line, _ = split_magic(cell.source)
     try:
@@ -169,6 +170,8 @@ def declared_name(cell: Cell) -> str | None:
         return None
     if not words:
         return None
+    if cell.kind == "variant":
+        return f"variant:{':'.join(words[:2])}"
     return words[0] if cell.kind == "step" else f"{cell.kind}:{words[0]}"
 
 
@@ -179,7 +182,7 @@ def add_unsaved(
     present = {declared_name(c) for c in job.cells}
     for key, source in declared.items():
         kind = cell_kind(source)
-        if key in present or kind not in ("step", "context", "rubric"):
+        if key in present or kind not in ("step", "context", "rubric", "variant"):
             continue
         cell = magic_cell(job, kind, redact(source), src_dir)
         if note:
@@ -187,7 +190,7 @@ def add_unsaved(
                 f"`{key}` is declared in the kernel but not in the saved notebook; "
                 "the job uses the kernel's version (save the notebook to keep them in step)"
             )
-        if cell.kind == "rubric":
+        if cell.kind in ("rubric", "variant"):
             job.cells.append(cell)
         else:  # before the first rubric, so a rubric never precedes its step
             at = next((i for i, c in enumerate(job.cells) if c.kind == "rubric"), len(job.cells))

@@ -19,9 +19,11 @@ from .._config import keys_available
 from .._errors import ConductorError, DefinitionError, StepFailed
 from .._options import STEP_OPTIONS, check_step_name, step_from_args
 from .._pipeline import Pipeline
+from .._variants import VARIANT_OPTIONS, variant_from_args
 
 SUBCOMMANDS = (
     "run",
+    "compare",
     "status",
     "show",
     "alias",
@@ -57,12 +59,16 @@ def _parse(fn, line: str):
         raise UsageError(f"%%{name}: {exc} (see %%{name}? for the options)") from None
 
 
-def _step_options(fn):
+def _step_options(fn, table=STEP_OPTIONS, name: str = "%step"):
     # The same option table the notebook reader uses; `%%step?` shows every option.
-    for names, kwargs in reversed(STEP_OPTIONS):
+    for names, kwargs in reversed(table):
         kwargs = {**kwargs, "help": kwargs.get("help", "").replace("%%", "%%%%")}
         fn = argument(*names, **kwargs)(fn)
-    return magic_arguments(name="%step")(fn)  # IPython adds the second %
+    return magic_arguments(name=name)(fn)  # IPython adds the second %
+
+
+def _variant_options(fn):
+    return _step_options(fn, VARIANT_OPTIONS, "%variant")
 
 
 @magics_class
@@ -101,6 +107,29 @@ class ConductorMagics(Magics):
         self.cells[step.name] = f"%%step {line}\n{cell}"
         if not step.lazy:
             self._run([step.name], show=[step.name])
+
+    # %%variant ---------------------------------------------------------------------------------
+    @_variant_options
+    @line_cell_magic
+    def variant(self, line: str, cell: str | None = None):
+        """Declare another version of a step: a new body and/or options (``%variant STEP NAME
+        [options]``, one line, keeps the step's prompt). Runs nothing; ``%conductor compare STEP --data FILE`` compares the variants
+        (the step's own cell is ``base``), ``%conductor promote STEP NAME`` keeps one.
+        """
+        args = _parse(self.variant, line)
+        with usage_errors():
+            v = variant_from_args(args, cell)
+            self.pipeline.variant(v.step, v.name, v.body, **v.options)
+        self.cells[f"variant:{v.step}:{v.name}"] = (
+            f"%%variant {line}\n{cell}" if cell is not None else f"%variant {line}"
+        )
+        changed = ", ".join(["body"] * bool(v.body) + [k.replace("_", "-") for k in v.options])
+        display(
+            Markdown(
+                f"*variant `{v.name}` of `{v.step}` ({changed or 'no changes'}): compare with "
+                f"`%conductor compare {v.step} --data FILE`*"
+            )
+        )
 
     # %%context ---------------------------------------------------------------------------------
     @magic_arguments(name="%context")
@@ -152,7 +181,7 @@ class ConductorMagics(Magics):
     # %conductor --------------------------------------------------------------------------------
     @line_magic
     def conductor(self, line: str):
-        """%conductor run [STEP ...] [--force] [--dry-run] | status | show STEP | graph | timeline |
+        """%conductor run [STEP ...] [--force] [--dry-run] | compare STEP --data FILE | status | show STEP | graph | timeline |
         form | review [--store PATH] | report [--store PATH] | export PATH.ipynb | models |
         alias NAME SPEC | template-function NAME ... | reset
         """

@@ -38,6 +38,7 @@ from .._redact import redact, redactor
 from .._types import Attempt, GateResult, StepResult, Usage
 from ._base import FLAGGED, SERVED, UNFINISHED, default_store, is_url
 from ._codec import Unstored, decode_output, encode_output, loadable
+from ._experiments import EXPERIMENT_SCHEMA
 from ._liveness import own_start, process_gone
 
 __all__ = [
@@ -90,6 +91,7 @@ CREATE INDEX IF NOT EXISTS results_step ON results(step, id);
 CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
 CREATE INDEX IF NOT EXISTS reviews_result ON reviews(result_id);
 """
+    + EXPERIMENT_SCHEMA
 )
 
 #: columns added after a store's first version: (table, column, type), migrated on open

@@ -1,0 +1,148 @@
+"""Experiments in the run store: a compare of a step's variants over a dataset, cell by cell.
+
+An experiment is one compare (its id is a digest of the step, the variants as declared, the
+data rows and the repeats, so the same compare run again resumes it). Each cell — one data row
+× one variant × one repeat — is recorded as soon as it finishes, with the figures the compare
+shows; a resumed compare skips recorded cells and pays for none of them again. The DDL is plain
+SQL both SQLite and PostgreSQL accept; `_sqlite.SCHEMA` includes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .._redact import redact
+
+EXPERIMENT_TABLES = ("experiments", "experiment_cells")
+EXPERIMENT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    id TEXT PRIMARY KEY, step TEXT, created REAL, updated REAL, notebook TEXT,
+    variants TEXT, row_count INTEGER, repeats INTEGER, status TEXT, summary TEXT
+);
+CREATE TABLE IF NOT EXISTS experiment_cells (
+    experiment_id TEXT, row_index INTEGER, variant TEXT, repeat_index INTEGER,
+    run_id TEXT, result_id INTEGER, state TEXT, first_pass INTEGER, accepted INTEGER,
+    failed INTEGER, score REAL, tokens INTEGER, cost REAL, latency REAL, gates TEXT,
+    output TEXT, params TEXT, at REAL,
+    PRIMARY KEY (experiment_id, row_index, variant, repeat_index)
+);
+"""
+
+CELL_FIELDS = (
+    "row_index",
+    "variant",
+    "repeat_index",
+    "run_id",
+    "result_id",
+    "state",
+    "first_pass",
+    "accepted",
+    "failed",
+    "score",
+    "tokens",
+    "cost",
+    "latency",
+    "gates",
+    "output",
+    "params",
+)
+MAX_OUTPUT = 4000  # characters of a cell's output kept for the grid
+
+
+def save_experiment(
+    store,
+    experiment_id: str,
+    step: str,
+    variants: list[str],
+    rows: int,
+    repeats: int,
+    notebook: str | None,
+    status: str = "running",
+    summary: dict | None = None,
+) -> None:
+    """Create or update the experiment's row (its status and, when finished, its summary)."""
+    now = time.time()
+    store.execute(
+        "INSERT INTO experiments (id, step, created, updated, notebook, variants, row_count, "
+        "repeats, status, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO "
+        "UPDATE SET updated=excluded.updated, status=excluded.status, summary=excluded.summary",
+        (
+            experiment_id,
+            step,
+            now,
+            now,
+            notebook,
+            json.dumps(variants),
+            rows,
+            repeats,
+            status,
+            redact(json.dumps(summary)) if summary is not None else None,
+        ),
+    )
+
+
+def record_cell(store, experiment_id: str, cell: dict[str, Any]) -> None:
+    """Record one finished cell (recorded once: a second record of the same cell is ignored)."""
+    values = dict(cell)
+    values["gates"] = json.dumps(values.get("gates") or [])
+    values["params"] = json.dumps(values.get("params") or {}, default=str)
+    output = values.get("output")
+    values["output"] = None if output is None else redact(str(output)[:MAX_OUTPUT])
+    for key in ("first_pass", "accepted", "failed"):
+        values[key] = int(bool(values.get(key)))
+    columns = ", ".join(CELL_FIELDS)
+    store.execute(
+        f"INSERT INTO experiment_cells (experiment_id, {columns}, at) VALUES "
+        f"(?, {', '.join('?' for _ in CELL_FIELDS)}, ?) "
+        "ON CONFLICT (experiment_id, row_index, variant, repeat_index) DO NOTHING",
+        (experiment_id, *(values.get(k) for k in CELL_FIELDS), time.time()),
+    )
+
+
+def experiment_cells(store, experiment_id: str) -> list[dict[str, Any]]:
+    """The experiment's recorded cells, decoded (JSON fields parsed, flags as bools)."""
+    try:
+        rows = store.query(
+            f"SELECT {', '.join(CELL_FIELDS)} FROM experiment_cells WHERE experiment_id=? "
+            "ORDER BY row_index, variant, repeat_index",
+            (experiment_id,),
+        )
+    except Exception:  # noqa: BLE001 - an older, read-only store without the table
+        return []
+    out = []
+    for row in rows:
+        cell = {k: row[k] for k in CELL_FIELDS}
+        cell["gates"] = json.loads(cell["gates"] or "[]")
+        cell["params"] = json.loads(cell["params"] or "{}")
+        for key in ("first_pass", "accepted", "failed"):
+            cell[key] = bool(cell[key])
+        out.append(cell)
+    return out
+
+
+def experiments(store, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest experiments, newest first: id, step, variants, rows, repeats, status, summary."""
+    try:
+        rows = store.query(
+            "SELECT id, step, created, updated, notebook, variants, row_count, repeats, status, "
+            "summary FROM experiments ORDER BY updated DESC LIMIT ?",
+            (limit,),
+        )
+    except Exception:  # noqa: BLE001 - an older, read-only store without the table
+        return []
+    return [
+        {
+            "id": r["id"],
+            "step": r["step"],
+            "created": r["created"],
+            "notebook": r["notebook"],
+            "variants": json.loads(r["variants"] or "[]"),
+            "rows": r["row_count"],
+            "repeats": r["repeats"],
+            "status": r["status"],
+            "summary": json.loads(r["summary"]) if r["summary"] else None,
+        }
+        for r in rows
+    ]
