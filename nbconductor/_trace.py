@@ -152,8 +152,9 @@ def run_ended(handle: RunTrace | None, run: Any) -> None:
     usage = run.usage
     span.set_attribute("nbconductor.status", run.status)
     _set(span, "nbconductor.cost", run.cost)
-    _set(span, "gen_ai.usage.input_tokens", usage.input_tokens)
-    _set(span, "gen_ai.usage.output_tokens", usage.output_tokens)
+    # Not gen_ai.usage.*: viewers sum those over spans, and the model calls already carry them.
+    _set(span, "nbconductor.usage.input_tokens", usage.input_tokens)
+    _set(span, "nbconductor.usage.output_tokens", usage.output_tokens)
     if run.status in ("failed", "interrupted"):
         handle.tracing.error(span, f"run {run.status}")
     span.end()

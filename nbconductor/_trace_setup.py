@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -25,15 +27,17 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _DOWN_FOR = 30.0  # seconds a failed collector is not tried again (its spans are dropped)
+_PROBE_TIMEOUT = 0.5  # seconds to connect to the collector before a batch after a quiet spell
 
 
 class Guard(SpanExporter):
     """The exporter, guarded: a collector that fails is skipped for a while, and each run whose
     spans could not be sent gets one warning line on stderr (the SDK's own log lines are quieted)."""
 
-    def __init__(self, inner: SpanExporter, endpoint: str):
-        self.inner, self.endpoint = inner, endpoint
+    def __init__(self, inner: SpanExporter, endpoint: str, address: tuple | None = None):
+        self.inner, self.endpoint, self.address = inner, endpoint, address
         self.down_until = 0.0
+        self.up_at = -_DOWN_FOR  # when an export last succeeded
         self.runs: dict[int, str] = {}  # trace id → run id, for the warning
         self.warned: set[int] = set()
         self.lock = threading.Lock()
@@ -47,17 +51,32 @@ class Guard(SpanExporter):
                     self.runs.pop(key, None)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if time.monotonic() < self.down_until:
+        now = time.monotonic()
+        # The exporter retries an unreachable collector with backoff for up to its timeout (10 s),
+        # which would hold the process at exit: one quick connect says first, unless it just worked.
+        if now < self.down_until or (now - self.up_at > _DOWN_FOR and not self._reachable()):
+            self.down_until = max(self.down_until, now + _DOWN_FOR)
             self._warn(spans)
             return SpanExportResult.FAILURE
         try:
             result = self.inner.export(spans)
         except Exception:  # noqa: BLE001 - an exporter's failure never reaches the run
             result = SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS:
+        if result is SpanExportResult.SUCCESS:
+            self.up_at = time.monotonic()
+        else:
             self.down_until = time.monotonic() + _DOWN_FOR
             self._warn(spans)
         return result
+
+    def _reachable(self) -> bool:
+        if self.address is None:
+            return True
+        try:
+            socket.create_connection(self.address, timeout=_PROBE_TIMEOUT).close()
+            return True
+        except OSError:
+            return False
 
     def _warn(self, spans: Sequence[ReadableSpan]) -> None:
         self.failures += 1
@@ -151,7 +170,7 @@ def _provider(otel: Any) -> tuple[TracerProvider, Guard]:
         resource = resource.merge(Resource({"service.name": "nbconductor"}))
     provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER
     exporter, endpoint = _exporter(otel)
-    guard = Guard(exporter, endpoint)
+    guard = Guard(exporter, endpoint, _address(endpoint))
     provider.add_span_processor(BatchSpanProcessor(guard))
     # The guard says what went wrong, once per run; the SDK would log every failed batch.
     for name in ("opentelemetry.exporter", "opentelemetry.sdk.trace.export"):
@@ -191,3 +210,13 @@ def _exporter(otel: Any) -> tuple[SpanExporter, str]:
     exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers)
     shown = endpoint or from_env or ("localhost:4317" if protocol == "grpc" else "localhost:4318")
     return exporter, shown
+
+
+def _address(endpoint: str) -> tuple[str, int] | None:
+    """(host, port) of an OTLP endpoint, for the reachability probe (None: do not probe)."""
+    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname else None

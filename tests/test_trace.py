@@ -1,0 +1,410 @@
+"""Tracing: runs exported over OTLP to a real Arize Phoenix, read back through its REST API.
+
+The ``phoenix`` fixture starts ``phoenix serve`` (from tests/run.sh's cached virtualenv,
+``~/.cache/nbconductor/phoenix``, or ``$NBCONDUCTOR_PHOENIX``) on free loopback ports with its
+working directory in a temporary folder; each test sends to its own Phoenix project (the
+``openinference.project.name`` resource attribute) and reads ``/v1/projects/<name>/spans``.
+Model calls go through the official SDKs to the loopback fake API (tests/fakeapi.py). The unit
+tests at the end use the SDK's in-memory exporter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import FAKE_ANTHROPIC_KEY
+from fakeapi import Error, JSONText, Slow, Text, ToolCall
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from nbconductor import Pipeline, _trace
+from nbconductor._trace_setup import Guard, Tracing, _Nothing
+
+WRITER = "anthropic:claude-haiku-4-5"
+JUDGE = "anthropic:claude-opus-4-8"
+PHOENIX = os.environ.get("NBCONDUCTOR_PHOENIX") or str(
+    Path.home() / ".cache" / "nbconductor" / "phoenix" / "bin" / "phoenix"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+class Phoenix:
+    def __init__(self, url: str):
+        self.url = url
+
+    def spans(self, project: str, until=lambda spans: bool(spans), timeout: float = 30.0) -> list:
+        """The project's spans, polled until ``until(spans)`` (ingestion is asynchronous)."""
+        deadline, spans = time.time() + timeout, []
+        while time.time() < deadline:
+            try:
+                spans = get_json(f"{self.url}/v1/projects/{project}/spans?limit=1000")["data"]
+            except urllib.error.HTTPError:  # the project appears with its first span
+                spans = []
+            if until(spans):
+                return spans
+            time.sleep(0.2)
+        return spans
+
+
+@pytest.fixture(scope="module")
+def phoenix(tmp_path_factory):
+    assert Path(PHOENIX).exists(), f"{PHOENIX} missing: tests/run.sh installs Phoenix there"
+    work = tmp_path_factory.mktemp("phoenix")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PHOENIX_WORKING_DIR": str(work),
+        "PHOENIX_HOST": "127.0.0.1",
+        "PHOENIX_PORT": str(port),
+        "PHOENIX_GRPC_PORT": str(free_port()),
+        "PHOENIX_TELEMETRY_ENABLED": "false",
+    }
+    log = open(work / "phoenix.log", "w")
+    proc = subprocess.Popen(
+        [PHOENIX, "serve"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, (work / "phoenix.log").read_text()[-2000:]
+                assert time.time() < deadline, "phoenix serve did not come up in 180 s"
+                time.sleep(0.5)
+        yield Phoenix(url)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def traced(monkeypatch, phoenix):
+    """Tracing on through the standard variables, to a project of this test's own."""
+    project = f"nbc-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", phoenix.url)
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", f"openinference.project.name={project}")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "nbc-tests")
+    monkeypatch.delenv(_trace.CONTENT_ENV, raising=False)
+    _trace.reset()
+    yield project
+    _trace.reset()  # flushes, and the next test sets up with its own variables
+
+
+def flush() -> None:
+    assert _trace._tracing, "tracing was never set up"
+    _trace._tracing.provider.force_flush()
+
+
+def is_judge(body) -> bool:
+    return "<rubric>" in json.dumps(body)
+
+
+def by_name(spans, name):
+    found = [s for s in spans if s["name"] == name]
+    assert found, f"no span {name!r} among {sorted({s['name'] for s in spans})}"
+    return found
+
+
+def newsletter(tmp_path, fast_config) -> Pipeline:
+    p = Pipeline(store=tmp_path / "store.sqlite", config=fast_config, root=tmp_path)
+    p.step("en", "Write a short newsletter about {{ topic }}.", model=WRITER, temperature=0.3)
+    p.step("fr", "Écris une courte lettre sur {{ topic }}.", model=WRITER, max_tokens=300)
+    p.rubric("en", "- Under 50 words?", judge=JUDGE, threshold=0.5)
+    p.step("both", "en + fr", python=True)
+    return p
+
+
+def test_a_run_reaches_phoenix_as_one_trace(fake_api, traced, phoenix, tmp_path, fast_config):
+    sent = []
+
+    def reply(body):
+        if is_judge(body):
+            return JSONText({"score": 0.9, "feedback": "fine", "suggested_edit": ""}, 100, 20)
+        n = len(sent) + 1
+        sent.append(n)
+        return Slow(0.4, Text(f"draft {n}", input_tokens=10 + n, output_tokens=5 + n))
+
+    fake_api.set_default(reply, endpoint="anthropic")
+    p = newsletter(tmp_path, fast_config)
+    run = p.run({"topic": "tides"})
+    p.close()
+    assert run.status == "passed"
+    flush()
+    spans = phoenix.spans(traced, until=lambda s: any(x["name"] == "nbconductor.run" for x in s))
+
+    [root] = by_name(spans, "nbconductor.run")
+    assert root["parent_id"] is None
+    attrs = root["attributes"]
+    assert attrs["nbconductor.run.id"] == run.run_id
+    assert attrs["nbconductor.parameters"] == ["topic"]
+    assert attrs["nbconductor.status"] == "passed"
+    root_id = root["context"]["span_id"]
+    assert {s["context"]["trace_id"] for s in spans} == {root["context"]["trace_id"]}
+
+    steps = {s["name"]: s for s in spans if s["name"].startswith("step ")}
+    assert set(steps) == {"step en", "step fr", "step both"}
+    assert all(s["parent_id"] == root_id for s in steps.values())
+    assert steps["step en"]["attributes"]["nbconductor.state"] == "passed"
+    assert steps["step both"]["attributes"]["nbconductor.step.kind"] == "python"
+
+    chats = [s for s in spans if s["name"].startswith("chat ")]
+    step_calls = [c for c in chats if c["attributes"]["nbconductor.call"] == "step"]
+    [judge] = [c for c in chats if c["attributes"]["nbconductor.call"] == "judge"]
+    assert judge["parent_id"] == steps["step en"]["context"]["span_id"]
+    assert judge["name"] == "chat claude-opus-4-8"
+    assert {c["parent_id"] for c in step_calls} == {
+        steps["step en"]["context"]["span_id"],
+        steps["step fr"]["context"]["span_id"],
+    }
+    for c in chats:
+        a = c["attributes"]
+        assert a["gen_ai.operation.name"] == "chat"
+        assert a["gen_ai.provider.name"] == "anthropic"
+        assert a["gen_ai.response.model"] == a["gen_ai.request.model"]
+        assert a["gen_ai.response.finish_reasons"] == ["end_turn"]
+    # The token counts are the fake server's usage, call by call.
+    got = sorted(
+        (
+            c["attributes"]["gen_ai.usage.input_tokens"],
+            c["attributes"]["gen_ai.usage.output_tokens"],
+        )
+        for c in step_calls
+    )
+    assert got == [(11, 6), (12, 7)]
+    assert (
+        judge["attributes"]["gen_ai.usage.input_tokens"],
+        judge["attributes"]["gen_ai.usage.output_tokens"],
+    ) == (100, 20)
+    en, fr = (
+        (c for c in step_calls if c["attributes"].get("gen_ai.request.temperature") == 0.3),
+        (c for c in step_calls if c["attributes"].get("gen_ai.request.max_tokens") == 300),
+    )
+    assert next(en) and next(fr)
+
+    [gate] = [e for e in steps["step en"]["events"] if e["name"] == "gate.result"]
+    assert gate["attributes"]["gate.name"] == "rubric"
+    assert gate["attributes"]["gate.passed"] is True
+    assert gate["attributes"]["gate.score"] == 0.9
+
+    # Parallel steps overlap in the trace as they did in the run.
+    def interval(s):
+        return s["start_time"], s["end_time"]
+
+    (a0, a1), (b0, b1) = interval(steps["step en"]), interval(steps["step fr"])
+    assert a0 < b1 and b0 < a1, (a0, a1, b0, b1)
+    assert "gen_ai.input.messages" not in json.dumps(spans)  # content is opt-in
+
+
+def test_content_is_attached_only_on_request_and_redacted(
+    fake_api, traced, phoenix, tmp_path, fast_config, monkeypatch
+):
+    monkeypatch.setenv(_trace.CONTENT_ENV, "true")
+    # The canary: the API key, in the prompt (through a parameter) and in the model's answer.
+    fake_api.set_default(Text(f"the key is {FAKE_ANTHROPIC_KEY}"), endpoint="anthropic")
+    p = Pipeline(store=tmp_path / "store.sqlite", config=fast_config, root=tmp_path)
+    p.step("leak", "Repeat this: {{ secret }}", model=WRITER, system="Be brief.")
+    run = p.run({"secret": f"key={FAKE_ANTHROPIC_KEY}"})
+    p.close()
+    assert run.status == "passed"
+    flush()
+    spans = phoenix.spans(traced, until=lambda s: any(x["name"].startswith("chat ") for x in s))
+    received = json.dumps(spans)
+    assert FAKE_ANTHROPIC_KEY not in received
+    assert FAKE_ANTHROPIC_KEY[:12] not in received
+    [chat] = [s for s in spans if s["name"].startswith("chat ")]
+    messages = json.loads(chat["attributes"]["gen_ai.input.messages"])
+    assert messages[0]["role"] == "user"
+    assert "Repeat this: key=[REDACTED]" in messages[0]["parts"][0]["content"]
+    output = json.loads(chat["attributes"]["gen_ai.output.messages"])
+    assert output[0]["parts"][0]["content"] == "the key is [REDACTED]"
+    assert "Be brief." in chat["attributes"]["gen_ai.system_instructions"]
+
+
+def test_a_collector_that_is_down_costs_one_warning_line(
+    fake_api, tmp_path, fast_config, monkeypatch, capfd
+):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")
+    _trace.reset()
+    try:
+        fake_api.set_default(Text("ok"), endpoint="anthropic")
+        p = Pipeline(store=tmp_path / "store.sqlite", config=fast_config, root=tmp_path)
+        for i in range(20):
+            p.step(f"s{i}", f"step {i} about {{{{ topic }}}}", model=WRITER)
+        started = time.perf_counter()
+        run = p.run({"topic": "tides"})
+        seconds = time.perf_counter() - started
+        p.close()
+        flush()
+        assert run.status == "passed"
+        assert seconds < 5  # the exporter's retries never hold the run
+        lines = [line for line in capfd.readouterr().err.splitlines() if "tracing" in line]
+        assert len(lines) == 1, lines
+        assert run.run_id in lines[0] and "the run itself is unaffected" in lines[0]
+    finally:
+        _trace.reset()
+
+
+# unit tests: the SDK's in-memory exporter --------------------------------------------------
+
+
+@pytest.fixture
+def memory(monkeypatch):
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.__new__(Tracing)
+    tracing.own, tracing.provider = False, TracerProvider()
+    tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.guard, tracing.tracer = Guard(_Nothing(), "memory"), tracing.provider.get_tracer("t")
+    monkeypatch.setattr(_trace, "_tracing", tracing)
+    _trace.switch(True)
+    yield exporter
+    _trace.switch(None)
+
+
+def test_retries_and_fallbacks_are_attempt_spans(fake_api, memory, tmp_path, fast_config):
+    fake_api.script(Error(429, retry_after=0.05), endpoint="anthropic")
+    fake_api.script(Error(400, message="bad request"), endpoint="anthropic")
+    fake_api.set_default(Text("ok", input_tokens=3, output_tokens=2), endpoint="openai")
+    p = Pipeline(store=tmp_path / "s.sqlite", config=fast_config, root=tmp_path)
+    p.step("a", "hi", model=WRITER, fallbacks=["openai:gpt-4.1-mini"])
+    assert p.run().status == "passed"
+    p.close()
+    spans = memory.get_finished_spans()
+    chats = sorted((s for s in spans if s.name.startswith("chat ")), key=lambda s: s.start_time)
+    assert [
+        (c.attributes["nbconductor.attempt"], c.attributes["nbconductor.fallback"]) for c in chats
+    ] == [
+        (1, 0),
+        (2, 0),
+        (1, 1),
+    ]
+    assert [c.attributes.get("error.type") for c in chats] == [
+        "RateLimitError",
+        "RequestError",
+        None,
+    ]
+    assert chats[1].attributes["nbconductor.retry_after_waited"] == pytest.approx(0.05)
+    assert chats[2].attributes["gen_ai.provider.name"] == "openai"
+    assert chats[2].attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    [step] = [s for s in spans if s.name == "step a"]
+    assert step.attributes["nbconductor.attempts"] == 3
+    assert [e.name for e in step.events] == ["retry.wait"]
+
+
+def test_tool_turns_and_tool_calls_are_spans(fake_api, memory, tmp_path, fast_config):
+    def lookup(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    fake_api.script(
+        ToolCall("lookup", {"city": "Oslo"}, input_tokens=7, output_tokens=3), endpoint="anthropic"
+    )
+    fake_api.script(Text("It is sunny.", input_tokens=9, output_tokens=4), endpoint="anthropic")
+    p = Pipeline(store=tmp_path / "s.sqlite", config=fast_config, root=tmp_path)
+    p.namespace["lookup"] = lookup
+    p.step("w", "Weather in Oslo?", model=WRITER, tools=["lookup"])
+    assert p.run().status == "passed"
+    p.close()
+    spans = memory.get_finished_spans()
+    [call] = [s for s in spans if s.attributes.get("nbconductor.call") == "step"]
+    turns = sorted(
+        (s for s in spans if s.attributes.get("nbconductor.call") == "turn"),
+        key=lambda s: s.start_time,
+    )
+    assert [t.parent.span_id for t in turns] == [call.context.span_id] * 2
+    assert [
+        (t.attributes["gen_ai.usage.input_tokens"], t.attributes["gen_ai.response.finish_reasons"])
+        for t in turns
+    ] == [
+        (7, ("tool_use",)),
+        (9, ("end_turn",)),
+    ]
+    [tool] = [s for s in spans if s.name == "execute_tool lookup"]
+    assert tool.parent.span_id == call.context.span_id
+    assert call.attributes["gen_ai.usage.input_tokens"] == 16
+
+
+def test_map_items_and_cache_hits(memory, tmp_path):
+    p = Pipeline(store=tmp_path / "s.sqlite", root=tmp_path)
+    p.step("t", "translate to {{ lang }}", model="offline:m", map="lang in ['fr', 'de', 'it']")
+    p.run()
+    first = {s.name: s for s in memory.get_finished_spans() if s.name.startswith("step ")}
+    assert first["step t"].attributes["nbconductor.items"] == 3
+    assert sum(s.name.startswith("chat ") for s in memory.get_finished_spans()) == 3
+    memory.clear()
+    p.run()
+    p.close()
+    spans = memory.get_finished_spans()
+    [step] = [s for s in spans if s.name == "step t"]
+    assert step.attributes["nbconductor.cache_hit"] is True
+    assert step.attributes["nbconductor.state"] == "cached"
+    assert not any(s.name.startswith("chat ") for s in spans)  # nothing was called
+
+
+def test_off_hooks_return_what_they_were_given():
+    async def coro():
+        return 1
+
+    c = coro()
+    assert _trace.step(None, c) is c
+    assert _trace.call(c, None, None, None) is c
+    assert _trace.turn(c, 0) is c and _trace.tool(c, "x") is c
+    c.close()
+    assert _trace.run_started("r", None, {}, None) is None  # no endpoint, no switch, no provider
+
+
+def test_an_application_provider_is_joined(tmp_path):
+    code = """
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+from nbconductor import Pipeline
+p = Pipeline(store=':memory:')
+p.step('a', 'hi', model='offline:m')
+with trace.get_tracer('app').start_as_current_span('request') as outer:
+    p.run()
+spans = exporter.get_finished_spans()
+run = [s for s in spans if s.name == 'nbconductor.run'][0]
+print(json.dumps(sorted(s.name for s in spans)), run.parent.span_id == outer.get_span_context().span_id)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    names, joined = out.stdout.rsplit(" ", 1)
+    assert json.loads(names) == ["chat m", "nbconductor.run", "request", "step a"]
+    assert joined.strip() == "True"
