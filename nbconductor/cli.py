@@ -50,6 +50,9 @@ def _batch(args: argparse.Namespace) -> int:
         resume=args.resume,
         engine=args.engine,
         store=args.store,
+        provider_batch=args.provider_batch,
+        batch_window=args.batch_window,
+        dry_run=args.dry_run,
     )
 
 
@@ -63,6 +66,24 @@ def _review(args: argparse.Namespace) -> int:
     from .store._review import cli_review
 
     return cli_review(args.store, approve=args.approve, reject=args.reject, note=args.note)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .handoff._evaluate import cli_compare
+
+    _offline(args)
+    _check_store(args.notebook, args.store)
+    return cli_compare(
+        args.notebook,
+        args.step,
+        args.data,
+        variants=args.variants,
+        repeats=args.repeats,
+        workers=args.workers,
+        as_json=args.json,
+        out=args.out,
+        store=args.store,
+    )
 
 
 def _new(args: argparse.Namespace) -> int:
@@ -124,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--offline", action="store_true", help="every step uses the offline provider"
     )
+    batch.add_argument(
+        "--provider-batch",
+        action="store_true",
+        help="send the model calls through the providers' batch APIs, at their batch price",
+    )
+    batch.add_argument(
+        "--batch-window",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --provider-batch: collect calls at most this long before submitting (default 5)",
+    )
+    batch.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --provider-batch: estimate calls, batch cost and saving; send nothing",
+    )
     batch.set_defaults(func=_batch)
 
     report = sub.add_parser("report", help="per-step quality and cost metrics across runs")
@@ -137,6 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--reject", type=int, action="append", default=[], metavar="ID")
     review.add_argument("--note", default="", help="a note recorded with the decisions")
     review.set_defaults(func=_review)
+
+    compare = sub.add_parser("compare", help="a step's variants side by side over a dataset")
+    compare.add_argument("notebook")
+    compare.add_argument("--step", required=True, help="the step whose variants are compared")
+    compare.add_argument("--data", required=True, help="rows of parameters: .csv, .yaml or .json")
+    compare.add_argument("--variants", help="comma-separated variants (default: all, base first)")
+    compare.add_argument("--repeats", type=int, default=1, help="runs per row and variant")
+    compare.add_argument("--workers", type=int, default=None, help="rows in flight (default 8)")
+    compare.add_argument("--json", action="store_true", help="print the figures as JSON")
+    compare.add_argument("--out", help="a folder for the HTML report (compare-STEP.html)")
+    compare.add_argument("--store", help="run store (default: beside the notebook)")
+    compare.add_argument(
+        "--offline", action="store_true", help="every step uses the offline provider"
+    )
+    compare.set_defaults(func=_compare)
 
     new = sub.add_parser("new", help="start a notebook from a template")
     new.add_argument("template", help="newsletter, content-factory or support-triage")

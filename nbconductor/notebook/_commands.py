@@ -9,7 +9,8 @@ from IPython.core.error import UsageError
 from IPython.display import Markdown, display
 
 from .._config import KEY_ENV, keys_available
-from .._summary import fmt_cost, preview
+from .._format import fmt_cost
+from .._summary import preview
 from ._display import footer, show_images, show_result
 
 
@@ -89,6 +90,13 @@ def _dry_run(m, targets):
     return plan
 
 
+def cmd_compare(m, words):
+    """Compare a step's variants over a dataset (`nbconductor.notebook._compare_cmd`)."""
+    from ._compare_cmd import cmd_compare as compare
+
+    return compare(m, words)
+
+
 def cmd_status(m, words):
     """One line per declared step: kind, model, upstream, last state, whether the next run calls
     its model again (its definition or an upstream output changed), output preview."""
@@ -158,16 +166,36 @@ def cmd_show(m, words):
     show_result(r)
 
 
+ALIAS_OPTIONS = {
+    "--base-url": "base_url",
+    "--api-key-env": "api_key_env",
+    "--structured": "structured",
+    "--concurrency": "concurrency",
+}
+ALIAS_USAGE = (
+    "%conductor alias NAME SPEC [--base-url URL] [--api-key-env VAR] "
+    "[--structured json_schema|json_object|prompt] [--concurrency N], e.g. "
+    "%conductor alias fast anthropic:claude-haiku-4-5 or "
+    "%conductor alias tiny openai-compatible:gemma3 --base-url http://localhost:8080/v1"
+)
+
+
 def cmd_alias(m, words):
-    """``alias NAME SPEC`` defines a model alias; ``alias`` alone lists them."""
+    """``alias NAME SPEC [--base-url URL] …`` defines a model alias; ``alias`` alone lists them."""
     if not words:
         return cmd_models(m, [])
-    if len(words) != 2:
-        raise UsageError(
-            "%conductor alias NAME SPEC, e.g. %conductor alias fast anthropic:claude-haiku-4-5"
-        )
-    m.pipeline.alias(words[0], words[1])
-    print(f"alias {words[0]} → {m.pipeline.pool.resolve(words[0]).spec}")
+    if len(words) < 2 or len(words) % 2:
+        raise UsageError(ALIAS_USAGE)
+    options = {}
+    for flag, value in zip(words[2::2], words[3::2]):
+        key = ALIAS_OPTIONS.get(flag)
+        if key is None:
+            raise UsageError(f"%conductor alias: unknown option {flag}: {ALIAS_USAGE}")
+        options[key] = value
+    m.pipeline.alias(words[0], words[1], **options)
+    ref = m.pipeline.pool.resolve(words[0])
+    where = f" at {ref.base_url}" if ref.base_url else ""
+    print(f"alias {words[0]} → {ref.spec}{where}")
 
 
 def cmd_models(m, words):
@@ -189,10 +217,14 @@ def cmd_models(m, words):
     rows += [[spec, spec, "—"] for spec in used]
     print(text_table(["model", "resolves to", "base url"], rows))
     keys = keys_available()
-    print(
-        "\nkeys set: "
-        + (", ".join(KEY_ENV[k] for k in keys) if keys else "none (offline provider in use)")
-    )
+    local = sorted({r[2] for r in rows if r[2] != "—"})
+    if keys:
+        said = ", ".join(KEY_ENV[k] for k in keys)
+    elif local:
+        said = f"none (aliases with a base url need none unless their api_key_env says so: {', '.join(local)})"
+    else:
+        said = "none (built-in aliases use the offline provider)"
+    print("\nkeys set: " + said)
 
 
 def cmd_graph(m, words):
@@ -215,6 +247,20 @@ def cmd_timeline(m, words):
     from ..render.timeline import TimelineView
 
     return TimelineView(snapshot(m.pipeline, last.results, steps=list(last.results)))
+
+
+def cmd_trace(m, words):
+    """Export runs as OpenTelemetry traces (``on``), stop (``off``), or say where they go."""
+    from .. import _trace
+
+    args = _args("trace", words, (["state"], {"nargs": "?", "choices": ["on", "off", "status"]}))
+    if args.state == "on" and not _trace.available():
+        raise UsageError(
+            "%conductor trace on: OpenTelemetry is not installed: pip install 'nbconductor[otel]'"
+        )
+    if args.state in ("on", "off"):
+        _trace.switch(args.state == "on")
+    print(_trace.describe(m.pipeline.pool.config))
 
 
 def cmd_form(m, words):

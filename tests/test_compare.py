@@ -1,0 +1,331 @@
+"""The compare engine, ``%conductor compare`` and ``nbconductor compare``: the real Anthropic SDK
+against the loopback fake, with the judge's score steered per variant and per row.
+
+The pipeline: ``research`` (upstream) → ``draft`` (compared, with a rubric) → ``final``
+(downstream). Judge scores, by the brief's row ``i``: base 0.7; ``concise`` 0.9 on rows 0-14
+and 0.6 on rows 15-19 (15 wins, 5 losses: p = 0.041); ``warm`` 0.7 but 0.4 on rows 0-3
+(below the 0.5 threshold: flagged, 4 losses and 16 ties: p = 0.125).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anthropic  # noqa: F401 - the test extras install the SDK
+import nbformat
+import pytest
+from fakeapi import JSONText, Slow, Text
+from IPython.core.error import UsageError
+from notebook_shell import fresh_shell
+
+from nbconductor import Pipeline
+from nbconductor._errors import OptionError
+from nbconductor._stats import bootstrap_ci, sign_test, verdict_sentence
+from nbconductor.cli import main
+from nbconductor.store._experiments import experiment_cells
+
+WRITER = "anthropic:claude-haiku-4-5"
+JUDGE = "anthropic:claude-opus-4-8"
+ROWS = [{"topic": f"topic{i}"} for i in range(20)]
+
+
+def judge_score(output: str) -> float:
+    i = int(re.search(r"topic(\d+)", output).group(1))
+    if "CONCISE" in output:
+        return 0.9 if i < 15 else 0.6
+    if "WARM" in output:
+        return 0.4 if i < 4 else 0.7
+    return 0.7
+
+
+def reply(body, delay: float = 0.0):
+    text = json.dumps(body["messages"])
+    if "<rubric>" in text:
+        output = text.split("<output>")[1].split("</output>")[0]
+        verdict = {"score": judge_score(output), "feedback": "ok", "suggested_edit": ""}
+        return JSONText(verdict, input_tokens=100, output_tokens=20)
+    prompt = body["messages"][0]["content"]
+    answer = Text(f"[{body['model']}] {prompt[:120]}", input_tokens=10, output_tokens=5)
+    return Slow(delay, answer) if delay else answer
+
+
+def build(p: Pipeline) -> Pipeline:
+    p.step("research", "Notes on {{ topic }}.", model=WRITER)
+    p.step("draft", "Draft on {{ topic }} from: {{ research }}", model=WRITER)
+    p.rubric("draft", "- says something true", judge=JUDGE, threshold=0.5, retries=0)
+    p.step("final", "Polish: {{ draft }}", model=WRITER)
+    p.variant("draft", "concise", "CONCISE draft on {{ topic }} from: {{ research }}")
+    p.variant("draft", "warm", "WARM draft on {{ topic }} from: {{ research }}", temperature=0.9)
+    return p
+
+
+@pytest.fixture
+def api(fake_api):
+    fake_api.set_default(reply, endpoint="anthropic")
+    return fake_api
+
+
+@pytest.fixture
+def pipeline(tmp_path, fast_config):
+    p = build(Pipeline(store=tmp_path / "store.sqlite", config=fast_config, root=tmp_path))
+    yield p
+    p.close()
+
+
+def sent(api, marker: str) -> list:
+    return [
+        r
+        for r in api.requests
+        if r.endpoint == "anthropic" and r.json["messages"][0]["content"].startswith(marker)
+    ]
+
+
+def test_upstream_runs_once_per_row_and_the_figures_are_exact(api, pipeline):
+    c = pipeline.compare("draft", ROWS)
+    assert len(sent(api, "Notes on")) == 20  # upstream: once per row, not once per variant
+    drafts = [sent(api, p) for p in ("Draft on", "CONCISE draft", "WARM draft")]
+    assert [len(d) for d in drafts] == [20, 20, 20]  # STEP: once per row × variant
+    assert len(sent(api, "Judge the output")) == 60
+    assert len(sent(api, "Polish:")) == 60  # downstream: per variant too
+    f = c.figures()
+    assert {v: (f[v]["rows"], f[v]["first_pass_yield"], f[v]["final_yield"]) for v in f} == {
+        "base": (20, 1.0, 1.0),
+        "concise": (20, 1.0, 1.0),
+        "warm": (20, 0.8, 0.8),
+    }
+    assert (f["base"]["mean_score"], f["base"]["score_ci"]) == (0.7, [0.7, 0.7])
+    assert f["concise"]["mean_score"] == pytest.approx((15 * 0.9 + 5 * 0.6) / 20)
+    lo, hi = f["concise"]["score_ci"]
+    assert lo < f["concise"]["mean_score"] < hi
+    assert f["warm"]["mean_score"] == pytest.approx((4 * 0.4 + 16 * 0.7) / 20)
+    # per cell: draft 10+5 and its judge 100+20, final 10+5
+    assert {v: f[v]["tokens"] for v in f} == {"base": 3000, "concise": 3000, "warm": 3000}
+    assert f["concise"]["failures"] == 0 and "mean_score" in f["concise"]["best"]
+    assert "first_pass_yield" in f["base"]["best"] and "first_pass_yield" not in f["warm"]["best"]
+    v = c.verdicts()
+    assert (v["concise"]["wins"], v["concise"]["losses"], v["concise"]["ties"]) == (15, 5, 0)
+    assert v["concise"]["p_value"] == pytest.approx(0.0414, abs=1e-4)
+    assert v["concise"]["winner"] == "concise"
+    assert v["concise"]["sentence"] == "concise beats base on 15 of 20 briefs, p = 0.04, sign test"
+    assert (v["warm"]["wins"], v["warm"]["losses"], v["warm"]["ties"]) == (0, 4, 16)
+    assert v["warm"]["winner"] is None and "no significant difference" in v["warm"]["sentence"]
+    assert c.winners()[0] == ["concise"] and c.winners()[16] == ["base", "warm"]
+    html = c._repr_html_()
+    assert "concise beats base on 15 of 20 briefs" in html and html.count("<details>") == 60
+    assert '<td class="best">' in html
+    # recorded: the same compare again resumes it and sends nothing
+    before = len(api.requests)
+    again = pipeline.compare("draft", ROWS)
+    assert len(api.requests) == before and again.resumed == 60
+    assert again.to_json()["variants"] == c.to_json()["variants"]
+    assert len(experiment_cells(pipeline.store, c.experiment_id)) == 60
+
+
+def test_repeats_ask_again_and_workers_bound_rows(api, pipeline):
+    c = pipeline.compare("draft", ROWS[:6], variants=["base", "concise"], repeats=2, workers=1)
+    assert len(sent(api, "Notes on")) == 6
+    assert len(sent(api, "Draft on")) + len(sent(api, "CONCISE draft")) == 6 * 2 * 2
+    assert c.figures()["base"]["rows"] == 6 and len(c.cells) == 24
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "rows", "message"),
+    [
+        ({"variants": ["base", "terse"]}, ROWS, "no variant `terse`"),
+        ({"variants": ["base"]}, ROWS, "nothing to compare with"),
+        ({"repeats": 0}, ROWS, "--repeats must be 1 or more, got 0"),
+        ({}, [{"topc": "x"}], "column topc that no step reads"),
+        ({}, [{"topic": "x"}, {}], "row 1 has no topic"),
+    ],
+)
+def test_bad_compares_fail_before_anything_runs(api, pipeline, kwargs, rows, message):
+    with pytest.raises(OptionError, match=message):
+        pipeline.compare("draft", rows, **kwargs)
+    with pytest.raises(OptionError, match="did you mean `draft`"):
+        pipeline.compare("drat", ROWS)
+    assert api.requests == []
+
+
+def test_a_step_without_rubric_or_checks_has_nothing_to_measure(api, tmp_path, fast_config):
+    p = Pipeline(store=tmp_path / "s.sqlite", config=fast_config, root=tmp_path)
+    p.step("draft", "About {{ topic }}", model=WRITER)
+    p.variant("draft", "b", model="anthropic:claude-sonnet-4-5")
+    with pytest.raises(
+        OptionError, match="nothing to\\s+measure quality with: add `%%rubric draft`"
+    ):
+        p.compare("draft", ROWS)
+
+
+def test_statistics():
+    assert sign_test(15, 5) == pytest.approx(2 * 21700 / 2**20)
+    assert sign_test(14, 6) == pytest.approx(0.1153, abs=1e-4)
+    assert sign_test(0, 0) == 1.0 and sign_test(6, 0) == pytest.approx(0.03125)
+    assert verdict_sentence("a", "base", 3, 1, 1, 0.6)[0].endswith(
+        "too few rows to tell (5 paired; need 6)"
+    )
+    assert verdict_sentence("a", "base", 1, 9, 0, 0.02) == (
+        "base beats a on 9 of 10 briefs, p = 0.02, sign test",
+        "base",
+    )
+    assert bootstrap_ci([0.5, 0.5]) == (0.5, 0.5) and bootstrap_ci([]) is None
+
+
+# ----------------------------------------------------------------------- notebook and CLI
+
+
+def job_notebook(folder: Path) -> Path:
+    cells = [
+        "topic = 'default'",
+        "%load_ext nbconductor",
+        f"%%step research --model {WRITER}\nNotes on {{{{ topic }}}}.",
+        f"%%step draft --model {WRITER}\nDraft on {{{{ topic }}}} from: {{{{ research }}}}",
+        f"%%rubric draft --judge {JUDGE} --threshold 0.5 --retries 0\n- says something true",
+        "%%variant draft concise\nCONCISE draft on {{ topic }} from: {{ research }}",
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, folder / "job.ipynb")
+    (folder / "briefs.json").write_text(json.dumps(ROWS[:8]))
+    return folder / "job.ipynb"
+
+
+def test_cli_compare_prints_json_and_writes_a_report(api, tmp_path, capsys, monkeypatch):
+    job = job_notebook(tmp_path)
+    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
+    out = tmp_path / "report"
+    argv = ["compare", str(job), "--step", "draft", "--data", str(tmp_path / "briefs.json")]
+    assert main([*argv, "--json", "--out", str(out)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["rows"] == 8 and set(data["variants"]) == {"base", "concise"}
+    assert data["variants"]["concise"]["mean_score"] == 0.9
+    assert (
+        data["verdicts"]["concise"]["wins"] == 8
+        and data["verdicts"]["concise"]["winner"] == "concise"
+    )
+    assert set(data["variants"]["base"]) >= {
+        "rows",
+        "first_pass_yield",
+        "final_yield",
+        "mean_score",
+        "score_ci",
+        "failures",
+        "tokens",
+        "cost_per_row",
+        "p50_latency_s",
+        "p95_latency_s",
+    }
+    page = (out / "compare-draft.html").read_text()
+    assert "concise beats base on 8 of 8 briefs, p = 0.008, sign test" in page
+    assert main(argv) == 0  # resumed: the terminal table, nothing sent again
+    text = capsys.readouterr().out
+    assert (
+        "concise beats base on 8 of 8 briefs" in text
+        and "16 cells were already in the store" in text
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--variants", "base,nope"], "no variant `nope`"),
+        (["--repeats", "0"], "--repeats must be 1 or more"),
+        (["--step", "nostep"], "no step named `nostep`"),
+    ],
+)
+def test_cli_compare_bad_input_is_one_line_exit_2(
+    api, tmp_path, capsys, monkeypatch, extra, message
+):
+    job = job_notebook(tmp_path)
+    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
+    argv = ["compare", str(job), "--step", "draft", "--data", str(tmp_path / "briefs.json"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert api.requests == []
+
+
+def test_cli_compare_bad_data_file(api, tmp_path, capsys):
+    job = job_notebook(tmp_path)
+    (tmp_path / "bad.csv").write_text("subject\nx\n")
+    assert main(["compare", str(job), "--step", "draft", "--data", str(tmp_path / "bad.csv")]) == 2
+    assert "column subject that no step reads" in capsys.readouterr().err
+
+
+def test_conductor_compare_magic_shows_the_table(api, tmp_path, monkeypatch, fast_config):
+    ip = fresh_shell(tmp_path, monkeypatch)
+    (tmp_path / "briefs.json").write_text(json.dumps(ROWS[:6]))
+    ip.run_cell("topic = 'default'")
+    ip.run_cell_magic("step", f"research --model {WRITER} --lazy", "Notes on {{ topic }}.")
+    ip.run_cell_magic(
+        "step", f"draft --model {WRITER} --lazy", "Draft on {{ topic }} from: {{ research }}"
+    )
+    ip.run_cell_magic("rubric", f"draft --judge {JUDGE} --threshold 0.5 --retries 0", "- true")
+    ip.run_cell_magic(
+        "variant", "draft concise", "CONCISE draft on {{ topic }} from: {{ research }}"
+    )
+    c = ip.run_line_magic("conductor", "compare draft --data briefs.json")
+    assert c.verdicts()["concise"]["wins"] == 6
+    assert ip.user_ns["_compare"] is c  # the last compare, for plots and promote
+    for line, message in [
+        ("compare draft", "--data FILE"),
+        ("compare draft --data briefs.json --repeats 0", "--repeats must be 1 or more"),
+        ("compare draft --data missing.json", "not found"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            ip.run_line_magic("conductor", line)
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_compare import build, ROWS
+from nbconductor import Pipeline
+p = build(Pipeline(store={store!r}, root={root!r}))
+p.compare("draft", ROWS, workers=2)
+"""
+
+
+def test_resume_after_kill_9_resends_no_finished_cell(api, tmp_path):
+    api.set_default(lambda body: reply(body, delay=0.05), endpoint="anthropic")
+    store = tmp_path / "store.sqlite"
+    script = KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent), store=str(store), root=str(tmp_path)
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    p = build(Pipeline(store=store, root=tmp_path))
+    plan_id = None
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline:
+            from nbconductor._compare import plan_compare
+
+            plan_id = plan_id or plan_compare(p, "draft", ROWS).experiment_id
+            if len(experiment_cells(p.store, plan_id)) >= 12:
+                break
+            time.sleep(0.05)
+        proc.kill()  # kill -9 mid-compare
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished = {(c["row_index"], c["variant"]) for c in experiment_cells(p.store, plan_id)}
+    assert 12 <= len(finished) < 60
+    before = len(api.requests)
+    c = p.compare("draft", ROWS)
+    assert c.resumed == len(finished) and len(c.cells) == 60
+    resent = []
+    for r in api.requests[before:]:
+        content = r.json["messages"][0]["content"]
+        m = re.match(r"(CONCISE |WARM )?[Dd]raft on topic(\d+)", content)
+        if m:
+            variant = {"CONCISE ": "concise", "WARM ": "warm"}.get(m.group(1) or "", "base")
+            resent.append((int(m.group(2)), variant))
+    assert not set(resent) & finished  # 0 completed cells re-sent
+    assert len(resent) <= 60 - len(finished)
+    p.close()
