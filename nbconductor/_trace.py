@@ -69,6 +69,27 @@ def wanted(config: Any = None) -> bool:
     return app_provider() is not None
 
 
+def describe(config: Any = None) -> str:
+    """One line: whether runs are traced, where they go, whether content goes with them."""
+    if not wanted(config):
+        return (
+            "tracing off: set OTEL_EXPORTER_OTLP_ENDPOINT, [otel] endpoint in the config, "
+            "or %conductor trace on"
+        )
+    if app_provider() is not None:
+        where = "the application's TracerProvider"
+    else:
+        env, otel = os.environ, getattr(config, "otel", None)
+        where = (
+            env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or (otel.endpoint if otel is not None and otel.endpoint else None)
+            or "http://localhost:4318 (the OTLP default)"
+        )
+    content = "with" if capture_content() else "without"
+    return f"tracing on: runs go to {where}, {content} prompts and outputs ({CONTENT_ENV})"
+
+
 def app_provider() -> Any:
     """The application's own SDK TracerProvider, if it installed one (never imports one)."""
     if "opentelemetry.sdk.trace" not in sys.modules:

@@ -408,3 +408,24 @@ print(json.dumps(sorted(s.name for s in spans)), run.parent.span_id == outer.get
     names, joined = out.stdout.rsplit(" ", 1)
     assert json.loads(names) == ["chat m", "nbconductor.run", "request", "step a"]
     assert joined.strip() == "True"
+
+
+def test_conductor_trace_switches_tracing_in_a_notebook(memory, tmp_path, monkeypatch, capsys):
+    from IPython.core.error import UsageError
+    from notebook_shell import fresh_shell
+
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    ip = fresh_shell(tmp_path, monkeypatch)
+    _trace.switch(None)
+    ip.run_line_magic("conductor", "trace")
+    assert capsys.readouterr().out.startswith("tracing off: set OTEL_EXPORTER_OTLP_ENDPOINT")
+    ip.run_cell_magic("step", "a --model offline:m", "hello")
+    assert memory.get_finished_spans() == ()
+    ip.run_line_magic("conductor", "trace on")
+    assert "tracing on: runs go to http://localhost:4318" in capsys.readouterr().out
+    ip.run_cell_magic("step", "b --model offline:m", "again {{ a }}")
+    assert {s.name for s in memory.get_finished_spans()} >= {"nbconductor.run", "step b"}
+    ip.run_line_magic("conductor", "trace off")
+    with pytest.raises(UsageError, match="invalid choice: 'maybe'"):
+        ip.run_line_magic("conductor", "trace maybe")

@@ -30,6 +30,7 @@ SUBCOMMANDS = (
     "models",
     "graph",
     "timeline",
+    "trace",
     "form",
     "review",
     "report",
@@ -182,6 +183,7 @@ class ConductorMagics(Magics):
     @line_magic
     def conductor(self, line: str):
         """%conductor run [STEP ...] [--force] [--dry-run] | compare STEP --data FILE | status | show STEP | graph | timeline |
+        trace [on|off|status] |
         form | review [--store PATH] | report [--store PATH] | export PATH.ipynb | models |
         alias NAME SPEC | template-function NAME ... | reset
         """
