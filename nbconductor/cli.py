@@ -86,6 +86,23 @@ def _compare(args: argparse.Namespace) -> int:
     )
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .handoff._evaluate import cli_eval
+
+    _offline(args)
+    _check_store(args.notebook, args.store)
+    return cli_eval(
+        args.notebook,
+        args.data,
+        save=args.save,
+        baseline=args.baseline,
+        max_drop=args.max_drop,
+        workers=args.workers,
+        as_json=args.json,
+        store=args.store,
+    )
+
+
 def _new(args: argparse.Namespace) -> int:
     from .handoff._templates import new_from_template
 
@@ -190,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--offline", action="store_true", help="every step uses the offline provider"
     )
     compare.set_defaults(func=_compare)
+
+    ev = sub.add_parser("eval", help="the job over a dataset; exit 1 on a regression")
+    ev.add_argument("notebook")
+    ev.add_argument("--data", required=True, help="rows of parameters: .csv, .yaml or .json")
+    ev.add_argument("--save", metavar="BASELINE.json", help="write the figures as a baseline")
+    ev.add_argument("--baseline", metavar="BASELINE.json", help="exit 1 on a drop against it")
+    ev.add_argument("--max-drop", type=float, default=0.05, help="allowed drop (default 0.05)")
+    ev.add_argument("--workers", type=int, default=None, help="rows in flight (default 8)")
+    ev.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ev.add_argument("--store", help="run store (default: beside the notebook)")
+    ev.add_argument("--offline", action="store_true", help="every step uses the offline provider")
+    ev.set_defaults(func=_eval)
 
     new = sub.add_parser("new", help="start a notebook from a template")
     new.add_argument("template", help="newsletter, content-factory or support-triage")

@@ -40,6 +40,10 @@ def judge_score(output: str) -> float:
         return 0.9 if i < 15 else 0.6
     if "WARM" in output:
         return 0.4 if i < 4 else 0.7
+    if "REGRESSED" in output:
+        return 0.3 if i < 10 else 0.7
+    if "NOISY" in output:
+        return 0.6 if i == 0 else 0.7
     return 0.7
 
 
@@ -178,12 +182,12 @@ def test_statistics():
 # ----------------------------------------------------------------------- notebook and CLI
 
 
-def job_notebook(folder: Path) -> Path:
+def job_notebook(folder: Path, prefix: str = "", rows: int = 8) -> Path:
     cells = [
         "topic = 'default'",
         "%load_ext nbconductor",
         f"%%step research --model {WRITER}\nNotes on {{{{ topic }}}}.",
-        f"%%step draft --model {WRITER}\nDraft on {{{{ topic }}}} from: {{{{ research }}}}",
+        f"%%step draft --model {WRITER}\n{prefix}Draft on {{{{ topic }}}} from: {{{{ research }}}}",
         f"%%rubric draft --judge {JUDGE} --threshold 0.5 --retries 0\n- says something true",
         "%%variant draft concise\nCONCISE draft on {{ topic }} from: {{ research }}",
     ]
@@ -191,7 +195,7 @@ def job_notebook(folder: Path) -> Path:
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
     nb.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(nb, folder / "job.ipynb")
-    (folder / "briefs.json").write_text(json.dumps(ROWS[:8]))
+    (folder / "briefs.json").write_text(json.dumps(ROWS[:rows]))
     return folder / "job.ipynb"
 
 
@@ -329,3 +333,42 @@ def test_resume_after_kill_9_resends_no_finished_cell(api, tmp_path):
     assert not set(resent) & finished  # 0 completed cells re-sent
     assert len(resent) <= 60 - len(finished)
     p.close()
+
+
+def test_eval_exits_1_on_a_planted_regression_and_0_on_noise(api, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "store.sqlite"))
+    baseline = tmp_path / "baseline.json"
+
+    def run(prefix: str, *extra: str) -> int:
+        job = job_notebook(tmp_path, prefix, rows=20)
+        data = str(tmp_path / "briefs.json")
+        return main(["eval", str(job), "--data", data, *extra])
+
+    assert run("", "--save", str(baseline)) == 0
+    saved = json.loads(baseline.read_text())
+    assert saved["steps"]["draft"]["first_pass_yield"] == 1.0
+    assert saved["steps"]["draft"]["mean_score"] == 0.7
+    assert len(sent(api, "Notes on")) == 20
+    capsys.readouterr()
+    # noise: one row 0.1 lower (mean drop 0.005, within --max-drop)
+    assert run("NOISY ", "--baseline", str(baseline)) == 0
+    assert "no regression against baseline.json" in capsys.readouterr().out
+    # a drop beyond --max-drop on 4 of 20 rows: not significant (p = 0.125), not a failure
+    assert run("WARM ", "--baseline", str(baseline)) == 0
+    # planted: 10 of 20 rows fall below the threshold
+    assert run("REGRESSED ", "--baseline", str(baseline)) == 1
+    out = capsys.readouterr().out
+    assert "regression: step `draft`: first-pass yield dropped 100% → 50%" in out
+    assert "worse on 10 of 20 rows, p = 0.002, sign test" in out
+    assert "regression: step `draft`: mean score dropped 0.70 → 0.50" in out
+    assert run("REGRESSED ", "--baseline", str(baseline), "--max-drop", "0.6") == 0
+    # bad input: one line, exit 2, before anything runs
+    before = len(api.requests)
+    for extra, message in [
+        (["--baseline", str(tmp_path / "none.json")], "not found (write one with --save)"),
+        (["--max-drop", "2"], "--max-drop must be between 0 and 1"),
+    ]:
+        assert run("", *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert len(api.requests) == before

@@ -92,3 +92,60 @@ def cli_compare(
         if not as_json:
             print(f"report: {page}")
     return 0
+
+
+def _read_baseline(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise OptionError(f"--baseline {path!r} not found (write one with --save)")
+    try:
+        data = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OptionError(f"--baseline {p.name} is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
+        raise OptionError(f"--baseline {p.name} is not an eval baseline (written by --save)")
+    return data
+
+
+def cli_eval(
+    notebook: str,
+    data: str,
+    *,
+    save: str | None = None,
+    baseline: str | None = None,
+    max_drop: float = 0.05,
+    workers: int | None = None,
+    as_json: bool = False,
+    store: str | None = None,
+) -> int:
+    """Run the job over ``data``; exit 1 on a significant drop against ``baseline``, else 0."""
+    from .._eval import eval_text, evaluate, regressions
+
+    if not 0 <= max_drop <= 1:
+        raise OptionError(f"--max-drop must be between 0 and 1, got {max_drop}")
+    if workers is not None and workers < 1:
+        raise OptionError(f"--workers must be 1 or more, got {workers}")
+    base = _read_baseline(baseline) if baseline else None
+    rows = read_data(data)
+    pipeline = load_job(notebook, store)
+    try:
+        from .._compare import _check_columns
+
+        graph = pipeline.graph
+        _check_columns(pipeline, "eval", {"base": graph}, set(graph.steps), rows, Path(data).name)
+        result = evaluate(pipeline, rows, workers=workers or 8)
+    finally:
+        pipeline.close()
+    dropped = regressions(result, base, max_drop) if base else []
+    result["regressions"] = dropped
+    print(json.dumps(result, indent=2) if as_json else eval_text(result))
+    if save:
+        Path(save).write_text(
+            json.dumps({k: v for k, v in result.items() if k != "regressions"}, indent=2)
+        )
+    if not as_json:
+        for line in dropped:
+            print(f"regression: {line}")
+        if base is not None and not dropped:
+            print(f"no regression against {Path(baseline).name} (max drop {max_drop:g})")
+    return 1 if dropped else 0
