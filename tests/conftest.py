@@ -83,3 +83,25 @@ def fast_config():
         timeout=20.0,
         read_timeout=0.5,
     )
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server (tests/pgserver.py), started once for the session."""
+    from pgserver import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request, tmp_path, monkeypatch):
+    """A new, empty run store on each backend: an SQLite path, or a PostgreSQL database URL
+    (without its password: libpq reads it from PGPASSWORD, as a user would set it)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite")
+    from pgserver import PASSWORD
+
+    monkeypatch.setenv("PGPASSWORD", PASSWORD)
+    return request.getfixturevalue("pg_server").database().replace(f":{PASSWORD}@", "@")

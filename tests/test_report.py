@@ -11,6 +11,7 @@ from IPython.utils.capture import capture_output
 from nbconductor._types import Attempt, StepResult, Usage
 from nbconductor.cli import main
 from nbconductor.notebook._report_display import show_report
+from nbconductor.store._base import connect
 from nbconductor.store._report import percentile, report, report_figure, report_text
 from nbconductor.store._review import decide
 from nbconductor.store._sqlite import Store
@@ -61,8 +62,8 @@ def record(
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "store.sqlite")
+def store(store_target):
+    s = connect(store_target)  # SQLite and PostgreSQL
     runs = [s.start_run({"topic": f"t{i}"}, None, "newsletter.ipynb") for i in range(4)]
     r1, r2, r3, r4 = runs
     # research: no gates; a transport retry is not a quality failure; a cache hit is not counted

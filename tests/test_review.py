@@ -251,8 +251,8 @@ def test_conductor_review_magic_returns_the_widget(ip):
 
 # decide() -------------------------------------------------------------------------------------
 @pytest.fixture
-def store(tmp_path):
-    p = Pipeline(store=tmp_path / "store.sqlite")
+def store(store_target):
+    p = Pipeline(store=store_target)  # SQLite and PostgreSQL
     p.step(
         "draft",
         "Write about {{ topic }}",

@@ -1,11 +1,12 @@
 import multiprocessing as mp
 
 from nbconductor._types import Attempt, GateResult, StepResult, Usage
+from nbconductor.store._base import connect
 from nbconductor.store._sqlite import Store, Unstored, decode_output, encode_output
 
 
 def _writer(path, n, worker):
-    store = Store(path)
+    store = connect(path)
     run = store.start_run({"worker": worker}, None, "nb.ipynb")
     for i in range(n):
         store.record(
@@ -14,9 +15,9 @@ def _writer(path, n, worker):
     store.end_run(run, "passed", 0.0)
 
 
-def test_several_processes_write_at_once(tmp_path):
-    path = tmp_path / "store.sqlite"
-    Store(path).close()
+def test_several_processes_write_at_once(store_target):
+    path = store_target
+    connect(path).close()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(path), 100, w)) for w in range(4)]
     for p in procs:
@@ -24,14 +25,14 @@ def test_several_processes_write_at_once(tmp_path):
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    store = Store(path)
+    store = connect(path)
     assert len(store.results()) == 400
     assert {r["status"] for r in store.runs()} == {"passed"}
     assert store.lookup("k3-99").output == "w3-99"
 
 
-def test_record_roundtrip_with_audit_fields(tmp_path):
-    store = Store(tmp_path / "s.sqlite")
+def test_record_roundtrip_with_audit_fields(store_target):
+    store = connect(store_target)
     run = store.start_run({"topic": "x"}, ["draft"], "nb.ipynb")
     result = StepResult(
         "draft",
@@ -176,8 +177,8 @@ def _draft_pipeline(path):
     return p
 
 
-def test_history_never_feeds_a_step_its_own_output(tmp_path):
-    path = tmp_path / "s.sqlite"
+def test_history_never_feeds_a_step_its_own_output(store_target):
+    path = store_target
     p = _draft_pipeline(path)
     first = p.run({"topic": "pricing"}).results["draft"]
     assert first.state == "passed" and "Past issues: []" in first.prompt

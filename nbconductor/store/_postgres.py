@@ -1,0 +1,247 @@
+"""The run store on PostgreSQL: ``postgresql://user@host:port/db`` (the ``postgres`` extra).
+
+The same tables, statements and results as the SQLite store: `PostgresStore` inherits every
+operation and replaces only the connection layer — a psycopg 3 connection pool per process and
+URL, ``?`` placeholders written as ``%s``, ids from ``RETURNING id``, a transaction holding one
+pooled connection for its thread. The schema is created and migrated under an advisory lock (so
+several processes opening a new database at once create it once), with a version table.
+
+The password comes from the URL, ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads them); the URL
+nbconductor shows (``store.path``) has none, and a server that cannot be reached is a one-line
+`StoreError` naming the host.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import threading
+from typing import Any
+
+from .._errors import StoreError, missing_dependency
+from .._redact import redact
+from ._base import shown
+from ._sqlite import ADDED_COLUMNS, SCHEMA, SQLiteStore, _read_only, _user
+
+_POOLS: dict[tuple[int, str], list] = {}  # (pid, url) -> [pool, users]
+_POOLS_LOCK = threading.Lock()
+_LOCK_KEY = 7_351_082  # pg_advisory_xact_lock key: schema creation and migration
+_SQL: dict[str, str] = {}
+
+
+def pg_schema() -> str:
+    """`_sqlite.SCHEMA` in PostgreSQL's types (one DDL for both backends)."""
+    return (
+        SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+        .replace("INTEGER", "BIGINT")
+        .replace("BLOB", "BYTEA")
+        .replace("REAL", "DOUBLE PRECISION")
+    )
+
+
+def _pg_type(kind: str) -> str:
+    return {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "BLOB": "BYTEA"}.get(kind, kind)
+
+
+def _sql(sql: str) -> str:
+    out = _SQL.get(sql)
+    if out is None:
+        out = _SQL[sql] = sql.replace("%", "%%").replace("?", "%s")
+    return out
+
+
+class _Cursor:
+    """What `execute` returns: the affected row count (like sqlite3's cursor)."""
+
+    def __init__(self, rowcount: int):
+        self.rowcount = rowcount
+
+
+class PostgresStore(SQLiteStore):
+    """A run store in a PostgreSQL database. Thread-safe; any number of processes and hosts."""
+
+    def __init__(self, url: str, *, readonly: bool = False):
+        missing_dependency("psycopg", "postgres", "a postgresql:// store")
+        missing_dependency("psycopg_pool", "postgres", "a postgresql:// store")
+        self._url = url
+        self.path = shown(url)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._checkpointed = float("inf")
+        self._db = None
+        self.user = _user()
+        self._pool = _acquire_pool(url, self.path)
+        try:
+            if readonly:
+                if not self._has_table("runs"):
+                    raise StoreError(f"no run store at {self.path} (no runs table)", self.path)
+                self._check_version()
+            else:
+                self._create_schema()
+        except BaseException:
+            self.close()
+            raise
+
+    # the connection layer ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def _conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        import psycopg
+
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise _unreachable(self.path, exc) from None
+
+    def execute(self, sql: str, args: tuple = ()) -> _Cursor:
+        if self.readonly:
+            raise _read_only(self.path)
+        with self._conn() as conn, conn.cursor() as cur:
+            cur.execute(_sql(sql), args)
+            return _Cursor(cur.rowcount)
+
+    def query(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+        with self._conn() as conn, conn.cursor() as cur:
+            cur.execute(_sql(sql), args)
+            return cur.fetchall()
+
+    def insert(self, sql: str, args: tuple = ()) -> int:
+        if self.readonly:
+            raise _read_only(self.path)
+        with self._conn() as conn, conn.cursor() as cur:
+            cur.execute(_sql(sql) + " RETURNING id", args)
+            return cur.fetchone()["id"]
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Statements inside run on one pooled connection, as one transaction."""
+        if self.readonly:
+            raise _read_only(self.path)
+        if getattr(self._local, "conn", None) is not None:
+            yield  # nested: part of the outer transaction
+            return
+        with self._conn() as conn:
+            self._local.conn = conn
+            try:
+                with conn.transaction():
+                    yield
+            finally:
+                self._local.conn = None
+
+    def checkpoint(self, mode: str = "PASSIVE") -> None:
+        """Nothing to do: the server makes commits durable."""
+
+    def close(self) -> None:
+        """Give the pool back (the last store of this process and URL closes it)."""
+        with self._lock:
+            if self._pool is None:
+                return
+            _release_pool(self._url)
+            self._pool = None
+
+    # schema ---------------------------------------------------------------------------------
+    def _create_schema(self) -> None:
+        with self.transaction():
+            self.execute("SELECT pg_advisory_xact_lock(?)", (_LOCK_KEY,))
+            if self._has_table("runs") and not self._has_table("nbconductor_schema"):
+                self._check_tables()
+            self._check_version()
+            with self._conn() as conn:
+                conn.execute(pg_schema())
+            for table, column, kind in ADDED_COLUMNS:
+                self.execute(
+                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {_pg_type(kind)}"
+                )
+            self._set_version()
+
+    def _check_tables(self) -> None:
+        need = {"id", "started", "status", "params"}
+        if not need <= self._columns("runs"):
+            raise StoreError(
+                f"{self.path} has a runs table that is not an nbconductor run store's: "
+                "use another database",
+                self.path,
+            )
+
+    def _migrate(self) -> None:  # done in _create_schema, under the advisory lock
+        pass
+
+    def _has_version(self) -> bool:
+        return self._has_table("nbconductor_schema")
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self.query("SELECT to_regclass(?) IS NOT NULL AS ok", (name,))[0]["ok"])
+
+    def _columns(self, table: str) -> set[str]:
+        rows = self.query(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        )
+        return {r["column_name"] for r in rows}
+
+    def after_copy(self) -> None:
+        """Move the id sequences past the highest copied ids (a copy keeps ids)."""
+        for table in ("results", "reviews"):
+            self.query(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"GREATEST(COALESCE(MAX(id), 0), 1), MAX(id) IS NOT NULL) FROM {table}"
+            )
+
+
+def _unreachable(where: str, exc: Exception) -> StoreError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return StoreError(redact(f"the run store at {where} cannot be reached: {first}"), where)
+
+
+def _acquire_pool(url: str, where: str):
+    import psycopg
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool
+
+    key = (os.getpid(), url)
+    with _POOLS_LOCK:
+        entry = _POOLS.get(key)
+        if entry is None:
+            try:  # fail fast, with the server's one-line reason (refused, bad password, no db)
+                psycopg.connect(url, connect_timeout=10).close()
+            except psycopg.Error as exc:
+                raise _unreachable(where, exc) from None
+            pool = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=int(os.environ.get("NBCONDUCTOR_PG_POOL", "8")),
+                kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 10},
+                open=False,
+                name="nbconductor",
+            )
+            pool.open(wait=False)
+            entry = _POOLS[key] = [pool, 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_pool(url: str) -> None:
+    key = (os.getpid(), url)
+    with _POOLS_LOCK:
+        entry = _POOLS.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _POOLS[key]
+            entry[0].close()
+
+
+@atexit.register
+def _close_pools() -> None:
+    for key in [k for k in _POOLS if k[0] == os.getpid()]:
+        with contextlib.suppress(Exception):
+            _POOLS.pop(key)[0].close(timeout=2)

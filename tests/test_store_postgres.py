@@ -1,0 +1,148 @@
+"""The PostgreSQL store against a real server (tests/pgserver.py), and what both backends share:
+the schema version, passwords kept out of everything shown or stored, an unreachable server."""
+
+import pytest
+import test_dask
+from pgserver import PASSWORD
+
+from nbconductor import Pipeline
+from nbconductor._errors import StoreError
+from nbconductor.cli import main
+from nbconductor.store._base import connect, shown
+from nbconductor.store._sqlite import SCHEMA_VERSION
+
+cluster = test_dask.cluster  # the Dask scheduler and workers, started once per module
+
+
+def test_a_newer_schema_is_refused_with_one_line(store_target):
+    store = connect(store_target)
+    store.execute("UPDATE nbconductor_schema SET version=?", (SCHEMA_VERSION + 1,))
+    store.close()
+    with pytest.raises(StoreError, match=r"schema version \d+, newer than this nbconductor knows"):
+        connect(store_target)
+    with pytest.raises(StoreError, match="newer than this nbconductor"):
+        connect(store_target, readonly=True)
+
+
+def test_the_schema_is_created_once_by_processes_opening_a_new_database(pg_server):
+    import concurrent.futures as cf
+
+    url = pg_server.database()
+    with cf.ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda _: connect(url).close(), range(6)))
+    store = connect(url)
+    assert [r["version"] for r in store.query("SELECT version FROM nbconductor_schema")] == [
+        SCHEMA_VERSION
+    ]
+    assert {"parent_id"} <= store._columns("results")
+    store.close()
+
+
+def test_the_password_is_in_no_path_row_or_output(pg_server, tmp_path, capsys, monkeypatch):
+    url = pg_server.database()  # with the password in it
+    assert PASSWORD in url
+    monkeypatch.setenv("NBCONDUCTOR_STORE", url)
+    p = Pipeline(root=tmp_path)
+    p.step("draft", "Write about {{ topic }} for {{ where }}", model="offline:w")
+    p.run({"topic": "pricing", "where": url})
+    store = p.store
+    assert store.path == shown(url) and PASSWORD not in store.path
+    dump = repr(store.dump())
+    assert PASSWORD not in dump and "pricing" in dump
+    p.close()
+    assert main(["report", "--store", url]) == 0
+    out = capsys.readouterr()
+    assert PASSWORD not in out.out + out.err and "draft" in out.out
+
+
+def test_an_unreachable_server_is_one_line_naming_the_host(pg_server, capsys):
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/nope"
+    with pytest.raises(StoreError) as err:
+        connect(url)
+    message = str(err.value)
+    assert "127.0.0.1" in message and PASSWORD not in message and "\n" not in message
+    assert main(["report", "--store", url]) == 2
+    out = capsys.readouterr()
+    assert "cannot be reached" in out.err and PASSWORD not in out.err
+    assert "Traceback" not in out.err
+
+
+def test_a_wrong_password_is_refused_without_showing_it(pg_server):
+    url = pg_server.url(password=False).replace("postgres@", "postgres:wrong-password-123@")
+    with pytest.raises(StoreError) as err:
+        connect(url)
+    assert "wrong-password-123" not in str(err.value) and "authentication" in str(err.value)
+
+
+def test_a_run_resumes_from_the_store_across_sessions(store_target, tmp_path):
+    def pipeline():
+        p = Pipeline(store=store_target, root=tmp_path)
+        p.step("a", "First {{ topic }}", model="offline:w")
+        p.step("b", "Then {{ a }}", model="offline:w")
+        return p
+
+    first = pipeline()
+    first.run({"topic": "x"})
+    first.close()
+    again = pipeline()
+    run = again.run({"topic": "x"})
+    assert all(r.cached for r in run.results.values())
+    store = again.store
+    assert store.count("results") == 4 and store.count("runs") == 2
+    again.close()
+
+
+def _rows_file(folder, n):
+    import json
+
+    rows = [{"topic": f"topic {i}", "divisor": 0 if i == 2 else i + 1} for i in range(n)]
+    (folder / "rows.json").write_text(json.dumps(rows))
+    return rows
+
+
+def _check_batch_store(url, folder, n):
+    store = connect(url, readonly=True)
+    runs = {r["notebook"]: r["status"] for r in store.runs(limit=1000)}
+    assert runs == {
+        str(folder / "out" / f"job-{i:03d}.ipynb"): ("failed" if i == 2 else "flagged")
+        for i in range(n)
+    }
+    prompts = {r["prompt"] for r in store.results(step="draft")}
+    assert prompts == {f"Write about topic {i}" for i in range(n)}
+    flagged = store.query("SELECT COUNT(*) AS n FROM results WHERE state='flagged'")[0]["n"]
+    store.close()
+    return flagged
+
+
+def test_a_local_batch_writes_every_row_into_postgres(pg_server, tmp_path, monkeypatch, capsys):
+    from test_dask import make_job
+
+    url = pg_server.database()
+    make_job(tmp_path)
+    _rows_file(tmp_path, 4)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
+    argv = ["batch", "job.ipynb", "--params", "rows.json", "--workers", "2", "--out", "out"]
+    assert main([*argv, "--store", url]) == 1
+    out, err = capsys.readouterr()
+    assert "4 rows: 0 passed, 3 flagged, 1 failed" in out
+    assert PASSWORD not in out + err + (tmp_path / "out" / "manifest.json").read_text()
+    assert _check_batch_store(url, tmp_path, 4) == 4  # every row's tagline, the failed one's too
+    assert main(["review", "--store", url]) == 0  # the queue is there for any reviewer
+    assert capsys.readouterr().out.count("tagline") >= 3
+
+
+def test_a_dask_batch_lands_in_postgres(cluster, pg_server, tmp_path, monkeypatch, capsys):
+    from test_dask import make_job
+
+    address, _, _ = cluster
+    url = pg_server.database()
+    make_job(tmp_path)
+    _rows_file(tmp_path, 5)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
+    argv = ["batch", "job.ipynb", "--params", "rows.json", "--dask", address, "--out", "out"]
+    assert main([*argv, "--store", url]) == 1
+    out, _ = capsys.readouterr()
+    assert "5 rows: 0 passed, 4 flagged, 1 failed" in out
+    assert _check_batch_store(url, tmp_path, 5) == 5
