@@ -429,3 +429,46 @@ def test_conductor_trace_switches_tracing_in_a_notebook(memory, tmp_path, monkey
     ip.run_line_magic("conductor", "trace off")
     with pytest.raises(UsageError, match="invalid choice: 'maybe'"):
         ip.run_line_magic("conductor", "trace maybe")
+
+
+def test_each_batch_row_is_a_trace_linked_to_the_batch(traced, phoenix, tmp_path):
+    from nbconductor import batch
+    from nbconductor.handoff._export import export_pipeline
+
+    p = Pipeline(store=":memory:", namespace={"topic": "t"})
+    p.step("draft", "Write about {{ topic }}", model="offline:w")
+    job = export_pipeline(p, tmp_path / "job.ipynb")
+    result = batch(job, [{"topic": "tides"}, {"topic": "moons"}], workers=2, out=tmp_path / "out")
+    assert [r["status"] for r in result.rows] == ["passed", "passed"]
+    flush()  # the batch span; the rows' kernels flushed theirs as they finished
+
+    def complete(spans):
+        names = [s["name"] for s in spans]
+        return names.count("nbconductor.run") == 2 and "nbconductor.batch" in names
+
+    spans = phoenix.spans(traced, until=complete)
+    [outer] = by_name(spans, "nbconductor.batch")
+    runs = by_name(spans, "nbconductor.run")
+    batch_id = outer["attributes"]["nbconductor.batch.id"]
+    assert [r["attributes"]["nbconductor.batch.id"] for r in runs] == [batch_id, batch_id]
+    traces = {r["context"]["trace_id"] for r in runs}
+    assert len(traces) == 2 and outer["context"]["trace_id"] not in traces
+    assert all(r["parent_id"] is None for r in runs)
+    assert {s["name"] for s in spans} >= {"step draft", "chat w"}
+
+
+def test_a_row_run_links_to_its_batch_span(memory, monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Basic c2VjcmV0")
+    close = _trace.batch_started("job", 1)
+    link = os.environ[_trace.LINK_ENV]
+    carried = _trace.carried_env()  # what a Dask task takes along: never the headers
+    assert carried[_trace.LINK_ENV] == link and "OTEL_EXPORTER_OTLP_HEADERS" not in carried
+    p = Pipeline(store=":memory:")
+    p.step("a", "hi", model="offline:m")
+    p.run()
+    close("passed")
+    assert _trace.LINK_ENV not in os.environ
+    spans = {s.name: s for s in memory.get_finished_spans()}
+    [linked] = spans["nbconductor.run"].links
+    assert linked.context.span_id == spans["nbconductor.batch"].context.span_id
+    assert f"{linked.context.trace_id:032x}" in link

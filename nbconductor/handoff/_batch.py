@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import _trace
 from .._errors import OptionError
 from .._params import check_known, check_name, check_names, check_value
 from .._redact import redact, redact_value
@@ -385,6 +386,7 @@ def batch(
         progress.update(result)
 
     spec = {"notebook": str(notebook), "engine": engine, "store": store}
+    traced = _trace.batch_started(notebook.stem, len(todo))  # rows link to it (environment)
     try:
         # Every row's history() ends where the batch began: rows do not see each other's outputs.
         with environ({HISTORY_ENV: repr(started)}):
@@ -401,6 +403,10 @@ def batch(
                     log_dir=out_dir / "logs",
                 )
     finally:
+        if traced:
+            traced(
+                "failed" if any(r.get("status") == "failed" for r in results.values()) else "passed"
+            )
         progress.close()
         manifest.write()
         for log in (out_dir / "logs").glob("*.log"):

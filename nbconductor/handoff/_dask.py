@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .. import _trace
 from .._env import offline_forced
 from .._redact import redactor
 from ._row import Row, RowResult, execute_row
@@ -34,13 +35,14 @@ def run_row_task(
     label: str,
     index: int,
     offline: bool = False,
+    trace_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Dask task: run one row in a temporary folder; returns its result, notebook and store rows."""
     from ._runner import environ
 
     # `--offline` travels with the task (the worker's environment is its own); keys never do.
     with (
-        environ({"NBCONDUCTOR_OFFLINE": "1"} if offline else {}),
+        environ({**(trace_env or {}), **({"NBCONDUCTOR_OFFLINE": "1"} if offline else {})}),
         tempfile.TemporaryDirectory(prefix="nbconductor-row-") as tmp,
     ):
         folder = Path(tmp)
@@ -110,6 +112,7 @@ def run_dask(
                 row.output,
                 row.index,
                 offline_forced(),
+                _trace.carried_env(),  # the worker exports to the same collector (no headers)
                 key=f"{batch}-row-{row.index}",
                 pure=False,
                 retries=0,
