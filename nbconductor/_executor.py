@@ -20,6 +20,7 @@ from typing import Any
 
 from . import _trace
 from ._errors import DefinitionError, OutputError, StepFailed, UnknownNameError
+from ._format import strip_fence
 from ._graph import Graph, function_params
 from ._ladder import GateContext, GateError, LadderFailed, run_ladder
 from ._map import combine_items
@@ -629,11 +630,8 @@ def _parser(step: Step, schema_cls) -> Callable[[Response], Any]:
 
 
 def _loads(text: str) -> Any:
-    cleaned = text.strip()
-    if cleaned.startswith("```"):
-        cleaned = cleaned.split("\n", 1)[1].rsplit("```", 1)[0]
     try:
-        return json.loads(cleaned)
+        return json.loads(strip_fence(text))
     except ValueError as exc:
         raise OutputError(f"output is not valid JSON: {exc}") from None
 

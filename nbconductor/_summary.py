@@ -5,15 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
-def fmt_cost(cost: float | None) -> str:
-    if cost is None:
-        return "?"
-    return "$0" if cost == 0 else f"${cost:.4f}"
-
-
-def fmt_tokens(n: int | None) -> str:
-    return "?" if n is None else f"{n:,}"
+from ._format import clip, fmt_cost, fmt_tokens, md_cell, md_table
 
 
 def preview(value: Any, width: int = 60) -> str:
@@ -30,8 +22,7 @@ def preview(value: Any, width: int = 60) -> str:
             text = json.dumps(value, ensure_ascii=False, default=str)
         except (TypeError, ValueError):
             text = repr(value)
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return clip(" ".join(text.split()), width)
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -74,7 +65,7 @@ def summary_rows(run) -> list[list[str]]:
                 r.state,
                 r.model or "—",
                 str(len(r.attempts)) if r.attempts else "—",
-                fmt_tokens(r.usage.total),
+                fmt_tokens(r.usage.total, estimated=r.usage.estimated),
                 fmt_cost(r.cost),
                 f"{r.latency:.2f}s" if r.latency is not None else "—",
                 gates or "—",
@@ -98,14 +89,11 @@ HEADER = ["step", "state", "model", "attempts", "tokens", "cost", "time", "gates
 def summary_table(run) -> str:
     """A Markdown table of a run, one row a step, with totals."""
     rows = summary_rows(run)
-    # `\$`: Jupyter's Markdown would typeset the text between two dollar signs as LaTeX.
-    esc = lambda s: str(s).replace("|", "\\|").replace("$", "\\$")  # noqa: E731
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    lines = md_table(HEADER, rows)
     total = run.usage.total
     lines.append(
         f"\n**run {run.run_id}**: {run.status} · {len(rows)} steps · "
-        f"{fmt_tokens(total)} tokens · {esc(fmt_cost(run.cost))} · {run.ended - run.started:.2f}s"
+        f"{fmt_tokens(total)} tokens · {md_cell(fmt_cost(run.cost))} · {run.ended - run.started:.2f}s"
     )
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _trace
 from .._errors import OutputError, ProviderError
+from .._format import strip_fence
 from .._ladder import GateError, pause_for_retry
 from .._pricing import cost_of
 from .._types import GateResult, Request, Rubric, Usage
@@ -73,11 +74,8 @@ def judge_prompt(rubric: str, task: str, output: str) -> str:
 def parse_verdict(data: Any, text: str) -> tuple[float, str, str]:
     """(score, feedback, suggested edit) from a judge's answer; raises `OutputError`."""
     if not isinstance(data, dict):
-        cleaned = (text or "").strip()
-        if cleaned.startswith("```"):
-            cleaned = cleaned.split("\n", 1)[-1].rsplit("```", 1)[0]
         try:
-            data = json.loads(cleaned)
+            data = json.loads(strip_fence(text or ""))
         except ValueError:
             raise OutputError(
                 f"the judge did not answer with a Verdict (JSON): {text[:120]!r}"
@@ -133,7 +131,7 @@ class RubricGate:
         for n in range(1 + retries):
             calls += 1
             try:
-                async with pool.slot(ref.provider):
+                async with pool.slot(ref):
                     call = provider.complete(request)
                     response = await _trace.call(
                         call, ref, request, pool, attempt=n + 1, role="judge"
@@ -143,7 +141,7 @@ class RubricGate:
                 call_cost = (
                     response.cost
                     if response.cost is not None
-                    else cost_of(ref, spent, pool.config, batch=pool.batched(ref))
+                    else cost_of(ref, spent, pool.config, batch=pool.batched(ref), served=response.model)
                 )
                 usage, cost = (
                     usage + spent,

@@ -97,6 +97,13 @@ def cmd_compare(m, words):
     return compare(m, words)
 
 
+def cmd_promote(m, words):
+    """Make a variant the step; a new ``%%step`` cell with its source is put below."""
+    from ._compare_cmd import cmd_promote as promote
+
+    return promote(m, words)
+
+
 def cmd_status(m, words):
     """One line per declared step: kind, model, upstream, last state, whether the next run calls
     its model again (its definition or an upstream output changed), output preview."""
@@ -187,7 +194,7 @@ def cmd_alias(m, words):
     if len(words) < 2 or len(words) % 2:
         raise UsageError(ALIAS_USAGE)
     options = {}
-    for flag, value in zip(words[2::2], words[3::2]):
+    for flag, value in zip(words[2::2], words[3::2], strict=True):
         key = ALIAS_OPTIONS.get(flag)
         if key is None:
             raise UsageError(f"%conductor alias: unknown option {flag}: {ALIAS_USAGE}")

@@ -12,24 +12,15 @@ from typing import Any
 from IPython.core.formatters import format_display_data
 from IPython.display import HTML, JSON, Markdown, display
 
+from .._format import GLYPHS, fmt_cost, fmt_tokens, gate_mark
 from .._redact import redact, redactor
-from .._summary import fmt_cost, fmt_tokens, pngs, run_images
+from .._summary import pngs, run_images
 from .._types import StepResult
-
-ICONS = {
-    "passed": "✓",
-    "cached": "↺",
-    "flagged": "⚑",
-    "failed": "✗",
-    "skipped": "⤼",
-    "pending": "…",
-    "running": "▶",
-}
 
 
 def footer(result: StepResult) -> str:
     """One line about a step result: state, model, attempts, tokens, cost, time."""
-    parts = [f"{ICONS.get(result.state, '')} {result.step}", result.state]
+    parts = [f"{GLYPHS.get(result.state, '')} {result.step}", result.state]
     if result.model:
         parts.append(result.model)
     if result.items is not None:
@@ -38,20 +29,25 @@ def footer(result: StepResult) -> str:
         n = len(result.attempts)
         parts.append(f"{n} attempt{'s' if n != 1 else ''}")
     if result.usage.total is not None:
-        parts.append(f"{fmt_tokens(result.usage.total)} tokens")
+        est = result.usage.estimated
+        parts.append(
+            f"{fmt_tokens(result.usage.total, estimated=est)} tokens" + " (estimated)" * est
+        )
     if result.cost is not None and result.model:
         parts.append(fmt_cost(result.cost))
     if result.latency is not None:
         parts.append(f"{result.latency:.2f}s")
     for g in result.gates:
-        mark = "✓" if g.passed else "✗"
+        mark = gate_mark(g.passed)
         score = f" {g.score:.2f}" if g.score is not None and g.name == "rubric" else ""
         parts.append(f"{g.name} {mark}{score}")
     return " · ".join(parts)
 
 
-def show_result(result: StepResult) -> None:
-    """Display a step's output inline, then its footer; secrets in either are redacted."""
+def show_result(result: StepResult):
+    """Display a step's output inline, then its footer; secrets in either are redacted.
+
+    Returns the footer's display handle (`mark_stale` updates it)."""
     out = result.output
     clean = redactor()
     if result.state == "skipped":
@@ -79,14 +75,23 @@ def show_result(result: StepResult) -> None:
         text += "\n" + "\n".join(f"⚑ {g.name}: {g.feedback}" for g in flagged)
     text = clean(text)
     color = {"failed": "#b42318", "flagged": "#b54708"}.get(result.state, "#667085")
-    display(
-        {
-            "text/plain": text,
-            "text/html": f'<pre style="color:{color};font-size:0.85em;margin:0;white-space:pre-wrap">'
-            f"{html.escape(text)}</pre>",
-        },
-        raw=True,
-    )
+    return display(_footer_bundle(text, color), raw=True, display_id=True)
+
+
+def _footer_bundle(text: str, color: str) -> dict:
+    return {
+        "text/plain": text,
+        "text/html": f'<pre style="color:{color};font-size:0.85em;margin:0;white-space:pre-wrap">'
+        f"{html.escape(text)}</pre>",
+    }
+
+
+def mark_stale(handle, result: StepResult, why: str) -> None:
+    """Add ``why`` (the output above is stale) to a footer shown by `show_result`."""
+    if handle is None:
+        return
+    text = redactor()(f"{footer(result)}\n⟳ stale: {why}")
+    handle.update(_footer_bundle(text, "#b54708"), raw=True)
 
 
 #: width in pixels of an image step's thumbnail in the run summary

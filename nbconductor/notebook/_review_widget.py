@@ -9,6 +9,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
+from .._format import md_table
 from .._summary import preview
 from ..store._base import ACCEPTED
 from ..store._review import (
@@ -293,19 +294,20 @@ class ReviewWidget:
 def _queue_markdown(items: list[ReviewItem]) -> str:
     if not items:
         return "**Review queue**: nothing to review"
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = [
-        "**Review queue**",
-        "",
-        "| id | step | run | score | feedback | suggested edit | output |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| #{i.id} | {esc(i.label)} | {esc(i.run_id)} | {'—' if i.score is None else f'{i.score:.2f}'} | "
-        f"{esc(preview(i.feedback, 80))} | {esc(preview(i.suggestion, 60))} | {esc(preview(i.output, 60))} |"
+    header = ["id", "step", "run", "score", "feedback", "suggested edit", "output"]
+    rows = [
+        [
+            f"#{i.id}",
+            i.label,
+            i.run_id,
+            "—" if i.score is None else f"{i.score:.2f}",
+            preview(i.feedback, 80),
+            preview(i.suggestion, 60),
+            preview(i.output, 60),
+        ]
         for i in items
     ]
-    return "\n".join(lines)
+    return "\n".join(["**Review queue**", "", *md_table(header, rows)])
 
 
 def _editable(value: Any) -> str:

@@ -27,8 +27,10 @@ from .._errors import (
     ServerError,
     TransportError,
 )
+from .._format import strip_fence
 from .._redact import redact
 from .._types import Request, Response, Usage
+from ._structured import cause_line
 
 _RATE_KINDS = {
     "rate_limit_error",
@@ -75,7 +77,7 @@ def error_for_status(
 ) -> ProviderError:
     """The nbconductor error for an HTTP status (or an in-stream error ``kind``)."""
     where = f"{provider}:{model}"
-    text = redact(message)
+    text = redact(cause_line(message))  # one line: the cause, not a multi-line dump
     common = {"provider": provider, "model": model, "status": status, "retry_after": wait}
     code = f"({status})" if status is not None else "(error event in the stream)"
     if status in (429, 529) or kind in _RATE_KINDS:
@@ -136,9 +138,11 @@ def map_error(
         )
     if isinstance(exc, sdk.APIConnectionError):
         cause = exc.__cause__ or exc.__context__
-        detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
+        detail = cause_line(f"{type(cause).__name__}: {cause}" if cause else str(exc))
+        url = getattr(getattr(exc, "request", None), "url", None)  # the server it tried
+        at = f" to {str(url).split('?', 1)[0]}" if url is not None else ""
         return TransportError(
-            redact(f"{where} connection failed: {detail}"), provider=provider, model=model
+            redact(f"{where} connection{at} failed: {detail}"), provider=provider, model=model
         )
     # A malformed event or body is a fault of the wire, not of the model's answer: it is retried
     # without feedback and does not count against first-pass yield (the model never finished).
@@ -218,12 +222,8 @@ async def guarded(
 
 def parse_json(text: str, *, provider: str, model: str, usage: Usage) -> Any:
     """Parsed JSON of a model's answer (code fences allowed); `OutputError` carrying usage if not."""
-    cleaned = text.strip()
-    if cleaned.startswith("```"):
-        cleaned = cleaned.split("\n", 1)[1] if "\n" in cleaned else ""
-        cleaned = cleaned.rsplit("```", 1)[0]
     try:
-        return json.loads(cleaned)
+        return json.loads(strip_fence(text))
     except ValueError as exc:
         err = OutputError(
             f"{provider}:{model} did not answer with valid JSON: {exc}",

@@ -12,11 +12,12 @@ so they never run behind a node, and a few barycenter sweeps reduce crossings.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
+
+from .._format import GLYPHS, clip, fmt_cost, fmt_seconds, fmt_tokens, gate_mark
 
 __all__ = [
     "PALETTE",
@@ -24,8 +25,6 @@ __all__ = [
     "Layout",
     "box_caption",
     "compute_layout",
-    "fmt_cost",
-    "fmt_seconds",
     "gate_summary",
     "node_caption",
     "render_svg",
@@ -37,13 +36,13 @@ __all__ = [
 # state also has its own glyph, so colour is never the only cue.
 STATES = ("pending", "running", "cached", "passed", "flagged", "failed", "skipped")
 PALETTE: dict[str, dict[str, str]] = {
-    "pending": {"stroke": "#8C8C8C", "fill": "#F2F2F2", "glyph": "○"},
-    "running": {"stroke": "#0072B2", "fill": "#DCEBF5", "glyph": "◐"},
-    "cached": {"stroke": "#56B4E9", "fill": "#E6F4FC", "glyph": "↺"},
-    "passed": {"stroke": "#009E73", "fill": "#DDF2EC", "glyph": "✓"},
-    "flagged": {"stroke": "#E69F00", "fill": "#FCF0D6", "glyph": "⚑"},
-    "failed": {"stroke": "#D55E00", "fill": "#F9E3D6", "glyph": "✕"},
-    "skipped": {"stroke": "#B0B0B0", "fill": "#FAFAFA", "glyph": "–"},
+    "pending": {"stroke": "#8C8C8C", "fill": "#F2F2F2", "glyph": GLYPHS["pending"]},
+    "running": {"stroke": "#0072B2", "fill": "#DCEBF5", "glyph": GLYPHS["running"]},
+    "cached": {"stroke": "#56B4E9", "fill": "#E6F4FC", "glyph": GLYPHS["cached"]},
+    "passed": {"stroke": "#009E73", "fill": "#DDF2EC", "glyph": GLYPHS["passed"]},
+    "flagged": {"stroke": "#E69F00", "fill": "#FCF0D6", "glyph": GLYPHS["flagged"]},
+    "failed": {"stroke": "#D55E00", "fill": "#F9E3D6", "glyph": GLYPHS["failed"]},
+    "skipped": {"stroke": "#B0B0B0", "fill": "#FAFAFA", "glyph": GLYPHS["skipped"]},
 }
 
 NODE_W, NODE_H = 212.0, 66.0
@@ -224,46 +223,18 @@ def _edge_path(top: dict, u: str, v: str, chain: list[str]) -> str:
 # ---------------------------------------------------------------------------- captions
 
 
-def _fmt_tokens(n: Any) -> str:
-    if n is None:
-        return ""
-    n = int(n)
-    return f"{n / 1000:.1f}k tok" if n >= 10_000 else f"{n} tok"
-
-
-def fmt_cost(c: Any) -> str:
-    """Return a cost in dollars with enough digits to be non-zero (``""`` for None)."""
-    if c is None:
-        return ""
-    c = float(c)
-    if c == 0:
-        return "$0"
-    digits = max(2, min(6, 1 - math.floor(math.log10(abs(c)))))  # two significant digits
-    text = f"{c:.{digits}f}"
-    if digits > 2:
-        text = text.rstrip("0")
-    return f"${text}"
-
-
-def fmt_seconds(s: Any) -> str:
-    """Return a duration like ``840 ms``, ``1.24 s`` or ``2m 05s`` (``""`` for None)."""
-    if s is None:
-        return ""
-    s = float(s)
-    if s < 1:
-        return f"{s * 1000:.0f} ms"
-    if s < 60:
-        return f"{s:.2f} s"
-    return f"{int(s // 60)}m {int(s % 60):02d}s"
-
-
 def node_caption(node: Mapping[str, Any]) -> dict[str, str]:
     """Return the short texts a node box shows: ``title``, ``subtitle``, ``metrics``, ``badge``."""
     attempts = node.get("attempts")
     metrics = []
     if attempts:
         metrics.append(f"{attempts} attempt" + ("s" if attempts != 1 else ""))
-    for text in (_fmt_tokens(node.get("tokens")), fmt_cost(node.get("cost"))):
+    for text in (
+        fmt_tokens(
+            node.get("tokens"), short=True, unknown="", estimated=bool(node.get("tokens_estimated"))
+        ),
+        fmt_cost(node.get("cost"), unknown=""),
+    ):
         if text:
             metrics.append(text)
     items = node.get("items")
@@ -277,7 +248,7 @@ def node_caption(node: Mapping[str, Any]) -> dict[str, str]:
 
 def gate_summary(gate: Mapping[str, Any]) -> str:
     """Return a gate result as ``rubric ✓ 0.86`` (name, pass/fail glyph, score if any)."""
-    mark = "✓" if gate.get("passed") else "✕"
+    mark = gate_mark(gate.get("passed"))
     score = gate.get("score")
     return f"{gate.get('name', 'gate')} {mark}" + (
         f" {float(score):.2f}" if score is not None else ""
@@ -286,8 +257,7 @@ def gate_summary(gate: Mapping[str, Any]) -> str:
 
 def _fit(text: str, px: float, size: float) -> str:
     """Truncate ``text`` to roughly ``px`` pixels at font ``size`` (no font metrics here)."""
-    limit = max(int(px / (size * 0.55)), 3)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(text, max(int(px / (size * 0.55)), 3))
 
 
 # ---------------------------------------------------------------------------- SVG

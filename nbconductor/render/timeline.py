@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from ._layout import FONT, PALETTE, fmt_seconds
+from .._format import fmt_seconds
+from ._layout import FONT, PALETTE
 
 __all__ = ["TimelineView", "render_timeline_svg", "render_timeline_text", "timeline_rows"]
 

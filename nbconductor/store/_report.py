@@ -26,7 +26,8 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from .._summary import fmt_cost, text_table
+from .._format import fmt_cost, md_table
+from .._summary import text_table
 from .._types import quality_failure
 from ._base import ACCEPTED, COUNTED
 from ._sqlite import Store
@@ -179,6 +180,10 @@ def _metrics(
     ]
     inp = sum(r["input_tokens"] or 0 for r in rows)
     out = sum(r["output_tokens"] or 0 for r in rows)
+    # outputs whose server sent no usage: their tokens were estimated from the text
+    estimated = sum(
+        1 for r in rows if any((a.get("usage") or {}).get("estimated") for a in _attempts(r))
+    )
     costs = [r["cost"] for r in rows if r["cost"] is not None]
     return {
         "runs": n,
@@ -200,6 +205,7 @@ def _metrics(
         "input_tokens": inp,
         "output_tokens": out,
         "tokens": inp + out,
+        "tokens_estimated": estimated,
         "cost": round(sum(costs), 6)
         if costs or not n
         else None,  # nothing ran afresh: nothing spent
@@ -307,7 +313,7 @@ def report_rows(rep: dict) -> list[list[str]]:
                 str(s["edits"]),
                 str(s["rejects"]),
                 str(s["pending"]),
-                f"{s['tokens']:,}",
+                ("~" if s.get("tokens_estimated") else "") + f"{s['tokens']:,}",
                 _cost(s["cost"], s["cost_unknown"]),
                 _secs(s["latency_p50"]),
                 _secs(s["latency_p95"]),
@@ -362,9 +368,7 @@ def report_text(rep: dict) -> str:
 def report_markdown(rep: dict) -> str:
     if not rep["steps"]:
         return f"*no step results in `{rep['store']}` yet: run a pipeline first*"
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in report_rows(rep)]
+    lines = md_table(HEADER, report_rows(rep))
     return "\n".join(lines) + "\n\n" + _footer(rep).replace("\n", "  \n") + f"  \n*{LEGEND}*"
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import anywidget
 import traitlets
 
+from ..._format import fmt_cost, fmt_seconds
 from ...render._layout import (
     NODE_H,
     NODE_W,
@@ -34,8 +35,6 @@ from ...render._layout import (
     Layout,
     box_caption,
     compute_layout,
-    fmt_cost,
-    fmt_seconds,
     render_svg,
     render_text,
     run_summary,
@@ -241,7 +240,7 @@ def node_detail(
         ("Items", node.get("items")),
         ("Attempts", node.get("attempts")),
         ("Tokens", node.get("tokens")),
-        ("Cost", fmt_cost(node.get("cost")) or None),
+        ("Cost", fmt_cost(node.get("cost"), unknown="") or None),
         ("Latency", fmt_seconds(node.get("latency")) or None),
         ("Upstream", ", ".join(upstream or []) or None),
         ("Downstream", ", ".join(downstream or []) or None),
