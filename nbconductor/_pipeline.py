@@ -148,6 +148,17 @@ class Pipeline:
             )
         return self._apply(known[name])
 
+    def promote(self, step: str, name: str) -> Step:
+        """Make variant ``name`` the step: ``step`` is re-declared with the variant's body and
+        options (its rubric stays) and the variant is removed; returns the new step. Raises
+        `OptionError` for an unknown step or variant (``base`` is already the step)."""
+        if name == BASE:
+            raise OptionError(f"`base` is already the step `{step}`: promote another variant")
+        declared = self.variant_step(step, name)
+        self.steps[step] = declared
+        del self.variants[step][name]
+        return declared
+
     def variant_names(self, step: str) -> list[str]:
         """``base`` and the declared variants of ``step``, in declaration order."""
         return [BASE, *self.variants.get(step, {})]
@@ -208,8 +219,20 @@ class Pipeline:
             changes["on_fail"] = on_fail
         self.steps[step] = s.replace(**changes)
 
-    def alias(self, name: str, spec: str) -> None:
-        """Define a model alias for this pipeline (checked now)."""
+    def alias(self, name: str, spec: str, **options: Any) -> None:
+        """Define a model alias for this pipeline (checked now). ``options``: the keys of an
+        alias table (``base_url``, ``api_key_env``, ``structured``, ``concurrency``)."""
+        if options:
+            from pydantic import ValidationError
+
+            from ._config import AliasSpec
+
+            try:
+                spec = AliasSpec(model=spec, **options)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise OptionError(f"alias {name}: {where}: {err['msg']}") from None
         self.aliases[name] = spec
         try:
             self.pool.resolve(name)

@@ -159,3 +159,30 @@ def test_variants_travel_with_the_exported_job(tmp_path, monkeypatch):
     # and the job still runs as before: variants change nothing in a run
     monkeypatch.setenv("NBCONDUCTOR_STORE", str(tmp_path / "job-store.sqlite"))
     assert main(["run", str(job), "-o", str(tmp_path / "out.ipynb")]) == 0
+
+
+def test_promote_makes_the_variant_the_step_and_puts_its_cell_below(tmp_path, monkeypatch):
+    ip = fresh_shell(tmp_path, monkeypatch)
+    ip.run_cell("topic = 'queues'")
+    ip.run_cell_magic("step", "draft --model offline:writer --lazy", "Write about {{ topic }}")
+    ip.run_cell_magic("rubric", "draft --judge offline:judge", "- short")
+    ip.run_cell_magic(
+        "variant", "draft concise --model offline:fast --temperature 0.2", "Tiny: {{ topic }}"
+    )
+    monkeypatch.setattr(ip, "rl_next_input", None, raising=False)
+    ip.run_line_magic("conductor", "promote draft concise")
+    magics = ip.user_ns["__nbconductor__"]
+    step = magics.pipeline.steps["draft"]
+    assert (step.body, step.model, step.temperature) == ("Tiny: {{ topic }}", "offline:fast", 0.2)
+    assert step.rubric is not None and magics.pipeline.variant_names("draft") == ["base"]
+    source = "%%step draft --model offline:fast --temperature 0.2\nTiny: {{ topic }}"
+    assert ip.rl_next_input == source and magics.cells["draft"] == source
+    ip.run_line_magic("conductor", "run")
+    assert ip.user_ns["draft"].startswith("[offline:fast] Tiny: queues")
+    for line, message in [
+        ("promote draft", "needs a step and a variant"),
+        ("promote draft concise", "has no variant `concise`"),
+        ("promote draft base", "`base` is already the step"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            ip.run_line_magic("conductor", line)

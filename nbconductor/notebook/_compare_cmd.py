@@ -66,3 +66,27 @@ def cmd_compare(m, words):
     )
     m.shell.user_ns["_compare"] = result
     return result
+
+
+def cmd_promote(m, words):
+    """``%conductor promote STEP NAME``: the variant becomes the step, and the notebook gets the
+    ``%%step`` cell that declares it (below this one, through ``set_next_input``)."""
+    from ..handoff._export import step_cell
+
+    if len(words) != 2:
+        raise UsageError(
+            "%conductor promote needs a step and a variant: %conductor promote STEP NAME"
+        )
+    step, name = words
+    declared = m.pipeline.promote(step, name)
+    source = step_cell(declared.replace(lazy=False))
+    m.cells[step] = source
+    m.cells.pop(f"variant:{step}:{name}", None)
+    m.shell.set_next_input(source, replace=False)
+    display(
+        Markdown(
+            f"*`{name}` is now the step `{step}`: its `%%step` cell is below — run it (or "
+            f"`%conductor run`) to use it, and delete the old `%%step {step}` and "
+            f"`%%variant {step} {name}` cells when you are done comparing.*"
+        )
+    )

@@ -24,6 +24,7 @@ from .._variants import VARIANT_OPTIONS, variant_from_args
 SUBCOMMANDS = (
     "run",
     "compare",
+    "promote",
     "status",
     "show",
     "alias",
@@ -79,6 +80,8 @@ class ConductorMagics(Magics):
         notebook = os.environ.get("JPY_SESSION_NAME") or None
         self.pipeline = Pipeline(namespace=shell.user_ns, notebook=notebook)
         self.cells: dict[str, str] = {}  # step/context/rubric name -> the cell that declared it
+        self._shown: dict[str, tuple] = {}  # step -> (footer display handle, result) of its cell
+        self._rubric_added: set[str] = set()  # steps shown before a rubric was attached to them
         self._said_offline = False
 
     # %%step ------------------------------------------------------------------------------------
@@ -178,6 +181,16 @@ class ConductorMagics(Magics):
                 max_tokens=args.max_tokens,
             )
         self.cells[f"rubric:{args.step}"] = f"%%rubric {line}\n{cell}"
+        if args.step in self._shown:  # its cell shows an output the rubric has not judged
+            from ._display import mark_stale
+
+            handle, result = self._shown[args.step]
+            mark_stale(
+                handle,
+                result,
+                f"a rubric was added: the next cell that needs `{args.step}` re-runs it",
+            )
+            self._rubric_added.add(args.step)
 
     # %conductor --------------------------------------------------------------------------------
     @line_magic
@@ -240,10 +253,25 @@ class ConductorMagics(Magics):
                 self.shell.user_ns[name] = result.output
         for name in show or []:
             if name in run.results:
-                show_result(run.results[name])
+                self._shown[name] = (show_result(run.results[name]), run.results[name])
+                self._rubric_added.discard(name)
+        self._said_reran(run, show or [])
         if raise_failed:
             self._raise_failed(run)
         return run
+
+    def _said_reran(self, run, shown: list[str]) -> None:
+        """One line for a step that re-ran here because a rubric was added after its cell ran."""
+        from ._display import mark_stale
+
+        for name in sorted(self._rubric_added):
+            result = run.results.get(name)
+            if result is None or result.state == "cached" or name in shown:
+                continue
+            print(f"{name} re-ran: a rubric was added")
+            self._rubric_added.discard(name)
+            handle, old = self._shown.get(name, (None, None))
+            mark_stale(handle, old, f"`{name}` re-ran in a later cell (a rubric was added)")
 
     @staticmethod
     def _raise_failed(run) -> None:
