@@ -5,7 +5,8 @@ Example::
     default_model = "anthropic:claude-sonnet-4-6"
     [aliases]
     fast = "anthropic:claude-haiku-4-5"
-    local = { model = "openai-compatible:llama3.1", base_url = "http://localhost:11434/v1" }
+    local = { model = "openai-compatible:llama3.1", base_url = "http://localhost:11434/v1",
+              structured = "json_object", concurrency = 1 }
     [concurrency]
     anthropic = 4
 """
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ._env import offline_forced
 from ._errors import ConfigError, OptionError
+from ._limiter import LOCAL_CONCURRENCY, is_loopback
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,6 +57,10 @@ class AliasSpec(BaseModel):
     model: str
     base_url: str | None = None
     api_key_env: str | None = None
+    #: how structured output is asked for (None: probe json_schema, then fall back)
+    structured: Literal["json_schema", "json_object", "prompt"] | None = None
+    #: calls in flight at once to this alias's server, across the batch workers of a machine
+    concurrency: int | None = Field(None, gt=0)
 
 
 class Price(BaseModel):
@@ -141,6 +147,18 @@ class Config(BaseModel):
         return self.concurrency.get(
             provider, 16 if provider == "offline" else self.default_concurrency
         )
+
+    def limit_for(self, ref: ModelRef) -> int:
+        """Calls in flight at once for ``ref``: its alias's ``concurrency``, else ``[concurrency]``
+        by alias, base URL or provider, else 1 for an openai-compatible server on this machine."""
+        if ref.concurrency:
+            return ref.concurrency
+        for key in (ref.alias, ref.base_url, ref.provider):
+            if key and key in self.concurrency:
+                return self.concurrency[key]
+        if ref.provider == "openai-compatible" and is_loopback(ref.base_url):
+            return LOCAL_CONCURRENCY
+        return self.limit(ref.provider)
 
 
 def find_config(start: str | os.PathLike | None = None) -> Path | None:
@@ -249,10 +267,28 @@ class ModelRef:
     base_url: str | None = None
     api_key_env: str | None = None
     alias: str | None = None
+    structured: str | None = None  # forced structured-output mode (`providers._structured`)
+    concurrency: int | None = None  # the alias's own limit (`ProviderPool.slot`)
 
     @property
     def spec(self) -> str:
         return f"{self.provider}:{self.model}"
+
+
+def alias_text(target: str | AliasSpec) -> str:
+    """An alias's target as ``%conductor alias`` words: ``SPEC [--base-url URL] [...]``."""
+    if isinstance(target, str):
+        return target
+    words = [target.model]
+    for option, value in (
+        ("--base-url", target.base_url),
+        ("--api-key-env", target.api_key_env),
+        ("--structured", target.structured),
+        ("--concurrency", target.concurrency),
+    ):
+        if value is not None:
+            words += [option, str(value)]
+    return " ".join(words)
 
 
 def keys_available(environ: os._Environ | dict | None = None) -> list[str]:
@@ -319,7 +355,15 @@ def _resolve(
                 )
         if isinstance(target, AliasSpec):
             provider, _, model = target.model.partition(":")
-            ref = ModelRef(provider, model, target.base_url, target.api_key_env, alias_name)
+            ref = ModelRef(
+                provider,
+                model,
+                target.base_url,
+                target.api_key_env,
+                alias_name,
+                target.structured,
+                target.concurrency,
+            )
             _check_provider(ref, providers)
             return ref
         spec = target

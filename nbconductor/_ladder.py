@@ -107,7 +107,7 @@ async def run_ladder(
             started = time.time()
             response: Response | None = None
             try:
-                async with pool.slot(ref.provider):
+                async with pool.slot(ref):
                     call = provider.image(req) if image else provider.complete(req)
                     response = await _trace.call(
                         call, ref, req, pool, attempt=n + 1, fallback=index, image=image
@@ -279,4 +279,5 @@ def _spent_cost(
         pool.config,
         images=1 if image and response is not None else 0,
         batch=pool.batched(ref),
+        served=response.model if response is not None else None,
     )

@@ -8,8 +8,10 @@ from ._executor import Session, _params, build_request, check_names
 from ._pricing import cost_of
 from ._template import parse_map, template_names
 from ._types import Usage
+from .gates._judge import JUDGE_MAX_TOKENS, JUDGE_SYSTEM
 
 DEFAULT_OUTPUT_TOKENS = 500
+JUDGE_OUTPUT_TOKENS = 200  # a verdict: a score and a few sentences of feedback
 
 
 def _tokens(text: str | None) -> int:
@@ -17,7 +19,9 @@ def _tokens(text: str | None) -> int:
 
 
 def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list[dict]:
-    """One dict per step: step, model, cached, calls, input_tokens, output_tokens, cost."""
+    """One dict per step: step, model, cached, calls, input_tokens, output_tokens, cost.
+
+    ``calls`` counts the judge's calls of a step with a rubric too (one per answer)."""
     graph = pipeline.graph
     names = graph.order(graph.upstream(targets) if targets else None)
     check_names(graph, names, namespace)
@@ -78,6 +82,16 @@ def plan(pipeline, namespace: dict[str, Any], targets: list[str] | None) -> list
                 models[0], Usage(inp, out), pipeline.config, images=int(step.kind == "image")
             )
             row["cost"] = None if row["cost"] is None or c is None else row["cost"] + c
+            if step.rubric is not None:  # the judge reads the prompt and the answer once
+                judge = pipeline.pool.resolve(step.rubric.judge or "judge")
+                j_in = _tokens(JUDGE_SYSTEM) + _tokens(step.rubric.text) + inp + out
+                j_out = min(step.rubric.max_tokens or JUDGE_MAX_TOKENS, JUDGE_OUTPUT_TOKENS)
+                row["calls"] += 1
+                row["judge_calls"] = row.get("judge_calls", 0) + 1
+                row["input_tokens"] += j_in
+                row["output_tokens"] += j_out
+                jc = cost_of(judge, Usage(j_in, j_out), pipeline.config)
+                row["cost"] = None if row["cost"] is None or jc is None else row["cost"] + jc
         row["cached"] = cached_all
         prev = pipeline.results.get(name)
         known[name] = prev.output if prev and cached_all else f"<output of {name}>"

@@ -17,15 +17,22 @@ overrides or adds entries, e.g. for a model released after this table or a local
     input = 0
     output = 0
 
+Calls sent through a provider's batch API (``nbconductor batch --provider-batch``) cost
+``batch`` times these prices: 0.5 by default, the published batch discount of both
+Anthropic (Message Batches) and OpenAI (Batch API) on every token kind; set ``batch = 0.6``
+in a model's entry if your account is priced otherwise.
+
 A model without a price has an unknown cost (None), never a made-up one. Dated model names
 (``claude-haiku-4-5-20251001``, ``gpt-4.1-2025-04-14``) use the undated entry.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 from ._config import Config, ModelRef, Price
+from ._limiter import is_loopback
 from ._types import Usage
 
 
@@ -75,31 +82,60 @@ DEFAULT_PRICES: dict[str, Price] = {
     "openai:dall-e-2": _p(0.0, 0.0, image=0.02),
 }
 
+FREE = Price()  # a model served on this machine
 _DATED = re.compile(r"(-\d{8}|-\d{4}-\d{2}-\d{2}|-latest)$")
 
 
-def price_for(ref: ModelRef, config: Config) -> Price | None:
-    """The price of ``ref``: the config's entry, else the default, trying the undated name too."""
-    names = [ref.spec]
-    undated = _DATED.sub("", ref.spec)
-    if undated != ref.spec:
+def price_for(ref: ModelRef, config: Config, served: str | None = None) -> Price | None:
+    """The price of ``ref``: the config's entry, else the default, trying the undated name too.
+
+    ``served``: the ``provider:model`` the server says answered. When it is another model than
+    the one asked for (a local server behind ``OPENAI_BASE_URL`` answers ``fast`` with its own
+    model), that model is priced. A server on this machine (an alias's base URL; or
+    ``OPENAI_BASE_URL`` serving another model) is not charged at list prices: its calls cost
+    nothing unless ``[prices]`` says otherwise."""
+    spec = ref.spec
+    swapped = served is not None and _DATED.sub("", served) != _DATED.sub("", spec)
+    if swapped:
+        spec = served
+    names = [spec]
+    undated = _DATED.sub("", spec)
+    if undated != spec:
         names.append(undated)
-    for table in (config.prices, DEFAULT_PRICES):
+    env_url = os.environ.get("OPENAI_BASE_URL") if ref.provider == "openai" else None
+    local = is_loopback(ref.base_url) or (swapped and is_loopback(env_url))
+    for table in (config.prices,) if local else (config.prices, DEFAULT_PRICES):
         for name in names:
             if name in table:
                 return table[name]
-    return None
+    return FREE if local else None
 
 
-def cost_of(ref: ModelRef, usage: Usage, config: Config, *, images: int = 0) -> float | None:
-    """Dollars for one call (``images`` made, for per-image prices), or None when unknown."""
+#: Anthropic Message Batches and the OpenAI Batch API both bill 50% of the standard price.
+BATCH_SHARE = 0.5
+
+
+def cost_of(
+    ref: ModelRef,
+    usage: Usage,
+    config: Config,
+    *,
+    images: int = 0,
+    batch: bool = False,
+    served: str | None = None,
+) -> float | None:
+    """Dollars for one call (``images`` made, for per-image prices), or None when unknown.
+
+    ``batch``: the call went through the provider's batch API, at its batch price.
+    ``served``: the model the response names (`price_for`)."""
     if ref.provider == "offline":
         return 0.0
-    price = price_for(ref, config)
+    price = price_for(ref, config, served)
     if price is None:
         return None
+    share = (price.batch if price.batch is not None else BATCH_SHARE) if batch else 1.0
     if images and price.image is not None:
-        return images * price.image
+        return images * price.image * share
     if usage.input_tokens is None:
         return None
     cost = usage.input_tokens * price.input + (usage.output_tokens or 0) * price.output
@@ -111,4 +147,4 @@ def cost_of(ref: ModelRef, usage: Usage, config: Config, *, images: int = 0) -> 
         cost += usage.cache_write_tokens * (
             price.cache_write if price.cache_write is not None else price.input
         )
-    return cost / 1_000_000
+    return cost * share / 1_000_000

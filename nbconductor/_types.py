@@ -64,13 +64,17 @@ class Usage:
     output_tokens: int | None = None
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
+    #: the server sent no usage: the counts were estimated from the text (about 4 characters a token)
+    estimated: bool = False
 
     def __add__(self, other: Usage) -> Usage:
         def add(a: int | None, b: int | None) -> int | None:
             return None if a is None and b is None else (a or 0) + (b or 0)
 
+        counts = [f.name for f in dataclasses.fields(self) if f.name != "estimated"]
         return Usage(
-            *(add(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
+            *(add(getattr(self, n), getattr(other, n)) for n in counts),
+            estimated=self.estimated or other.estimated,
         )
 
     @property

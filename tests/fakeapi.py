@@ -556,6 +556,12 @@ class _Handler(BaseHTTPRequestHandler):
                     rec,
                 )
                 return
+            if fake.mimic == "llama-cpp-python" and endpoint == "openai":
+                with fake._lock:
+                    fake._chat_gen += 1
+                    self._gen = fake._chat_gen
+                if self._llama_cpp_python_refuses(rec):
+                    return
             reply = fake._next_reply(endpoint, rec)
             reply = fake._maybe_fault(endpoint, reply)
             self._render(reply, rec)
@@ -576,6 +582,32 @@ class _Handler(BaseHTTPRequestHandler):
                     },
                 )
             self.close_connection = True
+
+    def _llama_cpp_python_refuses(self, rec: Recorded) -> bool:
+        """llama-cpp-python's server: ``response_format`` must be text or json_object; anything
+        else is FastAPI's validation error, which its error handler turns into an HTTP 500."""
+        fmt = rec.json.get("response_format") if isinstance(rec.json, dict) else None
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind in (None, "text", "json_object"):
+            return False
+        detail = {
+            "type": "literal_error",
+            "loc": ("body", "response_format", "type"),
+            "msg": "Input should be 'text' or 'json_object'",
+            "input": kind,
+            "ctx": {"expected": "'text' or 'json_object'"},
+        }
+        message = f"1 validation error:\n  {detail!r}"
+        body = {
+            "error": {
+                "message": message,
+                "type": "internal_server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+        self._send_json(500, body)
+        return True
 
     def _key_ok(self, rec: Recorded) -> bool:
         want = self.fake.require_key
@@ -950,10 +982,16 @@ class _Handler(BaseHTTPRequestHandler):
         model = self._model(rec)
         opts = rec.json.get("stream_options") if isinstance(rec.json, dict) else None
         include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
+        mimic = self.fake.mimic == "llama-cpp-python"
+        include_usage = include_usage and not mimic  # llama-cpp-python sends no usage in streams
 
         def chunk(
             delta: dict, finish: str | None = None, choices: bool = True, usage: dict | None = None
         ) -> None:
+            if mimic:  # generating takes time; a newer request cuts this stream
+                self._wait(self.fake.mimic_delay)
+                if self.fake._chat_gen != self._gen:
+                    self._drop()
             obj: dict = {
                 "id": cid,
                 "object": "chat.completion.chunk",
@@ -1101,6 +1139,11 @@ class FakeAPI:
         self._faults: tuple = ()
         self._rng = None
         self.injected: list = []  # (endpoint, fault) of every injected fault, in order
+        # mimic = "llama-cpp-python": answer as its server does (json_schema refused with a 500,
+        # no usage in streams, a running stream cut when another chat request arrives).
+        self.mimic: str | None = None
+        self.mimic_delay = 0.05  # seconds per streamed chunk under mimic
+        self._chat_gen = 0
         # Batch endpoints (tests/fakebatch.py): a batch ends batch_delay seconds after creation.
         self.batch_delay = 0.0
         self.batches: dict = {}

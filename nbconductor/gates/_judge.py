@@ -141,7 +141,9 @@ class RubricGate:
                 call_cost = (
                     response.cost
                     if response.cost is not None
-                    else cost_of(ref, spent, pool.config, batch=pool.batched(ref), served=response.model)
+                    else cost_of(
+                        ref, spent, pool.config, batch=pool.batched(ref), served=response.model
+                    )
                 )
                 usage, cost = (
                     usage + spent,

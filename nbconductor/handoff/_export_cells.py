@@ -82,8 +82,12 @@ def magic_cell(job: Job, kind: str, source: str, src_dir: Path | None) -> Cell:
     return Cell(kind, source.strip())  # a rubric or a variant: declared as written
 
 
-def alias_cell(aliases: dict[str, str]) -> Cell:
-    return Cell("alias", "\n".join(f"%conductor alias {k} {v}" for k, v in aliases.items()))
+def alias_cell(aliases: dict) -> Cell:
+    from .._config import alias_text
+
+    return Cell(
+        "alias", "\n".join(f"%conductor alias {k} {alias_text(v)}" for k, v in aliases.items())
+    )
 
 
 def filter_magic_lines(text: str) -> str:
@@ -93,7 +97,7 @@ def filter_magic_lines(text: str) -> str:
         bare = line.strip()
         if bare.startswith("%conductor"):
             words = _words(bare)
-            if (len(words) == 4 and words[1] in KEEP_CONDUCTOR) or words[1:2] == [
+            if (len(words) >= 4 and words[1] in KEEP_CONDUCTOR) or words[1:2] == [
                 "template-function"
             ]:
                 kept.append(bare)  # template-function: what the job's templates may call

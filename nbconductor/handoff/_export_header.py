@@ -207,7 +207,7 @@ def _alias_lines(p: Any, graph) -> list[str]:
     specs = set()
     for s in graph.steps.values():
         if s.kind in ("llm", "image"):
-            specs.update([s.model or "default", *s.fallbacks])
+            specs.update([s.model or p.config.default_model or "default", *s.fallbacks])
         if s.rubric is not None:
             specs.add(s.rubric.judge or "judge")
     out = []
@@ -218,8 +218,10 @@ def _alias_lines(p: Any, graph) -> list[str]:
             providers.add(spec.split(":", 1)[0])
             continue
         if spec in p.aliases:
-            out.append(f"`{spec}` is `{p.aliases[spec]}` (defined in the job).")
-            providers.add(p.aliases[spec].split(":", 1)[0])
+            target = p.aliases[spec]
+            target = target if isinstance(target, str) else target.model
+            out.append(f"`{spec}` is `{target}` (defined in the job).")
+            providers.add(target.split(":", 1)[0])
         elif spec in p.config.aliases:
             target = p.config.aliases[spec]
             target = target if isinstance(target, str) else target.model

@@ -17,7 +17,13 @@ from IPython.display import Markdown, display
 
 from .._config import keys_available
 from .._errors import ConductorError, DefinitionError, StepFailed
-from .._options import STEP_OPTIONS, check_step_name, step_from_args
+from .._options import (
+    CONTEXT_OPTIONS,
+    RUBRIC_OPTIONS,
+    STEP_OPTIONS,
+    check_step_name,
+    step_from_args,
+)
 from .._pipeline import Pipeline
 from .._variants import VARIANT_OPTIONS, variant_from_args
 
@@ -67,6 +73,11 @@ def _step_options(fn, table=STEP_OPTIONS, name: str = "%step"):
         kwargs = {**kwargs, "help": kwargs.get("help", "").replace("%%", "%%%%")}
         fn = argument(*names, **kwargs)(fn)
     return magic_arguments(name=name)(fn)  # IPython adds the second %
+
+
+def _options_of(table, name: str):
+    """Stack one option table of `nbconductor._options` on a magic."""
+    return lambda fn: _step_options(fn, table, name)
 
 
 def _variant_options(fn):
@@ -136,9 +147,7 @@ class ConductorMagics(Magics):
         )
 
     # %%context ---------------------------------------------------------------------------------
-    @magic_arguments(name="%context")
-    @argument("name", nargs="?", help="the block's name, used with --context NAME")
-    @argument("--file", help="read the block from this file instead of the cell body")
+    @_options_of(CONTEXT_OPTIONS, "%context")
     @line_cell_magic
     def context(self, line: str, cell: str | None = None):
         """Store a named context block; steps attach it with ``--context NAME``.
@@ -155,15 +164,7 @@ class ConductorMagics(Magics):
         )
 
     # %%rubric ----------------------------------------------------------------------------------
-    @magic_arguments(name="%rubric")
-    @argument("step", nargs="?", help="the step this rubric judges")
-    @argument("--judge", help="the judge model SPEC (default: the `judge` alias)")
-    @argument(
-        "--threshold", type=float, default=0.8, help="the lowest passing score, 0..1 (default 0.8)"
-    )
-    @argument("--retries", type=int, help="re-runs of the step with the judge's feedback")
-    @argument("--on-fail", help="after retries and fallbacks: retry|fallback|review|fail")
-    @argument("--max-tokens", type=int, help="the most tokens the judge may write (default 1024)")
+    @_options_of(RUBRIC_OPTIONS, "%rubric")
     @cell_magic
     def rubric(self, line: str, cell: str):
         """Attach an LLM-judge gate to a step; the cell body is the rubric."""

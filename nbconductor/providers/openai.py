@@ -22,19 +22,23 @@ import os
 import re
 from typing import Any
 
-from .._errors import AuthError, RequestError, TransportError, missing_dependency
+from .._errors import AuthError, ProviderError, RequestError, TransportError, missing_dependency
 from .._redact import redact
 from .._tools import ToolCall, Turn, run_tool_loop
 from .._types import Request, Response, Usage
 from ._base import Provider
+from ._batch import batch_body
 from ._common import LoopClients, final_response, guarded, output_error, strict_schema
+from ._structured import downgrade, estimate_tokens, mode_for, refused, schema_instruction
 
 JSON_INSTRUCTION = "Respond with a single JSON object only."
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BATCH_URL = "/v1/chat/completions"
 
 
 class OpenAIProvider(Provider):
     name = "openai"
+    supports_batch = True
     #: the request field that caps the answer's length
     max_tokens_param = "max_completion_tokens"
 
@@ -76,13 +80,15 @@ class OpenAIProvider(Provider):
             provider=self.name,
             model=model,
             key_env=self.key_env,
-            timeout=self.timeout,
+            timeout=self.timeout if self.batch is None else None,  # a batch may take hours
             read_timeout=self.read_timeout,
         )
 
     # chat ------------------------------------------------------------------------------------
-    def params(self, request: Request) -> dict:
-        """The keyword arguments of ``chat.completions.create`` for ``request`` (without history)."""
+    def params(self, request: Request, mode: str = "json_schema") -> dict:
+        """The keyword arguments of ``chat.completions.create`` for ``request`` (without history).
+
+        ``mode``: how structured output is asked for (`_structured.MODES`)."""
         params: dict[str, Any] = {
             "model": request.model or self.ref.model,
             "stream": True,
@@ -92,7 +98,11 @@ class OpenAIProvider(Provider):
             params["temperature"] = request.temperature
         if request.max_tokens:
             params[self.max_tokens_param] = request.max_tokens
-        if request.schema is not None:
+        if mode == "prompt" and (request.json or request.schema is not None):
+            pass  # the prompt asks for JSON (`messages`); the answer is parsed and validated
+        elif request.schema is not None and mode == "json_object":
+            params["response_format"] = {"type": "json_object"}
+        elif request.schema is not None:
             strict = strict_schema(request.schema)
             params["response_format"] = {
                 "type": "json_schema",
@@ -118,23 +128,43 @@ class OpenAIProvider(Provider):
             ]
         return params
 
-    def messages(self, request: Request) -> list[dict]:
+    def messages(self, request: Request, mode: str = "json_schema") -> list[dict]:
         """System message (context blocks first, so steps sharing them share a cached prefix), user turn."""
         parts = [text for _, text in request.contexts if text.strip()]
         if request.system and request.system.strip():
             parts.append(request.system)
-        if request.json and request.schema is None:
+        if request.schema is not None and mode != "json_schema":
+            parts.append(schema_instruction(request.schema))  # the server does not take it
+        elif request.json and request.schema is None:
             parts.append(JSON_INSTRUCTION)  # JSON mode requires the word JSON in the messages
         system = [{"role": "system", "content": "\n\n".join(parts)}] if parts else []
         return system + request.messages()
 
     async def complete(self, request: Request) -> Response:
-        return await self._guard(self._complete(request), request.model or self.ref.model)
+        model = request.model or self.ref.model
+        structured = request.json or request.schema is not None
+        mode = mode_for(self.server, self.ref.structured)
+        while True:
+            try:
+                return await self._guard(self._complete(request, mode), model)
+            except ProviderError as exc:
+                # A server that refuses this response_format: the next mode, at once (this is
+                # the server's capability, not a failed attempt), unless the alias forced it.
+                if not structured or self.ref.structured or not refused(exc):
+                    raise
+                mode = downgrade(self.server, mode, self.server or f"{self.name}:{model}")
+                if mode is None:
+                    raise
 
-    async def _complete(self, request: Request) -> Response:
+    @property
+    def server(self) -> str | None:
+        """The base URL calls go to (None: the SDK's default)."""
+        return self.ref.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+    async def _complete(self, request: Request, mode: str = "json_schema") -> Response:
         client = await self._clients.get()
-        params = self.params(request)
-        messages = self.messages(request)
+        params = self.params(request, mode)
+        messages = self.messages(request, mode)
         if request.tools:
 
             async def send(final: bool) -> Turn:
@@ -182,6 +212,8 @@ class OpenAIProvider(Provider):
         )
 
     async def _turn(self, client: Any, params: dict, request: Request) -> Turn:
+        if self.batch is not None:
+            return await self._batch_turn(params)
         on_text = request.on_text
         text: list[str] = []
         refusal: list[str] = []
@@ -216,10 +248,16 @@ class OpenAIProvider(Provider):
         finally:
             await stream.close()
         model = model or params["model"]
-        spent = _usage(usage)
+        spent = _usage(usage) if usage is not None else _estimated(params, "".join(text), calls)
         if finish is None:
+            hint = ""
+            if self.ref.base_url:  # a local server may cut a stream when another call arrives
+                hint = (
+                    f" (a server that serves one request at a time cuts a stream when another "
+                    f"arrives: set concurrency = 1 in the alias of {self.ref.base_url})"
+                )
             raise TransportError(
-                f"{self.name}:{model} stream ended before the answer was complete",
+                f"{self.name}:{model} stream ended before the answer was complete{hint}",
                 provider=self.name,
                 model=model,
             )
@@ -236,6 +274,81 @@ class OpenAIProvider(Provider):
             for i, slot in sorted(calls.items())
         ]
         return Turn("".join(text), tool_calls, spent, model, None, finish)
+
+    async def _batch_turn(self, params: dict) -> Turn:
+        """--provider-batch: the turn as one request of an OpenAI Batch (not streamed)."""
+        body = {k: v for k, v in params.items() if k not in ("stream", "stream_options")}
+        model = params["model"]
+        result = await self.batch.call(self.name, self.batch_group(model), body)
+        data = batch_body(result, provider=self.name, model=model, key_env=self.key_env)
+        completion = self.sdk.types.chat.ChatCompletion.model_validate(data)
+        model = completion.model or model
+        spent = _usage(completion.usage)
+        choice = next((c for c in completion.choices if c.index == 0), None)
+        if choice is None or choice.finish_reason is None:
+            raise TransportError(
+                f"{self.name}:{model} batch result holds no complete answer",
+                provider=self.name,
+                model=model,
+            )
+        message = choice.message
+        if getattr(message, "refusal", None) or choice.finish_reason == "content_filter":
+            raise output_error(
+                f"{self.name}:{model} declined to answer: {message.refusal or 'content filter'}",
+                provider=self.name,
+                model=model,
+                usage=spent,
+            )
+        calls = [
+            ToolCall(tc.id, tc.function.name, tc.function.arguments)
+            for tc in message.tool_calls or []
+        ]
+        return Turn(message.content or "", calls, spent, model, None, choice.finish_reason)
+
+    # provider batches (the broker's side) -----------------------------------------------------
+    def batch_group(self, model: str) -> dict:
+        """How the broker reaches this provider; an OpenAI Batch holds one model."""
+        return {"base_url": self.ref.base_url, "key_env": self.ref.api_key_env, "model": model}
+
+    async def submit_batch(self, items: list[tuple[str, dict]]) -> str:
+        """Upload ``(custom_id, body)`` requests as a batch file and create the batch; its id."""
+        return await self._guard(self._submit(items), "batches")
+
+    async def _submit(self, items: list[tuple[str, dict]]) -> str:
+        client = await self._clients.get()
+        lines = "".join(
+            json.dumps({"custom_id": cid, "method": "POST", "url": BATCH_URL, "body": body}) + "\n"
+            for cid, body in items
+        )
+        file = await client.files.create(file=("batch.jsonl", lines.encode()), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=file.id, endpoint=BATCH_URL, completion_window="24h"
+        )
+        return batch.id
+
+    async def batch_ended(self, batch_id: str) -> bool:
+        """Whether the batch reached a final status (completed, failed, expired, cancelled)."""
+        client = await self._clients.get()
+        batch = await self._guard(client.batches.retrieve(batch_id), "batches")
+        return batch.status in ("completed", "failed", "expired", "cancelled")
+
+    async def batch_results(self, batch_id: str) -> dict[str, dict]:
+        """custom_id -> result (`nbconductor._batchcall` form) from the output and error files."""
+        return await self._guard(self._results(batch_id), "batches")
+
+    async def _results(self, batch_id: str) -> dict[str, dict]:
+        client = await self._clients.get()
+        batch = await client.batches.retrieve(batch_id)
+        out: dict[str, dict] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if not file_id:
+                continue
+            content = await client.files.content(file_id)
+            for line in content.text.splitlines():
+                if line.strip():
+                    cid, result = _batch_line(json.loads(line), batch.status)
+                    out[cid] = result
+        return out
 
     # images ----------------------------------------------------------------------------------
     async def image(self, request: Request) -> Response:
@@ -283,6 +396,7 @@ class OpenAICompatibleProvider(OpenAIProvider):
     """An OpenAI-compatible server (Ollama, vLLM, LM Studio, …) reached through an alias's base URL."""
 
     name = "openai-compatible"
+    supports_batch = False  # local servers have no batch API: their calls go direct
     max_tokens_param = "max_tokens"  # what the compatible servers understand
 
     def __init__(self, ref, *, timeout: float = 600.0, read_timeout: float = 120.0):
@@ -311,6 +425,24 @@ class OpenAICompatibleProvider(OpenAIProvider):
         return {"api_key": key or "not-needed", "base_url": self.ref.base_url}
 
 
+def _batch_line(item: dict, status: str) -> tuple[str, dict]:
+    """(custom_id, result) of one line of a batch's output or error file."""
+    cid = item.get("custom_id")
+    response = item.get("response") or None
+    if response and response.get("status_code") == 200:
+        return cid, {"type": "succeeded", "body": response.get("body")}
+    if response:
+        body = response.get("body") or {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else body
+        return cid, {"type": "errored", "status": response.get("status_code"), "error": error}
+    code = str((item.get("error") or {}).get("code") or "")
+    if "expired" in code or status == "expired":
+        return cid, {"type": "expired"}
+    if "cancel" in code or status == "cancelled":
+        return cid, {"type": "canceled"}
+    return cid, {"type": "errored", "error": item.get("error") or {}}
+
+
 def _schema_name(name: str | None) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9_-]", "_", name or "output")[:64]
     return cleaned or "output"
@@ -326,6 +458,13 @@ def _usage(u: Any) -> Usage:
     # prompt_tokens counts every prompt token; cached and newly cached ones are reported apart.
     uncached = max(0, prompt - (cached or 0) - (written or 0)) if prompt is not None else None
     return Usage(uncached, getattr(u, "completion_tokens", None), cached, written)
+
+
+def _estimated(params: dict, text: str, calls: dict) -> Usage:
+    """Usage estimated from the text, for a server that sent none (marked ``estimated``)."""
+    sent = json.dumps(params.get("messages", []), ensure_ascii=False)
+    answer = text + "".join(c["name"] + c["arguments"] for c in calls.values())
+    return Usage(estimate_tokens(sent), estimate_tokens(answer), estimated=True)
 
 
 def _image_usage(u: Any) -> Usage:

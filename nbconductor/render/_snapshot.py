@@ -107,6 +107,7 @@ def node(
         "model": (r.model if r and r.model else model),
         "attempts": len(r.attempts) if r and r.attempts else None,
         "tokens": r.usage.total if r else None,
+        "tokens_estimated": bool(r and r.usage.estimated),
         "cost": r.cost if r else None,
         "latency": r.latency if r else None,
         "items": r.items if r else None,
