@@ -65,7 +65,21 @@ def _report(args: argparse.Namespace) -> int:
 def _review(args: argparse.Namespace) -> int:
     from .store._review import cli_review
 
-    return cli_review(args.store, approve=args.approve, reject=args.reject, note=args.note)
+    return cli_review(
+        args.store,
+        approve=args.approve,
+        reject=args.reject,
+        note=args.note,
+        assign=args.assign,
+        mine=args.mine,
+        take_next=args.next,
+    )
+
+
+def _store(args: argparse.Namespace) -> int:
+    from .store._copy import cli_store_copy
+
+    return cli_store_copy(args.src, args.dst, merge_into=args.merge)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -191,7 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--approve", type=int, action="append", default=[], metavar="ID")
     review.add_argument("--reject", type=int, action="append", default=[], metavar="ID")
     review.add_argument("--note", default="", help="a note recorded with the decisions")
+    review.add_argument("--assign", metavar="USER[,USER…]", help="assign waiting items round-robin")
+    review.add_argument("--mine", action="store_true", help="only the items assigned to me")
+    review.add_argument("--next", action="store_true", help="claim and show the next free item")
     review.set_defaults(func=_review)
+
+    store = sub.add_parser("store", help="run store maintenance: copy")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    copy = store_sub.add_parser("copy", help="copy a store (SQLite <-> PostgreSQL)")
+    copy.add_argument("src", help="the store to copy (a path or postgresql:// URL)")
+    copy.add_argument("dst", help="where to copy it (refused when not empty, unless --merge)")
+    copy.add_argument("--merge", action="store_true", help="add to a store that has rows")
+    copy.set_defaults(func=_store)
 
     compare = sub.add_parser("compare", help="a step's variants side by side over a dataset")
     compare.add_argument("notebook")

@@ -320,6 +320,9 @@ def batch(
     resume: bool = False,
     engine: str | None = None,
     store: str | os.PathLike | None = None,
+    provider_batch: bool = False,
+    batch_window: float | None = None,
+    dry_run: bool = False,
 ) -> BatchResult:
     """Run the notebook ``job`` once per parameter row, in parallel; returns a `BatchResult`.
 
@@ -328,7 +331,15 @@ def batch(
     output notebook per row goes to ``out``, every result into ``store``. ``resume`` skips rows
     that finished in an earlier batch into the same ``out``. A failed row does not stop the
     others. Raises `OptionError` (a `ParameterError` for a bad row) before anything runs.
+    ``provider_batch`` sends every model call through the providers' batch APIs
+    (`nbconductor.handoff._provider_batch`), collected for ``batch_window`` seconds at most;
+    with ``dry_run`` it prints the estimate (calls, batch cost, saving) and runs nothing.
     """
+    from ._provider_batch import check_options
+
+    window = check_options(provider_batch=provider_batch, dask=dask, window=batch_window)
+    if dry_run and not provider_batch:
+        raise OptionError("--dry-run needs --provider-batch")
     if workers is not None and workers < 1:
         raise OptionError(
             f"--workers must be 1 or more, got {workers} (leave it out for one per CPU)"
@@ -345,6 +356,11 @@ def batch(
         params_name = "<rows>"
         rows_in = _given_rows(rows)
     _check_known(nb, rows_in, params_name)
+    if dry_run:
+        from ._provider_batch import dry_run as estimate
+
+        print(estimate(notebook, rows_in))
+        return BatchResult([], Path(out).resolve(), "", 0.0)
     if not dask:
         worker_context()  # the workers' start-up overlaps with what the coordinator does next
     engine = choose_engine(nb, engine, register=False)
@@ -369,6 +385,10 @@ def batch(
             f"nbconductor: resuming: {len(results)} of {plural(len(all_rows), 'row')} already finished",
             file=sys.stderr,
         )
+    if provider_batch:
+        from ._provider_batch import worker_count
+
+        workers = worker_count(workers, len(todo))
     where = f"Dask at {dask}" if dask else plural(_worker_count(workers, len(todo)), "local worker")
     print(
         f"nbconductor: {plural(len(todo), 'row')} of {notebook.name} on {where}, {engine_label(engine)} engine; "
@@ -384,6 +404,20 @@ def batch(
         results[result["index"]] = result
         manifest.record(result)
         progress.update(result)
+        if brokered is not None:
+            brokered.row_done()
+
+    brokered = None
+    if provider_batch and todo:
+        from ._provider_batch import BrokerRun
+
+        brokered = BrokerRun(
+            manifest,
+            window=window,
+            rows=len(todo),
+            workers=_worker_count(workers, len(todo)),
+            progress=progress,
+        )
 
     spec = {"notebook": str(notebook), "engine": engine, "store": store}
     traced = _trace.batch_started(notebook.stem, len(todo))  # rows link to it (environment)
@@ -395,13 +429,14 @@ def batch(
 
                 run_dask(dask, todo, spec, done)
             elif todo:
-                run_local(
-                    todo,
-                    spec,
-                    _worker_count(workers, len(todo)),
-                    done,
-                    log_dir=out_dir / "logs",
-                )
+                with brokered.running() if brokered else contextlib.nullcontext():
+                    run_local(
+                        todo,
+                        spec,
+                        _worker_count(workers, len(todo)),
+                        done,
+                        log_dir=out_dir / "logs",
+                    )
     finally:
         if traced:
             traced(
@@ -446,6 +481,9 @@ def cli_batch(
     resume: bool = False,
     engine: str | None = None,
     store: str | None = None,
+    provider_batch: bool = False,
+    batch_window: float | None = None,
+    dry_run: bool = False,
 ) -> int:
     """``nbconductor batch``; returns 0 when every row finished, 1 when one failed, 2 for bad input."""
     result = batch(
@@ -457,7 +495,12 @@ def cli_batch(
         resume=resume,
         engine=engine,
         store=store,
+        provider_batch=provider_batch,
+        batch_window=batch_window,
+        dry_run=dry_run,
     )
+    if dry_run:
+        return 0
     print(result.summary())
     return 1 if result.failed else 0
 
@@ -551,9 +594,7 @@ def summary(results: list[dict], out_dir: Path, seconds: float, store: str) -> s
         f" · {fmt_cost(total)} · {seconds:.1f}s · notebooks in {out_dir}",
     ]
     if counts["flagged"]:
-        lines.append(
-            f"flagged outputs wait for review: nbconductor review --store {shown(store)}"
-        )
+        lines.append(f"flagged outputs wait for review: nbconductor review --store {shown(store)}")
     if counts["failed"]:
         lines.append("re-run the failed rows only: add --resume")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from .._redact import redact
 from .._tools import ToolCall, Turn, run_tool_loop
 from .._types import Request, Response, Usage
 from ._base import Provider
+from ._batch import batch_body
 from ._common import LoopClients, final_response, guarded, output_error, strict_schema
 
 DEFAULT_MAX_TOKENS = 8192
@@ -34,6 +35,7 @@ JSON_INSTRUCTION = "Respond with valid JSON only: no prose before or after it an
 
 class AnthropicProvider(Provider):
     name = "anthropic"
+    supports_batch = True
 
     def __init__(self, ref, *, timeout: float = 600.0, read_timeout: float = 120.0):
         super().__init__(ref, timeout=timeout, read_timeout=read_timeout)
@@ -146,7 +148,7 @@ class AnthropicProvider(Provider):
             provider=self.name,
             model=request.model or self.ref.model,
             key_env=self.key_env,
-            timeout=self.timeout,
+            timeout=self.timeout if self.batch is None else None,  # a batch may take hours
             read_timeout=self.read_timeout,
         )
 
@@ -189,12 +191,20 @@ class AnthropicProvider(Provider):
         )
 
     async def _turn(self, client: Any, params: dict, request: Request) -> Turn:
-        on_text = request.on_text
-        async with client.messages.stream(**params) as stream:
-            async for event in stream:
-                if event.type == "text" and on_text is not None and event.text:
-                    on_text(redact(event.text))
-            message = await stream.get_final_message()
+        if self.batch is not None:  # --provider-batch: one request of a Message Batch, not streamed
+            body = {k: v for k, v in params.items() if k != "extra_body"}
+            body.update(params.get("extra_body") or {})
+            result = await self.batch.call(self.name, self.batch_group(params["model"]), body)
+            message = self.sdk.types.Message.model_validate(
+                batch_body(result, provider=self.name, model=params["model"], key_env=self.key_env)
+            )
+        else:
+            on_text = request.on_text
+            async with client.messages.stream(**params) as stream:
+                async for event in stream:
+                    if event.type == "text" and on_text is not None and event.text:
+                        on_text(redact(event.text))
+                message = await stream.get_final_message()
         model = message.model or params["model"]
         usage = _usage(message.usage)
         if message.stop_reason is None:
@@ -225,6 +235,62 @@ class AnthropicProvider(Provider):
         # An empty text block is rejected when the turn is replayed in a tool-use conversation.
         raw = [b for b in raw if b.get("text") != ""]
         return Turn("".join(text_parts), calls, usage, model, raw, message.stop_reason)
+
+    # provider batches (the broker's side) -----------------------------------------------------
+    def batch_group(self, model: str) -> dict:
+        """How the broker reaches this provider; one Message Batch may mix models."""
+        return {"base_url": self.ref.base_url, "key_env": self.ref.api_key_env}
+
+    async def submit_batch(self, items: list[tuple[str, dict]]) -> str:
+        """Submit ``(custom_id, body)`` requests as one Message Batch; returns its id."""
+        return await self._batch_call(self._submit(items))
+
+    async def _submit(self, items: list[tuple[str, dict]]) -> str:
+        client = await self._clients.get()
+        batch = await client.messages.batches.create(
+            requests=[{"custom_id": cid, "params": body} for cid, body in items]
+        )
+        return batch.id
+
+    async def batch_ended(self, batch_id: str) -> bool:
+        """Whether the batch has finished processing (ended, every request has its result)."""
+        return await self._batch_call(self._ended(batch_id))
+
+    async def _ended(self, batch_id: str) -> bool:
+        client = await self._clients.get()
+        batch = await client.messages.batches.retrieve(batch_id)
+        return batch.processing_status == "ended"
+
+    async def batch_results(self, batch_id: str) -> dict[str, dict]:
+        """custom_id -> result (`nbconductor._batchcall` form) of an ended batch."""
+        return await self._batch_call(self._results(batch_id))
+
+    async def _results(self, batch_id: str) -> dict[str, dict]:
+        client = await self._clients.get()
+        out: dict[str, dict] = {}
+        async for item in await client.messages.batches.results(batch_id):
+            r = item.result
+            if r.type == "succeeded":
+                out[item.custom_id] = {
+                    "type": "succeeded",
+                    "body": r.message.model_dump(mode="json"),
+                }
+            elif r.type == "errored":
+                out[item.custom_id] = {"type": "errored", "error": r.error.model_dump(mode="json")}
+            else:
+                out[item.custom_id] = {"type": r.type}
+        return out
+
+    def _batch_call(self, call: Any) -> Any:
+        return guarded(
+            call,
+            self.sdk,
+            provider=self.name,
+            model="batches",
+            key_env=self.key_env,
+            timeout=self.timeout,
+            read_timeout=self.read_timeout,
+        )
 
 
 def _usage(u: Any) -> Usage:

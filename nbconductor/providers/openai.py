@@ -147,6 +147,8 @@ class OpenAIProvider(Provider):
         while True:
             try:
                 return await self._guard(self._complete(request, mode), model)
+            except TransportError as exc:
+                raise _cut_hint(exc, self.ref) from None
             except ProviderError as exc:
                 # A server that refuses this response_format: the next mode, at once (this is
                 # the server's capability, not a failed attempt), unless the alias forced it.
@@ -250,14 +252,8 @@ class OpenAIProvider(Provider):
         model = model or params["model"]
         spent = _usage(usage) if usage is not None else _estimated(params, "".join(text), calls)
         if finish is None:
-            hint = ""
-            if self.ref.base_url:  # a local server may cut a stream when another call arrives
-                hint = (
-                    f" (a server that serves one request at a time cuts a stream when another "
-                    f"arrives: set concurrency = 1 in the alias of {self.ref.base_url})"
-                )
             raise TransportError(
-                f"{self.name}:{model} stream ended before the answer was complete{hint}",
+                f"{self.name}:{model} stream ended before the answer was complete",
                 provider=self.name,
                 model=model,
             )
@@ -458,6 +454,21 @@ def _usage(u: Any) -> Usage:
     # prompt_tokens counts every prompt token; cached and newly cached ones are reported apart.
     uncached = max(0, prompt - (cached or 0) - (written or 0)) if prompt is not None else None
     return Usage(uncached, getattr(u, "completion_tokens", None), cached, written)
+
+
+_CUT = ("stream ended before", "incomplete chunked read", "peer closed", "stream broke off")
+
+
+def _cut_hint(exc: TransportError, ref: Any) -> TransportError:
+    """``exc``, saying what to lower when a server at a base URL cut a stream."""
+    if not ref.base_url or not any(s in str(exc) for s in _CUT):
+        return exc
+    return TransportError(
+        f"{exc} — a server that serves one request at a time cuts a stream when another "
+        f"arrives: set concurrency = 1 in the alias of {ref.base_url}",
+        provider=exc.provider,
+        model=exc.model,
+    )
 
 
 def _estimated(params: dict, text: str, calls: dict) -> Usage:

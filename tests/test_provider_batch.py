@@ -1,0 +1,284 @@
+"""``nbconductor batch --provider-batch``: model calls through the providers' batch APIs.
+
+The official SDKs' batch clients (Anthropic Message Batches, OpenAI Files + Batch) talk to
+the loopback fake (tests/fakeapi.py, tests/fakebatch.py), which draws every batched
+request's reply from the same deterministic reply function as a direct call, so the direct
+path and the batch path can be compared row by row.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fakeapi import Error, JSONText, Text
+from fakebatch import Expired
+
+from nbconductor import Pipeline
+from nbconductor._config import Config, ModelRef, Price
+from nbconductor._pricing import cost_of
+from nbconductor._types import Usage
+from nbconductor.handoff._export import export_pipeline
+
+DRAFT = "anthropic:claude-haiku-4-5"
+JUDGE = "openai:gpt-4.1-mini"
+FAST = "[retry]\nbase_delay = 0.01\nmax_delay = 0.05\n"
+
+
+def _text(body: dict) -> str:
+    return json.dumps(body)
+
+
+def topic_of(body: dict) -> str:
+    text = _text(body)
+    i = text.index("topic-")
+    return text[i : i + 8]
+
+
+def replies(body: dict):
+    """Deterministic answers: every third topic's first draft fails the rubric, the revision passes."""
+    text = _text(body)
+    topic = topic_of(body)
+    if "<rubric>" in text:
+        weak = int(topic[6:]) % 3 == 0 and "(revised)" not in text
+        return JSONText(
+            {
+                "score": 0.2 if weak else 0.9,
+                "feedback": "say it was revised" if weak else "fine",
+                "suggested_edit": "",
+            },
+            input_tokens=300,
+            output_tokens=40,
+        )
+    if "Title for" in text:
+        return Text(f"Title: {topic}", input_tokens=50, output_tokens=8)
+    revised = " (revised)" if "say it was revised" in text else ""
+    return Text(f"Draft on {topic}{revised}", input_tokens=1000, output_tokens=200)
+
+
+def make_job(folder: Path, *, rubric: bool = True) -> Path:
+    p = Pipeline(store=":memory:", namespace={"topic": "topic-00"})
+    p.step("draft", "Write about {{ topic }}", model=DRAFT, retries=2)
+    if rubric:
+        p.rubric("draft", "- Is it revised?", judge=JUDGE, threshold=0.5)
+    p.step("title", "Title for {{ draft }}", model=JUDGE)
+    job = export_pipeline(p, folder / "job.ipynb")
+    (folder / "nbconductor.toml").write_text(FAST)
+    return job
+
+
+def write_rows(folder: Path, n: int) -> Path:
+    path = folder / "rows.csv"
+    path.write_text("topic\n" + "".join(f"topic-{i:02d}\n" for i in range(n)))
+    return path
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys, fake_api):
+    from nbconductor.cli import main
+
+    def run(folder: Path, *args: str):
+        monkeypatch.chdir(folder)
+        monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
+        capsys.readouterr()
+        code = main(["batch", "job.ipynb", "--params", "rows.csv", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def store_rows(path: Path) -> dict:
+    """(row notebook, step) -> (state, output hash, attempts) of every step result."""
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute(
+            "SELECT notebook, step, state, output_hash, attempts FROM results WHERE item IS NULL"
+        ).fetchall()
+    finally:
+        db.close()
+    return {(Path(nb).name, step): (state, h, n) for nb, step, state, h, n in rows}
+
+
+def bodies(records) -> collections.Counter:
+    """The request bodies as sent, without the streaming flags a direct call adds."""
+    out = collections.Counter()
+    for body in records:
+        body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        out[json.dumps(body, sort_keys=True)] += 1
+    return out
+
+
+def test_batch_path_gives_the_direct_outputs_at_half_price(tmp_path, cli, fake_api):
+    make_job(tmp_path)
+    write_rows(tmp_path, 20)
+    fake_api.set_default(replies)
+    fake_api.batch_delay = 0.3
+
+    code, _, err = cli(tmp_path, "--out", "direct", "--store", "direct.sqlite", "--workers", "4")
+    assert code == 0, err
+    direct = [r.json for r in fake_api.requests if r.endpoint in ("anthropic", "openai")]
+    fake_api.requests.clear()
+
+    code, _, err = cli(
+        tmp_path, "--out", "batched", "--store", "batched.sqlite", "--provider-batch"
+    )
+    assert code == 0, err
+    # Nothing went direct: every call travelled in a provider batch, through the SDKs' batch clients.
+    assert not [r for r in fake_api.requests if r.endpoint in ("anthropic", "openai")]
+    paths = {(r.method, r.path.split("?")[0].rsplit("/", 1)[0]) for r in fake_api.requests}
+    assert ("POST", "/v1/messages") in paths and ("POST", "/v1") in paths  # batches, files
+    # The same requests, as many of each: per row, per attempt, judge calls included.
+    sent = [b.body for b in fake_api.batch_log]
+    assert bodies(sent) == bodies(direct)
+    assert (
+        len(sent) == 20 * 3 + 7 * 2
+    )  # draft, judge, title per row; 7 drafts retried and re-judged
+    per_row = collections.Counter(topic_of(b) for b in sent)
+    assert all(per_row[f"topic-{i:02d}"] == (5 if i % 3 == 0 else 3) for i in range(20))
+    # Same outputs, states and attempt counts in the store, row by row.
+    a, b = store_rows(tmp_path / "direct.sqlite"), store_rows(tmp_path / "batched.sqlite")
+    assert len(a) == 40 and a == b
+    assert sum(1 for v in b.values() if v[2] == 2) == 7
+    # Batch waves: one per DAG level per provider, plus the retry wave (and its judge).
+    kinds = collections.Counter(x.provider for x in fake_api.batches.values())
+    assert kinds["anthropic"] <= 3 and kinds["openai"] <= 5, kinds
+    # Half the price, from the batch results' usage.
+    cost = {
+        d: sum(
+            r["cost"]
+            for r in json.loads((tmp_path / d / "manifest.json").read_text())["rows"].values()
+        )
+        for d in ("direct", "batched")
+    }
+    assert cost["direct"] > 0
+    assert cost["batched"] == pytest.approx(cost["direct"] / 2, rel=1e-3)
+    manifest = json.loads((tmp_path / "batched" / "manifest.json").read_text())
+    journaled = manifest["provider_batches"]
+    assert set(journaled) == set(fake_api.batches)
+    assert sum(len(e["requests"]) for e in journaled.values()) == len(sent)
+    assert "provider batches:" in err and "finished" in err
+
+
+def test_errored_and_expired_requests_follow_the_ladder(tmp_path, cli, fake_api):
+    make_job(tmp_path, rubric=False)
+    write_rows(tmp_path, 3)
+    seen: collections.Counter = collections.Counter()
+
+    def flaky(body):
+        if "Title for" in _text(body):
+            return Text("a title")
+        topic = topic_of(body)
+        seen[topic] += 1
+        if topic == "topic-00" and seen[topic] == 1:
+            return Error(529, "Overloaded")  # retryable, as from a direct call
+        if topic == "topic-01" and seen[topic] == 1:
+            return Expired()  # the batch ended before it ran: retryable
+        if topic == "topic-02":
+            return Error(400, "prompt is too long")  # not retryable: the step fails at once
+        return Text(f"Draft on {topic}")
+
+    fake_api.set_default(flaky)
+    code, out, err = cli(tmp_path, "--provider-batch", "--batch-window", "1")
+    assert code == 1
+    assert seen == {"topic-00": 2, "topic-01": 2, "topic-02": 1}
+    rows = json.loads((tmp_path / "batch-out" / "manifest.json").read_text())["rows"]
+    assert [rows[str(i)]["status"] for i in range(3)] == ["passed", "passed", "failed"]
+    assert "refused the request (400)" in rows["2"]["error"]
+    found = store_rows(tmp_path / ".nbconductor" / "store.sqlite")
+    attempts = {k[0]: v[2] for k, v in found.items() if k[1] == "draft"}
+    assert attempts == {"job-000.ipynb": 2, "job-001.ipynb": 2, "job-002.ipynb": 1}
+    db = sqlite3.connect(tmp_path / ".nbconductor" / "store.sqlite")
+    log = db.execute(
+        "SELECT attempt_log FROM results WHERE step='draft' AND notebook LIKE '%job-000.ipynb'"
+    ).fetchone()[0]
+    db.close()
+    assert "RateLimitError" in log and "overloaded" in log
+
+
+def test_kill_9_then_resume_sends_nothing_twice(tmp_path, fake_api):
+    make_job(tmp_path, rubric=False)
+    write_rows(tmp_path, 4)
+    fake_api.set_default(replies)
+    fake_api.batch_delay = 600  # the coordinator dies while the first batch is processing
+    env = {k: v for k, v in os.environ.items() if k != "NBCONDUCTOR_STORE"}
+    args = [sys.executable, "-m", "nbconductor", "batch", "job.ipynb", "--params", "rows.csv"]
+    proc = subprocess.Popen(
+        [*args, "--provider-batch", "--batch-window", "1"],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    manifest = tmp_path / "batch-out" / "manifest.json"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            if manifest.is_file() and json.loads(manifest.read_text()).get("provider_batches"):
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.1)
+        else:
+            pytest.fail("no provider batch was journaled")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the coordinator and its workers, mid-wait
+        proc.wait(30)
+        proc.stderr.close()
+    assert len(fake_api.batch_log) == 4 and len(fake_api.batches) == 1
+    for b in fake_api.batches.values():
+        b.delay = 0.0  # the provider finishes the batch while no coordinator is running
+
+    done = subprocess.run(
+        [*args, "--provider-batch", "--batch-window", "1", "--resume"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "4 call(s) collected from earlier batches" in done.stderr
+    counts = bodies(b.body for b in fake_api.batch_log)
+    assert len(fake_api.batch_log) == 8 and max(counts.values()) == 1  # 4 drafts, then 4 titles
+    posts = [r for r in fake_api.requests if r.method == "POST" and "batches" in r.path]
+    assert len(posts) == 2
+    rows = json.loads(manifest.read_text())["rows"]
+    assert {r["status"] for r in rows.values()} == {"passed"} and len(rows) == 4
+
+
+def test_options_that_do_not_combine_and_the_dry_run(tmp_path, cli, fake_api, capsys, monkeypatch):
+    make_job(tmp_path)
+    write_rows(tmp_path, 10)
+    from nbconductor.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for bad, words in (
+        (["--provider-batch", "--dask", "tcp://127.0.0.1:1"], "--dask"),
+        (["--batch-window", "3"], "needs --provider-batch"),
+        (["--provider-batch", "--batch-window", "0"], "more than 0"),
+    ):
+        assert main(["batch", "job.ipynb", "--params", "rows.csv", *bad]) == 2
+        assert words in capsys.readouterr().err
+    code, out, err = cli(tmp_path, "--provider-batch", "--dry-run")
+    assert code == 0
+    assert "10 rows, 30 model calls (10 of them judge calls" in out
+    assert "at batch prices" in out and "saving" in out and "Nothing was sent" in out
+    assert fake_api.requests == [] and not (tmp_path / "batch-out" / "manifest.json").exists()
+
+
+def test_batch_prices_are_half_and_configurable():
+    ref = ModelRef("anthropic", "claude-haiku-4-5")
+    usage = Usage(1_000_000, 1_000_000)
+    assert cost_of(ref, usage, Config()) == pytest.approx(6.0)
+    assert cost_of(ref, usage, Config(), batch=True) == pytest.approx(3.0)
+    own = Config(prices={"anthropic:claude-haiku-4-5": Price(input=1, output=5, batch=0.6)})
+    assert cost_of(ref, usage, own, batch=True) == pytest.approx(3.6)
