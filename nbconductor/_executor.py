@@ -130,6 +130,12 @@ class Session:
     def remember(self, result: StepResult, step: Step, item: int | None = None) -> None:
         """Record a fresh result in the store and the in-process cache."""
         result.result_id = self.store.record(self.run_id, result, self.notebook, None, item)
+        _trace.stored(self.store, result.result_id)
+        if step.audit and item is None and result.state == "passed":
+            from .store._audit import add_audit, sampled
+
+            if sampled(step.name, result.cache_key or str(result.result_id), step.audit):
+                add_audit(self.store, result.result_id, step.name, step.audit)
         if result.state in ("passed", "flagged") and result.cache_key and not step.no_cache:
             self.memory[result.cache_key] = result
 

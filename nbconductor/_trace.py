@@ -34,6 +34,7 @@ _parent: contextvars.ContextVar[Any] = contextvars.ContextVar("nbconductor_span"
 _step: contextvars.ContextVar[_StepState | None] = contextvars.ContextVar(
     "nbconductor_step", default=None
 )
+_done: contextvars.ContextVar[Any] = contextvars.ContextVar("nbconductor_done", default=None)
 CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 LINK_ENV = "NBCONDUCTOR_TRACE_LINK"  # a W3C traceparent: the batch span a row's run links to
 BATCH_ENV = "NBCONDUCTOR_BATCH_ID"
@@ -208,6 +209,7 @@ async def _traced_step(step: Any, coro: Awaitable[Any]) -> Any:
     finally:
         _parent.reset(token)
         _step.reset(state)
+        _done.set(span)  # this task's step, finished: its result is stored next (`stored`)
     span.set_attribute("nbconductor.state", res.state)
     span.set_attribute("nbconductor.attempts", len(res.attempts))
     span.set_attribute("nbconductor.cache_hit", bool(res.cached))
@@ -478,12 +480,14 @@ def carried_env() -> dict[str, str]:
     }
 
 
-def step_context() -> str | None:
-    """The current step span as a W3C traceparent (stored with its result), or None."""
+def stored(store: Any, result_id: int | None) -> None:
+    """Keep the step span's context with its stored result, for a later review decision."""
     state = _step.get()
-    if state is None or not _tracing:
-        return None
-    return _tracing.traceparent(state.span)
+    span = state.span if state is not None else _done.get()
+    setter = getattr(store, "set_trace", None)
+    if span is None or result_id is None or setter is None or not _tracing:
+        return
+    setter(result_id, _tracing.traceparent(span))
 
 
 def decision(

@@ -472,3 +472,32 @@ def test_a_row_run_links_to_its_batch_span(memory, monkeypatch):
     [linked] = spans["nbconductor.run"].links
     assert linked.context.span_id == spans["nbconductor.batch"].context.span_id
     assert f"{linked.context.trace_id:032x}" in link
+
+
+def test_a_review_decision_is_an_event_linked_to_its_step(memory, tmp_path):
+    from nbconductor.store._review import decide
+
+    p = Pipeline(store=tmp_path / "s.sqlite", root=tmp_path)
+    p.step("tag", "One line", model="offline:t", checks=["max_words(1)"], retries=0)
+    run = p.run()
+    res = run.results["tag"]
+    assert res.state == "flagged"
+    [step] = [s for s in memory.get_finished_spans() if s.name == "step tag"]
+    [gate] = [e for e in step.events if e.name == "gate.result"]
+    assert gate.attributes["gate.passed"] is False and "words" in gate.attributes["gate.feedback"]
+    stored = p.store.row(res.result_id)["trace"]
+    assert stored.startswith(f"00-{step.context.trace_id:032x}-{step.context.span_id:016x}-")
+    memory.clear()
+    decide(p.store, res.result_id, "approve", note="fine by me")
+    p.close()
+    [review] = memory.get_finished_spans()
+    assert review.name == "nbconductor.review"
+    assert review.context.trace_id != step.context.trace_id  # a short trace of its own
+    [link] = review.links
+    assert (link.context.trace_id, link.context.span_id) == (
+        step.context.trace_id,
+        step.context.span_id,
+    )
+    [event] = review.events
+    assert event.name == "review.decision"
+    assert event.attributes["nbconductor.decision"] == "approve"

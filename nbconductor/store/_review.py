@@ -26,9 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import _trace
 from .._errors import ReviewError
 from .._summary import preview, text_table
-from ._base import APPROVED, EDITED, FLAGGED, REJECTED, connect, default_store, is_url, shown
+from ._base import (
+    APPROVED,
+    EDITED,
+    FLAGGED,
+    PASSED,
+    REJECTED,
+    connect,
+    default_store,
+    is_url,
+    shown,
+)
 from ._sqlite import Store, loadable, writable
 
 #: decision -> the state the result takes
@@ -56,6 +67,10 @@ class ReviewItem:
     cache_key: str | None = None
     ended: float | None = None
     gates: list[dict] = field(default_factory=list)
+    claimed_by: str | None = None  # a reviewer who has it open (a live claim)
+    claim_until: float | None = None
+    assigned_to: str | None = None
+    audit: bool = False  # a passed output sampled by --audit (the run did not wait for it)
 
     @property
     def label(self) -> str:
@@ -92,19 +107,49 @@ def _as_store(store_or_path: Store | str | os.PathLike | None, *, readonly: bool
 
 # the queue ----------------------------------------------------------------------------------
 _QUEUE_SQL = """
-SELECT r.*, runs.params AS run_params FROM results r LEFT JOIN runs ON runs.id = r.run_id
+SELECT r.*, runs.params AS run_params, c."user" AS claimed_by, c.until AS claim_until,
+       a."user" AS assigned_to
+FROM results r LEFT JOIN runs ON runs.id = r.run_id
+LEFT JOIN claims c ON c.result_id = r.id AND c.until > ?
+LEFT JOIN assignments a ON a.result_id = r.id
 WHERE r.state = ? AND r.cached = 0 AND NOT (r.item IS NULL AND r.items IS NOT NULL)
 ORDER BY r.id
 """
 
 
-def queue(store: Store | str | os.PathLike | None = None) -> list[ReviewItem]:
-    """Every flagged output not yet decided, oldest first.
+def queue(
+    store: Store | str | os.PathLike | None = None, *, mine: bool = False, user: str | None = None
+) -> list[ReviewItem]:
+    """Every flagged output not yet decided, oldest first, with who has it open or assigned.
 
-    A ``--map`` step is reviewed item by item (its step-level row follows its items).
+    A ``--map`` step is reviewed item by item (its step-level row follows its items). ``mine``:
+    only the items assigned to ``user`` (default: ``$NBCONDUCTOR_USER`` or the OS user).
     """
     store = _as_store(store, readonly=True)
-    return [_item(row, store) for row in store.query(_QUEUE_SQL, (FLAGGED,))]
+    items = [_item(row, store) for row in store.query(_QUEUE_SQL, (time.time(), FLAGGED))]
+    if mine:
+        from ._claims import reviewer
+
+        user = user or reviewer()
+        items = [i for i in items if i.assigned_to == user]
+    return items if mine else items + audit_items(store)
+
+
+def audit_items(store: Store) -> list[ReviewItem]:
+    """Passed outputs sampled by ``--audit``, waiting for a reviewer (`_audit`)."""
+    from ._audit import open_audit_ids
+
+    out = []
+    for result_id in open_audit_ids(store):
+        row = store.row(result_id)
+        if row is None or row["state"] != PASSED:
+            continue
+        runs = store.query("SELECT params FROM runs WHERE id=?", (row["run_id"],))
+        extra = {"run_params": runs[0]["params"] if runs else "{}", "claimed_by": None}
+        item = _item({**dict(row), **extra, "claim_until": None, "assigned_to": None}, store)
+        item.audit, item.feedback = True, "audit: passed every gate; is it really good?"
+        out.append(item)
+    return out
 
 
 def _item(row, store: Store) -> ReviewItem:
@@ -137,6 +182,9 @@ def _item(row, store: Store) -> ReviewItem:
         cache_key=row["cache_key"],
         ended=row["ended"],
         gates=gates,
+        claimed_by=row["claimed_by"],
+        claim_until=row["claim_until"],
+        assigned_to=row["assigned_to"],
     )
 
 
@@ -158,6 +206,11 @@ def queue_table(items: list[ReviewItem], width: int = 48) -> str:
     lines = [text_table(["id", "step", "run", "parameters", "score", "output"], rows), ""]
     for i in items:
         lines.append(f"#{i.id} {i.label}: {i.feedback or 'no feedback'}")
+        if i.claimed_by or i.assigned_to:
+            who = [f"assigned to {i.assigned_to}"] if i.assigned_to else []
+            if i.claimed_by:
+                who.append(f"being reviewed by {i.claimed_by}")
+            lines.append(f"    {' · '.join(who)}")
         if i.suggestion:
             lines.append(f"    suggested edit: {i.suggestion}")
     return "\n".join(lines)
@@ -198,6 +251,17 @@ def decide(
         raise ReviewError(
             f"result #{result_id} is the whole --map step `{row['step']}`: review its items"
         )
+    from ._audit import decide_audit, is_open_audit
+
+    if row["state"] == PASSED and is_open_audit(store, row["id"]):
+        before = store.output(row)
+        if action == "edit":
+            if after is None:
+                raise ReviewError(f"an edit of #{result_id} ({label}) needs the edited output")
+            after = _coerce(after, row["output_kind"], label)
+            action = "approve" if after == before else "edit"
+        kept = after if action == "edit" else before
+        return decide_audit(store, row, action, before, kept, note)
     if row["state"] != FLAGGED or row["cached"]:
         raise _not_waiting(store, row, label)
     before = store.output(row)
@@ -212,14 +276,18 @@ def decide(
     state = DECISIONS[action]
     with store.transaction():
         # One transaction: the state flips from flagged exactly once, whoever else (another
-        # thread, process or machine) decides the same result at the same moment.
+        # thread, process or machine) decides the same result at the same moment; an item
+        # someone else has open (a live claim) is theirs to decide.
         claimed = store.execute(
-            "UPDATE results SET state=? WHERE id=? AND state=?", (state, row["id"], FLAGGED)
+            "UPDATE results SET state=? WHERE id=? AND state=? AND NOT EXISTS (SELECT 1 FROM "
+            'claims WHERE claims.result_id=? AND claims."user"<>? AND claims.until>?)',
+            (state, row["id"], FLAGGED, row["id"], store.user, time.time()),
         )
         if claimed.rowcount == 1:
             if action == "edit":
                 store.update_output(row["id"], after, state)
             review_id = store.record_review(row["id"], action, before, after, note)
+            _trace.decision(_traceparent(row), row["id"], label, action)
             store.execute("DELETE FROM claims WHERE result_id=?", (row["id"],))
             if row["item"] is not None:
                 _update_map_step(store, row, after if action == "edit" else None)
@@ -227,8 +295,20 @@ def decide(
     raise _not_waiting(store, store.row(row["id"]), label)
 
 
+def _traceparent(row) -> str | None:
+    """The step span a result was made in (stored when its run was traced), or None."""
+    return row["trace"] if "trace" in row.keys() else None
+
+
 def _not_waiting(store: Store, row, label: str) -> ReviewError:
-    """ "#7 (draft) is already decided: approved by ana at 2026-05-01 10:00:03"."""
+    """Why a result cannot be decided: already decided by X at T, being reviewed by Y, or its state."""
+    from ._claims import _clock, holder
+
+    held = holder(store, row["id"]) if row["state"] == FLAGGED else None
+    if held and held[0] != store.user:
+        return ReviewError(
+            f"result #{row['id']} ({label}) is being reviewed by {held[0]} until {_clock(held[1])}"
+        )
     last = store.query(
         "SELECT * FROM reviews WHERE result_id=? ORDER BY id DESC LIMIT 1", (row["id"],)
     )
@@ -309,21 +389,37 @@ def cli_review(
     approve: Sequence[int] = (),
     reject: Sequence[int] = (),
     note: str = "",
+    assign: str | None = None,
+    mine: bool = False,
+    take_next: bool = False,
 ) -> int:
-    """``nbconductor review [--store PATH] [--approve ID] [--reject ID] [--note TEXT]``."""
-    deciding = bool(approve or reject)
+    """``nbconductor review [--store PATH|URL] [--approve ID] [--reject ID] [--note TEXT]
+    [--assign USER[,USER…]] [--mine] [--next]``; returns the exit status."""
+    from ._claims import assign as assign_items
+    from ._claims import next_item
+
+    deciding = bool(approve or reject or assign or take_next)
     path = store
     store = open_store(path, readonly=not deciding)  # listing only reads: a read-only store works
     try:
+        if assign:
+            counts = assign_items(store, assign.split(","))
+            print("assigned: " + ", ".join(f"{n} to {u}" for u, n in counts.items()))
         for action, ids in (("approve", approve), ("reject", reject)):
             for result_id in ids:
                 decide(store, result_id, action, note=note or "")
-                row = store.query("SELECT step, item, state FROM results WHERE id=?", (result_id,))[
-                    0
-                ]
+                row = store.row(result_id)
                 label = row["step"] if row["item"] is None else f"{row['step']}[{row['item']}]"
-                print(f"#{result_id} {label}: {row['state']}")
-        items = queue(store)
+                print(f"#{result_id} {label}: {row['state']} by {store.user}")
+        if take_next:
+            item = next_item(store, store.user, mine=mine)
+            if item is None:
+                print("nothing to review: every waiting item is decided or being reviewed")
+                return 0
+            print(queue_table([item]))
+            print(f"\nclaimed #{item.id} for {store.user} until {_until(item.claim_until)}")
+            return 0
+        items = queue(store, mine=mine, user=store.user)
         print(queue_table(items))
         if items:
             print(
@@ -333,3 +429,9 @@ def cli_review(
     finally:
         store.close()
     return 0
+
+
+def _until(at: float | None) -> str:
+    from ._claims import _clock
+
+    return _clock(at or time.time())
