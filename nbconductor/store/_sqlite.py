@@ -100,6 +100,7 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("runs", "pid_start", "INTEGER"),
     ("results", "parent_id", "INTEGER"),  # a --map item's step-level row
     ("results", "trace", "TEXT"),  # the step's span as a W3C traceparent, when the run was traced
+    ("results", "trace", "TEXT"),  # the step's span as a W3C traceparent, when the run was traced
 ]
 TABLES = ("runs", "results", "reviews", "claims", "assignments")
 
@@ -576,6 +577,10 @@ class SQLiteStore:
         """Keep the span a result was made in (`nbconductor._trace`), for a later review event."""
         self.execute("UPDATE results SET trace=? WHERE id=?", (traceparent, result_id))
 
+    def set_trace(self, result_id: int, traceparent: str) -> None:
+        """Keep the span a result was made in (`nbconductor._trace`), for a later review event."""
+        self.execute("UPDATE results SET trace=? WHERE id=?", (traceparent, result_id))
+
     def lookup(self, cache_key: str) -> StepResult | None:
         """The latest accepted result with this cache key, or None.
 
@@ -636,67 +641,16 @@ class SQLiteStore:
 
     def dump(self, tables: tuple[str, ...] = TABLES) -> dict[str, list[dict]]:
         """Every row of ``tables``, oldest first (what `merge` and `nbconductor store copy` take)."""
-        order = {"runs": "started, id", "claims": "result_id", "assignments": "result_id"}
-        return {
-            t: [dict(r) for r in self.query(f"SELECT * FROM {t} ORDER BY {order.get(t, 'id')}")]
-            for t in tables
-        }
+        from ._copy import dump
+
+        return dump(self, tables)
 
     def merge(self, rows: dict[str, list[dict]], *, keep_ids: bool = False) -> dict[str, int]:
-        """Write dumped rows into this store in one transaction; returns rows written per table.
+        """Write dumped rows into this store in one transaction; returns rows written per table
+        (`nbconductor.store._copy.merge`)."""
+        from ._copy import merge
 
-        Runs keep their ids (a run seen again is replaced). Results and reviews get new ids
-        unless ``keep_ids``; a review, a claim, an assignment and a --map item's ``parent_id``
-        follow their result's new id.
-        """
-        counts: dict[str, int] = {}
-        ids: dict[int, int] = {}
-        with self.transaction():
-            for run in rows.get("runs", []):
-                cols = [c for c in run if c in self._columns("runs")]
-                update = ", ".join(f"{_q(c)}=excluded.{_q(c)}" for c in cols if c != "id")
-                self.execute(
-                    f"INSERT INTO runs ({', '.join(map(_q, cols))}) VALUES ({', '.join('?' * len(cols))}) "
-                    f"ON CONFLICT (id) DO UPDATE SET {update}",
-                    tuple(run[c] for c in cols),
-                )
-            counts["runs"] = len(rows.get("runs", []))
-            for table in ("results", "reviews"):
-                known = self._columns(table)
-                for rec in rows.get(table, []):
-                    rec = dict(rec)
-                    if table == "reviews":
-                        rec["result_id"] = ids.get(rec["result_id"], rec["result_id"])
-                    elif rec.get("parent_id") is not None and not keep_ids:
-                        rec["parent_id"] = None  # set below, once the parent has its new id
-                    cols = [c for c in rec if c in known and (keep_ids or c != "id")]
-                    new = self.insert(
-                        f"INSERT INTO {table} ({', '.join(map(_q, cols))}) "
-                        f"VALUES ({', '.join('?' * len(cols))})",
-                        tuple(rec[c] for c in cols),
-                    )
-                    if table == "results":
-                        ids[rec["id"]] = new
-                counts[table] = len(rows.get(table, []))
-            for table in ("claims", "assignments"):
-                for rec in rows.get(table, []):
-                    rid = ids.get(rec["result_id"], rec["result_id"])
-                    cols = [c for c in rec if c in self._columns(table) and c != "result_id"]
-                    self.execute(f"DELETE FROM {table} WHERE result_id=?", (rid,))
-                    self.execute(
-                        f"INSERT INTO {table} (result_id, {', '.join(map(_q, cols))}) "
-                        f"VALUES (?, {', '.join('?' * len(cols))})",
-                        (rid, *(rec[c] for c in cols)),
-                    )
-                counts[table] = len(rows.get(table, []))
-            # a --map step's row comes after its items: point the copied items at its new id
-            for rec in [] if keep_ids else rows.get("results", []):
-                if rec.get("parent_id") is not None:
-                    self.execute(
-                        "UPDATE results SET parent_id=? WHERE id=?",
-                        (ids.get(rec["parent_id"], rec["parent_id"]), ids[rec["id"]]),
-                    )
-        return counts
+        return merge(self, rows, keep_ids=keep_ids)
 
     def _columns(self, table: str) -> set[str]:
         return {c[1] for c in self._db.execute(f"PRAGMA table_info({table})")}
@@ -762,6 +716,7 @@ def row_to_result(row: sqlite3.Row, store: SQLiteStore | None = None) -> StepRes
             row["output_tokens"],
             row["cache_read_tokens"],
             row["cache_write_tokens"],
+            estimated=any(a.usage.estimated for a in attempts),  # a server that sent no usage
         ),
         cost=row["cost"],
         started=row["started"],
@@ -792,6 +747,9 @@ def _json(value: Any) -> str:
 
 
 def _user() -> str:
+    """Who runs and decides: ``$NBCONDUCTOR_USER``, else the OS user."""
+    if os.environ.get("NBCONDUCTOR_USER"):
+        return os.environ["NBCONDUCTOR_USER"]
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user database in some containers
