@@ -120,10 +120,22 @@ def report(store_or_path: Store | str | os.PathLike | None = None) -> dict:
             "tokens": sum(s["tokens"] for s in steps.values()),
             "cost": round(sum(costs), 6) if costs else None,
             "cost_unknown": sum(s["cost_unknown"] for s in steps.values()),
+            # reviewer -> decision -> how many (several reviewers share one queue)
+            "decisions_by_reviewer": _by_reviewer(store),
         },
         "worst_step": worst,
         "worst_step_reason": reason,
     }
+
+
+def _by_reviewer(store: Store) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for r in store.query(
+        'SELECT "user" AS who, decision, COUNT(*) AS n FROM reviews GROUP BY "user", decision '
+        'ORDER BY "user", decision'
+    ):
+        out.setdefault(r["who"] or "unknown", {})[r["decision"]] = r["n"]
+    return out
 
 
 def _interrupted(run) -> bool:
@@ -350,6 +362,16 @@ def _footer(rep: dict) -> str:
         lines.append(
             f"{n} run{'s' if n != 1 else ''} interrupted (killed mid-way; finished steps are reused "
             "by the next run)"
+        )
+    if t.get("decisions_by_reviewer"):
+        lines.append(
+            "decisions by reviewer: "
+            + "; ".join(
+                f"{who} {sum(d.values())} ("
+                + ", ".join(f"{n} {k}" for k, n in sorted(d.items()))
+                + ")"
+                for who, d in t["decisions_by_reviewer"].items()
+            )
         )
     if rep["worst_step"]:
         lines.append(f"quality drops most at `{rep['worst_step']}`: {rep['worst_step_reason']}")
