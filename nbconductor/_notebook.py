@@ -177,27 +177,7 @@ def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):
             continue
         if kind not in ("step", "context", "rubric"):
             continue
-        line, body = split_magic(cell.source)
-        words = shlex.split(line)
-        if not words:
-            raise OptionError(f"{path.name}: a %%{kind} cell has no name")
-        if kind == "context":
-            opts = _options(words[1:], {"--file": "file"})
-            pipeline.context(words[0], body if "file" not in opts else None, **opts)
-        elif kind == "rubric":
-            opts = _options(
-                words[1:],
-                {
-                    "--judge": "judge",
-                    "--threshold": "threshold",
-                    "--retries": "retries",
-                    "--on-fail": "on_fail",
-                    "--max-tokens": "max_tokens",
-                },
-            )
-            pipeline.rubric(words[0], body, **opts)
-        else:
-            pipeline.add(step_from_cell(words, body))
+        declare_cell(pipeline, kind, cell.source, where=f"{path.name}: ")
     for cell in variants:
         from ._variants import parse_variant_line
 
@@ -223,29 +203,42 @@ def load_pipeline(cls, path: Path, *, run_code: bool = True, **kwargs: Any):
     return pipeline
 
 
-def _options(words: list[str], names: dict[str, str]) -> dict[str, Any]:
+def declare_cell(
+    pipeline, kind: str, source: str, *, where: str = "", read_files: bool = True
+) -> None:
+    """Declare one ``%%step`` (lazily), ``%%context`` or ``%%rubric`` cell on ``pipeline``, its
+    options read by the magic's own table (`nbconductor._options`). ``read_files=False`` records
+    a ``--file`` context by its path instead of reading it. Raises `OptionError`."""
     from ._errors import OptionError
+    from ._options import CONTEXT_OPTIONS, RUBRIC_OPTIONS, parse_options
 
-    out: dict[str, Any] = {}
-    it = iter(words)
-    for w in it:
-        key = names.get(w)
-        if key is None:
-            raise OptionError(f"unknown option {w}")
-        value = next(it, None)
-        if value is None:
-            raise OptionError(f"option {w} needs a value")
-        try:
-            out[key] = (
-                float(value)
-                if key == "threshold"
-                else int(value)
-                if key in ("retries", "max_tokens")
-                else value
-            )
-        except ValueError:
-            raise OptionError(f"option {w} needs a number, got {value!r}") from None
-    return out
+    line, body = split_magic(source)
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise OptionError(f"{where}%%{kind}: cannot parse options {line!r}: {exc}") from None
+    if not words:
+        raise OptionError(f"{where}a %%{kind} cell has no name")
+    if kind == "context":
+        args = parse_options(CONTEXT_OPTIONS, "%%context", line)
+        if args.file is not None and not read_files:
+            pipeline.contexts[args.name] = f"(read from {args.file})"
+        else:
+            pipeline.context(args.name, body if args.file is None else None, file=args.file)
+    elif kind == "rubric":
+        args = parse_options(RUBRIC_OPTIONS, "%%rubric", line)
+        pipeline.rubric(
+            args.step,
+            body,
+            judge=args.judge,
+            threshold=args.threshold,
+            retries=args.retries,
+            on_fail=args.on_fail,
+            max_tokens=args.max_tokens,
+            audit=args.audit,
+        )
+    else:
+        pipeline.add(step_from_cell(words, body))
 
 
 def step_from_cell(words: list[str], body: str):

@@ -1,4 +1,6 @@
-"""The options of ``%%step``, defined once for the magic and for reading notebooks."""
+"""The options of ``%%step``, ``%%rubric`` and ``%%context``, each table defined once for the
+magic (which stacks it the way IPython's ``script_args`` does, so ``%%step?`` documents it) and
+for reading notebooks (`nbconductor._notebook`)."""
 
 from __future__ import annotations
 
@@ -98,11 +100,43 @@ STEP_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
         ("--max-turns",),
         {"type": int, "default": 8, "help": "tool-use turns at most (with --tools)"},
     ),
+    (
+        ("--audit",),
+        {
+            "type": float,
+            "help": "send this share (0..1] of outputs that passed every gate to review as audits",
+        },
+    ),
     (("--lazy",), {"action": "store_true", "help": "declare the step without running it"}),
     (
         ("--no-cache",),
         {"action": "store_true", "help": "always call the model; never reuse a cached result"},
     ),
+]
+
+
+RUBRIC_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (("step",), {"nargs": "?", "help": "the step this rubric judges"}),
+    (("--judge",), {"help": "the judge model SPEC (default: the `judge` alias)"}),
+    (
+        ("--threshold",),
+        {"type": float, "default": 0.8, "help": "the lowest passing score, 0..1 (default 0.8)"},
+    ),
+    (("--retries",), {"type": int, "help": "re-runs of the step with the judge's feedback"}),
+    (("--on-fail",), {"help": "after retries and fallbacks: retry|fallback|review|fail"}),
+    (
+        ("--max-tokens",),
+        {"type": int, "help": "the most tokens the judge may write (default 1024)"},
+    ),
+    (
+        ("--audit",),
+        {"type": float, "help": "send this share (0..1] of passed outputs to review as audits"},
+    ),
+]
+
+CONTEXT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (("name",), {"nargs": "?", "help": "the block's name, used with --context NAME"}),
+    (("--file",), {"help": "read the block from this file instead of the cell body"}),
 ]
 
 
@@ -215,14 +249,30 @@ def check_numbers(
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
-        raise OptionError(f"%%step: {message} (see %%step? for the options)")
+        raise OptionError(f"{self.prog}: {message} (see {self.prog}? for the options)")
+
+
+def options_parser(table: list[tuple[tuple[str, ...], dict]], prog: str) -> argparse.ArgumentParser:
+    """A parser for one option table whose errors are `OptionError`s naming ``prog``."""
+    parser = _Parser(prog=prog, add_help=False)
+    for names, kwargs in table:
+        parser.add_argument(*names, **kwargs)
+    return parser
+
+
+def parse_options(
+    table: list[tuple[tuple[str, ...], dict]], prog: str, line: str
+) -> argparse.Namespace:
+    """A magic's options line (without the magic's name) parsed POSIX-style by ``table``."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise OptionError(f"{prog}: cannot parse options {line!r}: {exc}") from None
+    return options_parser(table, prog).parse_args(words)
 
 
 def step_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="%%step", add_help=False)
-    for names, kwargs in STEP_OPTIONS:
-        parser.add_argument(*names, **kwargs)
-    return parser
+    return options_parser(STEP_OPTIONS, "%%step")
 
 
 def step_from_args(args: argparse.Namespace, body: str, *, lazy: bool | None = None) -> Step:
@@ -262,13 +312,10 @@ def step_from_args(args: argparse.Namespace, body: str, *, lazy: bool | None = N
         max_turns=args.max_turns,
         lazy=args.lazy if lazy is None else lazy,
         no_cache=args.no_cache,
+        audit=args.audit,
     )
 
 
 def parse_step_line(line: str, body: str, *, lazy: bool | None = None) -> Step:
     """A `Step` from a ``%%step`` line (without ``%%step``) and body."""
-    try:
-        words = shlex.split(line)
-    except ValueError as exc:
-        raise OptionError(f"%%step: cannot parse options {line!r}: {exc}") from None
-    return step_from_args(step_parser().parse_args(words), body, lazy=lazy)
+    return step_from_args(parse_options(STEP_OPTIONS, "%%step", line), body, lazy=lazy)

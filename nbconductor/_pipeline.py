@@ -198,8 +198,10 @@ class Pipeline:
         retries: int | None = None,
         on_fail: str | None = None,
         max_tokens: int | None = None,
+        audit: float | None = None,
     ) -> None:
-        """Attach an LLM-judge gate to ``step`` (``max_tokens``: the judge's token limit)."""
+        """Attach an LLM-judge gate to ``step`` (``max_tokens``: the judge's token limit;
+        ``audit``: the share of passed outputs sent to review as audits, as ``--audit``)."""
         if step not in self.steps:
             raise OptionError(f"%%rubric: no step named `{step}`; declare the step first")
         if not 0 <= threshold <= 1:
@@ -217,6 +219,9 @@ class Pipeline:
             changes["retries"] = retries
         if on_fail is not None:
             changes["on_fail"] = on_fail
+        if audit is not None:
+            changes["audit"] = audit
+        _validate(s.replace(**changes))
         self.steps[step] = s.replace(**changes)
 
     def alias(self, name: str, spec: str, **options: Any) -> None:
@@ -365,6 +370,12 @@ def _validate(step: Step) -> None:
         temperature=step.temperature,
         max_turns=step.max_turns,
     )
+    if step.audit is not None and not (
+        isinstance(step.audit, (int, float)) and 0 < step.audit <= 1
+    ):
+        raise OptionError(
+            f"step `{step.name}`: --audit must be a share in (0, 1], e.g. 0.1, got {step.audit}"
+        )
     if step.map:
         parse_map(step.map, step.name)
     if step.kind in ("llm", "image"):

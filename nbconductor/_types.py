@@ -49,6 +49,7 @@ class Step:
     max_turns: int = 8
     lazy: bool = False
     no_cache: bool = False
+    audit: float | None = None  # the share of passed outputs sent to review as audits
     rubric: Rubric | None = None
     fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 

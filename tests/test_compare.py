@@ -372,3 +372,98 @@ def test_eval_exits_1_on_a_planted_regression_and_0_on_noise(api, tmp_path, caps
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
     assert len(api.requests) == before
+
+
+# ------------------------------------------------------------------ audits and calibration
+
+
+def test_audit_sampling_is_a_deterministic_share_of_passed_outputs(tmp_path, monkeypatch):
+    from nbconductor.store._review import queue
+
+    def audited(store_name: str, seed: str) -> set[str]:
+        monkeypatch.setenv("NBCONDUCTOR_AUDIT_SEED", seed)
+        p = Pipeline(store=tmp_path / store_name, root=tmp_path)
+        p.step("d", "About {{ t }}", model="offline:x", audit=0.1)
+        p.step("never", "Flag {{ t }}", model="offline:x", checks=["contains('zzz')"], audit=1.0)
+        for i in range(200):
+            p.run({"t": f"brief {i}"})
+        items = queue(p.store)
+        flagged = [i for i in items if not i.audit]
+        assert len(flagged) == 200 and all(i.step == "never" for i in flagged)  # never audited
+        keys = {i.cache_key for i in items if i.audit}
+        assert all(i.step == "d" for i in items if i.audit)
+        p.close()
+        return keys
+
+    first = audited("a.sqlite", "0")
+    assert 10 <= len(first) <= 30  # 10% of 200, sampled by hash
+    assert audited("b.sqlite", "0") == first  # the same seed audits the same outputs
+    other = audited("c.sqlite", "7")
+    assert other != first and 10 <= len(other) <= 30
+
+
+def test_audit_bad_rates_are_one_line_errors(tmp_path, monkeypatch):
+    p = Pipeline(store=":memory:")
+    for rate in (0, 1.5, -0.1):
+        with pytest.raises(OptionError, match=r"--audit must be a share in \(0, 1\]"):
+            p.step("d", "About {{ t }}", model="offline:x", audit=rate)
+    p.step("d", "About {{ t }}", model="offline:x")
+    with pytest.raises(OptionError, match="--audit must be a share"):
+        p.rubric("d", "- good", judge="offline:j", audit=2)
+    ip = fresh_shell(tmp_path, monkeypatch)
+    with pytest.raises(UsageError, match="--audit must be a share"):
+        ip.run_cell_magic("step", "x --model offline:x --audit 0 --lazy", "hi")
+
+
+def test_calibration_agreement_kappa_and_audited_first_pass_yield(tmp_path):
+    from nbconductor.store._report import report, report_text
+    from nbconductor.store._review import decide, queue
+
+    p = Pipeline(store=tmp_path / "s.sqlite", root=tmp_path)
+    p.step("d", "About {{ t }}", model="offline:x", checks=["contains('ok')"], audit=1.0)
+    before = report(p.store)
+    assert "calibration" not in before  # no audits, no reviews: the report as before
+    for i in range(10):
+        p.run({"t": f"ok {i}"})  # passes: every one audited at rate 1
+    for i in range(6):
+        p.run({"t": f"no {i}"})  # flagged
+    items = queue(p.store)
+    audits = [i for i in items if i.audit]
+    flagged = [i for i in items if not i.audit]
+    assert (len(audits), len(flagged)) == (10, 6)
+    rep = report(p.store)
+    assert rep["calibration"]["d"]["note"] == (
+        "0 audits reviewed: about 97 more give a ±10-point interval on the false-pass rate"
+    )
+    for item in audits[:8]:
+        decide(p.store, item.id, "approve")  # the gate was right
+    for item in audits[8:]:
+        decide(p.store, item.id, "reject")  # false passes
+    for item in flagged[:2]:
+        decide(p.store, item.id, "approve")  # false flags
+    for item in flagged[2:]:
+        decide(p.store, item.id, "reject")
+    assert queue(p.store) == []
+    rep = report(p.store)
+    cal = rep["calibration"]["d"]
+    gate = next(iter(cal["gates"].values()))
+    assert gate == {
+        "reviewed": 16,
+        "agreement": 0.75,
+        "false_passes": 2,
+        "false_flags": 2,
+        "kappa": pytest.approx(0.4667, abs=1e-4),
+    }
+    # the report counts the 2 rejected audits as not first-pass (8/16); the gates passed 10/16
+    assert rep["steps"]["d"]["first_pass_yield"] == 0.5
+    assert (cal["audits"], cal["audits_reviewed"], cal["false_pass_rate"]) == (10, 10, 0.2)
+    assert cal["audited_first_pass_yield"] == 0.5
+    lo, hi = cal["interval"]
+    assert lo == pytest.approx(0.625 * (1 - 0.5098), abs=1e-3)
+    assert hi == pytest.approx(0.625 * (1 - 0.0567), abs=1e-3)
+    text = report_text(rep)
+    assert "16 reviewed, agreement 75%, 2 false passes, 2 false flags, kappa 0.47" in text
+    assert "d: audited first-pass yield 50% [31%, 59%] (2 of 10 audits failed)" in text
+    with pytest.raises(Exception, match="already decided"):
+        decide(p.store, audits[0].id, "reject")
+    p.close()

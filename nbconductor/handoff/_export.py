@@ -344,6 +344,7 @@ def step_cell(step: Any) -> str:
         ("retries", "--retries"),
         ("on_fail", "--on-fail"),
         ("max_turns", "--max-turns"),
+        ("audit", "--audit"),
     ]
     for attr, flag in flags:
         value = getattr(step, attr)

@@ -26,25 +26,7 @@ from .._options import (
 )
 from .._pipeline import Pipeline
 from .._variants import VARIANT_OPTIONS, variant_from_args
-
-SUBCOMMANDS = (
-    "run",
-    "compare",
-    "promote",
-    "status",
-    "show",
-    "alias",
-    "models",
-    "graph",
-    "timeline",
-    "trace",
-    "form",
-    "review",
-    "report",
-    "export",
-    "reset",
-    "template-function",
-)
+from ._commands import SUBCOMMANDS, usage
 
 
 @contextmanager
@@ -73,6 +55,16 @@ def _step_options(fn, table=STEP_OPTIONS, name: str = "%step"):
         kwargs = {**kwargs, "help": kwargs.get("help", "").replace("%%", "%%%%")}
         fn = argument(*names, **kwargs)(fn)
     return magic_arguments(name=name)(fn)  # IPython adds the second %
+
+
+def _documented(doc: str):
+    """Give a magic its docstring (what ``%conductor?`` shows), built from the declarations."""
+
+    def set_doc(fn):
+        fn.__doc__ = doc
+        return fn
+
+    return set_doc
 
 
 def _options_of(table, name: str):
@@ -180,6 +172,7 @@ class ConductorMagics(Magics):
                 retries=args.retries,
                 on_fail=args.on_fail,
                 max_tokens=args.max_tokens,
+                audit=args.audit,
             )
         self.cells[f"rubric:{args.step}"] = f"%%rubric {line}\n{cell}"
         if args.step in self._shown:  # its cell shows an output the rubric has not judged
@@ -195,12 +188,8 @@ class ConductorMagics(Magics):
 
     # %conductor --------------------------------------------------------------------------------
     @line_magic
+    @_documented(usage())
     def conductor(self, line: str):
-        """%conductor run [STEP ...] [--force] [--dry-run] | compare STEP --data FILE | status | show STEP | graph | timeline |
-        trace [on|off|status] |
-        form | review [--store PATH] | report [--store PATH] | export PATH.ipynb | models |
-        alias NAME SPEC | template-function NAME ... | reset
-        """
         try:
             words = shlex.split(line)
         except ValueError as exc:

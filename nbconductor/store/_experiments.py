@@ -15,7 +15,7 @@ from typing import Any
 
 from .._redact import redact
 
-EXPERIMENT_TABLES = ("experiments", "experiment_cells")
+EXPERIMENT_TABLES = ("experiments", "experiment_cells", "audits")  # audits: `_audit`
 EXPERIMENT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
     id TEXT PRIMARY KEY, step TEXT, created REAL, updated REAL, notebook TEXT,
@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS experiment_cells (
     failed INTEGER, score REAL, tokens INTEGER, cost REAL, latency REAL, gates TEXT,
     output TEXT, params TEXT, at REAL,
     PRIMARY KEY (experiment_id, row_index, variant, repeat_index)
+);
+CREATE TABLE IF NOT EXISTS audits (
+    result_id INTEGER PRIMARY KEY, step TEXT, rate REAL, at REAL, status TEXT
 );
 """
 

@@ -125,7 +125,15 @@ def report(store_or_path: Store | str | os.PathLike | None = None) -> dict:
         },
         "worst_step": worst,
         "worst_step_reason": reason,
-    }
+    } | _calibration(store, steps)
+
+
+def _calibration(store: Store, steps: dict) -> dict:
+    """``{"calibration": …}`` when there are audits or reviews (`_audit.calibration`), else {}."""
+    from ._audit import calibration
+
+    cal = calibration(store, {n: (s["first_pass"], s["runs"]) for n, s in steps.items()})
+    return {"calibration": cal} if cal else {}
 
 
 def _by_reviewer(store: Store) -> dict[str, dict[str, int]]:
@@ -384,14 +392,24 @@ def report_text(rep: dict) -> str:
     """The report as a fixed-width table for terminals."""
     if not rep["steps"]:
         return f"no step results in {rep['store']} yet: run a pipeline first"
-    return text_table(HEADER, report_rows(rep)) + "\n\n" + _footer(rep) + "\n" + LEGEND
+    text = text_table(HEADER, report_rows(rep)) + "\n\n" + _footer(rep) + "\n" + LEGEND
+    if rep.get("calibration"):
+        from ._audit import calibration_text
+
+        text += "\n\n" + calibration_text(rep["calibration"])
+    return text
 
 
 def report_markdown(rep: dict) -> str:
     if not rep["steps"]:
         return f"*no step results in `{rep['store']}` yet: run a pipeline first*"
     lines = md_table(HEADER, report_rows(rep))
-    return "\n".join(lines) + "\n\n" + _footer(rep).replace("\n", "  \n") + f"  \n*{LEGEND}*"
+    text = "\n".join(lines) + "\n\n" + _footer(rep).replace("\n", "  \n") + f"  \n*{LEGEND}*"
+    if rep.get("calibration"):
+        from ._audit import calibration_text
+
+        text += "\n\n```\n" + calibration_text(rep["calibration"]) + "\n```"
+    return text
 
 
 def report_figure(rep: dict):
