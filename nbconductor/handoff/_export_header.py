@@ -16,13 +16,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from .._notebook import parameter_values, split_magic
+from .._notebook import parameter_values
 from ._export_cells import Job
 
 
 def job_pipeline(job: Job, like: Any | None):
     """A pipeline declared from the job's own cells (nothing runs), with ``like``'s root and config."""
-    from .._notebook import _options, step_from_cell
+    from .._notebook import declare_cell
     from .._pipeline import Pipeline
 
     root = getattr(like, "root", None)
@@ -38,26 +38,7 @@ def job_pipeline(job: Job, like: Any | None):
                 continue
             if cell.kind not in ("step", "context", "rubric"):
                 continue
-            line, body = split_magic(cell.source)
-            words = shlex.split(line)
-            if cell.kind == "context":
-                if "--file" in words:
-                    p.contexts[words[0]] = f"(read from {words[words.index('--file') + 1]})"
-                else:
-                    p.context(words[0], body)
-            elif cell.kind == "rubric":
-                opts = _options(
-                    words[1:],
-                    {
-                        "--judge": "judge",
-                        "--threshold": "threshold",
-                        "--retries": "retries",
-                        "--on-fail": "on_fail",
-                    },
-                )
-                p.rubric(words[0], body, **opts)
-            else:
-                p.add(step_from_cell(words, body))
+            declare_cell(p, cell.kind, cell.source, read_files=False)
         except Exception as exc:  # noqa: BLE001 - the header documents what it can
             job.notes.append(f"could not read a {cell.kind} cell for the header: {exc}")
     return p
@@ -260,7 +241,9 @@ def _parameter_users(graph) -> dict[str, list[str]]:
 def _how_to_run(name: str, values: dict, p: Any) -> list[str]:
     example = next((k for k, v in values.items() if isinstance(v, str)), next(iter(values), None))
     p_arg = f' -p {example} "…"' if example else ""
-    store = p.config.store or ".nbconductor/store.sqlite"
+    from ..store._base import shown
+
+    store = shown(p.config.store or ".nbconductor/store.sqlite")  # a URL without its password
     return [
         "## How to run",
         "",

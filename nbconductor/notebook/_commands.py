@@ -13,6 +13,37 @@ from .._format import fmt_cost
 from .._summary import preview
 from ._display import footer, show_images, show_result
 
+#: ``%conductor`` SUBCOMMAND -> its usage; `cmd_<name>` does it and its docstring says what it
+#: does. `usage` builds ``%conductor?`` from these, so a new subcommand is documented by adding it.
+SUBCOMMANDS = {
+    "run": "run [STEP ...] [--force] [--dry-run]",
+    "compare": "compare STEP --data FILE [--variants A,B] [--repeats N] [--pairwise SPEC] [--workers N]",
+    "promote": "promote STEP NAME",
+    "status": "status",
+    "show": "show STEP",
+    "alias": "alias [NAME SPEC [--base-url URL] [--api-key-env VAR]]",
+    "models": "models",
+    "graph": "graph",
+    "timeline": "timeline",
+    "trace": "trace [on|off|status]",
+    "form": "form",
+    "review": "review [--store PATH]",
+    "report": "report [--store PATH] [--json]",
+    "export": "export PATH.ipynb",
+    "reset": "reset",
+    "template-function": "template-function NAME [NAME ...]",
+}
+
+
+def usage() -> str:
+    """``%conductor?``: one entry per subcommand, its usage and its command's docstring."""
+    lines = ["%conductor SUBCOMMAND [options]", ""]
+    for name, words in SUBCOMMANDS.items():
+        fn = globals().get(f"cmd_{name.replace('-', '_')}")
+        doc = " ".join((fn.__doc__ or "").split()) if fn is not None else ""
+        lines += [f"  %conductor {words}", f"      {doc}" if doc else ""]
+    return "\n".join(line for line in lines if line is not None)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
@@ -309,6 +340,7 @@ def cmd_form(m, words):
 
 
 def cmd_review(m, words):
+    """The review queue: flagged outputs (this kernel's, or a store's) to approve, edit, reject."""
     a = _args("review", words, (["--store"], {}))
     from ._review_widget import review_widget
 
@@ -316,6 +348,7 @@ def cmd_review(m, words):
 
 
 def cmd_report(m, words):
+    """Per-step first-pass and final yield, retries, fallbacks, edits, tokens, cost, latency."""
     a = _args("report", words, (["--store"], {}), (["--json"], {"action": "store_true"}))
     from ..store._report import report
     from ._report_display import show_report
@@ -328,6 +361,7 @@ def cmd_report(m, words):
 
 
 def cmd_export(m, words):
+    """Write this pipeline as a clean, documented papermill job."""
     a = _args("export", words, (["path"], {}))
     from ..handoff._export import export_notebook
 
