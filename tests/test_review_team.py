@@ -192,3 +192,18 @@ def test_copy_from_nowhere_is_one_line(tmp_path, capsys):
     assert "no run store at" in capsys.readouterr().err
     with pytest.raises(StoreError):
         copy_store(str(tmp_path), str(tmp_path / "b.sqlite"))
+
+
+def test_the_notebook_widget_shows_who_has_an_item_open_and_refuses_it(store_target):
+    from nbconductor.notebook._review_widget import ReviewWidget
+
+    store, ids = flagged_store(store_target, 2)
+    claim(as_user(store_target, "ana"), ids[0], "ana")
+    widget = ReviewWidget(as_user(store_target, "ben"))
+    first, second = widget.cards
+    assert "being reviewed by ana" in first.header.value
+    assert "being reviewed" not in second.header.value
+    first.approve_button.click()
+    assert isinstance(first.error, ReviewError) and "being reviewed by ana" in str(first.error)
+    second.approve_button.click()
+    assert second.error is None and store.result(ids[1]).state == "approved"

@@ -131,6 +131,12 @@ class ReviewCard:
             f"<b>{html.escape(item.label)}</b> · result #{item.id} · run {html.escape(item.run_id or '?')}"
             + (f" · score <b>{item.score:.2f}</b>" if item.score is not None else "")
             + (f" · {html.escape(item.model)}" if item.model else "")
+            + (f" · assigned to {html.escape(item.assigned_to)}" if item.assigned_to else "")
+            + (
+                f" · <b>being reviewed by {html.escape(item.claimed_by)}</b>"
+                if item.claimed_by and item.claimed_by != owner.store.user
+                else ""
+            )
         )
         params = _params_text(item.params, 200)
         self.header = w.HTML(
