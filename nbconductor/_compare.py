@@ -31,7 +31,13 @@ from ._loop import run_sync
 from ._template import TEMPLATE_GLOBALS
 from ._types import Step, StepResult
 from ._variants import BASE
-from .store._experiments import experiment_cells, record_cell, save_experiment
+from .store._experiments import (
+    experiment_cells,
+    experiment_pairs,
+    record_cell,
+    record_pair,
+    save_experiment,
+)
 
 DEFAULT_WORKERS = 8
 #: per-variant figures, and whether a higher value is better (for marking the best)
@@ -62,6 +68,7 @@ class Plan:
     rows: list[dict[str, Any]]
     repeats: int
     workers: int
+    pairwise: str | None = None
     experiment_id: str = ""
 
 
@@ -76,6 +83,7 @@ class Comparison:
     repeats: int
     cells: list[dict[str, Any]] = field(default_factory=list)
     resumed: int = 0  # cells found finished in the store, not run again
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # pairwise judgements
 
     def figures(self) -> dict[str, dict[str, Any]]:
         """Per variant: rows, yields, mean score and its interval, failures, tokens, cost per row,
@@ -120,6 +128,11 @@ class Comparison:
                 "winner": winner,
                 "sentence": sentence,
             }
+            pairs = [p for p in self.pairs if p["variant"] == v and p["vs"] == base]
+            if pairs:
+                from .gates._pairwise import pairwise_figures
+
+                out[v]["pairwise"] = pairwise_figures(v, base, pairs)
         return out
 
     def winners(self) -> dict[int, list[str]]:
@@ -202,12 +215,16 @@ def plan_compare(
     variants: list[str] | None = None,
     repeats: int = 1,
     workers: int | None = None,
+    pairwise: str | None = None,
     data: str = "the data",
 ) -> Plan:
     """Check a compare before anything runs; raises `OptionError` with one line naming the fix."""
     if step not in pipeline.steps:
         pipeline.variant_step(step)  # raises, naming the steps there are
     names = list(variants) if variants else pipeline.variant_names(step)
+    if BASE in names:  # what every other variant is measured against comes first
+        names.remove(BASE)
+        names.insert(0, BASE)
     if len(set(names)) != len(names):
         raise OptionError(f"compare {step}: --variants names a variant twice")
     declared = {name: pipeline.variant_step(step, name) for name in names}
@@ -220,10 +237,13 @@ def plan_compare(
         raise OptionError(f"compare {step}: --repeats must be 1 or more, got {repeats}")
     if workers is not None and workers < 1:
         raise OptionError(f"compare {step}: --workers must be 1 or more, got {workers}")
-    if not any(s.rubric is not None or s.checks for s in declared.values()):
+    if pairwise is not None:
+        pipeline.pool.resolve(pairwise)  # an unknown alias or provider: one line, now
+    elif not any(s.rubric is not None or s.checks for s in declared.values()):
         raise OptionError(
             f"compare {step}: the step has no %%rubric and no --check, so there is nothing to "
-            f"measure quality with: add `%%rubric {step}` (or --check on the step or a variant)"
+            f"measure quality with: add `%%rubric {step}` (or --check on the step or a variant), "
+            "or compare with --pairwise JUDGE"
         )
     if not rows:
         raise OptionError(f"compare {step}: {data} has no rows")
@@ -248,6 +268,7 @@ def plan_compare(
         rows,
         repeats,
         workers or DEFAULT_WORKERS,
+        pairwise,
     )
     plan.experiment_id = _experiment_id(pipeline, plan)
     return plan
@@ -308,6 +329,7 @@ async def acompare(
     repeats: int = 1,
     workers: int | None = None,
     progress: Progress | None = None,
+    pairwise: str | None = None,
     data: str = "the data",
 ) -> Comparison:
     """Compare ``step``'s variants over ``rows``; returns a `Comparison` (also in the store).
@@ -317,7 +339,14 @@ async def acompare(
     pipeline's parameters.
     """
     plan = plan_compare(
-        pipeline, step, rows, variants=variants, repeats=repeats, workers=workers, data=data
+        pipeline,
+        step,
+        rows,
+        variants=variants,
+        repeats=repeats,
+        workers=workers,
+        pairwise=pairwise,
+        data=data,
     )
     store = pipeline.store
     save_experiment(
@@ -327,6 +356,10 @@ async def acompare(
     done = {(c["row_index"], c["variant"], c["repeat_index"]) for c in found}
     result = Comparison(step, plan.experiment_id, plan.variants, len(rows), repeats, list(found))
     result.resumed = len(found)
+    result.pairs = [
+        p for p in experiment_pairs(store, plan.experiment_id) if p["judge"] == pairwise
+    ]
+    judged = {(p["row_index"], p["variant"]) for p in result.pairs}
     total = len(rows) * len(plan.variants) * repeats
     finished = [len(found)]
     if progress:
@@ -336,6 +369,8 @@ async def acompare(
     async def run_row(i: int, row: dict[str, Any]) -> None:
         todo = [(v, r) for v in plan.variants for r in range(repeats) if (i, v, r) not in done]
         if not todo:
+            if pairwise and any((i, v) not in judged for v in plan.variants[1:]):
+                await judge_row(i, row)
             return
         async with gate:
             namespace = {**pipeline.namespace, **row}
@@ -346,7 +381,40 @@ async def acompare(
                     RunOptions(notebook=pipeline.notebook),
                 )
             cells = await asyncio.gather(*(run_cell(i, row, namespace, v, r) for v, r in todo))
-        result.cells.extend(cells)
+            result.cells.extend(cells)
+            if pairwise:
+                await judge_row(i, row)
+
+    async def judge_row(i: int, row: dict[str, Any]) -> None:
+        from .gates._pairwise import judge_pair
+
+        outputs = {
+            c["variant"]: c["output"]
+            for c in result.cells
+            if c["row_index"] == i and c["repeat_index"] == 0
+        }
+        base = plan.variants[0]
+        task = "; ".join(f"{k}: {v}" for k, v in row.items())
+        todo = [v for v in plan.variants[1:] if (i, v) not in judged and v in outputs]
+        verdicts = await asyncio.gather(
+            *(
+                judge_pair(pipeline.pool, pairwise, task, outputs[v] or "", outputs.get(base) or "")
+                for v in todo
+            )
+        )
+        for v, verdict in zip(todo, verdicts, strict=True):
+            winner = {"first": v, "second": base, "tie": "tie"}[verdict["winner"]]
+            pair = {
+                "row_index": i,
+                "variant": v,
+                "vs": base,
+                "judge": pairwise,
+                "winner": winner,
+                "flipped": verdict["flipped"],
+                "reasons": verdict["reasons"],
+            }
+            record_pair(store, plan.experiment_id, pair)
+            result.pairs.append(pair)
 
     async def run_cell(i, row, namespace, variant: str, repeat: int) -> dict[str, Any]:
         session = _session(pipeline, plan.graphs[variant], namespace)

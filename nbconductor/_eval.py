@@ -98,7 +98,7 @@ def regressions(
                 out.append(
                     f"step `{name}`: {label} dropped {_shown(before, figure)} → "
                     f"{_shown(after, figure)} (by {before - after:.2f}, more than {max_drop:g}; "
-                    f"worse on {losses} of {len(pairs)} rows, p = {_stats._p(p)}, sign test)"
+                    f"worse on {losses} of {len(pairs)} rows, {_stats.p_text(p)}, sign test)"
                 )
     return out
 

@@ -77,13 +77,14 @@ def verdict_sentence(
         return (f"{name} vs {base}: too few rows to tell ({n} paired; need {MIN_ROWS})", None)
     if p < ALPHA and wins != losses:
         winner, loser, w = (name, base, wins) if wins > losses else (base, name, losses)
-        return (f"{winner} beats {loser} on {w} of {n} {unit}, p = {_p(p)}, sign test", winner)
+        return (f"{winner} beats {loser} on {w} of {n} {unit}, {p_text(p)}, sign test", winner)
     return (
         f"{name} vs {base}: no significant difference ({wins} wins, {losses} losses, {ties} ties, "
-        f"p = {_p(p)}, sign test)",
+        f"{p_text(p)}, sign test)",
         None,
     )
 
 
-def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+def p_text(p: float) -> str:
+    """``p = 0.04``, ``p = 0.008``, ``p < 0.001``."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"

@@ -97,6 +97,7 @@ def _compare(args: argparse.Namespace) -> int:
         as_json=args.json,
         out=args.out,
         store=args.store,
+        pairwise=args.pairwise,
     )
 
 
@@ -225,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--variants", help="comma-separated variants (default: all, base first)")
     compare.add_argument("--repeats", type=int, default=1, help="runs per row and variant")
     compare.add_argument("--workers", type=int, default=None, help="rows in flight (default 8)")
+    compare.add_argument(
+        "--pairwise", metavar="SPEC", help="a judge model picks the better of two outputs"
+    )
     compare.add_argument("--json", action="store_true", help="print the figures as JSON")
     compare.add_argument("--out", help="a folder for the HTML report (compare-STEP.html)")
     compare.add_argument("--store", help="run store (default: beside the notebook)")

@@ -49,6 +49,12 @@ def judge_score(output: str) -> float:
 
 def reply(body, delay: float = 0.0):
     text = json.dumps(body["messages"])
+    if "<output_a>" in text:  # the pairwise judge: picks CONCISE; for WARM, always A (bias)
+        content = body["messages"][0]["content"]
+        a = content.split("<output_a>")[1].split("</output_a>")[0]
+        b = content.split("<output_b>")[1].split("</output_b>")[0]
+        better = "A" if "WARM" in a + b else "A" if "CONCISE" in a else "B"
+        return JSONText({"better": better, "reason": "clearer"}, input_tokens=50, output_tokens=5)
     if "<rubric>" in text:
         output = text.split("<output>")[1].split("</output>")[0]
         verdict = {"score": judge_score(output), "feedback": "ok", "suggested_edit": ""}
@@ -128,6 +134,35 @@ def test_upstream_runs_once_per_row_and_the_figures_are_exact(api, pipeline):
     assert len(api.requests) == before and again.resumed == 60
     assert again.to_json()["variants"] == c.to_json()["variants"]
     assert len(experiment_cells(pipeline.store, c.experiment_id)) == 60
+
+
+def test_pairwise_judge_in_both_orders_position_bias_is_a_tie(api, pipeline):
+    c = pipeline.compare("draft", ROWS, pairwise=JUDGE)
+    assert len(sent(api, "Which output serves the brief better?")) == 20 * 2 * 2
+    v = c.verdicts()
+    pw = v["concise"]["pairwise"]
+    assert (pw["wins"], pw["losses"], pw["ties"], pw["flips"], pw["win_rate"]) == (20, 0, 0, 0, 1.0)
+    assert (
+        pw["sentence"]
+        == "pairwise judge: concise beats base on 20 of 20 briefs, p < 0.001, sign test"
+    )
+    warm = v["warm"]["pairwise"]  # always "A": the preference flips with the order
+    assert (warm["wins"], warm["losses"], warm["ties"], warm["flips"]) == (0, 0, 20, 20)
+    assert warm["win_rate"] == 0.5 and warm["winner"] is None
+    assert "win rate 100%, order flips 0" in c.text()
+    before = len(api.requests)
+    again = pipeline.compare("draft", ROWS, pairwise=JUDGE)  # resumed: judged pairs too
+    assert len(api.requests) == before and again.verdicts() == v
+
+
+def test_pairwise_alone_is_something_to_measure(api, tmp_path, fast_config):
+    p = Pipeline(store=tmp_path / "s.sqlite", config=fast_config, root=tmp_path)
+    p.step("draft", "Draft on {{ topic }}", model=WRITER)
+    p.variant("draft", "concise", "CONCISE draft on {{ topic }}")
+    c = p.compare("draft", ROWS[:6], pairwise=JUDGE)
+    assert c.verdicts()["concise"]["pairwise"]["wins"] == 6
+    with pytest.raises(OptionError, match="unknown"):
+        p.compare("draft", ROWS[:6], pairwise="nosuchprovider:model")
 
 
 def test_repeats_ask_again_and_workers_bound_rows(api, pipeline):

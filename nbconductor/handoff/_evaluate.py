@@ -57,6 +57,7 @@ def cli_compare(
     as_json: bool = False,
     out: str | None = None,
     store: str | None = None,
+    pairwise: str | None = None,
 ) -> int:
     """Run the compare and print it; returns the exit status (0)."""
     from .._compare import compare, plan_compare
@@ -69,6 +70,7 @@ def cli_compare(
             "variants": names,
             "repeats": repeats,
             "workers": workers,
+            "pairwise": pairwise,
             "data": Path(data).name,
         }
         plan_compare(pipeline, step, rows, **kwargs)  # every check, before a report folder exists

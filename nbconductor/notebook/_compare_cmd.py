@@ -37,6 +37,7 @@ def cmd_compare(m, words):
         (["--variants"], {}),
         (["--repeats"], {"type": int, "default": 1}),
         (["--workers"], {"type": int}),
+        (["--pairwise"], {}),
     )
     if not a.step or not a.data:
         raise UsageError(
@@ -62,6 +63,7 @@ def cmd_compare(m, words):
         repeats=a.repeats,
         workers=a.workers,
         progress=progress,
+        pairwise=a.pairwise,
         data=a.data,
     )
     m.shell.user_ns["_compare"] = result

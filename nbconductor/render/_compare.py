@@ -81,7 +81,13 @@ def compare_text(comparison) -> str:
         text_table(HEADER, _rows(data, lambda c: c + "*")),
         "",
     ]
-    lines += [v["sentence"] for v in data["verdicts"].values()]
+    for v in data["verdicts"].values():
+        lines.append(v["sentence"])
+        if "pairwise" in v:
+            pw = v["pairwise"]
+            lines.append(
+                f"  {pw['sentence']}; win rate {pw['win_rate']:.0%}, order flips {pw['flips']}"
+            )
     resumed = getattr(comparison, "resumed", 0)
     if resumed:
         lines.append(f"({resumed} cells were already in the store and were not run again)")
@@ -106,7 +112,16 @@ def compare_html(comparison, grid_rows: int = 50) -> str:
         "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
         for row in [[e(r[0])] + [e(c) for c in r[1:]] for r in _rows(data, lambda c: "\x00" + c)]
     ).replace("<td>\x00", '<td class="best">')
-    verdicts = "".join(f"<li>{e(v['sentence'])}</li>" for v in data["verdicts"].values())
+    verdicts = "".join(
+        f"<li>{e(v['sentence'])}</li>"
+        + (
+            f"<li>{e(v['pairwise']['sentence'])}; win rate {v['pairwise']['win_rate']:.0%}, "
+            f"order flips {v['pairwise']['flips']}</li>"
+            if "pairwise" in v
+            else ""
+        )
+        for v in data["verdicts"].values()
+    )
     parts = [
         _CSS,
         '<div class="nbc-compare">',

@@ -15,7 +15,12 @@ from typing import Any
 
 from .._redact import redact
 
-EXPERIMENT_TABLES = ("experiments", "experiment_cells", "audits")  # audits: `_audit`
+EXPERIMENT_TABLES = (
+    "experiments",
+    "experiment_cells",
+    "experiment_pairs",
+    "audits",
+)  # audits: `_audit`
 EXPERIMENT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
     id TEXT PRIMARY KEY, step TEXT, created REAL, updated REAL, notebook TEXT,
@@ -27,6 +32,11 @@ CREATE TABLE IF NOT EXISTS experiment_cells (
     failed INTEGER, score REAL, tokens INTEGER, cost REAL, latency REAL, gates TEXT,
     output TEXT, params TEXT, at REAL,
     PRIMARY KEY (experiment_id, row_index, variant, repeat_index)
+);
+CREATE TABLE IF NOT EXISTS experiment_pairs (
+    experiment_id TEXT, row_index INTEGER, variant TEXT, vs TEXT, judge TEXT, winner TEXT,
+    flipped INTEGER, reasons TEXT, at REAL,
+    PRIMARY KEY (experiment_id, row_index, variant, vs, judge)
 );
 CREATE TABLE IF NOT EXISTS audits (
     result_id INTEGER PRIMARY KEY, step TEXT, rate REAL, at REAL, status TEXT
@@ -146,6 +156,47 @@ def experiments(store, limit: int = 50) -> list[dict[str, Any]]:
             "repeats": r["repeats"],
             "status": r["status"],
             "summary": json.loads(r["summary"]) if r["summary"] else None,
+        }
+        for r in rows
+    ]
+
+
+def record_pair(store, experiment_id: str, pair: dict[str, Any]) -> None:
+    """Record one pairwise judgement (``row_index``, ``variant``, ``vs``, ``judge``, ``winner``:
+    the variant's name, ``vs``'s or ``tie``, ``flipped``, ``reasons``); once."""
+    store.execute(
+        "INSERT INTO experiment_pairs (experiment_id, row_index, variant, vs, judge, winner, "
+        "flipped, reasons, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (experiment_id, "
+        "row_index, variant, vs, judge) DO NOTHING",
+        (
+            experiment_id,
+            pair["row_index"],
+            pair["variant"],
+            pair["vs"],
+            pair["judge"],
+            pair["winner"],
+            int(bool(pair["flipped"])),
+            redact(json.dumps(pair.get("reasons") or [])),
+            time.time(),
+        ),
+    )
+
+
+def experiment_pairs(store, experiment_id: str) -> list[dict[str, Any]]:
+    """The experiment's pairwise judgements."""
+    try:
+        rows = store.query(
+            "SELECT row_index, variant, vs, judge, winner, flipped, reasons FROM experiment_pairs "
+            "WHERE experiment_id=? ORDER BY row_index, variant",
+            (experiment_id,),
+        )
+    except Exception:  # noqa: BLE001 - an older, read-only store without the table
+        return []
+    return [
+        {
+            **{k: r[k] for k in ("row_index", "variant", "vs", "judge", "winner")},
+            "flipped": bool(r["flipped"]),
+            "reasons": json.loads(r["reasons"] or "[]"),
         }
         for r in rows
     ]
