@@ -89,9 +89,13 @@ class RunResult:
         return self.names("flagged")
 
     def raise_for_status(self) -> None:
-        """Raise `StepFailed` for the first failed step."""
-        for name in self.failed:
-            raise StepFailed(name, self.results[name].error or "failed")
+        """Raise `StepFailed` for the first failed step, saying how many more failed."""
+        failed = self.failed
+        if failed:
+            first = self.results[failed[0]]
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            message = (first.error or "failed").removeprefix(f"step `{failed[0]}` failed: ")
+            raise StepFailed(failed[0], message + more)
 
     def summary(self) -> str:
         from ._summary import summary_table
@@ -130,7 +134,7 @@ class Session:
     def remember(self, result: StepResult, step: Step, item: int | None = None) -> None:
         """Record a fresh result in the store and the in-process cache."""
         result.result_id = self.store.record(self.run_id, result, self.notebook, None, item)
-        _trace.stored(self.store, result.result_id)
+        _trace.stored(self.store, result)
         if step.audit and item is None and result.state == "passed":
             from .store._audit import add_audit, sampled
 

@@ -171,12 +171,16 @@ def run_ended(handle: RunTrace | None, run: Any) -> None:
         return
     _parent.reset(handle.token)
     span = handle.span
-    usage = run.usage
-    span.set_attribute("nbconductor.status", run.status)
-    _set(span, "nbconductor.cost", run.cost)
+    fresh = [r.usage for r in run.results.values() if not r.cached]
     # Not gen_ai.usage.*: viewers sum those over spans, and the model calls already carry them.
-    _set(span, "nbconductor.usage.input_tokens", usage.input_tokens)
-    _set(span, "nbconductor.usage.output_tokens", usage.output_tokens)
+    attrs = {
+        "nbconductor.status": run.status,
+        "nbconductor.usage.input_tokens": sum(u.input_tokens or 0 for u in fresh),
+        "nbconductor.usage.output_tokens": sum(u.output_tokens or 0 for u in fresh),
+    }
+    if run.cost is not None:
+        attrs["nbconductor.cost"] = run.cost
+    span.set_attributes(attrs)
     if run.status in ("failed", "interrupted"):
         handle.tracing.error(span, f"run {run.status}")
     span.end()
@@ -210,12 +214,18 @@ async def _traced_step(step: Any, coro: Awaitable[Any]) -> Any:
         _parent.reset(token)
         _step.reset(state)
         _done.set(span)  # this task's step, finished: its result is stored next (`stored`)
-    span.set_attribute("nbconductor.state", res.state)
-    span.set_attribute("nbconductor.attempts", len(res.attempts))
-    span.set_attribute("nbconductor.cache_hit", bool(res.cached))
-    _set(span, "nbconductor.cost", None if res.cached else res.cost)
-    _set(span, "nbconductor.items", res.items)
-    _set(span, "nbconductor.model", res.model)
+    attrs = {
+        "nbconductor.state": res.state,
+        "nbconductor.attempts": len(res.attempts),
+        "nbconductor.cache_hit": bool(res.cached),
+    }
+    if res.cost is not None and not res.cached:
+        attrs["nbconductor.cost"] = res.cost
+    if res.items is not None:
+        attrs["nbconductor.items"] = res.items
+    if res.model:
+        attrs["nbconductor.model"] = res.model
+    span.set_attributes(attrs)
     if res.state == "failed":
         tracing.error(span, _redact(res.error or "failed"))
     span.end()
@@ -480,14 +490,16 @@ def carried_env() -> dict[str, str]:
     }
 
 
-def stored(store: Any, result_id: int | None) -> None:
-    """Keep the step span's context with its stored result, for a later review decision."""
+def stored(store: Any, result: Any) -> None:
+    """Keep the step span's context with a flagged result, for its later review decision."""
+    if result.state != "flagged" or result.result_id is None:
+        return
     state = _step.get()
     span = state.span if state is not None else _done.get()
     setter = getattr(store, "set_trace", None)
-    if span is None or result_id is None or setter is None or not _tracing:
+    if span is None or setter is None or not _tracing:
         return
-    setter(result_id, _tracing.traceparent(span))
+    setter(result.result_id, _tracing.traceparent(span))
 
 
 def decision(
