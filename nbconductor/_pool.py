@@ -41,6 +41,7 @@ class ProviderPool:
         if inst is None:
             cls = registry.get(ref.provider)
             inst = cls(ref, timeout=self.config.timeout, read_timeout=self.config.read_timeout)
+            inst.concurrency = self.config.limit_for(ref)  # what a cut stream's error may suggest
             if self.batch is not None and getattr(cls, "supports_batch", False):
                 inst.batch = self.batch
             self._instances[ref] = inst

@@ -148,7 +148,7 @@ class OpenAIProvider(Provider):
             try:
                 return await self._guard(self._complete(request, mode), model)
             except TransportError as exc:
-                raise _cut_hint(exc, self.ref) from None
+                raise _cut_hint(exc, self.ref, getattr(self, "concurrency", 1)) from None
             except ProviderError as exc:
                 # A server that refuses this response_format: the next mode, at once (this is
                 # the server's capability, not a failed attempt), unless the alias forced it.
@@ -459,9 +459,10 @@ def _usage(u: Any) -> Usage:
 _CUT = ("stream ended before", "incomplete chunked read", "peer closed", "stream broke off")
 
 
-def _cut_hint(exc: TransportError, ref: Any) -> TransportError:
-    """``exc``, saying what to lower when a server at a base URL cut a stream."""
-    if not ref.base_url or not any(s in str(exc) for s in _CUT):
+def _cut_hint(exc: TransportError, ref: Any, concurrency: int) -> TransportError:
+    """``exc``, saying what to lower when a server at a base URL cut a stream while several
+    calls were allowed at once."""
+    if not ref.base_url or concurrency <= 1 or not any(s in str(exc) for s in _CUT):
         return exc
     return TransportError(
         f"{exc} — a server that serves one request at a time cuts a stream when another "
