@@ -126,6 +126,11 @@ def test_stream_without_usage_is_estimated_and_marked(llama, fast_config, tmp_pa
     from nbconductor.notebook._display import footer
 
     assert "~" in footer(res) and "(estimated)" in footer(res)
+    from nbconductor.store._report import report, report_text
+
+    rep = report(tmp_path / "store.sqlite")
+    assert rep["steps"]["a"]["tokens_estimated"] == 1
+    assert f"~{rep['steps']['a']['tokens']:,}" in report_text(rep)
 
 
 def test_map_items_share_one_slot_so_llama_cpp_python_cuts_no_stream(llama, fast_config, tmp_path):
