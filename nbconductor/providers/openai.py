@@ -144,6 +144,8 @@ class OpenAIProvider(Provider):
         model = request.model or self.ref.model
         structured = request.json or request.schema is not None
         mode = mode_for(self.server, self.ref.structured)
+        if request.schema is None and mode == "json_schema":
+            mode = "json_object"  # what --json asks for; no schema to probe with
         while True:
             try:
                 return await self._guard(self._complete(request, mode), model)
