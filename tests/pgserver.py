@@ -68,6 +68,10 @@ class PostgresServer:
             "-E",
             "UTF8",
         )
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Start (again) the server on its data folder and port."""
         self._run(
             _binary("pg_ctl"),
             "-D",
@@ -94,6 +98,10 @@ class PostgresServer:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (`resume` starts it again)."""
+        self._run(_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         try:

@@ -146,3 +146,42 @@ def test_a_dask_batch_lands_in_postgres(cluster, pg_server, tmp_path, monkeypatc
     out, _ = capsys.readouterr()
     assert "5 rows: 0 passed, 4 flagged, 1 failed" in out
     assert _check_batch_store(url, tmp_path, 5) == 5
+
+
+def test_a_server_gone_mid_run_fails_in_one_line_and_the_run_resumes_when_back(tmp_path):
+    from pgserver import PostgresServer
+
+    server = PostgresServer().start()  # its own server: this test stops and restarts it
+    try:
+        url = server.database()
+        calls = []
+
+        def pipeline():
+            p = Pipeline(store=url, root=tmp_path)
+            p.step("a", "First {{ topic }}", model="offline:w")
+
+            @p.function("b")
+            def b(a):
+                calls.append("b")
+                if len(calls) == 1:
+                    server.pause()  # the database goes away while the run is under way
+                return a.upper()
+
+            p.step("c", "Then {{ b }}", model="offline:w")
+            return p
+
+        p = pipeline()
+        with pytest.raises(StoreError) as err:
+            p.run({"topic": "x"})
+        message = str(err.value)
+        assert "127.0.0.1" in message and "cannot be reached" in message
+        assert PASSWORD not in message and "\n" not in message
+        server.resume()
+        again = pipeline()
+        run = again.run({"topic": "x"})  # the same process, its pool reconnects
+        assert run.status == "passed" and run.results["a"].cached  # `a` was recorded before
+        assert not run.results["b"].cached and run.results["c"].state == "passed"
+        again.close()
+        p.close()
+    finally:
+        server.stop()

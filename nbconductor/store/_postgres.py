@@ -28,6 +28,7 @@ _POOLS: dict[tuple[int, str], list] = {}  # (pid, url) -> [pool, users]
 _POOLS_LOCK = threading.Lock()
 _LOCK_KEY = 7_351_082  # pg_advisory_xact_lock key: schema creation and migration
 _SQL: dict[str, str] = {}
+_WAIT = float(os.environ.get("NBCONDUCTOR_PG_WAIT", "10"))  # seconds to wait for a connection
 
 
 def pg_schema() -> str:
@@ -93,11 +94,12 @@ class PostgresStore(SQLiteStore):
             yield conn
             return
         import psycopg
+        from psycopg_pool import PoolTimeout
 
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=_WAIT) as conn:
                 yield conn
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, PoolTimeout) as exc:
             raise _unreachable(self.path, exc) from None
 
     def execute(self, sql: str, args: tuple = ()) -> _Cursor:
