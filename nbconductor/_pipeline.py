@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ._config import Config, load_config
-from ._errors import OptionError
+from ._errors import DefinitionError, OptionError
 from ._executor import RunOptions, RunResult, Session, execute
 from ._graph import Graph
 from ._loop import run_sync
@@ -52,6 +53,7 @@ class Pipeline:
         self.memory: dict[str, StepResult] = {}
         self.results: dict[str, StepResult] = {}
         self.last_run: RunResult | None = None
+        self._graph: Graph | None = None
 
     # declaring -----------------------------------------------------------------------------
     @property
@@ -66,8 +68,11 @@ class Pipeline:
         return self._store
 
     def add(self, step: Step) -> Step:
-        """Register (or replace) a step after checking its options; returns it."""
+        """Register (or replace) a step after checking its options and the graph it makes;
+        returns it. Raises `DefinitionError` (a cycle, an unknown ``--after``) and leaves the
+        pipeline as it was."""
         _validate(step)
+        previous = self.steps.get(step.name)
         if step.name in self.steps and self.steps[step.name].rubric and step.rubric is None:
             rubric = self.steps[step.name].rubric
             # Re-declaring the step keeps its rubric and the ladder options the rubric set.
@@ -80,7 +85,58 @@ class Pipeline:
                 },
             )
         self.steps[step.name] = step
+        try:
+            self.graph  # noqa: B018 - a cycle is reported now, not at run time
+        except DefinitionError:
+            if previous is None:
+                del self.steps[step.name]
+            else:
+                self.steps[step.name] = previous
+            raise
         return step
+
+    def reset(self) -> None:
+        """Forget every declared step, variant and context block, and this session's results
+        (the store and its cache keep everything)."""
+        self.steps.clear()
+        self.variants.clear()
+        self.contexts.clear()
+        self.results.clear()
+        self.last_run = None
+
+    def accept(
+        self,
+        step: str,
+        output: Any,
+        edited: bool = False,
+        *,
+        item: int | None = None,
+        cache_key: str | None = None,
+        result_id: int | None = None,
+    ) -> Any:
+        """Put a reviewer's decision in place: ``output`` (``item`` of a ``--map`` step) becomes
+        the step's output, here and for the cache entry ``cache_key`` (the store's result
+        ``result_id`` when the session does not hold it), so downstream steps read it on their
+        next run. Returns the step's new output. Raises `OptionError` for an unknown step."""
+        if step not in self.steps:
+            raise OptionError(_unknown(f"no step named `{step}`", step, self.steps))
+        if cache_key:
+            hit = self.memory.get(cache_key)
+            if hit is None and result_id is not None:
+                hit = self.store.result(result_id)
+            if hit is not None:
+                self.memory[cache_key] = dataclasses.replace(
+                    hit, output=output, state="edited" if edited else "approved"
+                )
+        current = self.results.get(step)
+        if current is None:
+            return output
+        if item is None:
+            current.output = output
+        else:
+            current.output = [*current.output]
+            current.output[item] = output
+        return current.output
 
     def step(
         self,
@@ -247,9 +303,21 @@ class Pipeline:
 
     @property
     def graph(self) -> Graph:
-        """The current step graph (raises `DefinitionError` for a cycle or unknown --after)."""
+        """The current step graph (raises `DefinitionError` for a cycle or unknown --after).
+
+        Built once and kept until a step is added, replaced or removed: building parses every
+        step's template, which a cell would otherwise pay for several times.
+        """
+        cached = self._graph
+        if (
+            cached is not None
+            and len(cached.steps) == len(self.steps)
+            and all(cached.steps.get(name) is s for name, s in self.steps.items())
+        ):
+            return cached
         graph = Graph(self.steps)
         graph.check()
+        self._graph = graph  # it holds the steps it was built from, so `is` above is sound
         return graph
 
     # running -------------------------------------------------------------------------------

@@ -240,7 +240,7 @@ def test_live_graph_follows_a_run(ip):
             seen.append((event, name, states(live.widget)[name], live.widget.run["status"]))
 
     with capture_output():
-        magics._run(None, live=observer)
+        magics.run(None, live=observer)
     assert seen[:2] == [
         ("start", "research", "running", "running"),
         ("attempt", "research", "running", "running"),

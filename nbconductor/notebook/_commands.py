@@ -70,7 +70,7 @@ def cmd_run(m, words):
         return _dry_run(m, a.steps or None)
     live = _live_graph(m, a.steps or None)
     try:
-        run = m._run(
+        run = m.run(
             a.steps or None, force=a.force, live=live.observe if live else None, raise_failed=False
         )
     finally:
@@ -78,7 +78,7 @@ def cmd_run(m, words):
             live.finish(m.pipeline)
     display(Markdown(run.summary()))
     show_images(run)  # a thumbnail per image step
-    m._raise_failed(run)  # after the summary, so a failed job still shows what ran
+    run.raise_for_status()  # after the summary, so a failed job still shows what ran
     return None
 
 
@@ -324,7 +324,7 @@ def cmd_form(m, words):
         live = None
         try:
             live = _live_graph(m, None)
-            run = m._run(None, live=live.observe if live else None)
+            run = m.run(None, live=live.observe if live else None)
         except ConductorError as exc:  # a bad name, a failed step: one line, not a traceback
             raise UsageError(str(exc)) from None
         finally:
@@ -400,8 +400,6 @@ def cmd_template_function(m, words):
 
 def cmd_reset(m, words):
     """Forget declared steps, contexts and results in this kernel (the store keeps everything)."""
-    m.pipeline.steps.clear()
-    m.pipeline.contexts.clear()
-    m.pipeline.results.clear()
+    m.pipeline.reset()
     m.cells.clear()
     print("pipeline reset")

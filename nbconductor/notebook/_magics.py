@@ -16,7 +16,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import Markdown, display
 
 from .._config import keys_available
-from .._errors import ConductorError, DefinitionError, StepFailed
+from .._errors import ConductorError, DefinitionError
 from .._options import (
     CONTEXT_OPTIONS,
     RUBRIC_OPTIONS,
@@ -101,19 +101,10 @@ class ConductorMagics(Magics):
         with usage_errors():
             step = step_from_args(args, cell)
             check_step_name(step.name, self.shell.user_ns, self.pipeline.steps)
-            previous = self.pipeline.steps.get(step.name)
-            step = self.pipeline.add(step)
-            try:
-                self.pipeline.graph  # noqa: B018 - a cycle is reported now, not at run time
-            except DefinitionError:
-                if previous is None:
-                    del self.pipeline.steps[step.name]
-                else:
-                    self.pipeline.steps[step.name] = previous
-                raise
+            step = self.pipeline.add(step)  # checks the graph; a cycle leaves it as it was
         self.cells[step.name] = f"%%step {line}\n{cell}"
         if not step.lazy:
-            self._run([step.name], show=[step.name])
+            self.run([step.name], show=[step.name])
 
     # %%variant ---------------------------------------------------------------------------------
     @_variant_options
@@ -213,7 +204,7 @@ class ConductorMagics(Magics):
             return getattr(_commands, f"cmd_{sub.replace('-', '_')}")(self, rest)
 
     # running -----------------------------------------------------------------------------------
-    def _run(
+    def run(
         self,
         targets: list[str] | None,
         *,
@@ -222,7 +213,10 @@ class ConductorMagics(Magics):
         live=None,
         raise_failed: bool = True,
     ):
-        """Run ``targets``; bind outputs; show ``show`` steps' outputs; raise if one failed."""
+        """Run ``targets`` (None: every step) with a live progress line; bind the outputs to
+        notebook variables; show the ``show`` steps' outputs; returns the `RunResult`. With
+        ``raise_failed``, raises `StepFailed` for a failed step (so papermill marks the cell).
+        ``live`` also receives every event (the live graph)."""
         from ._display import LiveText, show_result
 
         self._say_offline(targets)
@@ -247,7 +241,7 @@ class ConductorMagics(Magics):
                 self._rubric_added.discard(name)
         self._said_reran(run, show or [])
         if raise_failed:
-            self._raise_failed(run)
+            run.raise_for_status()
         return run
 
     def _said_reran(self, run, shown: list[str]) -> None:
@@ -262,18 +256,6 @@ class ConductorMagics(Magics):
             self._rubric_added.discard(name)
             handle, old = self._shown.get(name, (None, None))
             mark_stale(handle, old, f"`{name}` re-ran in a later cell (a rubric was added)")
-
-    @staticmethod
-    def _raise_failed(run) -> None:
-        """Raise `StepFailed` for the run's first failed step (so papermill marks the cell)."""
-        failed = run.failed
-        if failed:
-            first = run.results[failed[0]]
-            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-            raise StepFailed(
-                failed[0],
-                (first.error or "failed").removeprefix(f"step `{failed[0]}` failed: ") + more,
-            )
 
     def _say_offline(self, targets) -> None:
         if self._said_offline or keys_available():

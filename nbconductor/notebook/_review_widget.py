@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import json
 import os
-from dataclasses import replace
 from typing import Any
 
 from .._format import md_table
@@ -55,22 +54,16 @@ class KernelHooks:
     def apply(self, item: ReviewItem, output: Any, edited: bool) -> str:
         """Put the decided output in place and re-run the steps downstream; returns a message."""
         p = self.pipeline
-        step = p.steps[item.step]
-        value = self._typed(step, output)
-        if item.cache_key:
-            hit = p.memory.get(item.cache_key) or p.store.result(item.id)
-            if hit is not None:
-                # The next run takes this step from the cache: downstream steps see the decided output.
-                p.memory[item.cache_key] = replace(
-                    hit, output=value, state="edited" if edited else "approved"
-                )
-        current = p.results[item.step]
-        if item.item is None:
-            current.output = value
-        else:
-            current.output = [*current.output]
-            current.output[item.item] = value
-        self.magics.shell.user_ns[item.step] = current.output
+        value = self._typed(p.steps[item.step], output)
+        # The next run takes this step from the cache: downstream steps see the decided output.
+        self.magics.shell.user_ns[item.step] = p.accept(
+            item.step,
+            value,
+            edited,
+            item=item.item,
+            cache_key=item.cache_key,
+            result_id=item.id,
+        )
         downstream = self._downstream(item.step)
         if not downstream:
             return "no downstream steps have run"
@@ -95,7 +88,7 @@ class KernelHooks:
                 no_cache=False
             )  # so the decided output is used, not regenerated
         try:
-            self.magics._run(targets, force=force)
+            self.magics.run(targets, force=force)
         finally:
             if saved is not None:
                 p.steps[keep] = saved
