@@ -325,3 +325,17 @@ def test_llama_cpp_python_error_body_is_what_the_fake_sends(llama):
     error = json.loads(info.value.read())["error"]
     assert error["type"] == "internal_server_error"
     assert error["message"].startswith("1 validation error:\n")
+
+
+def test_an_exported_alias_keeps_its_base_url():
+    from nbconductor.handoff._export_cells import alias_cell
+
+    spec = AliasSpec(
+        model="openai-compatible:gemma3", base_url="http://127.0.0.1:8080/v1", concurrency=1
+    )
+    cell = alias_cell({"tiny": spec, "fast": "offline:quick"})
+    assert cell.source.splitlines() == [
+        "%conductor alias tiny openai-compatible:gemma3 --base-url http://127.0.0.1:8080/v1 "
+        "--concurrency 1",
+        "%conductor alias fast offline:quick",
+    ]
