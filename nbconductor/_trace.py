@@ -19,8 +19,7 @@ import contextvars
 import json
 import os
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -448,71 +447,5 @@ def _redact(text: str) -> str:
     return redact(text)
 
 
-# batches and later decisions -----------------------------------------------------------------
-
-
-def batch_started(label: str, rows: int, config: Any = None) -> Callable[[str], None] | None:
-    """Open a ``nbconductor.batch`` span; its rows' runs link to it through the environment.
-
-    Returns the function that closes it (with the batch's status), or None when tracing is off.
-    """
-    if not wanted(config):
-        return None
-    tracing = _setup(config)
-    if tracing is None:
-        return None
-    batch_id = f"{label}-{int(time.time() * 1000):x}"
-    attrs = {"nbconductor.batch.id": batch_id, "nbconductor.batch.rows": rows}
-    span = tracing.start("nbconductor.batch", None, attrs)
-    saved = {k: os.environ.get(k) for k in (LINK_ENV, BATCH_ENV)}
-    os.environ[LINK_ENV], os.environ[BATCH_ENV] = tracing.traceparent(span), batch_id
-
-    def close(status: str) -> None:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        span.set_attribute("nbconductor.status", status)
-        span.end()
-        tracing.flush_soon()
-
-    return close
-
-
-def carried_env() -> dict[str, str]:
-    """The tracing environment a Dask task takes to its worker: ``OTEL_*`` and the batch link,
-    never ``*HEADERS*`` (they carry credentials; a worker keeps its own, like API keys)."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if (k.startswith("OTEL_") and "HEADERS" not in k) or k in (LINK_ENV, BATCH_ENV)
-    }
-
-
-def stored(store: Any, result: Any) -> None:
-    """Keep the step span's context with a flagged result, for its later review decision."""
-    if result.state != "flagged" or result.result_id is None:
-        return
-    state = _step.get()
-    span = state.span if state is not None else _done.get()
-    setter = getattr(store, "set_trace", None)
-    if span is None or setter is None or not _tracing:
-        return
-    setter(result.result_id, _tracing.traceparent(span))
-
-
-def decision(
-    traceparent: str | None, result_id: int, step: str, decision: str, config=None
-) -> None:
-    """A review decision as a ``review.decision`` event on a short trace linked to its step."""
-    if not traceparent or not wanted(config):
-        return
-    tracing = _setup(config)
-    if tracing is None:
-        return
-    attrs = {"nbconductor.result.id": result_id, "nbconductor.step": step}
-    span = tracing.start("nbconductor.review", None, attrs, links=tracing.links(traceparent))
-    span.add_event("review.decision", {"nbconductor.decision": decision, **attrs})
-    span.end()
-    tracing.flush_soon()
+# batches, Dask tasks and later review decisions live in _trace_links (re-exported here)
+from ._trace_links import batch_started, carried_env, decision, stored  # noqa: E402, F401

@@ -49,8 +49,8 @@ def get_json(url: str):
 
 
 class Phoenix:
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, url: str, grpc: str):
+        self.url, self.grpc = url, grpc
 
     def spans(self, project: str, until=lambda spans: bool(spans), timeout: float = 30.0) -> list:
         """The project's spans, polled until ``until(spans)`` (ingestion is asynchronous)."""
@@ -70,13 +70,13 @@ class Phoenix:
 def phoenix(tmp_path_factory):
     assert Path(PHOENIX).exists(), f"{PHOENIX} missing: tests/run.sh installs Phoenix there"
     work = tmp_path_factory.mktemp("phoenix")
-    port = free_port()
+    port, grpc = free_port(), free_port()
     env = {
         **os.environ,
         "PHOENIX_WORKING_DIR": str(work),
         "PHOENIX_HOST": "127.0.0.1",
         "PHOENIX_PORT": str(port),
-        "PHOENIX_GRPC_PORT": str(free_port()),
+        "PHOENIX_GRPC_PORT": str(grpc),
         "PHOENIX_TELEMETRY_ENABLED": "false",
     }
     log = open(work / "phoenix.log", "w")
@@ -94,7 +94,7 @@ def phoenix(tmp_path_factory):
                 assert proc.poll() is None, (work / "phoenix.log").read_text()[-2000:]
                 assert time.time() < deadline, "phoenix serve did not come up in 180 s"
                 time.sleep(0.5)
-        yield Phoenix(url)
+        yield Phoenix(url, f"http://127.0.0.1:{grpc}")
     finally:
         proc.terminate()
         try:
@@ -501,3 +501,24 @@ def test_a_review_decision_is_an_event_linked_to_its_step(memory, tmp_path):
     [event] = review.events
     assert event.name == "review.decision"
     assert event.attributes["nbconductor.decision"] == "approve"
+
+
+@pytest.mark.parametrize("how", ["grpc", "config"])
+def test_grpc_and_the_config_endpoint_reach_phoenix(how, traced, phoenix, tmp_path, monkeypatch):
+    from nbconductor._config import Config, OtelConfig
+
+    config = Config()
+    if how == "grpc":
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", phoenix.grpc)
+    else:  # no endpoint in the environment: [otel] endpoint switches tracing on
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+        config = Config(otel=OtelConfig(endpoint=phoenix.url))
+    p = Pipeline(store=":memory:", config=config, root=tmp_path)
+    p.step("a", "hi", model="offline:m")
+    run = p.run()
+    flush()
+    spans = phoenix.spans(traced, until=lambda s: len(s) >= 3)
+    assert sorted(s["name"] for s in spans) == ["chat m", "nbconductor.run", "step a"]
+    [root] = by_name(spans, "nbconductor.run")
+    assert root["attributes"]["nbconductor.run.id"] == run.run_id
