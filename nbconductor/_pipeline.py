@@ -386,9 +386,6 @@ class Pipeline:
         namespace = {**self.namespace, **(params or {})}
         return plan(self, namespace, list(targets) if targets else None)
 
-    def outputs(self) -> dict[str, Any]:
-        return {name: r.output for name, r in self.results.items()}
-
     def close(self) -> None:
         run_sync(self.pool.aclose())
         if self._store is not None and not isinstance(self._store_arg, Store):

@@ -259,8 +259,8 @@ async def run_tool_loop(
     add_results: Callable[[Turn, list[tuple[ToolCall, str, bool]]], None],
     tools: list[dict],
     max_turns: int,
-) -> tuple[Turn, Usage, int]:
-    """Drive a tool-use conversation; returns (final turn, usage of all turns, model calls).
+) -> tuple[Turn, Usage]:
+    """Drive a tool-use conversation; returns (the final turn, the usage of all turns).
 
     ``send(final)`` makes one model call over the conversation so far (``final``: tools
     disabled, the model must answer); ``add_results(turn, results)`` appends the model's
@@ -273,7 +273,7 @@ async def run_tool_loop(
         turn = await _trace.turn(send(n == turns - 1), n)
         usage = usage + turn.usage
         if not turn.calls:
-            return turn, usage, n + 1
+            return turn, usage
         if n == turns - 1:
             err = OutputError(
                 f"the model still asked for tools after {turns} turns; raise --max-turns "

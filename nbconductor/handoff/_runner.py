@@ -236,13 +236,6 @@ def run_notebook(notebook: str, output: str | None, params, *, engine: str | Non
     ``params`` is a mapping or a list of ``(NAME, VALUE)`` pairs (``-p``); values as papermill
     reads them. Raises `OptionError`/`ParameterError`/`ConfigError` for bad input, before running.
     """
-    from .._errors import MissingDependency, missing_dependency
-
-    try:
-        missing_dependency("papermill", "test", "running notebooks")
-    except MissingDependency as exc:
-        print(f"nbconductor: {exc}", file=sys.stderr)
-        return 2
     from .._config import load_config
     from .._redact import redact
     from ._engine_outputs import redacting_every_write

@@ -14,8 +14,6 @@ class Provider:
     """
 
     name = "base"
-    #: whether `complete` honours Request.json/schema natively
-    structured_output = True
     #: whether calls can go through the provider's batch API (``--provider-batch``)
     supports_batch = False
     #: set by the pool in a ``--provider-batch`` row: calls go to the broker, not the network

@@ -179,9 +179,7 @@ class AnthropicProvider(Provider):
                     }
                 )
 
-            turn, usage, _ = await run_tool_loop(
-                send, add_results, request.tools, request.max_turns
-            )
+            turn, usage = await run_tool_loop(send, add_results, request.tools, request.max_turns)
         else:
             turn = await self._turn(client, {**params, "messages": messages}, request)
             usage = turn.usage

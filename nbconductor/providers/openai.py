@@ -204,9 +204,7 @@ class OpenAIProvider(Provider):
                         }
                     )
 
-            turn, usage, _ = await run_tool_loop(
-                send, add_results, request.tools, request.max_turns
-            )
+            turn, usage = await run_tool_loop(send, add_results, request.tools, request.max_turns)
         else:
             turn = await self._turn(client, {**params, "messages": messages}, request)
             usage = turn.usage
