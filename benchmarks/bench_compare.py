@@ -124,6 +124,12 @@ def main() -> int:
     registry.register("instant", instant_provider())
     walls, overheads, floors, sent = [], [], [], 0
     try:
+        # warm-up, untimed: importing the SDK and opening its client cost seconds, once
+        for model, judge in (("anthropic:claude-haiku-4-5", JUDGE), ("instant:m", "instant:j")):
+            w = build(model, judge, a.concurrency)
+            w.compare("draft", rows[:3], workers=3)
+            w.close()
+        sdk_floor(a.concurrency, a.concurrency)
         for _ in range(a.repeats):
             p = build("anthropic:claude-haiku-4-5", JUDGE, a.concurrency)
             before = len(api.requests)
