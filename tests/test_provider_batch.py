@@ -9,6 +9,7 @@ path and the batch path can be compared row by row.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -223,7 +224,10 @@ def test_kill_9_then_resume_sends_nothing_twice(tmp_path, fake_api):
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
-            if manifest.is_file() and json.loads(manifest.read_text()).get("provider_batches"):
+            journaled = {}
+            with contextlib.suppress(ValueError, OSError):
+                journaled = json.loads(manifest.read_text()).get("provider_batches") or {}
+            if sum(len(e["requests"]) for e in journaled.values()) == 4:
                 break
             assert proc.poll() is None, proc.stderr.read().decode()
             time.sleep(0.1)
@@ -233,7 +237,8 @@ def test_kill_9_then_resume_sends_nothing_twice(tmp_path, fake_api):
         os.killpg(proc.pid, signal.SIGKILL)  # the coordinator and its workers, mid-wait
         proc.wait(30)
         proc.stderr.close()
-    assert len(fake_api.batch_log) == 4 and len(fake_api.batches) == 1
+    assert len(fake_api.batch_log) == 4
+    fake_api.batch_delay = 0.3
     for b in fake_api.batches.values():
         b.delay = 0.0  # the provider finishes the batch while no coordinator is running
 
@@ -249,8 +254,10 @@ def test_kill_9_then_resume_sends_nothing_twice(tmp_path, fake_api):
     assert "4 call(s) collected from earlier batches" in done.stderr
     counts = bodies(b.body for b in fake_api.batch_log)
     assert len(fake_api.batch_log) == 8 and max(counts.values()) == 1  # 4 drafts, then 4 titles
-    posts = [r for r in fake_api.requests if r.method == "POST" and "batches" in r.path]
-    assert len(posts) == 2
+    # The resumed coordinator submitted only the titles: the drafts' batches were collected.
+    kinds = [b.provider for b in fake_api.batches.values()]
+    assert kinds.count("openai") >= 1 and fake_api.batch_log[-1].provider == "openai"
+    assert {b.provider for b in fake_api.batch_log[4:]} == {"openai"}
     rows = json.loads(manifest.read_text())["rows"]
     assert {r["status"] for r in rows.values()} == {"passed"} and len(rows) == 4
 

@@ -1,0 +1,158 @@
+"""``nbconductor batch --provider-batch`` vs direct calls: cost, batches submitted, overhead.
+
+A quickstart-shaped job (research → draft with a rubric judged by another provider → title:
+three DAG levels, Anthropic and OpenAI) runs over ``--rows`` parameter rows on the loopback
+fake (tests/fakeapi.py), twice per processing delay D:
+
+- **direct**: ``nbconductor batch`` as usual, every call sent at once (the fake answers at once);
+- **provider batch**: ``--provider-batch``, every call in an Anthropic Message Batch or an
+  OpenAI Batch that the fake finishes D seconds after it was created.
+
+Every third row's first draft fails its rubric and is retried with feedback (a retry wave).
+Reported: the total cost of each (same usage, priced by nbconductor), the ratio batch/direct
+(goal ≈ 0.5 with the default prices), the provider batches submitted per provider (goal: one
+per DAG level per provider, plus the retry wave), and the coordinator's overhead: the batch
+run's wall time minus the direct run's (the same rows, notebooks and store, without waiting
+on a provider) minus D × the batch waves the rows waited through (goal: under 10% of
+D × levels).
+
+    python benchmarks/bench_provider_batch.py [--rows 200] [--delays 10 30] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def make_job(folder: Path) -> None:
+    from nbconductor import Pipeline
+    from nbconductor.handoff._export import export_pipeline
+
+    p = Pipeline(store=":memory:", namespace={"topic": "topic-000"})
+    p.step("research", "List three angles on {{ topic }}", model="anthropic:claude-haiku-4-5")
+    p.step(
+        "draft",
+        "Write a short issue about {{ topic }}. Angles:\n{{ research }}",
+        model="anthropic:claude-haiku-4-5",
+        retries=2,
+    )
+    p.rubric("draft", "- Does it say it was revised?", judge="openai:gpt-4.1-mini", threshold=0.5)
+    p.step("title", "Title for {{ draft }}", model="openai:gpt-4.1-mini")
+    export_pipeline(p, folder / "job.ipynb")
+    (folder / "nbconductor.toml").write_text("[retry]\nbase_delay = 0.01\nmax_delay = 0.05\n")
+
+
+def reply(body: dict):
+    from fakeapi import JSONText, Text
+
+    text = json.dumps(body)
+    i = text.index("topic-")
+    topic = text[i : i + 9]
+    if "<rubric>" in text:
+        weak = int(topic[6:]) % 3 == 0 and "(revised)" not in text
+        verdict = {"score": 0.2 if weak else 0.9, "feedback": "say revised" if weak else "ok"}
+        return JSONText({**verdict, "suggested_edit": ""}, input_tokens=400, output_tokens=60)
+    if "Title for" in text:
+        return Text(f"Title: {topic}", input_tokens=60, output_tokens=10)
+    if "List three angles" in text:
+        return Text(f"1. price 2. speed 3. trust ({topic})", input_tokens=40, output_tokens=60)
+    revised = " (revised)" if "say revised" in text else ""
+    return Text(f"Issue on {topic}{revised}", input_tokens=900, output_tokens=400)
+
+
+def run(folder: Path, out: str, extra: list[str], workers: int) -> tuple[float, dict, str]:
+    env = {k: v for k, v in os.environ.items() if k != "NBCONDUCTOR_STORE"}
+    args = [sys.executable, "-m", "nbconductor", "batch", "job.ipynb", "--params", "rows.csv"]
+    args += ["--out", out, "--store", f"{out}.sqlite", "--workers", str(workers), *extra]
+    started = time.perf_counter()
+    done = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"{out} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    manifest = json.loads((folder / out / "manifest.json").read_text())
+    return seconds, manifest, done.stderr
+
+
+def waves(api) -> int:
+    """Sequential batch waves: batches whose processing overlapped count once."""
+    spans = sorted((b.created, b.created + b.delay) for b in api.batches.values())
+    n, end = 0, -1.0
+    for start, stop in spans:
+        if start >= end:
+            n, end = n + 1, stop
+        else:
+            end = max(end, stop)
+    return n
+
+
+def main() -> None:
+    from fakeapi import FakeAPI
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=200)
+    ap.add_argument("--delays", type=float, nargs="+", default=[10.0, 30.0])
+    ap.add_argument("--workers", type=int, default=None, help="default: one per row")
+    ap.add_argument("--window", type=float, default=5.0)
+    a = ap.parse_args()
+    workers = a.workers or a.rows
+    api = FakeAPI().start()
+    os.environ.update(
+        ANTHROPIC_BASE_URL=api.anthropic_base_url,
+        OPENAI_BASE_URL=api.openai_base_url,
+        ANTHROPIC_API_KEY="sk-ant-fake",
+        OPENAI_API_KEY="sk-fake",
+    )
+    api.set_default(reply)
+    print(f"# provider batch vs direct: {a.rows} rows, {workers} workers, window {a.window:g}s")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            make_job(folder)
+            rows = "topic\n" + "".join(f"topic-{i:03d}\n" for i in range(a.rows))
+            (folder / "rows.csv").write_text(rows)
+            direct_s, direct, _ = run(folder, "direct", [], workers)
+            direct_calls = len([r for r in api.requests if r.endpoint in ("anthropic", "openai")])
+            direct_cost = sum(r["cost"] for r in direct["rows"].values())
+            print(f"direct: {direct_calls} calls, ${direct_cost:.4f}, {direct_s:.1f}s wall")
+            print()
+            print(
+                "| D (s) | calls | cost direct | cost batch | ratio | batches (anthropic/openai) "
+                "| waves | wall | D × waves | overhead | overhead / (D × waves) |"
+            )
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
+            for d in a.delays:
+                api.reset()
+                api.set_default(reply)
+                api.batch_delay = d
+                out = f"batch-{d:g}"
+                extra = ["--provider-batch", "--batch-window", str(a.window)]
+                seconds, batched, _ = run(folder, out, extra, workers)
+                cost = sum(r["cost"] for r in batched["rows"].values())
+                kinds = collections.Counter(b.provider for b in api.batches.values())
+                w = waves(api)
+                overhead = seconds - direct_s - d * w
+                print(
+                    f"| {d:g} | {len(api.batch_log)} | ${direct_cost:.4f} | ${cost:.4f} | "
+                    f"{cost / direct_cost:.3f} | {len(api.batches)} ({kinds['anthropic']}/{kinds['openai']}) "
+                    f"| {w} | {seconds:.1f}s | {d * w:.0f}s | {overhead:.1f}s | "
+                    f"{overhead / (d * w):.1%} |",
+                    flush=True,
+                )
+    finally:
+        api.stop()
+
+
+if __name__ == "__main__":
+    main()
