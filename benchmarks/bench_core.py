@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_import  # noqa: E402
-import bench_latency  # noqa: E402
-import bench_overhead  # noqa: E402
-import bench_rerun  # noqa: E402
-from _common import machine, table, verdict  # noqa: E402
+import bench_import
+import bench_latency
+import bench_overhead
+import bench_rerun
+from _common import machine, table, verdict
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, median, print_summary, table  # noqa: E402
+from _common import header, median, print_summary, table
 
 GOAL = 3.0
 HEAVY = ("anthropic", "openai", "ipywidgets", "papermill", "IPython")

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, interleaved, make_function, median, print_summary, table, tmp_store  # noqa: E402
+from _common import header, interleaved, make_function, median, print_summary, table, tmp_store
 
 GOAL = 1.1  # wall time within 1.1× the critical path
 CONCURRENCY = 64

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, interleaved, median, print_summary, table, tmp_store  # noqa: E402
+from _common import header, interleaved, median, print_summary, table, tmp_store
 
 SIZES = (100, 200, 400, 1000)
 JOB_STEPS = 500

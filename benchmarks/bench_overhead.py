@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, interleaved, make_function, median, print_summary, table, tmp_store  # noqa: E402
+from _common import header, interleaved, make_function, median, print_summary, table, tmp_store
 
 GOAL_US = 1000.0  # under 1 ms of overhead per step
 

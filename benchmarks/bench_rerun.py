@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, median, print_summary, table, timed, tmp_store  # noqa: E402
+from _common import header, median, print_summary, table, timed, tmp_store
 
 GOAL_MS = 50.0
 SECTIONS = 8

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from _common import machine, make_function, median, tmp_store  # noqa: E402
+from _common import machine, make_function, median, tmp_store
 
 
 def chain(n: int, store: str):

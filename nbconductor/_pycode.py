@@ -51,7 +51,7 @@ def run_python(source: str, values: dict[str, Any], step: str) -> Any:
     try:
         exec(body, scope)  # noqa: S102 - the notebook's own code
         return eval(tail, scope) if tail is not None else None  # noqa: S307
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PythonStepError(step, _user_frames(exc, step)) from exc
 
 

@@ -46,7 +46,7 @@ class LimitExceeded(SecurityError):
         self.configurable = configurable
 
 
-class RenderTimeout(BaseException):  # noqa: N818 - a BaseException, so user code cannot swallow it
+class RenderTimeout(BaseException):  # a BaseException, so user code cannot swallow it
     """Raised inside a render that passed its time limit."""
 
 
@@ -340,7 +340,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
         return _binop(self.binop_table[operator], operator, left, right)
 
-    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's own signature
+    def call(__self, __context, __obj, *args, **kwargs):  # Jinja's own signature
         _tick()
         if opted_in(__obj):
             return super().call(__context, __obj, *args, **kwargs)

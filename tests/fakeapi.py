@@ -368,7 +368,7 @@ class _Server(ThreadingHTTPServer):
         self.conns_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
-    def handle_error(self, request, client_address):  # noqa: D401
+    def handle_error(self, request, client_address):
         import sys
 
         exc = sys.exc_info()[1]
@@ -569,7 +569,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except (TimeoutError, ConnectionError, BrokenPipeError):
             self.close_connection = True
-        except Exception as exc:  # bug in the fake or a bad script: report it
+        except Exception as exc:  # noqa: BLE001 - a bug in the fake or a bad script: report it
             fake.errors.append(exc)
             with contextlib.suppress(Exception):
                 self._send_json(

@@ -18,7 +18,7 @@ try:  # the SDKs' HTTP library: httpx2 for current releases, httpx for older one
 except ImportError:  # pragma: no cover - older SDKs
     import httpx as httpx2
 
-from fakeapi import (  # noqa: E402
+from fakeapi import (
     Cut,
     Error,
     FakeAPI,

@@ -11,15 +11,15 @@ import json
 import anthropic  # noqa: F401 - the test extras install both SDKs
 import openai  # noqa: F401
 import pytest
-from fakeapi import Error, JSONText, Text  # noqa: E402
+from fakeapi import Error, JSONText, Text
 from IPython.utils.capture import capture_output
 from notebook_shell import fresh_shell
 
-from nbconductor import Pipeline  # noqa: E402
-from nbconductor._errors import OutputError, StepFailed  # noqa: E402
-from nbconductor.gates._judge import VERDICT_SCHEMA, judge_prompt, parse_verdict  # noqa: E402
-from nbconductor.store._report import report  # noqa: E402
-from nbconductor.store._review import queue  # noqa: E402
+from nbconductor import Pipeline
+from nbconductor._errors import OutputError, StepFailed
+from nbconductor.gates._judge import VERDICT_SCHEMA, judge_prompt, parse_verdict
+from nbconductor.store._report import report
+from nbconductor.store._review import queue
 
 WRITER = "anthropic:claude-haiku-4-5"
 JUDGE = "anthropic:claude-opus-4-8"

@@ -305,6 +305,16 @@ def _dispose(shell) -> None:
     shell._nbc_sink = None
 
 
+def _inline_matplotlib() -> None:
+    """Plots as a kernel shows them: inline (set in the environment, restored by `_isolated`)."""
+    if "MPLBACKEND" not in os.environ:
+        with contextlib.suppress(ImportError):
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib_inline"):
+                os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+
+
 @contextlib.contextmanager
 def _isolated(notebook: str | None) -> Iterator[None]:
     """Give a notebook the process state a fresh kernel would have, and put everything back."""
@@ -332,12 +342,7 @@ def _isolated(notebook: str | None) -> Iterator[None]:
         os.environ["JPY_SESSION_NAME"] = os.path.abspath(
             notebook
         )  # as Jupyter does: the notebook being run
-    if "MPLBACKEND" not in os.environ:
-        with contextlib.suppress(ImportError):
-            import importlib.util
-
-            if importlib.util.find_spec("matplotlib_inline"):
-                os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    _inline_matplotlib()
     try:
         yield
     finally:

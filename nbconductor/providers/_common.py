@@ -211,7 +211,7 @@ async def guarded(
             provider=provider,
             model=model,
         ) from None
-    except Exception as exc:  # noqa: BLE001 - mapped below or re-raised as is
+    except Exception as exc:  # mapped below or re-raised as is
         mapped = map_error(
             exc, sdk, provider=provider, model=model, key_env=key_env, read_timeout=read_timeout
         )

@@ -377,7 +377,7 @@ def lab(
             name = f"FAILED-{request.node.name}"
             try:
                 helper.screenshot(name)
-            except Exception:  # a crashed page must not hide the test's own error
+            except Exception:  # noqa: BLE001 - a crashed page must not hide the test's own error
                 pass
             (ARTIFACTS / f"{name}.console.txt").write_text("\n".join(helper.console))
         context.close()

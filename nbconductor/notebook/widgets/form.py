@@ -129,7 +129,7 @@ class IntakeForm(w.VBox):
                     print(result)  # not its repr, quotes and escapes
                 elif result is not None:
                     display(result)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the user's pipeline: shown, kept, not raised
                 self.last_error = exc
                 ip = get_ipython()
                 if ip is not None and getattr(ip, "kernel", None) is not None:
