@@ -57,6 +57,10 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    if args.experiment:
+        from .store._experiments import cli_experiment
+
+        return cli_experiment(args.store, args.experiment, as_json=args.json)
     from .store._report import cli_report
 
     return cli_report(args.store, as_json=args.json)
@@ -199,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="per-step quality and cost metrics across runs")
     report.add_argument("--store", help="run store path")
     report.add_argument("--json", action="store_true", help="print JSON")
+    report.add_argument(
+        "--experiment", metavar="ID", help="a compare's figures (an id, or `list`, or `latest`)"
+    )
     report.set_defaults(func=_report)
 
     review = sub.add_parser("review", help="list flagged outputs; approve or reject by id")

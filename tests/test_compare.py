@@ -267,6 +267,16 @@ def test_cli_compare_prints_json_and_writes_a_report(api, tmp_path, capsys, monk
         "concise beats base on 8 of 8 briefs" in text
         and "16 cells were already in the store" in text
     )
+    # the experiment, read back from the store
+    store = str(tmp_path / "store.sqlite")
+    assert main(["report", "--store", store, "--experiment", "latest", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdicts"] == data["verdicts"]
+    assert main(["report", "--store", store, "--experiment", data["experiment"]]) == 0
+    assert "concise beats base on 8 of 8 briefs" in capsys.readouterr().out
+    assert main(["report", "--store", store, "--experiment", "list"]) == 0
+    assert data["experiment"] in capsys.readouterr().out
+    assert main(["report", "--store", store, "--experiment", "x123"]) == 2
+    assert "no experiment 'x123' in the store" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -200,3 +200,44 @@ def experiment_pairs(store, experiment_id: str) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def cli_experiment(store: str | None, experiment: str, *, as_json: bool = False) -> int:
+    """``nbconductor report --experiment ID|latest|list [--json]``: a recorded compare's
+    figures and verdicts, read from the store; returns the exit status. Raises `OptionError`
+    (exit 2) for an id the store does not hold."""
+    from .._errors import OptionError
+    from .._summary import text_table
+    from ..render._compare import compare_text
+    from ._review import open_store
+
+    db = open_store(store, readonly=True)
+    try:
+        found = experiments(db, limit=1000)
+    finally:
+        db.close()
+    if experiment == "list":
+        if as_json:
+            print(
+                json.dumps(
+                    [{k: v for k, v in e.items() if k != "summary"} for e in found], indent=2
+                )
+            )
+        else:
+            rows = [
+                [e["id"], e["step"], ",".join(e["variants"]), str(e["rows"]), e["status"]]
+                for e in found
+            ]
+            print(text_table(["experiment", "step", "variants", "rows", "status"], rows))
+        return 0
+    match = found[:1] if experiment == "latest" else [e for e in found if e["id"] == experiment]
+    if not match:
+        known = ", ".join(e["id"] for e in found[:5]) or "none yet: run nbconductor compare"
+        raise OptionError(f"no experiment {experiment!r} in the store (latest: {known})")
+    e = match[0]
+    if e["summary"] is None:
+        raise OptionError(
+            f"experiment {e['id']} is {e['status']}: run the same compare again to finish it"
+        )
+    print(json.dumps(e["summary"], indent=2) if as_json else compare_text(e["summary"]))
+    return 0
