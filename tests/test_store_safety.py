@@ -29,7 +29,7 @@ import pytest
 from IPython.core.error import UsageError
 from notebook_shell import fresh_shell
 
-import nbconductor.store._sqlite as store_module
+import nbconductor.store._ops as store_module  # where the warned-once set lives
 from nbconductor import Pipeline
 from nbconductor.handoff._export import export_pipeline
 from nbconductor.store._sqlite import Store, Unstored
