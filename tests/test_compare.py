@@ -260,6 +260,7 @@ def test_cli_compare_prints_json_and_writes_a_report(api, tmp_path, capsys, monk
         "p95_latency_s",
     }
     page = (out / "compare-draft.html").read_text()
+    assert '<img alt="plots" src="data:image/png;base64,' in page
     assert "concise beats base on 8 of 8 briefs, p = 0.008, sign test" in page
     assert main(argv) == 0  # resumed: the terminal table, nothing sent again
     text = capsys.readouterr().out
@@ -318,9 +319,15 @@ def test_conductor_compare_magic_shows_the_table(api, tmp_path, monkeypatch, fas
     ip.run_cell_magic(
         "variant", "draft concise", "CONCISE draft on {{ topic }} from: {{ research }}"
     )
-    c = ip.run_line_magic("conductor", "compare draft --data briefs.json")
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as shown:
+        ip.run_line_magic("conductor", "compare draft --data briefs.json")
+    c = ip.user_ns["_compare"]  # the last compare, as data
     assert c.verdicts()["concise"]["wins"] == 6
-    assert ip.user_ns["_compare"] is c  # the last compare, for plots and promote
+    kinds = [set(o.data) for o in shown.outputs]
+    assert any("text/html" in k for k in kinds)  # the table, verdicts and grid
+    assert any("image/png" in k for k in kinds)  # score distribution, cost vs quality
     for line, message in [
         ("compare draft", "--data FILE"),
         ("compare draft --data briefs.json --repeats 0", "--repeats must be 1 or more"),

@@ -67,7 +67,27 @@ def cmd_compare(m, words):
         data=a.data,
     )
     m.shell.user_ns["_compare"] = result
-    return result
+    display(result)
+    _show_plots(result)
+    return None
+
+
+def _show_plots(result) -> None:
+    from IPython.display import Image
+
+    from .._errors import MissingDependency
+    from ..render._compare import compare_figure
+
+    try:
+        fig = compare_figure(result)
+    except MissingDependency as exc:
+        display(Markdown(f"*{exc}*"))
+        return
+    import io
+
+    buf = io.BytesIO()
+    fig.canvas.print_png(buf)
+    display(Image(buf.getvalue()))
 
 
 def cmd_promote(m, words):

@@ -171,9 +171,64 @@ def _grid(comparison, limit: int) -> str:
 
 
 def report_page(comparison) -> str:
-    """A whole HTML page (``nbconductor compare --out DIR``)."""
+    """A whole HTML page (``nbconductor compare --out DIR``), with the plots when matplotlib
+    is installed."""
+    from .._errors import MissingDependency
+
+    try:
+        plots = f'<p><img alt="plots" src="{figure_data_uri(compare_figure(comparison))}"></p>'
+    except MissingDependency:
+        plots = ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>compare {html.escape(comparison.step)}</title></head><body>"
-        f"{compare_html(comparison, grid_rows=10_000)}</body></html>"
+        f"{compare_html(comparison, grid_rows=10_000)}{plots}</body></html>"
     )
+
+
+def compare_figure(comparison):
+    """A matplotlib Figure: the score distribution per variant (box and points), and cost per
+    row against mean score per variant. Drawn on an Agg canvas without pyplot; raises
+    `MissingDependency` without matplotlib (the ``lab`` extra)."""
+    from .._errors import missing_dependency
+
+    missing_dependency("matplotlib", "lab", "the compare plots")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(comparison.variants)
+    figures = comparison.figures()
+    fig = Figure(figsize=(9, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    scores = [
+        [c["score"] for c in comparison.cells if c["variant"] == v and c["score"] is not None]
+        for v in names
+    ]
+    left.boxplot([s or [0] for s in scores], showfliers=False)
+    left.set_xticks(range(1, len(names) + 1), names)
+    for i, s in enumerate(scores, start=1):
+        left.scatter([i] * len(s), s, s=12, alpha=0.5, color="#0072B2")
+    left.set_ylabel("rubric score")
+    left.set_title("score per brief", fontsize="medium")
+    for v in names:
+        f = figures[v]
+        if f["mean_score"] is None:
+            continue
+        cost = f["cost_per_row"] if f["cost_per_row"] is not None else 0.0
+        right.scatter([cost], [f["mean_score"]], s=40, color="#D55E00")
+        right.annotate(v, (cost, f["mean_score"]), xytext=(5, 4), textcoords="offset points")
+    right.set_xlabel("cost per row ($)")
+    right.set_ylabel("mean score")
+    right.set_title("cost vs quality", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def figure_data_uri(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.canvas.print_png(buf)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
