@@ -6,35 +6,33 @@ Rows run in warm local worker processes (`nbconductor.handoff._workers`) or on a
 run store (SQLite in WAL mode, shared through ``NBCONDUCTOR_STORE``). A failing row does not stop
 the others; a worker that dies marks its row failed and is replaced. ``manifest.json`` in the
 output folder records each row's outcome, which is what ``--resume`` reads to run only the rows
-that did not finish. This module is the coordinator: rows in, manifest, progress, summary.
+that did not finish. This module is the coordinator: manifest, progress, summary; the rows
+come in through `nbconductor.handoff._rows`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import datetime as _dt
-import io
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import _trace
 from .._errors import OptionError
-from .._params import check_known, check_name, check_names, check_value
+from .._params import check_known
 from .._redact import redact, redact_value
 from .._summary import fmt_cost, preview, text_table
 from ..store._base import shown
 from ..store._history import HISTORY_ENV
 from ._batch_images import write_row_images
 from ._row import Row, RowResult, execute_row, params_key
-from ._runner import choose_engine, engine_label, environ, parse_value, redact_file
+from ._rows import given_rows, plural, read_rows
+from ._runner import choose_engine, engine_label, environ, redact_file
 from ._workers import WORKER_ENV, run_local, sweep, worker_context
 
 __all__ = [
@@ -61,144 +59,7 @@ MANIFEST = "manifest.json"
 FINISHED = ("passed", "flagged")
 
 
-# --------------------------------------------------------------------------------- rows in
-
-
-def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Parameter rows from a .csv, .yaml/.yml, .json or .jsonl file.
-
-    A CSV row has a value per column (an empty cell, like a name a YAML/JSON row leaves out,
-    keeps the notebook's default); names are identifiers and values plain data
-    (`nbconductor._params`). Raises `OptionError` (a `ParameterError` for a bad name or value)
-    with one line naming the file and the row.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise OptionError(f"--params file {str(path)!r} not found")
-    suffix = p.suffix.lower()
-    if suffix not in (".csv", ".yaml", ".yml", ".json", ".jsonl"):
-        raise OptionError(f"--params {p.name}: use a .csv, .yaml or .json file of parameter rows")
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise OptionError(
-            f"--params {p.name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
-            'save it as UTF-8 (e.g. Excel\'s "CSV UTF-8")'
-        ) from None
-    where = f"--params {p.name}"
-    if suffix == ".csv":
-        return _csv_rows(text, where)
-    try:
-        if suffix in (".yaml", ".yml"):
-            rows = _yaml_load(text)
-        elif suffix == ".json":
-            rows = json.loads(text, object_pairs_hook=_no_duplicates)
-        else:
-            rows = [
-                json.loads(line, object_pairs_hook=_no_duplicates)
-                for line in text.split("\n")
-                if line.strip()
-            ]
-    except OptionError as exc:
-        raise OptionError(f"{where}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - yaml and json each raise their own
-        raise OptionError(f"{where} cannot be read: {_one_line(exc)}") from None
-    if isinstance(rows, dict) and isinstance(rows.get("rows"), list):
-        rows = rows["rows"]
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise OptionError(
-            f"{where} must hold a list of rows, each a mapping of parameter names "
-            'to values (e.g. [{"topic": "Pricing"}, {"topic": "Onboarding"}])'
-        )
-    if not rows:
-        raise OptionError(f"{where} has no rows")
-    for i, row in enumerate(rows):
-        check_names(row, f"{where}, row {i}")
-    out = [{str(k): _plain(v) for k, v in r.items()} for r in rows]
-    for i, row in enumerate(out):
-        for name, value in row.items():
-            check_value(name, value, f"{where}, row {i}")
-    return out
-
-
-def _csv_rows(text: str, where: str) -> list[dict[str, Any]]:
-    lines = [r for r in csv.reader(io.StringIO(text, newline="")) if r]  # blank lines are not rows
-    if not lines:
-        raise OptionError(f"{where} has no rows")
-    header = [h.strip() for h in lines[0]]
-    for col, name in enumerate(header, 1):
-        if not name:
-            raise OptionError(f"{where}: column {col} of the header has no name: name every column")
-        check_name(name, f"{where}, column {col}")
-        if header.index(name) != col - 1:
-            raise OptionError(f"{where}: column `{name}` appears twice in the header: keep one")
-    rows = []
-    for i, fields in enumerate(lines[1:]):
-        if len(fields) != len(header):
-            raise OptionError(
-                f"{where}: row {i} has {plural(len(fields), 'value')} for {plural(len(header), 'column')} "
-                f"({', '.join(header)}): give every row a value per column (an empty one keeps "
-                "the notebook's default)"
-            )
-        rows.append({k: _csv_value(v) for k, v in zip(header, fields, strict=True) if v != ""})
-    if not rows:
-        raise OptionError(f"{where} has no rows")
-    return rows
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise OptionError(f"`{key}` appears twice in one row: keep one")
-        seen[key] = value
-    return seen
-
-
-def _yaml_load(text: str) -> Any:
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def mapping(loader, node, deep=False):
-        keys = [loader.construct_object(k, deep=True) for k, _ in node.value]
-        for key in keys:
-            if isinstance(key, str) and keys.count(key) > 1:
-                raise OptionError(
-                    f"`{key}` appears twice in one row (line {node.start_mark.line + 1}): keep one"
-                )
-        return yaml.SafeLoader.construct_mapping(loader, node, deep)
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-def _one_line(exc: BaseException) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    if mark is not None:  # a YAML error: its first line and where it is
-        return f"{getattr(exc, 'problem', None) or exc} at line {mark.line + 1}, column {mark.column + 1}"
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
-def _csv_value(text: str) -> Any:
-    stripped = text.strip()
-    if stripped[:1] in "[{":
-        with contextlib.suppress(ValueError):
-            return json.loads(stripped)
-    return parse_value(text)
-
-
-def _plain(value: Any) -> Any:
-    # YAML dates and the like become strings papermill can write into a cell.
-    if isinstance(value, (_dt.date, _dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+# ------------------------------------------------------------------------------ rows out
 
 
 def output_name(notebook: Path, index: int, total: int) -> str:
@@ -354,7 +215,7 @@ def batch(
         rows_in = read_rows(rows)
     else:
         params_name = "<rows>"
-        rows_in = _given_rows(rows)
+        rows_in = given_rows(rows)
     _check_known(nb, rows_in, params_name)
     if dry_run:
         from ._provider_batch import dry_run as estimate
@@ -452,22 +313,6 @@ def batch(
     )
 
 
-def _given_rows(rows: Any) -> list[dict[str, Any]]:
-    """Rows passed from Python: a non-empty list of mappings of parameter names to plain data."""
-    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, Mapping) for r in rows):
-        raise OptionError("batch rows must be a params file or a list of mappings")
-    if not rows:
-        raise OptionError("batch rows: there are no rows")
-    out = []
-    for i, row in enumerate(rows):
-        check_names(row, f"row {i}")
-        plain = {str(k): _plain(v) for k, v in row.items()}
-        for name, value in plain.items():
-            check_value(name, value, f"row {i}")
-        out.append(plain)
-    return out
-
-
 # ---------------------------------------------------------------------------------- the CLI
 
 
@@ -553,11 +398,6 @@ def _check_known(nb: dict, rows: list[dict], params_file: str) -> None:
         return
     names = list(dict.fromkeys(k for r in rows for k in r))
     check_known(names, known, f"--params {Path(params_file).name}")
-
-
-def plural(n: int, word: str) -> str:
-    """``1 row``, ``2 rows``."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def summary(results: list[dict], out_dir: Path, seconds: float, store: str) -> str:
