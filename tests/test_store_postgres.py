@@ -185,3 +185,14 @@ def test_a_server_gone_mid_run_fails_in_one_line_and_the_run_resumes_when_back(t
         p.close()
     finally:
         server.stop()
+
+
+def test_the_config_store_setting_takes_a_url(store_target, tmp_path, monkeypatch):
+    monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
+    (tmp_path / "nbconductor.toml").write_text(f'store = "{store_target}"\n')
+    p = Pipeline(root=tmp_path)
+    p.step("a", "Hello {{ who }}", model="offline:w")
+    p.run({"who": "x"})
+    assert p.store.path == shown(store_target)
+    assert connect(store_target, readonly=True).count("results") == 1
+    p.close()
