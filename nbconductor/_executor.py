@@ -287,19 +287,8 @@ async def _run_step(
         raise
     except DefinitionError:
         raise
-    except LadderFailed as exc:
-        return _ladder_failure(step, exc, started)
     except Exception as exc:  # noqa: BLE001 - a step's failure is recorded, not raised
-        return StepResult(
-            step.name,
-            "failed",
-            None,
-            started=started,
-            ended=time.time(),
-            error=_describe(exc),
-            cost=0.0,
-            usage=Usage(0, 0),
-        )  # failed before any model call
+        return _failure(step, exc, started)
 
 
 def _skipped(step: Step, started: float) -> StepResult:
@@ -318,22 +307,28 @@ async def _run_item(
         part = await _run_single(session, step, values, options, emit, index)
     except (asyncio.CancelledError, DefinitionError):
         raise
-    except LadderFailed as exc:
-        part = _ladder_failure(step, exc, started)
     except Exception as exc:  # noqa: BLE001 - an item's failure is recorded, not raised
-        part = StepResult(
-            step.name,
-            "failed",
-            None,
-            started=started,
-            ended=time.time(),
-            error=_describe(exc),
-            cost=0.0,
-            usage=Usage(0, 0),
-        )
+        part = _failure(step, exc, started)
     if not part.cached:
         session.remember(part, step, index)
     return part
+
+
+def _failure(step: Step, exc: Exception, started: float) -> StepResult:
+    """A step (or ``--map`` item) that raised, as a failed result: a ladder's failure with what
+    its attempts spent; anything else failed before any model call (nothing spent)."""
+    if isinstance(exc, LadderFailed):
+        return _ladder_failure(step, exc, started)
+    return StepResult(
+        step.name,
+        "failed",
+        None,
+        started=started,
+        ended=time.time(),
+        error=_describe(exc),
+        cost=0.0,
+        usage=Usage(0, 0),
+    )
 
 
 def _ladder_failure(step: Step, exc: LadderFailed, started: float) -> StepResult:
