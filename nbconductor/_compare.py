@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _stats
+from ._compare_cells import cell_figures
 from ._errors import OptionError
 from ._executor import RunOptions, Session, execute
 from ._graph import Graph
 from ._loop import run_sync
 from ._template import TEMPLATE_GLOBALS
-from ._types import Step, StepResult
+from ._types import Step
 from ._variants import BASE
 from .store._experiments import (
     experiment_cells,
@@ -84,6 +85,7 @@ class Comparison:
     cells: list[dict[str, Any]] = field(default_factory=list)
     resumed: int = 0  # cells found finished in the store, not run again
     pairs: list[dict[str, Any]] = field(default_factory=list)  # pairwise judgements
+    prefs: list[dict[str, Any]] = field(default_factory=list)  # people's blind preferences
 
     def figures(self) -> dict[str, dict[str, Any]]:
         """Per variant: rows, yields, mean score and its interval, failures, tokens, cost per row,
@@ -133,6 +135,12 @@ class Comparison:
                 from .gates._pairwise import pairwise_figures
 
                 out[v]["pairwise"] = pairwise_figures(v, base, pairs)
+            if self.prefs:
+                from ._preferences import human_figures
+
+                human = human_figures(v, base, self.prefs, self.pairs)
+                if human:
+                    out[v]["human"] = human
         return out
 
     def winners(self) -> dict[int, list[str]]:
@@ -360,6 +368,9 @@ async def acompare(
         p for p in experiment_pairs(store, plan.experiment_id) if p["judge"] == pairwise
     ]
     judged = {(p["row_index"], p["variant"]) for p in result.pairs}
+    from .store._experiments import experiment_prefs
+
+    result.prefs = experiment_prefs(store, plan.experiment_id)
     total = len(rows) * len(plan.variants) * repeats
     finished = [len(found)]
     if progress:
@@ -449,46 +460,24 @@ async def acompare(
     return result
 
 
+def load_comparison(store, experiment_id: str) -> Comparison:
+    """A recorded compare, rebuilt from the store (its cells, judgements and preferences, as
+    they are now); raises `OptionError` for an id the store does not hold."""
+    from .store._experiments import experiment_prefs, experiments
+
+    found = [e for e in experiments(store, limit=10_000) if e["id"] == experiment_id]
+    if not found:
+        raise OptionError(f"no experiment {experiment_id!r} in the store")
+    e = found[0]
+    result = Comparison(
+        e["step"], e["id"], e["variants"], e["rows"], e["repeats"], experiment_cells(store, e["id"])
+    )
+    result.pairs = experiment_pairs(store, e["id"])
+    result.prefs = experiment_prefs(store, e["id"])
+    return result
+
+
 def _session(pipeline, graph: Graph, namespace: dict[str, Any]) -> Session:
     return Session(
         graph, namespace, pipeline.contexts, pipeline.store, pipeline.pool, pipeline.memory
     )
-
-
-def cell_figures(results: dict[str, StepResult], step: str, targets: list[str]) -> dict[str, Any]:
-    """One cell's figures from its run: STEP's state, gates and score; tokens, cost and latency
-    of STEP and its downstream."""
-    res = results[step]
-    ran = [results[n] for n in targets if n in results]
-    first = res.state in ("passed", "cached") and not any(a.quality_failure for a in res.attempts)
-    rubric = next((g for g in res.gates if g.name == "rubric" and g.score is not None), None)
-    if rubric is not None:
-        score = rubric.score
-    elif res.gates:
-        score = 1.0 if all(g.passed for g in res.gates) else 0.0
-    else:
-        score = 0.0 if res.state == "failed" else None
-    costs = [r.cost for r in ran]
-    return {
-        "result_id": res.result_id,
-        "state": res.state,
-        "first_pass": first,
-        "accepted": res.state in ("passed", "cached"),
-        "failed": any(r.state in ("failed", "pending") for r in ran),
-        "score": score,
-        "tokens": sum(r.usage.total or 0 for r in ran),
-        "cost": None if any(c is None for c in costs) else sum(costs),
-        "latency": sum(r.latency or 0.0 for r in ran if not r.cached),
-        "gates": [{"name": g.name, "passed": g.passed, "score": g.score} for g in res.gates],
-        "output": _text(res.output),
-    }
-
-
-def _text(output: Any) -> str | None:
-    if output is None or isinstance(output, (bytes, bytearray)):
-        return None if output is None else f"<image, {len(output):,} bytes>"
-    if isinstance(output, str):
-        return output
-    if hasattr(output, "model_dump_json"):
-        return output.model_dump_json()
-    return json.dumps(output, ensure_ascii=False, default=str)

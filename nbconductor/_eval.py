@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from . import _stats
-from ._compare import cell_figures
+from ._compare_cells import cell_figures
 from ._executor import RunOptions, Session, execute
 from ._loop import run_sync
 

@@ -81,8 +81,17 @@ def api(fake_api):
 
 
 @pytest.fixture
-def pipeline(tmp_path, fast_config):
-    p = build(Pipeline(store=tmp_path / "store.sqlite", config=fast_config, root=tmp_path))
+def config():
+    """Short backoff, but a read timeout that a loaded 2-core machine cannot trip: the tests
+    count requests exactly, and a stream stalled out by load would be retried (sent twice)."""
+    from nbconductor._config import Config, RetryPolicy
+
+    return Config(retry=RetryPolicy(base_delay=0.01, max_delay=0.05), read_timeout=30.0)
+
+
+@pytest.fixture
+def pipeline(tmp_path, config):
+    p = build(Pipeline(store=tmp_path / "store.sqlite", config=config, root=tmp_path))
     yield p
     p.close()
 
@@ -155,8 +164,8 @@ def test_pairwise_judge_in_both_orders_position_bias_is_a_tie(api, pipeline):
     assert len(api.requests) == before and again.verdicts() == v
 
 
-def test_pairwise_alone_is_something_to_measure(api, tmp_path, fast_config):
-    p = Pipeline(store=tmp_path / "s.sqlite", config=fast_config, root=tmp_path)
+def test_pairwise_alone_is_something_to_measure(api, tmp_path, config):
+    p = Pipeline(store=tmp_path / "s.sqlite", config=config, root=tmp_path)
     p.step("draft", "Draft on {{ topic }}", model=WRITER)
     p.variant("draft", "concise", "CONCISE draft on {{ topic }}")
     c = p.compare("draft", ROWS[:6], pairwise=JUDGE)
@@ -519,3 +528,47 @@ def test_calibration_agreement_kappa_and_audited_first_pass_yield(tmp_path):
     with pytest.raises(Exception, match="already decided"):
         decide(p.store, audits[0].id, "reject")
     p.close()
+
+
+def test_blind_pairwise_review_records_preferences_and_agreement(api, tmp_path, monkeypatch):
+    from nbconductor._compare import load_comparison
+
+    ip = fresh_shell(tmp_path, monkeypatch)
+    monkeypatch.setenv("NBCONDUCTOR_USER", "ana")
+    (tmp_path / "briefs.json").write_text(json.dumps(ROWS[:6]))
+    ip.run_cell("topic = 'default'")
+    ip.run_cell_magic("step", f"draft --model {WRITER} --lazy", "Draft on {{ topic }}")
+    ip.run_cell_magic("variant", "draft concise", "CONCISE draft on {{ topic }}")
+    ip.run_line_magic("conductor", f"compare draft --data briefs.json --pairwise {JUDGE}")
+    ip.run_line_magic("conductor", "review --pairwise latest")
+    review = ip.user_ns["_pairwise_review"]
+    assert len(review.tasks) == 6
+    sides = set()
+    for n in range(6):
+        task = review.current
+        sides.add(task.first)
+        shown = review.a.value + review.b.value + review.brief.value
+        assert "concise" not in shown and ">base<" not in shown  # blind: no variant names
+        concise_side = "A" if "CONCISE" in task.a else "B"
+        choice = concise_side if n < 4 else "tie" if n == 4 else "both bad"
+        winner = review.choose(choice)
+        assert winner == ("concise" if n < 4 else choice)
+        assert "A was " in review.status.value
+    assert sides == {"concise", "base"}  # random sides
+    assert review.current is None and "nothing left" in review.brief.value
+    store = ip.user_ns["__nbconductor__"].pipeline.store
+    c = load_comparison(store, ip.user_ns["_compare"].experiment_id)
+    human = c.verdicts()["concise"]["human"]
+    assert human == {
+        "decided": 6,
+        "wins": 4,
+        "losses": 0,
+        "ties": 1,
+        "both_bad": 1,
+        "win_rate": round(5 / 6, 4),
+        "agreement_with_judge": round(4 / 6, 4),
+        "reviewers": [store.user],
+    }
+    assert "people (blind, 6 decided): 4 wins, 0 losses, 1 ties, 1 both bad" in c.text()
+    with pytest.raises(UsageError, match="no experiment 'nope'"):
+        ip.run_line_magic("conductor", "review --pairwise nope")

@@ -341,7 +341,12 @@ def cmd_form(m, words):
 
 def cmd_review(m, words):
     """The review queue: flagged outputs (this kernel's, or a store's) to approve, edit, reject."""
-    a = _args("review", words, (["--store"], {}))
+    a = _args("review", words, (["--store"], {}), (["--pairwise"], {"metavar": "EXPERIMENT"}))
+    if a.pairwise:  # blind pairwise review of a compare (`_pairwise_widget`)
+        from ._pairwise_widget import pairwise_review
+
+        m.shell.user_ns["_pairwise_review"] = pairwise_review(m, a.pairwise)
+        return None
     from ._review_widget import review_widget
 
     return review_widget(m, a.store)

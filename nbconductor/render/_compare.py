@@ -45,6 +45,16 @@ def _num(x: float | None, fmt: str = "{:.2f}") -> str:
     return "—" if x is None else fmt.format(x)
 
 
+def human_line(verdict: dict[str, Any]) -> str:
+    h = verdict["human"]
+    agreement = h["agreement_with_judge"]
+    return (
+        f"people (blind, {h['decided']} decided): {h['wins']} wins, {h['losses']} losses, "
+        f"{h['ties']} ties, {h['both_bad']} both bad; win rate {h['win_rate']:.0%}"
+        + ("" if agreement is None else f"; agree with the pairwise judge on {agreement:.0%}")
+    )
+
+
 def figure_cells(f: dict[str, Any]) -> list[str]:
     ci = f.get("score_ci")
     score = _num(f["mean_score"]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
@@ -88,6 +98,8 @@ def compare_text(comparison) -> str:
             lines.append(
                 f"  {pw['sentence']}; win rate {pw['win_rate']:.0%}, order flips {pw['flips']}"
             )
+        if "human" in v:
+            lines.append("  " + human_line(v))
     resumed = getattr(comparison, "resumed", 0)
     if resumed:
         lines.append(f"({resumed} cells were already in the store and were not run again)")
@@ -120,6 +132,7 @@ def compare_html(comparison, grid_rows: int = 50) -> str:
             if "pairwise" in v
             else ""
         )
+        + (f"<li>{e(human_line(v))}</li>" if "human" in v else "")
         for v in data["verdicts"].values()
     )
     parts = [

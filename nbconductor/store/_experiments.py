@@ -19,8 +19,11 @@ EXPERIMENT_TABLES = (
     "experiments",
     "experiment_cells",
     "experiment_pairs",
+    "experiment_prefs",
     "audits",
 )  # audits: `_audit`
+#: what a person may answer in a blind pairwise review
+CHOICES = ("A", "B", "tie", "both bad")
 EXPERIMENT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
     id TEXT PRIMARY KEY, step TEXT, created REAL, updated REAL, notebook TEXT,
@@ -37,6 +40,11 @@ CREATE TABLE IF NOT EXISTS experiment_pairs (
     experiment_id TEXT, row_index INTEGER, variant TEXT, vs TEXT, judge TEXT, winner TEXT,
     flipped INTEGER, reasons TEXT, at REAL,
     PRIMARY KEY (experiment_id, row_index, variant, vs, judge)
+);
+CREATE TABLE IF NOT EXISTS experiment_prefs (
+    experiment_id TEXT, row_index INTEGER, variant TEXT, vs TEXT, choice TEXT, reviewer TEXT,
+    at REAL, shown_first TEXT,
+    PRIMARY KEY (experiment_id, row_index, variant, vs)
 );
 CREATE TABLE IF NOT EXISTS audits (
     result_id INTEGER PRIMARY KEY, step TEXT, rate REAL, at REAL, status TEXT
@@ -241,3 +249,32 @@ def cli_experiment(store: str | None, experiment: str, *, as_json: bool = False)
         )
     print(json.dumps(e["summary"], indent=2) if as_json else compare_text(e["summary"]))
     return 0
+
+
+def record_preference(
+    store, experiment_id: str, row_index: int, variant: str, vs: str, choice: str, shown_first: str
+) -> bool:
+    """Record a person's blind preference between ``variant`` and ``vs`` on one row: ``choice``
+    is the winner's name, ``tie`` or ``both bad``; ``shown_first`` the one shown as A. Who and
+    when are recorded. Returns False when the pair was decided already (decided once)."""
+    cur = store.execute(
+        "INSERT INTO experiment_prefs (experiment_id, row_index, variant, vs, choice, reviewer, "
+        "at, shown_first) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (experiment_id, row_index, "
+        "variant, vs) DO NOTHING",
+        (experiment_id, row_index, variant, vs, choice, store.user, time.time(), shown_first),
+    )
+    return cur.rowcount == 1
+
+
+def experiment_prefs(store, experiment_id: str) -> list[dict[str, Any]]:
+    """People's pairwise preferences in an experiment (who, when, what was shown first)."""
+    try:
+        rows = store.query(
+            "SELECT row_index, variant, vs, choice, reviewer, at, shown_first FROM "
+            "experiment_prefs WHERE experiment_id=? ORDER BY at",
+            (experiment_id,),
+        )
+    except Exception:  # noqa: BLE001 - an older, read-only store without the table
+        return []
+    keys = ("row_index", "variant", "vs", "choice", "reviewer", "at", "shown_first")
+    return [{k: r[k] for k in keys} for r in rows]
