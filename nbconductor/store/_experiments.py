@@ -243,11 +243,19 @@ def cli_experiment(store: str | None, experiment: str, *, as_json: bool = False)
         known = ", ".join(e["id"] for e in found[:5]) or "none yet: run nbconductor compare"
         raise OptionError(f"no experiment {experiment!r} in the store (latest: {known})")
     e = match[0]
-    if e["summary"] is None:
-        raise OptionError(
-            f"experiment {e['id']} is {e['status']}: run the same compare again to finish it"
-        )
-    print(json.dumps(e["summary"], indent=2) if as_json else compare_text(e["summary"]))
+    from .._compare import load_comparison  # the figures as they are now (people's choices too)
+
+    db = open_store(store, readonly=True)
+    try:
+        comparison = load_comparison(db, e["id"])
+    finally:
+        db.close()
+    if not comparison.cells:
+        raise OptionError(f"experiment {e['id']} has no finished cell: run the same compare again")
+    done = "" if e["status"] == "finished" else " (unfinished: run the same compare to finish it)"
+    print(
+        json.dumps(comparison.to_json(), indent=2) if as_json else compare_text(comparison) + done
+    )
     return 0
 
 
