@@ -322,15 +322,18 @@ async def _traced_call(coro, ref, request, pool, attempt, fallback, image, role)
         raise
     finally:
         _parent.reset(token)
+    done = _usage_attrs(response.usage)  # one set_attributes: each call takes the span's lock
     if response.model:
-        span.set_attribute("gen_ai.response.model", response.model.split(":", 1)[-1])
-    _usage(span, response.usage)
+        done["gen_ai.response.model"] = response.model.split(":", 1)[-1]
     if state is not None and state.finish:
-        span.set_attribute("gen_ai.response.finish_reasons", list(state.finish))
-    _set(span, "nbconductor.cost", _cost(ref, response, pool, image))
+        done["gen_ai.response.finish_reasons"] = list(state.finish)
+    cost = _cost(ref, response, pool, image)
+    if cost is not None:
+        done["nbconductor.cost"] = cost
     if content and not image:
         msg = {"role": "assistant", "parts": [{"type": "text", "content": _redact(response.text)}]}
-        span.set_attribute("gen_ai.output.messages", json.dumps([msg]))
+        done["gen_ai.output.messages"] = json.dumps([msg])
+    span.set_attributes(done)
     span.end()
     return response
 
@@ -415,12 +418,18 @@ def _input_messages(request: Any) -> dict[str, str]:
 
 
 def _usage(span: Any, usage: Any) -> None:
-    if usage is None:
-        return
-    _set(span, "gen_ai.usage.input_tokens", usage.input_tokens)
-    _set(span, "gen_ai.usage.output_tokens", usage.output_tokens)
-    _set(span, "gen_ai.usage.cache_read.input_tokens", usage.cache_read_tokens)
-    _set(span, "gen_ai.usage.cache_creation.input_tokens", usage.cache_write_tokens)
+    if usage is not None:
+        span.set_attributes(_usage_attrs(usage))
+
+
+def _usage_attrs(usage: Any) -> dict[str, int]:
+    pairs = (
+        ("gen_ai.usage.input_tokens", usage.input_tokens),
+        ("gen_ai.usage.output_tokens", usage.output_tokens),
+        ("gen_ai.usage.cache_read.input_tokens", usage.cache_read_tokens),
+        ("gen_ai.usage.cache_creation.input_tokens", usage.cache_write_tokens),
+    )
+    return {k: v for k, v in pairs if v is not None}
 
 
 def _cost(ref: Any, response: Any, pool: Any, image: bool) -> float | None:
