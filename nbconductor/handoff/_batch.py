@@ -210,12 +210,7 @@ def batch(
     from .._config import load_config
 
     load_config(start=notebook.parent)  # a config error stops the batch here, not in every row
-    if isinstance(rows, (str, os.PathLike)):
-        params_name = str(rows)
-        rows_in = read_rows(rows)
-    else:
-        params_name = "<rows>"
-        rows_in = given_rows(rows)
+    params_name, rows_in = _rows_of(rows)
     _check_known(nb, rows_in, params_name)
     if dry_run:
         from ._provider_batch import dry_run as estimate
@@ -233,14 +228,7 @@ def batch(
         Row(i, params, str(out_dir / output_name(notebook, i, len(rows_in))))
         for i, params in enumerate(rows_in)
     ]
-    results: dict[int, dict] = {}
-    todo = []
-    for row in all_rows:
-        done = manifest.finished(row) if resume else None
-        if done is not None:
-            results[row.index] = {**done, "resumed": True}
-        else:
-            todo.append(row)
+    results, todo = _resumed(manifest, all_rows, resume)
     if resume and results:
         print(
             f"nbconductor: resuming: {len(results)} of {plural(len(all_rows), 'row')} already finished",
@@ -285,19 +273,7 @@ def batch(
     try:
         # Every row's history() ends where the batch began: rows do not see each other's outputs.
         with environ({HISTORY_ENV: repr(started)}):
-            if todo and dask:
-                from ._dask import run_dask
-
-                run_dask(dask, todo, spec, done)
-            elif todo:
-                with brokered.running() if brokered else contextlib.nullcontext():
-                    run_local(
-                        todo,
-                        spec,
-                        _worker_count(workers, len(todo)),
-                        done,
-                        log_dir=out_dir / "logs",
-                    )
+            _run_rows(todo, spec, done, dask, workers, brokered, out_dir / "logs")
     finally:
         if traced:
             traced(
@@ -311,6 +287,38 @@ def batch(
     return BatchResult(
         ordered, out_dir, store, time.time() - started, missing=len(all_rows) - len(ordered)
     )
+
+
+def _rows_of(rows: Any) -> tuple[str, list[dict[str, Any]]]:
+    """(what the manifest calls the rows, the rows) from a params file or a list of mappings."""
+    if isinstance(rows, (str, os.PathLike)):
+        return str(rows), read_rows(rows)
+    return "<rows>", given_rows(rows)
+
+
+def _resumed(manifest: Manifest, rows: list[Row], resume: bool) -> tuple[dict[int, dict], list]:
+    """(the results of the rows an earlier batch finished, by index; the rows still to run)."""
+    results: dict[int, dict] = {}
+    todo = []
+    for row in rows:
+        done = manifest.finished(row) if resume else None
+        if done is not None:
+            results[row.index] = {**done, "resumed": True}
+        else:
+            todo.append(row)
+    return results, todo
+
+
+def _run_rows(todo, spec: dict, done, dask, workers, brokered, log_dir: Path) -> None:
+    """Run the rows on the Dask cluster at ``dask``, else on local workers (with ``brokered``:
+    their model calls go through the provider batch broker)."""
+    if todo and dask:
+        from ._dask import run_dask
+
+        run_dask(dask, todo, spec, done)
+    elif todo:
+        with brokered.running() if brokered else contextlib.nullcontext():
+            run_local(todo, spec, _worker_count(workers, len(todo)), done, log_dir=log_dir)
 
 
 # ---------------------------------------------------------------------------------- the CLI
