@@ -522,3 +522,62 @@ def test_grpc_and_the_config_endpoint_reach_phoenix(how, traced, phoenix, tmp_pa
     assert sorted(s["name"] for s in spans) == ["chat m", "nbconductor.run", "step a"]
     [root] = by_name(spans, "nbconductor.run")
     assert root["attributes"]["nbconductor.run.id"] == run.run_id
+
+
+@pytest.mark.dask
+def test_rows_on_dask_workers_export_with_the_coordinators_settings(traced, phoenix, tmp_path):
+    """The worker's own environment has no OTEL_* at all: the task carries them."""
+    from nbconductor import batch
+    from nbconductor.handoff._export import export_pipeline
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.pop("NBCONDUCTOR_STORE", None)
+    common = {
+        "cwd": tmp_path,
+        "env": env,
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+    }
+    scheduler = [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1"]
+    procs = [subprocess.Popen([*scheduler, "--port", str(port), "--no-dashboard"], **common)]
+    worker = [sys.executable, "-m", "dask", "worker", address, "--nworkers", "1", "--nthreads", "1"]
+    procs.append(subprocess.Popen([*worker, "--host", "127.0.0.1", "--no-dashboard"], **common))
+    try:
+        import distributed
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with distributed.Client(address, timeout=5) as client:
+                    client.wait_for_workers(1, timeout=120)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the Dask cluster did not start"
+                time.sleep(0.5)
+        p = Pipeline(store=":memory:", namespace={"topic": "t"})
+        p.step("draft", "Write about {{ topic }}", model="offline:w")
+        job = export_pipeline(p, tmp_path / "job.ipynb")
+        result = batch(job, [{"topic": "tides"}], dask=address, out=tmp_path / "out")
+        assert [r["status"] for r in result.rows] == ["passed"]
+        flush()
+
+        def complete(spans):
+            names = [s["name"] for s in spans]
+            return "nbconductor.run" in names and "nbconductor.batch" in names
+
+        spans = phoenix.spans(traced, until=complete, timeout=60)
+        [outer] = by_name(spans, "nbconductor.batch")
+        [run] = by_name(spans, "nbconductor.run")
+        assert (
+            run["attributes"]["nbconductor.batch.id"] == outer["attributes"]["nbconductor.batch.id"]
+        )
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
