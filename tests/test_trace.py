@@ -581,3 +581,15 @@ def test_rows_on_dask_workers_export_with_the_coordinators_settings(traced, phoe
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_an_image_call_is_a_generate_content_span(memory, tmp_path):
+    p = Pipeline(store=":memory:", root=tmp_path)
+    p.step("pic", "a lighthouse at dusk", model="offline:img", image=True)
+    assert p.run().status == "passed"
+    [call] = [s for s in memory.get_finished_spans() if s.attributes.get("nbconductor.call")]
+    assert call.name == "generate_content img"
+    assert call.attributes["gen_ai.operation.name"] == "generate_content"
+    assert call.parent.span_id == next(
+        s.context.span_id for s in memory.get_finished_spans() if s.name == "step pic"
+    )
