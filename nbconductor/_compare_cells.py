@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ._redact import redact
 from ._types import StepResult
 
 
@@ -33,7 +34,7 @@ def cell_figures(results: dict[str, StepResult], step: str, targets: list[str]) 
         "cost": None if any(c is None for c in costs) else sum(costs),
         "latency": sum(r.latency or 0.0 for r in ran if not r.cached),
         "gates": [{"name": g.name, "passed": g.passed, "score": g.score} for g in res.gates],
-        "output": _text(res.output),
+        "output": None if res.output is None else redact(_text(res.output) or ""),
     }
 
 

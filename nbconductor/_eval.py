@@ -18,6 +18,7 @@ from . import _stats
 from ._compare_cells import cell_figures
 from ._executor import RunOptions, Session, execute
 from ._loop import run_sync
+from ._redact import redact
 
 
 def evaluate(pipeline, rows: list[dict[str, Any]], *, workers: int = 8) -> dict[str, Any]:
@@ -63,7 +64,7 @@ async def _evaluate(pipeline, rows, workers: int) -> dict[str, Any]:
 
 def key(row: dict[str, Any]) -> str:
     """A row's identity for pairing: its parameters as canonical JSON."""
-    return json.dumps(row, sort_keys=True, default=str)
+    return redact(json.dumps(row, sort_keys=True, default=str))  # --save writes it to a file
 
 
 def _r(x: float | None) -> float | None:

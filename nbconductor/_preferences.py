@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import OptionError
+from ._redact import redact
 from .store._experiments import CHOICES, experiment_prefs, record_preference
 
 
@@ -63,10 +64,10 @@ def pending(comparison, store, seed: int | None = None) -> list[Task]:
     for (row, variant), cell in sorted(outputs.items()):
         if variant == base or (row, variant) in done or (row, base) not in outputs:
             continue
-        mine, theirs = cell["output"] or "", outputs[row, base]["output"] or ""
+        mine, theirs = redact(cell["output"] or ""), redact(outputs[row, base]["output"] or "")
         first = rng.choice([variant, base])
         a, b = (mine, theirs) if first == variant else (theirs, mine)
-        brief = "; ".join(f"{k}: {v}" for k, v in (cell.get("params") or {}).items())
+        brief = redact("; ".join(f"{k}: {v}" for k, v in (cell.get("params") or {}).items()))
         tasks.append(Task(comparison.experiment_id, row, brief, a, b, variant, base, first))
     rng.shuffle(tasks)
     return tasks

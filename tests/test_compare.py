@@ -572,3 +572,17 @@ def test_blind_pairwise_review_records_preferences_and_agreement(api, tmp_path, 
     assert "people (blind, 6 decided): 4 wins, 0 losses, 1 ties, 1 both bad" in c.text()
     with pytest.raises(UsageError, match="no experiment 'nope'"):
         ip.run_line_magic("conductor", "review --pairwise nope")
+
+
+def test_a_secret_in_an_output_never_reaches_the_grid_store_or_report(api, pipeline, tmp_path):
+    from conftest import FAKE_ANTHROPIC_KEY
+
+    from nbconductor.render._compare import report_page
+
+    rows = [{"topic": f"topic{i} {FAKE_ANTHROPIC_KEY}"} for i in range(6)]
+    c = pipeline.compare("draft", rows, variants=["base", "concise"])
+    assert any(FAKE_ANTHROPIC_KEY in r.body.decode() for r in api.requests)  # it was sent...
+    page = report_page(c)
+    assert "[REDACTED]" in page and FAKE_ANTHROPIC_KEY not in page  # ...but never shown
+    stored = experiment_cells(pipeline.store, c.experiment_id)
+    assert FAKE_ANTHROPIC_KEY not in json.dumps(stored)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from .._redact import redact
 from .._summary import fmt_cost, preview, text_table
 
 HEADER = [
@@ -158,7 +159,7 @@ def _grid(comparison, limit: int) -> str:
     rows = []
     for i in range(min(comparison.rows, limit)):
         params = next((c["params"] for (r, _), c in by_key.items() if r == i), {})
-        brief = e(preview(", ".join(f"{k}={v}" for k, v in params.items()), 60))
+        brief = e(redact(preview(", ".join(f"{k}={v}" for k, v in params.items()), 60)))
         tds = []
         for v in comparison.variants:
             c = by_key.get((i, v))
@@ -169,7 +170,7 @@ def _grid(comparison, limit: int) -> str:
             win = ' class="win"' if v in winners.get(i, []) and len(winners.get(i, [])) == 1 else ""
             score = "—" if c["score"] is None else f"{c['score']:.2f}"
             state = f' <span class="fail">{e(c["state"] or "")}</span>' if c["failed"] else ""
-            text = c["output"] or ""
+            text = redact(c["output"] or "")
             tds.append(
                 f"<td{win}><details><summary>{score} {gates}{state} — {e(preview(text, 40))}"
                 f"</summary><pre>{e(text)}</pre></details></td>"

@@ -108,7 +108,7 @@ def record_cell(store, experiment_id: str, cell: dict[str, Any]) -> None:
     """Record one finished cell (recorded once: a second record of the same cell is ignored)."""
     values = dict(cell)
     values["gates"] = json.dumps(values.get("gates") or [])
-    values["params"] = json.dumps(values.get("params") or {}, default=str)
+    values["params"] = redact(json.dumps(values.get("params") or {}, default=str))
     output = values.get("output")
     values["output"] = None if output is None else redact(str(output)[:MAX_OUTPUT])
     for key in ("first_pass", "accepted", "failed"):
