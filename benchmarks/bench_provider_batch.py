@@ -85,6 +85,20 @@ def run(folder: Path, out: str, extra: list[str], workers: int) -> tuple[float, 
     return seconds, manifest, done.stderr
 
 
+def broker_overhead(api, manifest: dict) -> tuple[float, float]:
+    """Mean seconds per batch: the window's wait (last call in -> submitted) and the poll's
+    overshoot (the provider finished -> the results were collected)."""
+    waits, overshoots = [], []
+    for bid, entry in (manifest.get("provider_batches") or {}).items():
+        batch = api.batches.get(bid)
+        if batch is None or "collected" not in entry:
+            continue
+        waits.append(max(0.0, batch.created - entry["last_call"]))
+        overshoots.append(max(0.0, entry["collected"] - (batch.created + batch.delay)))
+    n = max(1, len(waits))
+    return sum(waits) / n, sum(overshoots) / n
+
+
 def waves(api) -> int:
     """Sequential batch waves: batches whose processing overlapped count once."""
     spans = sorted((b.created, b.created + b.delay) for b in api.batches.values())
@@ -129,9 +143,10 @@ def main() -> None:
             print()
             print(
                 "| D (s) | calls | cost direct | cost batch | ratio | batches (anthropic/openai) "
-                "| waves | wall | D × waves | overhead | overhead / (D × waves) |"
+                "| waves | wall | D × waves | overhead | overhead / (D × waves) | window wait "
+                "| poll overshoot | (wait + overshoot) / D |"
             )
-            print("|---|---|---|---|---|---|---|---|---|---|---|")
+            print("|" + "---|" * 14)
             for d in a.delays:
                 api.reset()
                 api.set_default(reply)
@@ -143,11 +158,12 @@ def main() -> None:
                 kinds = collections.Counter(b.provider for b in api.batches.values())
                 w = waves(api)
                 overhead = seconds - direct_s - d * w
+                wait, over = broker_overhead(api, batched)
                 print(
                     f"| {d:g} | {len(api.batch_log)} | ${direct_cost:.4f} | ${cost:.4f} | "
                     f"{cost / direct_cost:.3f} | {len(api.batches)} ({kinds['anthropic']}/{kinds['openai']}) "
                     f"| {w} | {seconds:.1f}s | {d * w:.0f}s | {overhead:.1f}s | "
-                    f"{overhead / (d * w):.1%} |",
+                    f"{overhead / (d * w):.1%} | {wait:.2f}s | {over:.2f}s | {(wait + over) / d:.1%} |",
                     flush=True,
                 )
     finally:

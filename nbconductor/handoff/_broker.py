@@ -60,6 +60,7 @@ class _Call:
     key: str
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
+    wall: float = field(default_factory=time.time)
 
 
 class Broker:
@@ -261,6 +262,7 @@ class Broker:
             "group": group,
             "requests": {cid: c.key for cid, c in zip(ids, calls, strict=True)},
             "submitted": started,
+            "last_call": max(c.wall for c in calls),  # submitted - last_call: the window's wait
         }
         self._entries[bid] = entry
         self.journal(bid, entry)  # before waiting: a crash from here on is collected on --resume
@@ -312,6 +314,9 @@ class Broker:
                 )
             )
         self._results[bid] = {**results, None: fallback}
+        if bid in self._entries:
+            self._entries[bid] = {**self._entries[bid], "collected": time.time()}
+            self.journal(bid, self._entries[bid])
         for batch in self.batches:
             if batch["id"] == bid:
                 batch["ended"] = time.time()
