@@ -145,7 +145,7 @@ def config(server, tmp_path, monkeypatch) -> Config:
         aliases={"local": spec, "judge": spec},
         retry=RetryPolicy(base_delay=0.01, max_delay=0.05),
         read_timeout=60.0,
-        timeout=120.0,
+        timeout=300.0,
     )
 
 
@@ -161,7 +161,7 @@ class Answer(BaseModel):
 def test_json_step_streams_and_reports_usage(server, config, tmp_path):
     p = pipeline(tmp_path, config)
     p.step("facts", 'Answer in JSON with keys "city" and "country": where is Paris?', json=True,
-           max_tokens=64, temperature=0)  # fmt: skip
+           max_tokens=128, temperature=0)  # fmt: skip
     before = server.requests()
     events = []
     res = p.run(observer=lambda *e: events.append(e), stream=True).results["facts"]
@@ -179,7 +179,7 @@ def test_schema_step_is_valid_structured_output(server, config, tmp_path, capsys
     p = pipeline(tmp_path, config)
     p.namespace["Answer"] = Answer
     p.step("where", "Where is the Eiffel Tower? Give the city and the country.",
-           schema="Answer", max_tokens=64, temperature=0)  # fmt: skip
+           schema="Answer", max_tokens=128, temperature=0)  # fmt: skip
     res = p.run().results["where"]
     assert res.state == "passed", res.error
     assert isinstance(res.output, Answer) and res.output.city and res.output.country
@@ -190,7 +190,7 @@ def test_rubric_verdict_is_parsed(server, config, tmp_path):
     p = pipeline(tmp_path, config)
     p.step("line", "Write one short sentence about the sea.", max_tokens=40, temperature=0)
     p.rubric(
-        "line", "Is it one sentence about the sea?", judge="judge", threshold=0.0, max_tokens=128
+        "line", "Is it one sentence about the sea?", judge="judge", threshold=0.0, max_tokens=400
     )
     res = p.run().results["line"]
     assert res.state == "passed", res.error
@@ -202,7 +202,7 @@ def test_unchanged_rerun_sends_no_request(server, config, tmp_path):
     p = pipeline(tmp_path, config)
     p.step("a", "Name a colour.", max_tokens=16, temperature=0)
     p.step("b", "Use {{ a }} in a sentence.", max_tokens=32, temperature=0)
-    assert p.run().ok
+    assert p.run().status == "passed"
     before = server.requests()
     again = pipeline(tmp_path, config)  # a new session, same store
     again.step("a", "Name a colour.", max_tokens=16, temperature=0)
@@ -215,14 +215,13 @@ def test_unchanged_rerun_sends_no_request(server, config, tmp_path):
 def test_server_killed_mid_step_then_restarted_and_resumed(server, config, tmp_path):
     p = pipeline(tmp_path, config)
     p.step("first", "Say hello.", max_tokens=8, temperature=0)
-    p.step("long", "Count from 1 to 200, one number a line, after {{ first }}.", max_tokens=600,
+    p.step("long", "Count from 1 to 200, one number a line, after {{ first }}.", max_tokens=160,
            temperature=0, retries=0)  # fmt: skip
     log_before = server.requests()
 
     def killer():
-        while server.requests() < log_before + 2:  # `long` is being generated
-            time.sleep(0.05)
-        time.sleep(0.3)
+        while server.requests() < log_before + 2:  # `long` has reached the server
+            time.sleep(0.02)
         server.kill()
 
     thread = threading.Thread(target=killer, daemon=True)
@@ -238,9 +237,10 @@ def test_server_killed_mid_step_then_restarted_and_resumed(server, config, tmp_p
     resumed = pipeline(tmp_path, config)
     resumed.step("first", "Say hello.", max_tokens=8, temperature=0)
     resumed.step("long", "Count from 1 to 200, one number a line, after {{ first }}.",
-                 max_tokens=600, temperature=0, retries=0)  # fmt: skip
+                 max_tokens=160, temperature=0, retries=0)  # fmt: skip
     run = resumed.run()
-    assert run.results["first"].cached and run.results["long"].state == "passed"
+    assert run.results["first"].cached
+    assert run.results["long"].state == "passed", run.results["long"].error
     assert server.requests() - before == 1  # only the step that did not finish
 
 
