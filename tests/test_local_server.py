@@ -131,6 +131,7 @@ def server(tmp_path_factory):
     srv.startup = time.monotonic() - started
     yield srv
     srv.stop()
+    print(f"\nllama-server: {srv.requests()} requests, started in {srv.startup:.1f}s")
 
 
 @pytest.fixture
