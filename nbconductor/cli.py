@@ -69,6 +69,11 @@ def _report(args: argparse.Namespace) -> int:
 def _review(args: argparse.Namespace) -> int:
     from .store._review import cli_review
 
+    if args.serve:
+        from .handoff._serve import serve
+
+        return serve(args.store, port=args.port, ip=args.ip)
+
     return cli_review(
         args.store,
         approve=args.approve,
@@ -216,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--assign", metavar="USER[,USER…]", help="assign waiting items round-robin")
     review.add_argument("--mine", action="store_true", help="only the items assigned to me")
     review.add_argument("--next", action="store_true", help="claim and show the next free item")
+    review.add_argument("--serve", action="store_true", help="the queue as a web page (Voilà)")
+    review.add_argument("--port", type=int, default=8866, help="--serve: the port (8866)")
+    review.add_argument("--ip", default="127.0.0.1", help="--serve: the address (127.0.0.1)")
     review.set_defaults(func=_review)
 
     store = sub.add_parser("store", help="run store maintenance: copy")
