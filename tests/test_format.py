@@ -24,7 +24,6 @@ def test_the_glyphs_are_the_readmes_and_the_widgets():
 
 
 def test_a_footer_speaks_the_same_glyphs():
-    pytest.importorskip("IPython")
     from nbconductor.notebook._display import footer
 
     result = StepResult("draft", "failed", None, usage=Usage(3, 4), cost=0.0031)

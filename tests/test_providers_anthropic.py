@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import sys
 
+import anthropic  # noqa: F401  the real SDK (the test extra); missing, this file fails to import
 import pytest
 from fakeapi import JSONText, Malformed, Text, ToolCall
 from pydantic import BaseModel
 
 from nbconductor import Pipeline
 from nbconductor._pricing import DEFAULT_PRICES
-
-pytest.importorskip("anthropic")
 
 MODEL = "anthropic:claude-sonnet-4-6"
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import email.utils
 import time
 
+import anthropic  # noqa: F401  the real SDKs (the test extra); missing, this file fails to import
+import openai  # noqa: F401
 import pytest
 from fakeapi import Cut, Error, Malformed, Slow, Stall, StreamError, Text
 
 from nbconductor import Pipeline
 from nbconductor.providers._common import retry_after
-
-pytest.importorskip("anthropic")
-pytest.importorskip("openai")
 
 CLAUDE = "anthropic:claude-haiku-4-5"
 GPT = "openai:gpt-4.1-mini"
