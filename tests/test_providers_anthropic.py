@@ -239,13 +239,17 @@ def test_temperature_is_sent(fake_api, fast_config, tmp_path):
     assert fake_api.requests_for("anthropic")[-1].json["temperature"] == 0.2
 
 
-def test_malformed_stream_is_an_output_error_then_retried(fake_api, fast_config, tmp_path):
+def test_malformed_stream_is_a_transport_fault_retried_without_feedback(
+    fake_api, fast_config, tmp_path
+):
     fake_api.script(Malformed(), Text("fine"), endpoint="anthropic")
     p = make(tmp_path, fast_config)
     p.step("a", "Hi", model=MODEL)
     res = p.run().results["a"]
     assert res.output == "fine" and len(fake_api.requests_for("anthropic")) == 2
     assert res.attempts[0].outcome == "error" and "malformed" in res.attempts[0].error
+    first, retry = fake_api.requests_for("anthropic")
+    assert retry.json["messages"] == first.json["messages"]  # resent as it was: no feedback added
 
 
 def test_missing_key_names_the_variable_and_sends_nothing(
