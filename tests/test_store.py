@@ -98,7 +98,7 @@ def test_secrets_in_rich_outputs_are_not_stored(monkeypatch):
     import numpy as np
     import pandas as pd
 
-    canary = "sk-ant-canary-0123456789abcdefghij"
+    canary = "sk-ant-" + "canary-0123456789abcdefghij"
     monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
     for value in (np.array([f"key {canary}"]), pd.DataFrame({"k": [canary]})):
         kind, blob = encode_output(value)
@@ -140,7 +140,7 @@ def test_cache_keys_hash_without_pickle(monkeypatch):
 
 
 def test_keys_are_redacted_before_writing(tmp_path, monkeypatch):
-    canary = "sk-ant-canary-0123456789abcdefghij"
+    canary = "sk-ant-" + "canary-0123456789abcdefghij"
     monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
     path = tmp_path / "s.sqlite"
     store = Store(path)
@@ -156,7 +156,7 @@ def test_keys_are_redacted_before_writing(tmp_path, monkeypatch):
 def test_structured_outputs_are_redacted_too(monkeypatch):
     from pydantic import BaseModel
 
-    canary = "sk-ant-canary-0123456789abcdefghij"
+    canary = "sk-ant-" + "canary-0123456789abcdefghij"
     monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
 
     class Reply(BaseModel):

@@ -116,22 +116,25 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
 
 
 def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load``, refusing a key given twice in one mapping (YAML keeps the last)."""
     import yaml
 
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def mapping(loader, node, deep=False):
-        keys = [loader.construct_object(k, deep=True) for k, _ in node.value]
-        for key in keys:
-            if isinstance(key, str) and keys.count(key) > 1:
-                raise OptionError(
-                    f"`{key}` appears twice in one row (line {node.start_mark.line + 1}): keep one"
-                )
-        return yaml.SafeLoader.construct_mapping(loader, node, deep)
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    # Composing builds the node tree only (no Python objects), so the check runs on plain data.
+    stack = [yaml.compose(text, Loader=yaml.SafeLoader)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and keys.count(key.value) > 1:
+                    raise OptionError(
+                        f"`{key.value}` appears twice in one row "
+                        f"(line {key.start_mark.line + 1}): keep one"
+                    )
+            stack += [v for _, v in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    return yaml.safe_load(text)
 
 
 def _one_line(exc: BaseException) -> str:
