@@ -187,6 +187,57 @@ def test_copy_moves_every_row_both_ways_and_refuses_a_full_store(
     assert copied.record(run, StepResult("x", "passed", "y")) > merged[1]["result_id"]
 
 
+def test_copy_moves_the_experiment_tables_and_counts_them(
+    store_target, pg_server, tmp_path, capsys
+):
+    from nbconductor.store._audit import add_audit
+    from nbconductor.store._experiments import (
+        experiment_cells,
+        experiment_pairs,
+        experiment_prefs,
+        experiments,
+        record_cell,
+        record_pair,
+        record_preference,
+        save_experiment,
+    )
+
+    store, ids = flagged_store(store_target, 3)
+    save_experiment(store, "e1", "draft", ["base", "short"], 2, 1, "nb.ipynb", "finished", {"k": 1})
+    for row in range(2):
+        for n, variant in enumerate(("base", "short")):
+            cell = {"row_index": row, "variant": variant, "repeat_index": 0, "run_id": "r"}
+            cell |= {"result_id": ids[n], "state": "passed", "first_pass": True, "score": 4.0}
+            record_cell(store, "e1", cell | {"output": f"{variant} {row}", "gates": ["ok"]})
+        pair = {"row_index": row, "variant": "short", "vs": "base", "judge": "j"}
+        record_pair(store, "e1", pair | {"winner": "short", "flipped": row == 1, "reasons": ["r"]})
+    assert record_preference(store, "e1", 0, "short", "base", "tie", "base")
+    add_audit(store, ids[1], "draft", 0.5)
+    add_audit(store, ids[2], "draft", 0.5)
+    other = str(tmp_path / "copy.sqlite") if "://" in store_target else pg_server.database()
+    assert main(["store", "copy", store_target, other]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "1 experiments, 4 experiment_cells, 2 experiment_pairs, 1 experiment_prefs, 2 audits" in out
+    )
+    copied = connect(other)
+    assert [(e["id"], e["variants"], e["summary"]) for e in experiments(copied)] == [
+        ("e1", ["base", "short"], {"k": 1})
+    ]
+    assert experiment_cells(copied, "e1") == experiment_cells(store, "e1")
+    assert experiment_pairs(copied, "e1") == experiment_pairs(store, "e1")
+    assert experiment_prefs(copied, "e1") == experiment_prefs(store, "e1")
+    audited = copied.query("SELECT result_id, status FROM audits ORDER BY result_id")
+    assert [(r["result_id"], r["status"]) for r in audited] == [(ids[1], "open"), (ids[2], "open")]
+    # a merge replaces the experiment rows by key and moves audits with their results' new ids
+    assert main(["store", "copy", store_target, other, "--merge"]) == 0
+    assert copied.count("experiment_cells") == 4 and copied.count("experiment_prefs") == 1
+    audited = [r["result_id"] for r in copied.query("SELECT result_id FROM audits")]
+    assert len(audited) == 4 and sorted(audited)[2] > max(ids)
+    moved = copied.query("SELECT step FROM results WHERE id=?", (sorted(audited)[2],))
+    assert moved[0]["step"] == "draft"
+
+
 def test_copy_from_nowhere_is_one_line(tmp_path, capsys):
     assert main(["store", "copy", str(tmp_path / "none.sqlite"), str(tmp_path / "b.sqlite")]) == 2
     assert "no run store at" in capsys.readouterr().err

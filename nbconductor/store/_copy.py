@@ -3,41 +3,61 @@
 `dump` reads every row of some tables; `merge` writes such rows into another store (either
 backend) in one transaction. A copy into an empty store keeps every id; a merge gives results
 and reviews new ids and carries them to what points at them (reviews, claims, assignments,
-experiment cells, a ``--map`` item's ``parent_id``). Rows are data: columns are matched by name
+experiment cells, audits, a ``--map`` item's ``parent_id``); experiments, their cells, pairwise
+judgements, people's preferences and audits are replaced by their keys. A new table is one line
+in `TABLES`. Rows are data: columns are matched by name
 against the destination's own columns, values are passed as parameters, nothing is evaluated.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .._errors import StoreError
 from ._base import connect, shown
 
-#: every table a copy moves, parents before what points at them
-COPIED = (
-    "runs",
-    "results",
-    "reviews",
-    "claims",
-    "assignments",
-    "experiments",
-    "experiment_cells",
+
+@dataclass(frozen=True)
+class Table:
+    """One table a copy moves: how its rows are ordered, what identifies a row that is replaced
+    when seen again (empty: a counter ``id``, renumbered by a merge), and whether it points at a
+    result (its ``result_id`` follows the result's new id)."""
+
+    name: str
+    order: str = "id"
+    key: tuple[str, ...] = ()
+    result_ref: bool = False
+
+
+#: every table a copy moves, parents before what points at them (one line per table)
+TABLES = (
+    Table("runs", "started, id", ("id",)),
+    Table("results"),
+    Table("reviews", result_ref=True),
+    Table("claims", "result_id", ("result_id",), result_ref=True),
+    Table("assignments", "result_id", ("result_id",), result_ref=True),
+    Table("experiments", "id", ("id",)),
+    Table(
+        "experiment_cells",
+        "experiment_id, row_index, variant, repeat_index",
+        ("experiment_id", "row_index", "variant", "repeat_index"),
+        result_ref=True,
+    ),
+    Table(
+        "experiment_pairs",
+        "experiment_id, row_index, variant, vs, judge",
+        ("experiment_id", "row_index", "variant", "vs", "judge"),
+    ),
+    Table(
+        "experiment_prefs",
+        "experiment_id, row_index, variant, vs",
+        ("experiment_id", "row_index", "variant", "vs"),
+    ),
+    Table("audits", "result_id", ("result_id",), result_ref=True),
 )
-_ORDER = {
-    "runs": "started, id",
-    "claims": "result_id",
-    "assignments": "result_id",
-    "experiments": "id",
-    "experiment_cells": "experiment_id, row_index, variant, repeat_index",
-}
-_KEYS = {  # tables whose rows are replaced when seen again (their key is not a counter)
-    "runs": ("id",),
-    "claims": ("result_id",),
-    "assignments": ("result_id",),
-    "experiments": ("id",),
-    "experiment_cells": ("experiment_id", "row_index", "variant", "repeat_index"),
-}
+COPIED = tuple(t.name for t in TABLES)
+_BY_NAME = {t.name: t for t in TABLES}
 
 
 def _q(column: str) -> str:
@@ -50,7 +70,7 @@ def dump(store, tables: tuple[str, ...] = COPIED) -> dict[str, list[dict]]:
     for t in tables:
         if not store._columns(t):
             continue  # an older store without it
-        order = _ORDER.get(t, "id")
+        order = _BY_NAME[t].order if t in _BY_NAME else "id"
         out[t] = [dict(r) for r in store.query(f"SELECT * FROM {t} ORDER BY {order}")]
     return out
 
@@ -60,20 +80,20 @@ def merge(store, rows: dict[str, list[dict]], *, keep_ids: bool = False) -> dict
     counts: dict[str, int] = {}
     ids: dict[int, int] = {}
     with store.transaction():
-        for table in COPIED:
+        for spec in TABLES:
+            table = spec.name
             records = rows.get(table)
             if records is None:
                 continue
             known = store._columns(table)
             for rec in records:
                 rec = dict(rec)
-                if table in ("reviews", "claims", "assignments", "experiment_cells"):
-                    if rec.get("result_id") is not None:
-                        rec["result_id"] = ids.get(rec["result_id"], rec["result_id"])
+                if spec.result_ref and rec.get("result_id") is not None:
+                    rec["result_id"] = ids.get(rec["result_id"], rec["result_id"])
                 elif table == "results" and rec.get("parent_id") is not None and not keep_ids:
                     rec["parent_id"] = None  # set below, once the parent has its new id
-                if table in _KEYS:
-                    _upsert(store, table, rec, known)
+                if spec.key:
+                    _upsert(store, spec, rec, known)
                 else:
                     cols = [c for c in rec if c in known and (keep_ids or c != "id")]
                     new = store.insert(
@@ -94,9 +114,9 @@ def merge(store, rows: dict[str, list[dict]], *, keep_ids: bool = False) -> dict
     return counts
 
 
-def _upsert(store, table: str, rec: dict[str, Any], known: set[str]) -> None:
+def _upsert(store, spec: Table, rec: dict[str, Any], known: set[str]) -> None:
     cols = [c for c in rec if c in known]
-    keys = _KEYS[table]
+    table, keys = spec.name, spec.key
     update = ", ".join(f"{_q(c)}=excluded.{_q(c)}" for c in cols if c not in keys)
     store.execute(
         f"INSERT INTO {table} ({', '.join(map(_q, cols))}) VALUES ({', '.join('?' * len(cols))}) "
