@@ -22,7 +22,7 @@ from . import _trace
 from ._errors import DefinitionError, OutputError, StepFailed, UnknownNameError
 from ._format import strip_fence
 from ._graph import Graph, function_params
-from ._ladder import GateContext, GateError, LadderFailed, run_ladder
+from ._ladder import GateContext, LadderFailed, charge, evaluate_gates, run_ladder
 from ._map import combine_items
 from ._pool import ProviderPool
 from ._pycode import run_python
@@ -485,41 +485,30 @@ async def _run_python(
         # In a worker thread, so the event loop stays free: other steps go on, and an
         # interrupt cancels the run at once instead of waiting for the cell's code.
         output = await asyncio.to_thread(run_python, step.body, values, step.name)
-    gates = gates_for(step, values)
-    results = []
     ctx = GateContext(step, "", "", session.pool, values)
-    try:
-        for gate in gates:
-            results.append(await gate.check(output, ctx))
-    except GateError as exc:  # the judge gave no verdict; its calls were billed all the same
+    verdict = await evaluate_gates(gates_for(step, values), output, ctx)
+    if verdict.error is not None:  # the judge gave no verdict; its calls were billed all the same
         return StepResult(
             step.name,
             "failed",
             output,
-            gates=results,
+            gates=verdict.results,
             started=started,
             ended=time.time(),
             cache_key=key,
-            cost=exc.cost,
-            usage=exc.usage,
-            error=str(exc),
+            cost=verdict.error.cost,
+            usage=verdict.error.usage,
+            error=str(verdict.error),
         )
-    _trace.gates(results)
-    state = (
-        "passed"
-        if all(g.passed for g in results)
-        else ("flagged" if step.on_fail == "review" else "failed")
-    )
-    error = None if state != "failed" else "; ".join(g.feedback for g in results if not g.passed)
-    usage, cost = Usage(0, 0), 0.0  # a rubric judge's call is the only model cost of a Python step
-    for g in results:
-        if g.usage is not None:
-            usage, cost = usage + g.usage, None if cost is None or g.cost is None else cost + g.cost
+    state = "passed" if verdict.passed else ("flagged" if step.on_fail == "review" else "failed")
+    error = None if state != "failed" else verdict.failures()
+    # a rubric judge's call is the only model cost of a Python step
+    usage, cost = charge(Usage(0, 0), 0.0, verdict.results)
     return StepResult(
         step.name,
         state,
         output,
-        gates=results,
+        gates=verdict.results,
         started=started,
         ended=time.time(),
         cache_key=key,

@@ -75,6 +75,47 @@ async def pause_for_retry(exc: ProviderError, n: int, retries: int, policy: Retr
     return True
 
 
+@dataclass
+class Verdict:
+    """What a step's gates said of one output: their results (those that ran) and, when a
+    judge gave no verdict, the `GateError` that stopped them."""
+
+    results: list[GateResult]
+    error: GateError | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(g.passed for g in self.results)
+
+    def failures(self) -> str:
+        """The feedback of every gate that failed, ``; ``-joined."""
+        return "; ".join(g.feedback for g in self.results if not g.passed)
+
+
+async def evaluate_gates(gates: list[Gate], output: Any, ctx: GateContext) -> Verdict:
+    """Run ``gates`` on ``output`` in order, once for model and Python steps; a judge that gives
+    no verdict (`GateError`) stops them and is returned in the verdict, not raised."""
+    results: list[GateResult] = []
+    try:
+        for gate in gates:
+            results.append(await gate.check(output, ctx))
+    except GateError as exc:
+        return Verdict(results, exc)
+    _trace.gates(results)
+    return Verdict(results)
+
+
+def charge(
+    usage: Usage, cost: float | None, results: list[GateResult]
+) -> tuple[Usage, float | None]:
+    """``usage`` and ``cost`` with a judge's tokens and cost added: they belong to the attempt
+    it judged."""
+    for g in results:
+        if g.usage is not None:
+            usage, cost = usage + g.usage, _add_cost(cost, g.cost)
+    return usage, cost
+
+
 async def run_ladder(
     step: Step,
     request: Request,
@@ -87,162 +128,203 @@ async def run_ladder(
     image: bool = False,
 ) -> Outcome:
     """Run one step's request through the ladder; returns an `Outcome` or raises `LadderFailed`."""
-    policy = pool.config.retry
-    attempts: list[Attempt] = []
-    usage = Usage()
-    total_cost: float | None = 0.0
-    feedback: str | None = None
-    last_gates: list[GateResult] = []
-    last_output: Any = None
-    last_error: BaseException | None = None
-    last_model = ""  # last_gates/last_output/last_model: the latest output a gate rejected
-
+    ladder = _Ladder(step, request, pool, parse, list(gates), namespace or {}, on_attempt, image)
     for index, ref in enumerate(models):
         if pool.cooling(ref.provider) and index < len(models) - 1:
-            attempts.append(_skipped(ref))
+            ladder.attempts.append(_skipped(ref))
             continue
-        provider = pool.provider(ref)
-        for n in range(1 + step.retries):
-            req = dataclasses.replace(request, model=ref.model, feedback=feedback)
+        outcome = await ladder.climb(ref, index)
+        if outcome is not None:
+            return outcome
+        if ladder.rejected and step.on_fail == "retry":
+            break
+    return ladder.give_up()
+
+
+@dataclass
+class _Ladder:
+    """One step's way down the ladder: what it has tried and spent, and the latest output a
+    gate rejected (`rejected`, `last_output`, `last_model`)."""
+
+    step: Step
+    request: Request
+    pool: ProviderPool
+    parse: Callable[[Response], Any]
+    gates: list[Gate]
+    namespace: dict
+    on_attempt: Callable[[Attempt], None] | None
+    image: bool
+    attempts: list[Attempt] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    cost: float | None = 0.0
+    feedback: str | None = None
+    rejected: list[GateResult] = field(default_factory=list)
+    last_output: Any = None
+    last_model: str = ""
+    last_error: BaseException | None = None
+
+    async def climb(self, ref: ModelRef, index: int) -> Outcome | None:
+        """Up to ``1 + retries`` attempts on model ``ref`` (the ``index``-th of the ladder); an
+        `Outcome` when one passed its gates, else None (go on to the next model)."""
+        provider = self.pool.provider(ref)
+        for n in range(1 + self.step.retries):
+            req = dataclasses.replace(self.request, model=ref.model, feedback=self.feedback)
             started = time.time()
-            response: Response | None = None
-            try:
-                async with pool.slot(ref):
-                    call = provider.image(req) if image else provider.complete(req)
-                    response = await _trace.call(
-                        call, ref, req, pool, attempt=n + 1, fallback=index, image=image
-                    )
-                output = parse(response)
-            except ProviderError as exc:
-                exc.provider = exc.provider or ref.provider
-                exc.model = exc.model or ref.model
-                last_error = exc
-                # An unusable answer still cost tokens: they count, per attempt and in the total.
-                # No answer and no usage reported: nothing was billed (0 tokens, $0).
-                spent = response.usage if response is not None else exc.usage or Usage(0, 0)
-                spent_cost = _spent_cost(ref, response, spent, pool, image)
-                usage = usage + spent
-                if spent_cost is not None and total_cost is not None:
-                    total_cost += spent_cost
-                att = Attempt(
-                    ref.spec,
-                    started,
-                    time.time(),
-                    "error",
-                    f"{type(exc).__name__}: {exc}",
-                    spent,
-                    spent_cost,
-                )
-                attempts.append(att)
-                if on_attempt:
-                    on_attempt(att)
-                if isinstance(exc, OutputError):
-                    feedback = f"Your output was not valid: {exc}"
-                elif exc.retryable:
-                    pool.failed(ref.provider)
-                if not await pause_for_retry(exc, n, step.retries, policy):
+            response, output, error = await self.attempt(provider, ref, req, n, index)
+            if error is not None:
+                if not await self.failed(error, ref, response, started, n):
                     break  # not retryable, none left, or a longer wait than we allow: fall back
                 continue
-            pool.succeeded(ref.provider)
-            call_cost = _spent_cost(ref, response, response.usage, pool, image)
-            call_usage = response.usage
-            results = []
-            ctx = GateContext(step, req.prompt, response.text, pool, namespace or {})
-            try:
-                for gate in gates:
-                    results.append(await gate.check(output, ctx))
-            except GateError as exc:
-                # The judge gave no verdict, but the answer and the judge's calls were billed.
-                call_usage, call_cost = call_usage + exc.usage, _add_cost(call_cost, exc.cost)
-                usage, total_cost = usage + call_usage, _add_cost(total_cost, call_cost)
-                att = Attempt(
-                    ref.spec,
-                    started,
-                    time.time(),
-                    "error",
-                    f"GateError: {exc.reason}",
-                    call_usage,
-                    call_cost,
-                )
-                attempts.append(att)
-                if on_attempt:
-                    on_attempt(att)
-                raise LadderFailed(
-                    step.name, exc.reason, attempts, results, output, exc, prompt=request.prompt
-                ) from None
-            _trace.gates(results)
-            for g in results:  # a judge's tokens and cost belong to the attempt it judged
-                if g.usage is not None:
-                    call_usage = call_usage + g.usage
-                    call_cost = _add_cost(call_cost, g.cost)
-            usage = usage + call_usage
-            total_cost = _add_cost(total_cost, call_cost)
-            passed = all(g.passed for g in results)
-            att = Attempt(
-                ref.spec,
-                started,
-                time.time(),
-                "passed" if passed else "gate",
-                None if passed else "; ".join(g.feedback for g in results if not g.passed),
-                call_usage,
-                call_cost,
-            )
-            attempts.append(att)
-            if on_attempt:
-                on_attempt(att)
-            if passed:
-                return Outcome(
-                    "passed",
-                    output,
-                    response.model or ref.spec,
-                    attempts,
-                    results,
-                    usage,
-                    total_cost,
-                )
-            last_gates, last_output = results, output
-            last_model = response.model or ref.spec
-            feedback = "\n".join(
-                f"- {g.name}: {g.feedback}"
-                + (f"\n  Suggested edit: {g.suggestion}" if g.suggestion else "")
-                for g in results
-                if not g.passed
-            )
-            if step.on_fail == "fallback":
+            self.pool.succeeded(ref.provider)
+            outcome = await self.judge(ref, req, response, output, started)
+            if outcome is not None:
+                return outcome
+            if self.step.on_fail == "fallback":
                 break
-        if last_gates and step.on_fail == "retry":
-            break
+        return None
 
-    # An output that a gate rejected beats none: if a fallback then failed outright, the
-    # rejected output is still what goes to review (or names the failure).
-    if last_gates and step.on_fail == "review":
-        return Outcome("flagged", last_output, last_model, attempts, last_gates, usage, total_cost)
-    if last_gates:
-        detail = "; ".join(
-            f"{g.name}"
-            + (f" scored {g.score:.2f}" if g.score is not None else "")
-            + f": {g.feedback}"
-            for g in last_gates
+    async def attempt(
+        self, provider: Any, ref: ModelRef, req: Request, n: int, index: int
+    ) -> tuple[Response | None, Any, ProviderError | None]:
+        """One attempt: send ``req`` and parse the answer; returns (response, output, error)."""
+        response: Response | None = None
+        try:
+            async with self.pool.slot(ref):
+                call = provider.image(req) if self.image else provider.complete(req)
+                response = await _trace.call(
+                    call, ref, req, self.pool, attempt=n + 1, fallback=index, image=self.image
+                )
+            return response, self.parse(response), None
+        except ProviderError as exc:
+            return response, None, exc
+
+    async def failed(
+        self,
+        exc: ProviderError,
+        ref: ModelRef,
+        response: Response | None,
+        started: float,
+        n: int,
+    ) -> bool:
+        """Record an attempt that got no usable answer; True when another attempt may follow."""
+        exc.provider = exc.provider or ref.provider
+        exc.model = exc.model or ref.model
+        self.last_error = exc
+        # An unusable answer still cost tokens: they count, per attempt and in the total.
+        # No answer and no usage reported: nothing was billed (0 tokens, $0).
+        spent = response.usage if response is not None else exc.usage or Usage(0, 0)
+        spent_cost = _spent_cost(ref, response, spent, self.pool, self.image)
+        self.usage = self.usage + spent
+        if spent_cost is not None and self.cost is not None:
+            self.cost += spent_cost
+        self._record(ref, started, "error", f"{type(exc).__name__}: {exc}", spent, spent_cost)
+        if isinstance(exc, OutputError):
+            self.feedback = f"Your output was not valid: {exc}"
+        elif exc.retryable:
+            self.pool.failed(ref.provider)
+        return await pause_for_retry(exc, n, self.step.retries, self.pool.config.retry)
+
+    async def judge(
+        self, ref: ModelRef, req: Request, response: Response, output: Any, started: float
+    ) -> Outcome | None:
+        """Evaluate the gates on an answer; an `Outcome` when it passed, else None (the
+        gates' feedback goes into the next attempt). Raises `LadderFailed` when a judge gave
+        no verdict."""
+        call_cost = _spent_cost(ref, response, response.usage, self.pool, self.image)
+        ctx = GateContext(self.step, req.prompt, response.text, self.pool, self.namespace)
+        verdict = await evaluate_gates(self.gates, output, ctx)
+        if verdict.error is not None:
+            exc = verdict.error
+            # The judge gave no verdict, but the answer and the judge's calls were billed.
+            call_usage, call_cost = response.usage + exc.usage, _add_cost(call_cost, exc.cost)
+            self._spend(call_usage, call_cost)
+            self._record(ref, started, "error", f"GateError: {exc.reason}", call_usage, call_cost)
+            raise LadderFailed(
+                self.step.name,
+                exc.reason,
+                self.attempts,
+                verdict.results,
+                output,
+                exc,
+                prompt=self.request.prompt,
+            ) from None
+        call_usage, call_cost = charge(response.usage, call_cost, verdict.results)
+        self._spend(call_usage, call_cost)
+        passed = verdict.passed
+        state, detail = ("passed", None) if passed else ("gate", verdict.failures())
+        self._record(ref, started, state, detail, call_usage, call_cost)
+        model = response.model or ref.spec
+        if passed:
+            return Outcome(
+                "passed", output, model, self.attempts, verdict.results, self.usage, self.cost
+            )
+        self.rejected, self.last_output, self.last_model = verdict.results, output, model
+        self.feedback = "\n".join(
+            f"- {g.name}: {g.feedback}"
+            + (f"\n  Suggested edit: {g.suggestion}" if g.suggestion else "")
+            for g in verdict.results
             if not g.passed
         )
+        return None
+
+    def give_up(self) -> Outcome:
+        """After every model: the rejected output flagged for review, or `LadderFailed`."""
+        # An output that a gate rejected beats none: if a fallback then failed outright, the
+        # rejected output is still what goes to review (or names the failure).
+        step, attempts = self.step, self.attempts
+        if self.rejected and step.on_fail == "review":
+            return Outcome(
+                "flagged",
+                self.last_output,
+                self.last_model,
+                attempts,
+                self.rejected,
+                self.usage,
+                self.cost,
+            )
+        if self.rejected:
+            detail = "; ".join(
+                f"{g.name}"
+                + (f" scored {g.score:.2f}" if g.score is not None else "")
+                + f": {g.feedback}"
+                for g in self.rejected
+                if not g.passed
+            )
+            raise LadderFailed(
+                step.name,
+                f"did not pass its gates after {_attempts(attempts)} ({detail})",
+                attempts,
+                self.rejected,
+                self.last_output,
+                prompt=self.request.prompt,
+            )
+        tried = ", ".join(dict.fromkeys(a.model for a in attempts))
         raise LadderFailed(
             step.name,
-            f"did not pass its gates after {_attempts(attempts)} ({detail})",
+            f"{self.last_error} (after {_attempts(attempts)}; models tried: {tried})",
             attempts,
-            last_gates,
-            last_output,
-            prompt=request.prompt,
+            [],
+            None,
+            self.last_error,
+            prompt=self.request.prompt,
         )
-    tried = ", ".join(dict.fromkeys(a.model for a in attempts))
-    raise LadderFailed(
-        step.name,
-        f"{last_error} (after {_attempts(attempts)}; models tried: {tried})",
-        attempts,
-        [],
-        None,
-        last_error,
-        prompt=request.prompt,
-    )
+
+    def _spend(self, usage: Usage, cost: float | None) -> None:
+        self.usage, self.cost = self.usage + usage, _add_cost(self.cost, cost)
+
+    def _record(
+        self,
+        ref: ModelRef,
+        started: float,
+        state: str,
+        detail: str | None,
+        usage: Usage,
+        cost: float | None,
+    ) -> None:
+        att = Attempt(ref.spec, started, time.time(), state, detail, usage, cost)
+        self.attempts.append(att)
+        if self.on_attempt:
+            self.on_attempt(att)
 
 
 def _add_cost(a: float | None, b: float | None) -> float | None:
