@@ -67,9 +67,20 @@ def cmd_compare(m, words):
         data=a.data,
     )
     m.shell.user_ns["_compare"] = result
-    display(result)
+    widget = compare_widget(result, m.pipeline.store, pickable=bool(a.pairwise) or None)
+    m.shell.user_ns["_compare_widget"] = widget
+    display(widget)
     _show_plots(result)
     return None
+
+
+def compare_widget(result, store, pickable: bool | None = None):
+    """The compare widget for ``result`` (its static HTML when anywidget cannot load)."""
+    try:
+        from .widgets.compare import CompareWidget
+    except ImportError:
+        return result
+    return CompareWidget(result, store, pickable=pickable)
 
 
 def _show_plots(result) -> None:

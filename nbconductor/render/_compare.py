@@ -56,6 +56,18 @@ def human_line(verdict: dict[str, Any]) -> str:
     )
 
 
+def verdict_lines(verdict: dict[str, Any]) -> list[str]:
+    """A variant's verdict against base as the sentences users read: the paired verdict, then
+    the pairwise judge's and the people's when there are any."""
+    lines = [verdict["sentence"]]
+    if "pairwise" in verdict:
+        pw = verdict["pairwise"]
+        lines.append(f"{pw['sentence']}; win rate {pw['win_rate']:.0%}, order flips {pw['flips']}")
+    if "human" in verdict:
+        lines.append(human_line(verdict))
+    return lines
+
+
 def figure_cells(f: dict[str, Any]) -> list[str]:
     ci = f.get("score_ci")
     score = _num(f["mean_score"]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
@@ -93,14 +105,8 @@ def compare_text(comparison) -> str:
         "",
     ]
     for v in data["verdicts"].values():
-        lines.append(v["sentence"])
-        if "pairwise" in v:
-            pw = v["pairwise"]
-            lines.append(
-                f"  {pw['sentence']}; win rate {pw['win_rate']:.0%}, order flips {pw['flips']}"
-            )
-        if "human" in v:
-            lines.append("  " + human_line(v))
+        first, *more = verdict_lines(v)
+        lines += [first, *("  " + m for m in more)]
     resumed = getattr(comparison, "resumed", 0)
     if resumed:
         lines.append(f"({resumed} cells were already in the store and were not run again)")
@@ -126,15 +132,7 @@ def compare_html(comparison, grid_rows: int = 50) -> str:
         for row in [[e(r[0])] + [e(c) for c in r[1:]] for r in _rows(data, lambda c: "\x00" + c)]
     ).replace("<td>\x00", '<td class="best">')
     verdicts = "".join(
-        f"<li>{e(v['sentence'])}</li>"
-        + (
-            f"<li>{e(v['pairwise']['sentence'])}; win rate {v['pairwise']['win_rate']:.0%}, "
-            f"order flips {v['pairwise']['flips']}</li>"
-            if "pairwise" in v
-            else ""
-        )
-        + (f"<li>{e(human_line(v))}</li>" if "human" in v else "")
-        for v in data["verdicts"].values()
+        f"<li>{e(line)}</li>" for v in data["verdicts"].values() for line in verdict_lines(v)
     )
     parts = [
         _CSS,
@@ -149,26 +147,45 @@ def compare_html(comparison, grid_rows: int = 50) -> str:
     return "".join(parts)
 
 
+def first_cells(comparison) -> dict[tuple[int, str], dict[str, Any]]:
+    """Each (row, variant)'s cell of the first repeat: what the grid shows."""
+    by_key: dict[tuple[int, str], dict[str, Any]] = {}
+    for c in comparison.cells:
+        by_key.setdefault((c["row_index"], c["variant"]), c)
+    return by_key
+
+
+def brief_text(params: dict[str, Any], width: int = 60) -> str:
+    """A row's parameters as one short, redacted line."""
+    return redact(preview(", ".join(f"{k}={v}" for k, v in params.items()), width))
+
+
+def gate_marks(gates: list[dict[str, Any]]) -> str:
+    return " ".join(("✓" if g["passed"] else "✗") + g["name"] for g in gates)
+
+
+def _score(c: dict[str, Any]) -> str:
+    return "—" if c["score"] is None else f"{c['score']:.2f}"
+
+
 def _grid(comparison, limit: int) -> str:
     e = html.escape
     winners = comparison.winners()
-    by_key = {}
-    for c in comparison.cells:
-        by_key.setdefault((c["row_index"], c["variant"]), c)  # the first repeat
+    by_key = first_cells(comparison)
     head = "<th>#</th><th>brief</th>" + "".join(f"<th>{e(v)}</th>" for v in comparison.variants)
     rows = []
     for i in range(min(comparison.rows, limit)):
         params = next((c["params"] for (r, _), c in by_key.items() if r == i), {})
-        brief = e(redact(preview(", ".join(f"{k}={v}" for k, v in params.items()), 60)))
+        brief = e(brief_text(params))
         tds = []
         for v in comparison.variants:
             c = by_key.get((i, v))
             if c is None:
                 tds.append("<td>—</td>")
                 continue
-            gates = " ".join(("✓" if g["passed"] else "✗") + e(g["name"]) for g in c["gates"])
+            gates = e(gate_marks(c["gates"]))
             win = ' class="win"' if v in winners.get(i, []) and len(winners.get(i, [])) == 1 else ""
-            score = "—" if c["score"] is None else f"{c['score']:.2f}"
+            score = _score(c)
             state = f' <span class="fail">{e(c["state"] or "")}</span>' if c["failed"] else ""
             text = redact(c["output"] or "")
             tds.append(
@@ -182,6 +199,99 @@ def _grid(comparison, limit: int) -> str:
         else ""
     )
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>{more}"
+
+
+def compare_view(comparison, pickable: bool = False) -> dict[str, Any]:
+    """What the compare widget shows, as JSON-safe data: the title, the figures table (each cell
+    its text and whether it is the column's best), each variant's verdict sentences, and the
+    grid (a row per brief: the short brief, each variant's score, gate marks, state and output
+    preview, the row's winner, and people's picks so far). Outputs in full stay out
+    (`cell_detail`): the grid sends previews only."""
+    data = comparison.to_json()
+    base = comparison.variants[0]
+    winners = comparison.winners()
+    by_key = first_cells(comparison)
+    picks: dict[int, dict[str, str]] = {}
+    for p in getattr(comparison, "prefs", []) or []:
+        if p["vs"] == base:
+            picks.setdefault(p["row_index"], {})[p["variant"]] = p["choice"]
+    grid = []
+    for i in range(comparison.rows):
+        params = next((c["params"] for (r, _), c in by_key.items() if r == i), {})
+        cells = {}
+        for v in comparison.variants:
+            c = by_key.get((i, v))
+            if c is not None:
+                cells[v] = {
+                    "score": _score(c),
+                    "gates": gate_marks(c["gates"]),
+                    "failed": bool(c["failed"]),
+                    "state": c["state"] or "",
+                    "preview": preview(redact(c["output"] or ""), 40),
+                }
+        top = winners.get(i, [])
+        grid.append(
+            {
+                "row": i,
+                "brief": brief_text(params),
+                "cells": cells,
+                "winner": top[0] if len(top) == 1 else None,
+                "picks": picks.get(i, {}),
+            }
+        )
+    return {
+        "title": f"compare {data['step']}: {data['rows']} rows × {len(data['variants'])} variants"
+        + (f" × {data['repeats']} repeats" if data.get("repeats", 1) > 1 else "")
+        + f" (experiment {data['experiment']})",
+        "header": HEADER,
+        "table": [
+            {
+                "variant": name,
+                "cells": [
+                    {"text": text, "best": key in f["best"]}
+                    for key, text in zip(KEYS, figure_cells(f), strict=True)
+                ],
+            }
+            for name, f in data["variants"].items()
+        ],
+        "verdicts": [
+            {"variant": name, "vs": v["vs"], "lines": verdict_lines(v), "human": v.get("human")}
+            for name, v in data["verdicts"].items()
+        ],
+        "variants": list(comparison.variants),
+        "base": base,
+        "grid": grid,
+        "pickable": pickable,
+    }
+
+
+def cell_detail(comparison, row: int, variant: str) -> dict[str, Any]:
+    """One grid cell expanded: its output in full (redacted), score, gate results, state,
+    tokens, cost and latency; empty for a cell the compare does not have."""
+    c = first_cells(comparison).get((row, variant))
+    if c is None:
+        return {}
+    return {
+        "row": row,
+        "variant": variant,
+        "score": _score(c),
+        "state": c["state"] or "",
+        "failed": bool(c["failed"]),
+        "gates": [
+            {
+                "name": g["name"],
+                "passed": bool(g["passed"]),
+                "score": None if g.get("score") is None else f"{g['score']:.2f}",
+            }
+            for g in c["gates"]
+        ],
+        "output": redact(c["output"] or ""),
+        "facts": [
+            ["tokens", f"{c['tokens'] or 0:,}"],
+            ["cost", fmt_cost(c["cost"])],
+            ["latency", _num(c["latency"], "{:.2f} s")],
+        ],
+    }
 
 
 def report_page(comparison) -> str:

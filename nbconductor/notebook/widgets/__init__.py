@@ -1,4 +1,4 @@
-"""Notebook widgets: the live step graph, the run timeline and the intake form.
+"""Notebook widgets: the live step graph, the run timeline, the intake form and the compare.
 
 Names are imported lazily so that ``nbconductor.render._layout`` (pure Python, used by
 export and the CLI) does not pull in ipywidgets.
@@ -9,9 +9,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["GraphWidget", "IntakeForm", "TimelineView", "render_svg", "render_text"]
+__all__ = [
+    "CompareWidget",
+    "GraphWidget",
+    "IntakeForm",
+    "TimelineView",
+    "render_svg",
+    "render_text",
+]
 
 _HOME = {
+    "CompareWidget": "compare",
     "GraphWidget": "graph",
     "IntakeForm": "form",
     "TimelineView": "nbconductor.render.timeline",
