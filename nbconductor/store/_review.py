@@ -373,15 +373,6 @@ def _update_map_step(store: Store, row, edited: Any) -> None:
         store.execute("UPDATE results SET state=? WHERE id=?", (state, parent["id"]))
 
 
-def reviews(store: Store | str | os.PathLike, result_id: int | None = None) -> list[dict]:
-    """Recorded decisions (newest last), optionally for one result."""
-    store = _as_store(store)
-    sql, args = "SELECT * FROM reviews", ()
-    if result_id is not None:
-        sql, args = sql + " WHERE result_id=?", (result_id,)
-    return [dict(r) for r in store.query(sql + " ORDER BY id", args)]
-
-
 # the command line ---------------------------------------------------------------------------
 def cli_review(
     store: str | None = None,
