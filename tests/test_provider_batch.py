@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from nbconductor import Pipeline
 from nbconductor._config import Config, ModelRef, Price
 from nbconductor._pricing import cost_of
 from nbconductor._types import Usage
+from nbconductor.handoff._broker import Broker, clean_stale
 from nbconductor.handoff._export import export_pipeline
+from nbconductor.store._liveness import own_start
 
 DRAFT = "anthropic:claude-haiku-4-5"
 JUDGE = "openai:gpt-4.1-mini"
@@ -215,7 +218,9 @@ def test_errored_and_expired_requests_follow_the_ladder(tmp_path, cli, fake_api)
     assert "RateLimitError" in log and "overloaded" in log
 
 
-def test_kill_9_then_resume_sends_nothing_twice(tmp_path, fake_api):
+@pytest.mark.parametrize("lost", [None, "manifest", "store"])
+def test_kill_9_then_resume_sends_nothing_twice(tmp_path, fake_api, lost):
+    """Submitted batches are journaled in the store and the manifest: either one is enough."""
     make_job(tmp_path, rubric=False)
     write_rows(tmp_path, 4)
     fake_api.set_default(replies)
@@ -248,6 +253,20 @@ def test_kill_9_then_resume_sends_nothing_twice(tmp_path, fake_api):
         proc.wait(30)
         proc.stderr.close()
     assert len(fake_api.batch_log) == 4
+    left = list(Path(tempfile.gettempdir()).glob(f"nbc-broker-{proc.pid}-*"))
+    assert len(left) == 1  # the killed coordinator's broker folder, cleaned up by the next start
+    store = tmp_path / ".nbconductor" / "store.sqlite"
+    db = sqlite3.connect(store)
+    stored = db.execute("SELECT id, job, requests FROM provider_batches").fetchall()
+    db.close()
+    assert {bid for bid, _, _ in stored} == set(fake_api.batches)
+    assert {job for _, job, _ in stored} == {str(manifest.parent)}
+    assert sum(len(json.loads(r)) for _, _, r in stored) == 4
+    if lost == "manifest":
+        manifest.unlink()
+    elif lost == "store":
+        for p in store.parent.glob("store.sqlite*"):
+            p.unlink()
     fake_api.batch_delay = 0.3
     for b in fake_api.batches.values():
         b.delay = 0.0  # the provider finishes the batch while no coordinator is running
@@ -261,6 +280,7 @@ def test_kill_9_then_resume_sends_nothing_twice(tmp_path, fake_api):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+    assert not left[0].exists()
     assert "4 call(s) collected from earlier batches" in done.stderr
     counts = bodies(b.body for b in fake_api.batch_log)
     assert len(fake_api.batch_log) == 8 and max(counts.values()) == 1  # 4 drafts, then 4 titles
@@ -270,6 +290,13 @@ def test_kill_9_then_resume_sends_nothing_twice(tmp_path, fake_api):
     assert {b.provider for b in fake_api.batch_log[4:]} == {"openai"}
     rows = json.loads(manifest.read_text())["rows"]
     assert {r["status"] for r in rows.values()} == {"passed"} and len(rows) == 4
+    # Both journals hold every batch again, the first coordinator's ones included.
+    db = sqlite3.connect(store)
+    stored = {bid for (bid,) in db.execute("SELECT id FROM provider_batches")}
+    db.close()
+    journaled = set(json.loads(manifest.read_text())["provider_batches"])
+    assert journaled == set(fake_api.batches)
+    assert stored == set(fake_api.batches)  # a lost store's entry comes back when collected
 
 
 def test_options_that_do_not_combine_and_the_dry_run(tmp_path, cli, fake_api, capsys, monkeypatch):
@@ -299,3 +326,28 @@ def test_batch_prices_are_half_and_configurable():
     assert cost_of(ref, usage, Config(), batch=True) == pytest.approx(3.0)
     own = Config(prices={"anthropic:claude-haiku-4-5": Price(input=1, output=5, batch=0.6)})
     assert cost_of(ref, usage, own, batch=True) == pytest.approx(3.6)
+
+
+def test_stale_broker_folders_are_removed_live_ones_kept(tmp_path):
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    dead = int(gone.stdout)
+    stale = tmp_path / f"nbc-broker-{dead}-1-abcd"
+    alive = tmp_path / f"nbc-broker-{os.getpid()}-{own_start()}-efgh"
+    old = tmp_path / "nbc-broker-x1y2z3"  # an older coordinator's, nothing listening
+    other = tmp_path / "not-a-broker"
+    for d in (stale, alive, old, other):
+        d.mkdir()
+    assert sorted(clean_stale(str(tmp_path))) == sorted([str(stale), str(old)])
+    assert alive.exists() and other.exists() and not stale.exists() and not old.exists()
+    # A broker's own folder names its owner, and it is gone once the broker stops.
+    broker = Broker()
+    address = broker.start()
+    try:
+        assert Path(address).parent.name.startswith(f"nbc-broker-{os.getpid()}-{own_start()}-")
+        assert str(Path(address).parent) not in clean_stale(str(Path(address).parent.parent))
+        assert Path(address).exists()
+    finally:
+        broker.stop()
+    assert not Path(address).parent.exists()

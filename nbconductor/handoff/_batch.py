@@ -266,6 +266,8 @@ def batch(
             rows=len(todo),
             workers=_worker_count(workers, len(todo)),
             progress=progress,
+            store=store,
+            resume=resume,
         )
 
     spec = {"notebook": str(notebook), "engine": engine, "store": store}

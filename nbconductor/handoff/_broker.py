@@ -29,6 +29,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -41,8 +42,10 @@ from .._config import ModelRef
 from .._errors import ConductorError, ProviderError, ServerError
 from ..providers import registry
 from ..providers._batch import error_result
+from ..store._liveness import own_start, process_gone
 
 STAGES = ("queued", "submitted", "in batch", "finished")
+PREFIX = "nbc-broker-"  # + owner pid + its start ticks: ``nbc-broker-1234-5678-xxxx``
 
 
 def body_key(provider: str, group: dict, body: dict) -> str:
@@ -119,7 +122,9 @@ class Broker:
     # -------------------------------------------------------------------- lifecycle
     def start(self) -> str:
         """Start the broker's thread and socket; returns the socket path for the rows."""
-        self._dir = tempfile.mkdtemp(prefix="nbc-broker-")  # 0700: only this user connects
+        clean_stale()
+        # 0700: only this user connects; the name says whose it is, for `clean_stale`
+        self._dir = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-{own_start() or 0}-")
         self.address = os.path.join(self._dir, "broker.sock")
         ready = threading.Event()
         self._thread = threading.Thread(
@@ -344,6 +349,44 @@ class Broker:
         for provider, s in sorted(self.stats.items()):
             parts.append(f"{provider} " + " · ".join(f"{s[k]} {k}" for k in STAGES))
         return "; ".join(parts)
+
+
+def clean_stale(root: str | None = None) -> list[str]:
+    """Remove the broker folders a killed coordinator left in ``root`` (the temp folder).
+
+    Only this user's folders whose owner process is gone (by pid and start time); a folder
+    from before owners were named is stale when nothing listens on its socket. Returns what
+    was removed.
+    """
+    root = root or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(root, name)
+        with contextlib.suppress(OSError):
+            if not os.path.isdir(path) or os.lstat(path).st_uid != os.getuid():
+                continue
+            if _stale(name[len(PREFIX) :].split("-"), os.path.join(path, "broker.sock")):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def _stale(parts: list[str], sock: str) -> bool:
+    if len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():
+        return process_gone(socket.gethostname(), int(parts[0]), int(parts[1]) or None)
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.settimeout(1)
+        probe.connect(sock)
+        return False  # a broker of an older nbconductor still listens
+    except OSError:
+        return True
+    finally:
+        probe.close()
 
 
 def _group_key(provider: str, group: dict) -> str:

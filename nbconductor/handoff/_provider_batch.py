@@ -5,8 +5,10 @@ Rows run in local worker processes as usual, one notebook per row; the coordinat
 (``NBCONDUCTOR_BATCH_BROKER``), so every Anthropic / OpenAI call of every row travels in a
 provider batch at the batch price. A waiting row holds its worker, so the batch holds the calls
 of as many rows as there are workers: ``--workers`` defaults to one per row (at most
-`MAX_WORKERS`) in this mode. Submitted batches are journaled in ``manifest.json``
-(``provider_batches``) before the coordinator waits for them; ``--resume`` collects them.
+`MAX_WORKERS`) in this mode. Submitted batches are journaled in the run store
+(`nbconductor.store._batches`, by output folder) and in ``manifest.json``
+(``provider_batches``) before the coordinator waits for them; ``--resume`` collects them,
+from whichever of the two still has them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._batchcall import BROKER_ENV
-from .._errors import OptionError
+from .._errors import ConductorError, OptionError
 from ._broker import Broker
 from ._runner import environ
 
@@ -47,13 +49,31 @@ def worker_count(requested: int | None, rows: int) -> int:
 
 
 class BrokerRun:
-    """The broker of one batch: started before the rows, journaling into the manifest."""
+    """The broker of one batch: started before the rows, journaling into the store and manifest."""
 
-    def __init__(self, manifest: Any, *, window: float, rows: int, workers: int, progress: Any):
+    def __init__(
+        self,
+        manifest: Any,
+        *,
+        window: float,
+        rows: int,
+        workers: int,
+        progress: Any,
+        store: str | None = None,
+        resume: bool = False,
+    ):
         self.manifest, self.progress = manifest, progress
         self.rows, self.workers, self.finished = rows, workers, 0
         self._lock = threading.Lock()
+        self.job = str(Path(manifest.path).parent)  # the output folder names the job
+        self.store = _open_store(store)
         recorded = dict(manifest.data.get("provider_batches") or {})
+        if self.store is not None:
+            if resume:
+                recorded = _union(self._stored(), recorded)
+                manifest.data["provider_batches"] = recorded  # a lost manifest gets them back
+            else:
+                self._forget()
         self.broker = Broker(
             window=window,
             in_flight=self.in_flight,
@@ -76,7 +96,32 @@ class BrokerRun:
         with self._lock:
             self.finished += 1
 
+    def _stored(self) -> dict[str, dict]:
+        from ..store._batches import recorded_batches
+
+        try:
+            return recorded_batches(self.store, self.job)
+        except Exception as exc:  # noqa: BLE001 - the manifest may still hold them
+            _warn(f"the store's provider batches could not be read ({exc})")
+            return {}
+
+    def _forget(self) -> None:
+        from ..store._batches import forget_batches
+
+        try:
+            forget_batches(self.store, self.job)
+        except Exception as exc:  # noqa: BLE001 - a fresh run goes on without
+            _warn(f"the store's earlier provider batches of this folder stay ({exc})")
+
     def journal(self, batch_id: str, entry: dict) -> None:
+        """Record a submitted (or collected) batch in the store, then in the manifest."""
+        if self.store is not None:
+            from ..store._batches import record_batch
+
+            try:
+                record_batch(self.store, self.job, batch_id, entry)
+            except Exception as exc:  # noqa: BLE001 - the manifest still holds it
+                _warn(f"provider batch {batch_id} not recorded in the store ({exc})")
         with self.manifest._lock:
             self.manifest.data.setdefault("provider_batches", {})[batch_id] = entry
             self.manifest.write()
@@ -97,12 +142,39 @@ class BrokerRun:
                 yield self.broker
         finally:
             self.broker.stop()
+            if self.store is not None:
+                self.store.close()
             b = self.broker
             print(
                 f"nbconductor: provider batches: {len(b.batches)} submitted, "
                 f"{b.reused} call(s) collected from earlier batches; {b.line()}",
                 file=sys.stderr,
             )
+
+
+def _open_store(target: str | None) -> Any:
+    if not target:
+        return None
+    from ..store._base import connect
+
+    try:
+        return connect(target)
+    except ConductorError as exc:
+        _warn(f"provider batches are journaled in the manifest only ({exc})")
+        return None
+
+
+def _union(stored: dict[str, dict], journaled: dict[str, dict]) -> dict[str, dict]:
+    """Batches from the store and the manifest; for one in both, the one that was collected."""
+    out = dict(stored)
+    for bid, entry in journaled.items():
+        if bid not in out or ("collected" in entry and "collected" not in out[bid]):
+            out[bid] = entry
+    return out
+
+
+def _warn(text: str) -> None:
+    print(f"nbconductor: {text}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------ --dry-run

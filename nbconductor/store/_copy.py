@@ -55,6 +55,7 @@ TABLES = (
         ("experiment_id", "row_index", "variant", "vs"),
     ),
     Table("audits", "result_id", ("result_id",), result_ref=True),
+    Table("provider_batches", "submitted, id", ("id",)),
 )
 COPIED = tuple(t.name for t in TABLES)
 _BY_NAME = {t.name: t for t in TABLES}

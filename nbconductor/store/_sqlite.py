@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .._errors import StoreError
 from ._base import SERVED, default_store, is_url
+from ._batches import BATCH_SCHEMA
 from ._codec import Unstored, decode_output, encode_output, loadable
 from ._experiments import EXPERIMENT_SCHEMA
 from ._liveness import process_gone
@@ -57,7 +58,7 @@ _REVIEWS = """CREATE TABLE IF NOT EXISTS reviews (
 _CLAIMS = """CREATE TABLE IF NOT EXISTS claims (result_id INTEGER PRIMARY KEY, "user" TEXT, until REAL);
 CREATE TABLE IF NOT EXISTS assignments (result_id INTEGER PRIMARY KEY, "user" TEXT);"""
 #: the schema this code writes; a store with a higher version was made by a newer nbconductor
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: provider_batches (`_batches`)
 _VERSION = "CREATE TABLE IF NOT EXISTS nbconductor_schema (version INTEGER);"
 SCHEMA = (
     _REVIEWS
@@ -83,6 +84,7 @@ CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
 CREATE INDEX IF NOT EXISTS reviews_result ON reviews(result_id);
 """
     + EXPERIMENT_SCHEMA
+    + BATCH_SCHEMA
 )
 
 #: columns added after a store's first version: (table, column, type), migrated on open
