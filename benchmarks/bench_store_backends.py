@@ -1,7 +1,9 @@
 """Per-step store overhead, SQLite file vs PostgreSQL on loopback, on the 1,000-step chain.
 
 Every step is a no-op `Pipeline.function`, so the time is the engine's own plus one store
-write (and one cache lookup) per step. The PostgreSQL server is started by the script (the
+write (and one cache lookup) per step: on PostgreSQL two round trips per fresh step, one per
+cached step (tests/test_store_postgres.py counts them). CPU time is printed beside wall time:
+on a shared machine it is the steadier measure (wall time there is mostly waiting for a core). The PostgreSQL server is started by the script (the
 tests' `tests/pgserver.py`: initdb + pg_ctl on a free port on 127.0.0.1, fsync off as in the
 tests); each repeat uses a fresh store (a new SQLite file, a new database). Medians.
 
@@ -31,17 +33,17 @@ def chain(n: int, store: str):
     return p
 
 
-def timed(n: int, store: str) -> tuple[float, float]:
-    """(seconds for a fresh run, seconds for the all-cached re-run)."""
+def timed(n: int, store: str) -> tuple[float, float, float, float]:
+    """Seconds for a fresh run and the all-cached re-run: (wall, wall, CPU, CPU)."""
     p = chain(n, store)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     first = p.run()
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     again = p.run()
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     assert first.status == "passed" and all(r.cached for r in again.results.values())
     p.close()
-    return t1 - t0, t2 - t1
+    return t1 - t0, t2 - t1, c1 - c0, c2 - c1
 
 
 def main() -> None:
@@ -59,18 +61,23 @@ def main() -> None:
             "sqlite": lambda: str(tmp_store("chain")),
             "postgres": server.database,
         }
-        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
+        runs: dict[str, list[tuple[float, ...]]] = {k: [] for k in cases}
         for _ in range(args.repeats):
             for name, target in cases.items():  # interleaved: load drifts onto all alike
                 runs[name].append(timed(args.steps, target()))
     finally:
         server.stop()
     n = args.steps
-    print("| store | fresh run, µs/step | cached re-run, µs/step |\n|---|---|---|")
+    print(
+        "| store | fresh run, µs/step (wall / CPU) | cached re-run, µs/step (wall / CPU) |\n"
+        "|---|---:|---:|"
+    )
     for name, rs in runs.items():
-        fresh = median([r[0] for r in rs]) / n * 1e6
-        cached = median([r[1] for r in rs]) / n * 1e6
-        print(f"| {name} | {fresh:.0f} | {cached:.0f} |")
+        fresh, cached, fresh_cpu, cached_cpu = (
+            median([r[i] for r in rs]) / n * 1e6 for i in range(4)
+        )
+        print(f"| {name} | {fresh:.0f} / {fresh_cpu:.0f} | {cached:.0f} / {cached_cpu:.0f} |")
+    print(machine())  # the load at the end too: it drifts while others work
 
 
 if __name__ == "__main__":

@@ -196,3 +196,84 @@ def test_the_config_store_setting_takes_a_url(store_target, tmp_path, monkeypatc
     assert p.store.path == shown(store_target)
     assert connect(store_target, readonly=True).count("results") == 1
     p.close()
+
+
+class _Sent:
+    """Every statement psycopg sends (its cursors' ``execute``) and every pool hand-over."""
+
+    def __init__(self, monkeypatch):
+        import psycopg
+        import psycopg_pool
+
+        self.statements: list[str] = []
+        self.checkouts = 0
+        execute, getconn = psycopg.Cursor.execute, psycopg_pool.ConnectionPool.getconn
+
+        def spy_execute(cur, query, *args, **kwargs):
+            self.statements.append(" ".join(str(query).split()))
+            return execute(cur, query, *args, **kwargs)
+
+        def spy_getconn(pool, *args, **kwargs):
+            self.checkouts += 1
+            return getconn(pool, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", spy_execute)
+        monkeypatch.setattr(psycopg_pool.ConnectionPool, "getconn", spy_getconn)
+
+    def clear(self) -> None:
+        self.statements.clear()
+        self.checkouts = 0
+
+
+def test_a_step_on_postgres_is_one_round_trip_per_read_and_per_write(pg_server, monkeypatch):
+
+    url = pg_server.database()
+    p = Pipeline(store=url)
+    _ = p.store
+    p.step("s0", "Begin", model="offline:w")
+    for i in range(1, 20):
+        p.step(f"s{i}", f"Step {i} goes on from {{{{ s{i - 1} }}}}", model="offline:w")
+    sent = _Sent(monkeypatch)
+    assert p.run().status == "passed"
+    # per step: the cache lookup and the result's insert; per run: interrupted runs, start, end
+    assert len(sent.statements) == 20 * 2 + 3, sent.statements
+    assert sent.checkouts <= 1  # the store keeps its connection: no pool hand-over per statement
+    sent.clear()
+    assert all(r.cached for r in p.run().results.values())
+    assert len(sent.statements) == 20 + 3 and sent.checkouts == 0
+    p.close()
+
+
+def test_a_map_row_and_its_items_parent_in_one_statement(store_target, monkeypatch):
+    from nbconductor._types import StepResult
+
+    store = connect(store_target)
+    run, other = store.start_run({}, None, None), store.start_run({}, None, None)
+    items = [store.record(run, StepResult("t", "passed", f"x{i}"), item=i) for i in range(3)]
+    stray = store.record(other, StepResult("t", "passed", "y"), item=0)  # another run's item
+    sent = _Sent(monkeypatch)
+    whole = store.record(run, StepResult("t", "passed", ["x0", "x1", "x2"], items=3))
+    if store_target.startswith("postgresql"):
+        assert len(sent.statements) == 1, sent.statements
+    parents = {r["id"]: r["parent_id"] for r in store.query("SELECT id, parent_id FROM results")}
+    assert [parents[i] for i in items] == [whole] * 3
+    assert parents[stray] is None and parents[whole] is None
+    store.close()
+
+
+def test_the_latest_result_of_a_key_is_served_however_often_it_was_recorded(store_target):
+    from nbconductor._types import StepResult
+
+    store = connect(store_target)
+    run = store.start_run({}, None, None)
+    for i in range(300):
+        store.record(run, StepResult("s", "passed", f"v{i}", cache_key="k"))
+        store.record(run, StepResult("s", "passed", f"v{i}", cache_key="k", cached=True))
+    assert store.lookup("k").output == "v299"
+    if store_target.startswith("postgresql"):  # an index on (key, id): no sort of 600 rows
+        plan = store.query(
+            "EXPLAIN SELECT * FROM results WHERE cache_key='k' AND state IN "
+            "('passed','flagged','approved','edited') AND cached=0 ORDER BY id DESC LIMIT 1"
+        )
+        assert "Sort" not in " ".join(str(r) for r in plan)
+    store.close()

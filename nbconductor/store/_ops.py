@@ -134,7 +134,7 @@ class StoreOps:
         kind, blob = encode_output(result.output, r)
         prompt = r(result.prompt) if result.prompt else None
         u = result.usage
-        result_id = self.insert(
+        sql, args = (
             """INSERT INTO results (run_id, step, state, cache_key, cached, output_kind, output, prompt,
                model, attempts, attempt_log, gates, input_tokens, output_tokens, cache_read_tokens,
                cache_write_tokens, cost, started, ended, error, items, item, notebook, "user", prompt_hash,
@@ -170,12 +170,19 @@ class StoreOps:
             ),
         )
         if result.items is not None and item is None:
-            # a --map step's row: its items (recorded before it, in this run) point at it
-            self.execute(
-                "UPDATE results SET parent_id=? WHERE run_id=? AND step=? AND item IS NOT NULL "
-                "AND parent_id IS NULL AND id<?",
-                (result_id, run_id, result.step, result_id),
-            )
+            return self._insert_map_row(sql, args, run_id, result.step)
+        return self.insert(sql, args)
+
+    def _insert_map_row(self, sql: str, args: tuple, run_id: str, step: str) -> int:
+        """Insert a --map step's row and point its items (recorded before it, in this run) at it.
+
+        Two statements here; `PostgresStore` makes them one round trip."""
+        result_id = self.insert(sql, args)
+        self.execute(
+            "UPDATE results SET parent_id=? WHERE run_id=? AND step=? AND item IS NOT NULL "
+            "AND parent_id IS NULL AND id<?",
+            (result_id, run_id, step, result_id),
+        )
         return result_id
 
     def set_trace(self, result_id: int, traceparent: str) -> None:

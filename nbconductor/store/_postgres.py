@@ -32,9 +32,16 @@ _WAIT = float(os.environ.get("NBCONDUCTOR_PG_WAIT", "10"))  # seconds to wait fo
 
 
 def pg_schema() -> str:
-    """`_sqlite.SCHEMA` in PostgreSQL's types (one DDL for both backends)."""
+    """`_sqlite.SCHEMA` in PostgreSQL's types (one DDL for both backends).
+
+    The cache-key index also holds ``id``: the lookup wants the latest row of a key, which
+    SQLite's index gives (its rowid) and a PostgreSQL index on the key alone does not (a key
+    re-run a thousand times would be a thousand rows sorted per lookup)."""
     return (
-        SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+        SCHEMA.replace(
+            "results_key ON results(cache_key)", "results_key_id ON results(cache_key, id)"
+        )
+        .replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
         .replace("INTEGER", "BIGINT")
         .replace("BLOB", "BYTEA")
         .replace("REAL", "DOUBLE PRECISION")
@@ -74,6 +81,8 @@ class PostgresStore(SQLiteStore):
         self._checkpointed = float("inf")
         self._db = None
         self.user = _user()
+        self._own = None  # the connection this store keeps (statements outside a transaction)
+        self._own_lock = threading.Lock()
         self._pool = _acquire_pool(url, self.path)
         try:
             if readonly:
@@ -89,6 +98,9 @@ class PostgresStore(SQLiteStore):
     # the connection layer ---------------------------------------------------------------
     @contextlib.contextmanager
     def _conn(self):
+        """A connection for one statement or transaction: the thread's open transaction's, else
+        the store's own (kept, so a step's statements pay no pool hand-over), else, while another
+        thread uses that, one from the pool."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             yield conn
@@ -97,10 +109,30 @@ class PostgresStore(SQLiteStore):
         from psycopg_pool import PoolTimeout
 
         try:
+            if os.getpid() == self._pid and self._own_lock.acquire(blocking=False):
+                try:
+                    if self._own is not None and self._own.broken:
+                        self._drop_own()
+                    if self._own is None:
+                        self._own = self._pool.getconn(timeout=_WAIT)
+                    try:
+                        yield self._own
+                    except psycopg.OperationalError:
+                        self._drop_own()  # the server went away: reconnect next time
+                        raise
+                finally:
+                    self._own_lock.release()
+                return
             with self._pool.connection(timeout=_WAIT) as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise _unreachable(self.path, exc) from None
+
+    def _drop_own(self) -> None:
+        own, self._own = self._own, None
+        if own is not None and self._pool is not None:
+            with contextlib.suppress(Exception):
+                self._pool.putconn(own)  # the pool discards a broken connection
 
     def execute(self, sql: str, args: tuple = ()) -> _Cursor:
         if self.readonly:
@@ -137,6 +169,20 @@ class PostgresStore(SQLiteStore):
             finally:
                 self._local.conn = None
 
+    def _insert_map_row(self, sql: str, args: tuple, run_id: str, step: str) -> int:
+        """The --map step's row and its items' ``parent_id`` in one statement (one round trip):
+        the UPDATE reads the snapshot from before the INSERT, so it only sees the items."""
+        if self.readonly:
+            raise _read_only(self.path)
+        cte = (
+            f"WITH new AS ({_sql(sql)} RETURNING id), items AS (UPDATE results SET parent_id="
+            "(SELECT id FROM new) WHERE run_id=%s AND step=%s AND item IS NOT NULL "
+            "AND parent_id IS NULL) SELECT id FROM new"
+        )
+        with self._conn() as conn, conn.cursor() as cur:
+            cur.execute(cte, (*args, run_id, step))
+            return cur.fetchone()["id"]
+
     def checkpoint(self, mode: str = "PASSIVE") -> None:
         """Nothing to do: the server makes commits durable."""
 
@@ -145,6 +191,11 @@ class PostgresStore(SQLiteStore):
         with self._lock:
             if self._pool is None:
                 return
+            if os.getpid() == self._pid and self._own_lock.acquire(timeout=5):
+                try:
+                    self._drop_own()
+                finally:
+                    self._own_lock.release()
             _release_pool(self._url)
             self._pool = None
 
@@ -157,6 +208,7 @@ class PostgresStore(SQLiteStore):
             self._check_version()
             with self._conn() as conn:
                 conn.execute(pg_schema())
+                conn.execute("DROP INDEX IF EXISTS results_key")  # replaced by results_key_id
             for table, column, kind in ADDED_COLUMNS:
                 self.execute(
                     f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {_pg_type(kind)}"
