@@ -20,10 +20,10 @@ from pathlib import Path
 
 _CELL = """\
 import os
-from nbconductor.notebook._review_widget import ReviewWidget
+from nbconductor.notebook._review_page import ReviewPage, reviewer_from_query
 from nbconductor.store._review import open_store
 
-ReviewWidget(open_store(os.environ["NBCONDUCTOR_STORE"], readonly=None))
+ReviewPage(open_store(os.environ["NBCONDUCTOR_STORE"], readonly=None), reviewer_from_query())
 """
 
 

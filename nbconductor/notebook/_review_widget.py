@@ -9,8 +9,10 @@ import os
 from typing import Any
 
 from .._format import md_table
+from .._states import EDITED
 from .._summary import preview
 from ..store._base import ACCEPTED
+from ..store._claims import _clock
 from ..store._review import (
     ReviewError,
     ReviewItem,
@@ -120,21 +122,7 @@ class ReviewCard:
 
         self.item, self.owner, self.error = item, owner, None
         self.decision: str | None = None
-        head = (
-            f"<b>{html.escape(item.label)}</b> · result #{item.id} · run {html.escape(item.run_id or '?')}"
-            + (f" · score <b>{item.score:.2f}</b>" if item.score is not None else "")
-            + (f" · {html.escape(item.model)}" if item.model else "")
-            + (f" · assigned to {html.escape(item.assigned_to)}" if item.assigned_to else "")
-            + (
-                f" · <b>being reviewed by {html.escape(item.claimed_by)}</b>"
-                if item.claimed_by and item.claimed_by != owner.store.user
-                else ""
-            )
-        )
-        params = _params_text(item.params, 200)
-        self.header = w.HTML(
-            f"<div>{head}</div><div style='color:#667085'>parameters: {html.escape(params)}</div>"
-        )
+        self.header = w.HTML(self.heading())
         if isinstance(item.output, (bytes, bytearray)):
             self.output = w.Image(
                 value=bytes(item.output), format="png", layout=w.Layout(max_width="320px")
@@ -173,6 +161,7 @@ class ReviewCard:
             self.rerun_button,
         ]
         self.status = w.HTML("")
+        self.status.add_class("nbc-review-status")
         self.out = w.Output()
         self.box = w.VBox(
             [
@@ -187,6 +176,26 @@ class ReviewCard:
                 self.out,
             ],
             layout=w.Layout(border="1px solid #d0d5dd", padding="8px", margin="0 0 8px 0"),
+        )
+        self.box.add_class("nbc-review-card")
+        self.box.add_class(f"nbc-review-{item.id}")  # a handle for browser tests and styles
+
+    def heading(self) -> str:
+        """The card's first lines: what the item is, its score, model, assignee and claim."""
+        item, me = self.item, self.owner.store.user
+        head = (
+            f"<b>{html.escape(item.label)}</b> · result #{item.id} · run {html.escape(item.run_id or '?')}"
+            + (f" · score <b>{item.score:.2f}</b>" if item.score is not None else "")
+            + (f" · {html.escape(item.model)}" if item.model else "")
+            + (f" · assigned to {html.escape(item.assigned_to)}" if item.assigned_to else "")
+        )
+        if item.claimed_by and item.claimed_by != me and self.decision is None:
+            head += f" · <b>being reviewed by {html.escape(item.claimed_by)}</b>"
+        elif item.claimed_by == me and self.decision is None and item.claim_until:
+            head += f" · <b>open: yours until {_clock(item.claim_until)}</b>"
+        params = _params_text(item.params, 200)
+        return (
+            f"<div>{head}</div><div style='color:#667085'>parameters: {html.escape(params)}</div>"
         )
 
     def act(self, action: str) -> None:
@@ -209,6 +218,7 @@ class ReviewCard:
 
     def close(self, decision: str) -> None:
         self.decision = decision
+        self.header.value = self.heading()
         for b in self.buttons:
             b.disabled = True
         self.textarea.disabled = self.note.disabled = True
@@ -227,6 +237,7 @@ class ReviewWidget:
         self.items = queue(store) if items is None else items
         self.cards = [ReviewCard(item, self) for item in self.items]
         self.header = w.HTML(self._title())
+        self.header.add_class("nbc-review-title")
         self.box = w.VBox([self.header, *(c.box for c in self.cards)])
 
     def _title(self) -> str:
@@ -275,7 +286,7 @@ class ReviewWidget:
             ):  # the store has only its repr: the kernel holds the value
                 held = kernel.pipeline.results[item.step].output
                 output = held if item.item is None else held[item.item]
-            message += "; " + kernel.apply(item, output, edited=row["state"] == "edited")
+            message += "; " + kernel.apply(item, output, edited=row["state"] == EDITED)
         elif row["state"] in ACCEPTED:
             message += (
                 " (recorded in the store; not this kernel's current output, so nothing re-ran)"
