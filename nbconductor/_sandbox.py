@@ -413,6 +413,11 @@ def render_limited(template, values: dict, max_output: int, timeout: float) -> s
     return "".join(parts)
 
 
+_SLACK = 0.25  # seconds past its limit before the watchdog stops a render
+_POLL = 0.2  # < _SLACK: how often an idle watchdog looks, for _LINGER seconds after a render
+_LINGER = 5.0
+
+
 class _Watchdog:
     """One thread that raises `RenderTimeout` in a thread whose render passed its deadline.
 
@@ -426,18 +431,25 @@ class _Watchdog:
         self._jobs: dict[object, tuple[int, float]] = {}
         self._fired: set[object] = set()
         self._thread: threading.Thread | None = None
+        self._wake_at: float | None = None  # when the thread wakes next; None: it waits for work
+        self._last = 0.0  # when the latest render began
 
     @contextmanager
     def limit(self, seconds: float) -> Iterator[None]:
         token, tid = object(), threading.get_ident()
         with self._cond:
-            self._jobs[token] = (tid, time.monotonic() + seconds + 0.25)
+            self._last = time.monotonic()
+            deadline = self._last + seconds + _SLACK
+            self._jobs[token] = (tid, deadline)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="nbconductor-template-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            elif self._wake_at is None or deadline < self._wake_at:
+                # Wake the thread only when it would otherwise look too late: a notify per
+                # render handed the GIL to it and back, ~1 ms a render on a loaded machine.
+                self._cond.notify()
         try:
             yield
         finally:
@@ -460,6 +472,12 @@ class _Watchdog:
                             ctypes.c_ulong(tid), ctypes.py_object(RenderTimeout)
                         )
                 nearest = min((d for _, d in self._jobs.values()), default=None)
+                if nearest is None and now - self._last < _LINGER:
+                    # Renders come in bursts (a compare renders hundreds) and most end before
+                    # this thread looks: waking every _POLL seconds for a while, sooner than
+                    # any new deadline, spares each new render a notify.
+                    nearest = now + _POLL
+                self._wake_at = nearest
                 self._cond.wait(None if nearest is None else max(nearest - now, 0.01))
 
 

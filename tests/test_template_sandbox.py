@@ -318,3 +318,37 @@ def test_map_items_of_any_type_reach_the_template(ip):
         .output[0]
         .startswith("[offline:default] Into fr")
     )
+
+
+def test_the_watchdog_wakes_only_when_a_deadline_comes_sooner():
+    """A render does not wake the watchdog thread when it looks in time anyway (a wake-up per
+    render cost a GIL hand-off each); a loop under a short limit is stopped whether the thread
+    waits for a long limit's deadline or idles after a burst of renders."""
+    from nbconductor._sandbox import RenderTimeout, _Watchdog
+
+    def counted() -> tuple[_Watchdog, list]:
+        watchdog, notified = _Watchdog(), []
+        notify = watchdog._cond.notify
+        watchdog._cond.notify = lambda *a: (notified.append(1), notify(*a))
+        return watchdog, notified
+
+    def runaway(watchdog: _Watchdog, limit: float) -> float:
+        started = time.monotonic()
+        with pytest.raises(RenderTimeout), watchdog.limit(limit):
+            while True:
+                sum(range(100))
+        return time.monotonic() - started
+
+    watchdog, notified = counted()
+    with watchdog.limit(60):
+        time.sleep(0.3)  # the thread now waits for this deadline, a minute away
+        assert runaway(watchdog, 0.2) < 3 and len(notified) == 1  # sooner: woken
+
+    watchdog, notified = counted()
+    with watchdog.limit(60):
+        pass
+    time.sleep(0.3)  # the render ended before the thread looked: it idles, looking every 0.2 s
+    for _ in range(200):  # a burst of short renders, as a compare makes
+        with watchdog.limit(60):
+            pass
+    assert runaway(watchdog, 0.2) < 3 and notified == []
