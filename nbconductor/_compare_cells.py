@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ._redact import redact
+from ._states import CACHED, FAILED, PASSED, PENDING
 from ._types import StepResult
 
 
@@ -14,21 +15,21 @@ def cell_figures(results: dict[str, StepResult], step: str, targets: list[str]) 
     of STEP and its downstream."""
     res = results[step]
     ran = [results[n] for n in targets if n in results]
-    first = res.state in ("passed", "cached") and not any(a.quality_failure for a in res.attempts)
+    first = res.state in (PASSED, CACHED) and not any(a.quality_failure for a in res.attempts)
     rubric = next((g for g in res.gates if g.name == "rubric" and g.score is not None), None)
     if rubric is not None:
         score = rubric.score
     elif res.gates:
         score = 1.0 if all(g.passed for g in res.gates) else 0.0
     else:
-        score = 0.0 if res.state == "failed" else None
+        score = 0.0 if res.state == FAILED else None
     costs = [r.cost for r in ran]
     return {
         "result_id": res.result_id,
         "state": res.state,
         "first_pass": first,
-        "accepted": res.state in ("passed", "cached"),
-        "failed": any(r.state in ("failed", "pending") for r in ran),
+        "accepted": res.state in (PASSED, CACHED),
+        "failed": any(r.state in (FAILED, PENDING) for r in ran),
         "score": score,
         "tokens": sum(r.usage.total or 0 for r in ran),
         "cost": None if any(c is None for c in costs) else sum(costs),

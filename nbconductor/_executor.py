@@ -27,6 +27,7 @@ from ._map import combine_items
 from ._pool import ProviderPool
 from ._pycode import run_python
 from ._result import RunResult
+from ._states import CACHED, FAILED, FLAGGED, INTERRUPTED, PASSED, PENDING, SKIPPED
 from ._template import TEMPLATE_GLOBALS, parse_map, render
 from ._types import PNG, Request, Response, Step, StepResult, Usage
 from .gates._rules import gates_for
@@ -66,12 +67,12 @@ class Session:
         """Record a fresh result in the store and the in-process cache."""
         result.result_id = self.store.record(self.run_id, result, self.notebook, None, item)
         _trace.stored(self.store, result)
-        if step.audit and item is None and result.state == "passed":
+        if step.audit and item is None and result.state == PASSED:
             from .store._audit import add_audit, sampled
 
             if sampled(step.name, result.cache_key or str(result.result_id), step.audit):
                 add_audit(self.store, result.result_id, step.name, step.audit)
-        if result.state in ("passed", "flagged") and result.cache_key and not step.no_cache:
+        if result.state in (PASSED, FLAGGED) and result.cache_key and not step.no_cache:
             self.memory[result.cache_key] = result
 
 
@@ -121,11 +122,11 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
         if pending:  # finished upstream tasks need no wait (a long chain then runs in one pass)
             await asyncio.wait(pending)
         upstream = {d: results[d] for d in deps}
-        blocked = [d for d, r in upstream.items() if r.state in ("failed", "pending")]
+        blocked = [d for d, r in upstream.items() if r.state in (FAILED, PENDING)]
         if blocked:
             res = StepResult(
                 name,
-                "pending",
+                PENDING,
                 error=f"not run: upstream step `{blocked[0]}` did not finish",
                 usage=Usage(0, 0),
                 cost=0.0,
@@ -141,19 +142,13 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
         emit("end", name, res)
         return res
 
-    status = "interrupted"
+    status = INTERRUPTED
     try:
         for name in names:
             tasks[name] = asyncio.ensure_future(run_one(name))
         await asyncio.gather(*tasks.values())
         states = {r.state for r in results.values()}
-        status = (
-            "failed"
-            if states & {"failed", "pending"}
-            else "flagged"
-            if "flagged" in states
-            else "passed"
-        )
+        status = FAILED if states & {FAILED, PENDING} else FLAGGED if FLAGGED in states else PASSED
     finally:
         for t in tasks.values():
             t.cancel()
@@ -190,7 +185,7 @@ async def _run_step(
     emit: Observer,
 ) -> StepResult:
     started = time.time()
-    if upstream and all(r.state == "skipped" for r in upstream.values()):
+    if upstream and all(r.state == SKIPPED for r in upstream.values()):
         return _skipped(step, started)
     values = {**session.namespace, **{d: r.output for d, r in upstream.items()}}
     try:
@@ -224,7 +219,7 @@ async def _run_step(
 
 def _skipped(step: Step, started: float) -> StepResult:
     return StepResult(
-        step.name, "skipped", None, started=started, ended=time.time(), usage=Usage(0, 0), cost=0.0
+        step.name, SKIPPED, None, started=started, ended=time.time(), usage=Usage(0, 0), cost=0.0
     )
 
 
@@ -252,7 +247,7 @@ def _failure(step: Step, exc: Exception, started: float) -> StepResult:
         return _ladder_failure(step, exc, started)
     return StepResult(
         step.name,
-        "failed",
+        FAILED,
         None,
         started=started,
         ended=time.time(),
@@ -270,7 +265,7 @@ def _ladder_failure(step: Step, exc: LadderFailed, started: float) -> StepResult
         cost = None if cost is None or a.cost is None else cost + a.cost
     return StepResult(
         step.name,
-        "failed",
+        FAILED,
         exc.output,
         prompt=exc.prompt,
         attempts=exc.attempts,
@@ -318,7 +313,7 @@ def _cache_lookup(session: Session, key: str, step: Step, options: RunOptions) -
         output = PNG(output)
     now = time.time()
     # A flagged output stays flagged until a reviewer decides it, however often it is reused.
-    state = "flagged" if hit.state == "flagged" else "cached"
+    state = FLAGGED if hit.state == FLAGGED else CACHED
     return StepResult(
         step.name,
         state,
@@ -490,7 +485,7 @@ async def _run_python(
     if verdict.error is not None:  # the judge gave no verdict; its calls were billed all the same
         return StepResult(
             step.name,
-            "failed",
+            FAILED,
             output,
             gates=verdict.results,
             started=started,
@@ -500,8 +495,8 @@ async def _run_python(
             usage=verdict.error.usage,
             error=str(verdict.error),
         )
-    state = "passed" if verdict.passed else ("flagged" if step.on_fail == "review" else "failed")
-    error = None if state != "failed" else verdict.failures()
+    state = PASSED if verdict.passed else (FLAGGED if step.on_fail == "review" else FAILED)
+    error = None if state != FAILED else verdict.failures()
     # a rubric judge's call is the only model cost of a Python step
     usage, cost = charge(Usage(0, 0), 0.0, verdict.results)
     return StepResult(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ._states import CACHED, FAILED, FLAGGED, PASSED, PENDING, RUNNING, SKIPPED
+
 __all__ = [
     "FAIL_MARK",
     "GLYPHS",
@@ -24,15 +26,15 @@ __all__ = [
 
 #: one glyph per step state (the README's and the graph widget's): colour is never the only cue
 GLYPHS = {
-    "pending": "○",
-    "running": "◐",
-    "cached": "↺",
-    "passed": "✓",
-    "flagged": "⚑",
-    "failed": "✕",
-    "skipped": "–",
+    PENDING: "○",
+    RUNNING: "◐",
+    CACHED: "↺",
+    PASSED: "✓",
+    FLAGGED: "⚑",
+    FAILED: "✕",
+    SKIPPED: "–",
 }
-PASS_MARK, FAIL_MARK = GLYPHS["passed"], GLYPHS["failed"]
+PASS_MARK, FAIL_MARK = GLYPHS[PASSED], GLYPHS[FAILED]
 
 
 def gate_mark(passed: Any) -> str:

@@ -24,6 +24,7 @@ from ._config import ModelRef, RetryPolicy
 from ._errors import GateError, LadderFailed, OutputError, ProviderError
 from ._pool import ProviderPool
 from ._pricing import cost_of
+from ._states import FLAGGED, PASSED, SKIPPED
 from ._types import Attempt, GateResult, Request, Response, Step, Usage
 
 
@@ -251,12 +252,12 @@ class _Ladder:
         call_usage, call_cost = charge(response.usage, call_cost, verdict.results)
         self._spend(call_usage, call_cost)
         passed = verdict.passed
-        state, detail = ("passed", None) if passed else ("gate", verdict.failures())
+        state, detail = (PASSED, None) if passed else ("gate", verdict.failures())
         self._record(ref, started, state, detail, call_usage, call_cost)
         model = response.model or ref.spec
         if passed:
             return Outcome(
-                "passed", output, model, self.attempts, verdict.results, self.usage, self.cost
+                PASSED, output, model, self.attempts, verdict.results, self.usage, self.cost
             )
         self.rejected, self.last_output, self.last_model = verdict.results, output, model
         self.feedback = "\n".join(
@@ -274,7 +275,7 @@ class _Ladder:
         step, attempts = self.step, self.attempts
         if self.rejected and step.on_fail == "review":
             return Outcome(
-                "flagged",
+                FLAGGED,
                 self.last_output,
                 self.last_model,
                 attempts,
@@ -342,7 +343,7 @@ def _skipped(ref: ModelRef) -> Attempt:
         ref.spec,
         now,
         now,
-        "skipped",
+        SKIPPED,
         f"provider `{ref.provider}` is cooling down after repeated failures",
     )
 

@@ -6,6 +6,7 @@ import hashlib
 import time
 from typing import Any
 
+from ._states import CACHED, FAILED, FLAGGED, PASSED
 from ._types import Step, StepResult, Usage
 
 
@@ -14,11 +15,11 @@ def combine_items(step: Step, parts: list[StepResult], items: list, started: flo
     a reused item was paid for by the run that made it."""
     states = {p.state for p in parts}
     state = (
-        "failed"
-        if "failed" in states
-        else "flagged"
-        if "flagged" in states
-        else ("cached" if states == {"cached"} else "passed")
+        FAILED
+        if FAILED in states
+        else FLAGGED
+        if FLAGGED in states
+        else (CACHED if states == {CACHED} else PASSED)
     )
     fresh = [p for p in parts if not p.cached]
     usage = Usage() if fresh else Usage(0, 0)
@@ -32,8 +33,8 @@ def combine_items(step: Step, parts: list[StepResult], items: list, started: flo
         for i, p in enumerate(parts)
         if p.error
     ]
-    if errors and state == "failed":
-        kept = sum(1 for p in parts if p.state != "failed")
+    if errors and state == FAILED:
+        kept = sum(1 for p in parts if p.state != FAILED)
         errors.append(
             f"the other {kept} item{' is' if kept == 1 else 's are'} kept and reused on the next run"
         )

@@ -14,6 +14,7 @@ from ._executor import RunOptions, RunResult, Session, execute
 from ._graph import Graph
 from ._loop import run_sync
 from ._pool import ProviderPool
+from ._states import APPROVED, EDITED
 from ._template import parse_map
 from ._types import ON_FAIL, Rubric, Step, StepResult
 from ._variants import BASE, Variant, check_variant_name, normalize_options
@@ -126,7 +127,7 @@ class Pipeline:
                 hit = self.store.result(result_id)
             if hit is not None:
                 self.memory[cache_key] = dataclasses.replace(
-                    hit, output=output, state="edited" if edited else "approved"
+                    hit, output=output, state=EDITED if edited else APPROVED
                 )
         current = self.results.get(step)
         if current is None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import StepFailed
+from ._states import FAILED, FLAGGED, PASSED, PENDING, SKIPPED
 from ._types import StepResult, Usage
 
 __all__ = ["RunResult"]
@@ -17,7 +18,7 @@ class RunResult:
 
     run_id: str
     results: dict[str, StepResult]
-    status: str = "passed"
+    status: str = PASSED
     started: float = 0.0
     ended: float = 0.0
 
@@ -35,7 +36,7 @@ class RunResult:
         costs = [
             r.cost
             for r in self.results.values()
-            if not r.cached and r.state not in ("skipped", "pending")
+            if not r.cached and r.state not in (SKIPPED, PENDING)
         ]
         return None if any(c is None for c in costs) else sum(costs)
 
@@ -43,9 +44,7 @@ class RunResult:
     def usage(self) -> Usage:
         """Tokens this run spent (cache hits spend none; None where a provider did not say)."""
         fresh = [
-            r
-            for r in self.results.values()
-            if not r.cached and r.state not in ("skipped", "pending")
+            r for r in self.results.values() if not r.cached and r.state not in (SKIPPED, PENDING)
         ]
         total = Usage() if fresh else Usage(0, 0)
         for r in fresh:
@@ -57,11 +56,11 @@ class RunResult:
 
     @property
     def failed(self) -> list[str]:
-        return self.names("failed")
+        return self.names(FAILED)
 
     @property
     def flagged(self) -> list[str]:
-        return self.names("flagged")
+        return self.names(FLAGGED)
 
     def raise_for_status(self) -> None:
         """Raise `StepFailed` for the first failed step, saying how many more failed."""
@@ -69,7 +68,7 @@ class RunResult:
         if failed:
             first = self.results[failed[0]]
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-            message = (first.error or "failed").removeprefix(f"step `{failed[0]}` failed: ")
+            message = (first.error or FAILED).removeprefix(f"step `{failed[0]}` failed: ")
             raise StepFailed(failed[0], message + more)
 
     def summary(self) -> str:

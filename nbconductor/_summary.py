@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ._format import clip, fmt_cost, fmt_tokens, md_cell, md_table
+from ._states import FAILED, SKIPPED
 
 
 def preview(value: Any, width: int = 60) -> str:
@@ -45,7 +46,7 @@ def run_images(run) -> list[tuple[str, list[bytes]]]:
     """``[(step, [png, ...]), ...]`` for the run's steps whose output is one or more images."""
     out = []
     for name, r in run.results.items():
-        images = pngs(r.output) if r.state not in ("failed", "skipped") else []
+        images = pngs(r.output) if r.state not in (FAILED, SKIPPED) else []
         if images:
             out.append((name, images))
     return out

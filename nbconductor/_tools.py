@@ -282,7 +282,7 @@ async def run_tool_loop(
             )
             raise err
         results = [
-            (call, *(await _trace.tool(call_tool(by_name, call), call.name))) for call in turn.calls
+            (call, *(await _trace.tool(call_tool(by_name, call), call))) for call in turn.calls
         ]
         add_results(turn, results)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -23,6 +23,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ._states import FAILED, INTERRUPTED
+
 T = TypeVar("T")
 
 #: ``%conductor trace on|off`` (None: the environment and the config decide).
@@ -45,6 +47,8 @@ class _StepState:
     waited: float = 0.0  # retry-after seconds waited since the last model call
     finish: list[str] = field(default_factory=list)
     call: dict = field(default_factory=dict)  # the model call in progress (for its tool turns)
+    #: with content on, the conversation of the call in progress so far (GenAI message JSON)
+    history: list = field(default_factory=list)
 
 
 def switch(on: bool | None) -> None:
@@ -180,7 +184,7 @@ def run_ended(handle: RunTrace | None, run: Any) -> None:
     if run.cost is not None:
         attrs["nbconductor.cost"] = run.cost
     span.set_attributes(attrs)
-    if run.status in ("failed", "interrupted"):
+    if run.status in (FAILED, INTERRUPTED):
         handle.tracing.error(span, f"run {run.status}")
     span.end()
     handle.tracing.flush_soon()
@@ -225,8 +229,8 @@ async def _traced_step(step: Any, coro: Awaitable[Any]) -> Any:
     if res.model:
         attrs["nbconductor.model"] = res.model
     span.set_attributes(attrs)
-    if res.state == "failed":
-        tracing.error(span, _redact(res.error or "failed"))
+    if res.state == FAILED:
+        tracing.error(span, _redact(res.error or FAILED))
     span.end()
     return res
 
@@ -309,7 +313,12 @@ async def _traced_call(coro, ref, request, pool, attempt, fallback, image, role)
         state.call = {k: attrs[k] for k in ("gen_ai.provider.name", "gen_ai.request.model")}
     content = capture_content()
     if content:
-        attrs.update(_input_messages(request))
+        system, messages = _input_messages(request)
+        if system:
+            attrs["gen_ai.system_instructions"] = json.dumps(system)
+        attrs["gen_ai.input.messages"] = json.dumps(messages)
+        if state is not None:
+            state.history = messages
     span = tracing.start(f"{op} {ref.model}", _parent.get(), attrs, client=True)
     token = _parent.set(tracing.context(span))
     try:
@@ -332,6 +341,7 @@ async def _traced_call(coro, ref, request, pool, attempt, fallback, image, role)
         done["nbconductor.cost"] = cost
     if content and not image:
         msg = {"role": "assistant", "parts": [{"type": "text", "content": _redact(response.text)}]}
+        msg["finish_reason"] = state.finish[-1] if state is not None and state.finish else ""
         done["gen_ai.output.messages"] = json.dumps([msg])
     span.set_attributes(done)
     span.end()
@@ -354,6 +364,9 @@ async def _traced_turn(coro: Awaitable[Any], index: int) -> Any:
     }
     if state is not None:
         attrs.update(state.call)
+    content = state is not None and capture_content()
+    if content:  # what this turn sends: the request and the tool conversation so far
+        attrs["gen_ai.input.messages"] = json.dumps(state.history)
     span = tracing.start(
         f"chat {attrs.get('gen_ai.request.model', '')}".strip(), _parent.get(), attrs, client=True
     )
@@ -364,25 +377,39 @@ async def _traced_turn(coro: Awaitable[Any], index: int) -> Any:
         tracing.error(span, _redact(f"{type(exc).__name__}: {exc}")[:500])
         span.end()
         raise
+    done = _usage_attrs(result.usage) if result.usage is not None else {}
     if result.model:
-        span.set_attribute("gen_ai.response.model", str(result.model).split(":", 1)[-1])
+        done["gen_ai.response.model"] = str(result.model).split(":", 1)[-1]
     if result.stop:
-        span.set_attribute("gen_ai.response.finish_reasons", [str(result.stop)])
-    _usage(span, result.usage)
+        done["gen_ai.response.finish_reasons"] = [str(result.stop)]
+    if content:
+        message = _turn_message(result)
+        state.history = [*state.history, message]
+        done["gen_ai.output.messages"] = json.dumps([message])
+    span.set_attributes(done)
     span.end()
     return result
 
 
-def tool(coro: Awaitable[T], name: str) -> Awaitable[T]:
-    """One tool call a model asked for, as an ``execute_tool <name>`` span."""
+def tool(coro: Awaitable[T], call: Any) -> Awaitable[T]:
+    """One tool call a model asked for (a `ToolCall`), as an ``execute_tool <name>`` span."""
     if _parent.get() is None:
         return coro
-    return _traced_tool(coro, name)
+    return _traced_tool(coro, call)
 
 
-async def _traced_tool(coro: Awaitable[Any], name: str) -> Any:
-    tracing = _tracing
-    attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
+async def _traced_tool(coro: Awaitable[Any], call: Any) -> Any:
+    tracing, name = _tracing, call.name
+    attrs = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": name,
+        "gen_ai.tool.type": "function",
+    }
+    if call.id:
+        attrs["gen_ai.tool.call.id"] = str(call.id)
+    content = capture_content()
+    if content:
+        attrs["gen_ai.tool.call.arguments"] = _redact(_json_text(call.arguments))
     span = tracing.start(f"execute_tool {name}", _parent.get(), attrs)
     try:
         text, failed = await coro
@@ -390,6 +417,13 @@ async def _traced_tool(coro: Awaitable[Any], name: str) -> Any:
         span.set_attribute("error.type", type(exc).__name__)
         span.end()
         raise
+    if content:
+        result = _redact(str(text))
+        span.set_attribute("gen_ai.tool.call.result", result)
+        state = _step.get()
+        if state is not None:  # the next turn sends it back to the model
+            part = {"type": "tool_call_response", "id": call.id, "response": result}
+            state.history = [*state.history, {"role": "tool", "parts": [part]}]
     if failed:
         span.set_attribute("error.type", "tool_error")
         tracing.error(span, _redact(str(text))[:500])
@@ -402,19 +436,38 @@ def capture_content() -> bool:
     return os.environ.get(CONTENT_ENV, "").strip().lower() == "true"
 
 
-def _input_messages(request: Any) -> dict[str, str]:
-    out = {}
+def _input_messages(request: Any) -> tuple[list, list]:
+    """(system instructions, input messages) of a request, redacted, as the conventions' JSON."""
     system = request.system_text()
-    if system:
-        out["gen_ai.system_instructions"] = json.dumps(
-            [{"type": "text", "content": _redact(system)}]
-        )
     messages = [
         {"role": m["role"], "parts": [{"type": "text", "content": _redact(m["content"])}]}
         for m in request.messages()
     ]
-    out["gen_ai.input.messages"] = json.dumps(messages)
-    return out
+    return ([{"type": "text", "content": _redact(system)}] if system else []), messages
+
+
+def _turn_message(turn: Any) -> dict:
+    """A tool-use turn's answer as an assistant message: its text and its tool calls, redacted."""
+    parts: list[dict] = []
+    if turn.text:
+        parts.append({"type": "text", "content": _redact(turn.text)})
+    for c in turn.calls:
+        arguments = _redact(_json_text(c.arguments))
+        try:  # the conventions' arguments are the object; redaction kept it JSON in practice
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass
+        parts.append({"type": "tool_call", "id": c.id, "name": c.name, "arguments": arguments})
+    return {"role": "assistant", "parts": parts, "finish_reason": str(turn.stop or "")}
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _usage(span: Any, usage: Any) -> None:
@@ -443,11 +496,6 @@ def _cost(ref: Any, response: Any, pool: Any, image: bool) -> float | None:
         return cost_of(ref, response.usage, pool.config, images=1 if image else 0)
     except Exception:  # noqa: BLE001 - a price we cannot work out is no attribute, not a failure
         return None
-
-
-def _set(span: Any, key: str, value: Any) -> None:
-    if value is not None:
-        span.set_attribute(key, value)
 
 
 def _redact(text: str) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _trace as t
+from ._states import FLAGGED
 
 
 def batch_started(label: str, rows: int, config: Any = None) -> Callable[[str], None] | None:
@@ -51,7 +52,7 @@ def carried_env() -> dict[str, str]:
 
 def stored(store: Any, result: Any) -> None:
     """Keep the step span's context with a flagged result, for its later review decision."""
-    if result.state != "flagged" or result.result_id is None:
+    if result.state != FLAGGED or result.result_id is None:
         return
     state = t._step.get()
     span = state.span if state is not None else t._done.get()

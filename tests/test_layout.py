@@ -117,3 +117,89 @@ def test_the_check_sees_a_violation(tmp_path, monkeypatch):
 def test_every_folder_says_what_lives_there(folder):
     doc = ast.get_docstring(ast.parse((PKG / folder / "__init__.py").read_text()))
     assert doc and len(doc) > 20
+
+
+# State names are constants (`nbconductor._states`, re-exported by `store._base`): a literal
+# "passed" outside store/ is a second spelling of a state that drifts. The same words that are
+# not a step's state, per file: how many there are and why (a new one changes the count).
+NOT_A_STATE = {
+    ("nbconductor/providers/openai.py", "failed"): (1, "an OpenAI batch's status (the API's word)"),
+    ("nbconductor/providers/_batch.py", "failed"): (1, "the type of a provider batch result line"),
+    ("nbconductor/handoff/_batch.py", "flagged"): (1, "the summary table's column header"),
+}
+
+
+def _not_state_nodes(tree: ast.AST) -> set[int]:
+    """Constants that are no state value: docstrings, field names of records (subscripts,
+    ``.get(KEY)``, the keys of a dict unless all its keys are states, like a glyph table),
+    prose in f-strings, and the values a `Literal[...]` type spells out."""
+    from nbconductor._states import ALL_STATES
+
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            skip.add(id(body[0].value))  # a docstring
+        if isinstance(node, ast.Dict):
+            keys = [k for k in node.keys if isinstance(k, ast.Constant)]
+            if not all(k.value in ALL_STATES for k in keys):
+                skip.update(id(k) for k in keys)
+        elif isinstance(node, ast.Subscript):
+            if isinstance(node.value, ast.Name) and node.value.id == "Literal":
+                skip.update(id(n) for n in ast.walk(node.slice))
+            skip.add(id(node.slice))
+        elif isinstance(node, ast.Call) and node.args:
+            if isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+                skip.add(id(node.args[0]))
+        elif isinstance(node, ast.JoinedStr):
+            skip.update(id(v) for v in node.values if isinstance(v, ast.Constant))
+    return skip
+
+
+def _state_literals() -> list[str]:
+    from nbconductor._states import ALL_STATES
+
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG.parent).as_posix()
+        if rel.startswith("nbconductor/store/") or rel == "nbconductor/_states.py":
+            continue
+        tree = ast.parse(path.read_text(), rel)
+        skip = _not_state_nodes(tree)
+        hits: dict[str, list[int]] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in ALL_STATES and id(node) not in skip:
+                hits.setdefault(node.value, []).append(node.lineno)
+        for value, lines in sorted(hits.items()):
+            allowed = NOT_A_STATE.get((rel, value), (0, ""))[0]
+            if len(lines) != allowed:
+                where = ",".join(map(str, sorted(lines)))
+                found.append(f"{rel}:{where} {value!r}: use nbconductor._states")
+    return found
+
+
+def test_no_state_literals_outside_the_store():
+    assert _state_literals() == []
+
+
+def test_the_state_check_sees_a_literal():
+    probe = PKG / "_state_probe_tmp.py"
+    probe.write_text('"""Doc: passed."""\n\ndef f(r):\n    return r.state == "flagged"\n')
+    try:
+        found = _state_literals()
+    finally:
+        probe.unlink()
+    assert found == ["nbconductor/_state_probe_tmp.py:4 'flagged': use nbconductor._states"]
+
+
+def test_one_set_of_state_names():
+    """The store's names are the core's, and the step type's `Literal` spells the same states."""
+    from typing import get_args
+
+    from nbconductor import _states
+    from nbconductor._types import State
+    from nbconductor.store import _base
+
+    assert set(get_args(State)) == set(_states.STEP_STATES)
+    for name in ("PASSED", "FLAGGED", "ACCEPTED", "SERVED", "COUNTED", "UNFINISHED"):
+        assert getattr(_base, name) is getattr(_states, name)

@@ -26,6 +26,7 @@ from fakeapi import Error, JSONText, Slow, Text, ToolCall
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from nbconductor import Pipeline, _trace
 from nbconductor._trace_setup import Guard, Tracing, _Nothing
@@ -275,13 +276,15 @@ def test_a_collector_that_is_down_costs_one_warning_line(
 # unit tests: the SDK's in-memory exporter --------------------------------------------------
 
 
-@pytest.fixture
-def memory(monkeypatch):
+@pytest.fixture(params=["sdk", "light"])
+def memory(monkeypatch, request):
+    """Spans in memory, through the SDK's own spans and through the light path (`_Light`)."""
     exporter = InMemorySpanExporter()
     tracing = Tracing.__new__(Tracing)
     tracing.own, tracing.provider = False, TracerProvider()
     tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.guard, tracing.tracer = Guard(_Nothing(), "memory"), tracing.provider.get_tracer("t")
+    tracing.light, tracing.scope = request.param == "light", InstrumentationScope("nbconductor")
     monkeypatch.setattr(_trace, "_tracing", tracing)
     _trace.switch(True)
     yield exporter
@@ -349,6 +352,78 @@ def test_tool_turns_and_tool_calls_are_spans(fake_api, memory, tmp_path, fast_co
     [tool] = [s for s in spans if s.name == "execute_tool lookup"]
     assert tool.parent.span_id == call.context.span_id
     assert call.attributes["gen_ai.usage.input_tokens"] == 16
+
+
+def test_tool_turns_carry_their_content_on_request_redacted(
+    fake_api, memory, tmp_path, fast_config, monkeypatch
+):
+    def lookup(city: str, token: str = "") -> str:
+        """The weather in a city."""
+        return f"sunny in {city} (asked with {token})"
+
+    def run() -> list:
+        fake_api.script(
+            ToolCall("lookup", {"city": "Oslo", "token": FAKE_ANTHROPIC_KEY}, id="toolu_1"),
+            endpoint="anthropic",
+        )
+        fake_api.script(Text(f"Sunny; key {FAKE_ANTHROPIC_KEY}"), endpoint="anthropic")
+        p = Pipeline(store=tmp_path / "s.sqlite", config=fast_config, root=tmp_path)
+        p.namespace["lookup"] = lookup
+        p.step("w", "Weather in Oslo?", model=WRITER, tools=["lookup"], no_cache=True)
+        assert p.run().status == "passed"
+        p.close()
+        spans = memory.get_finished_spans()
+        memory.clear()
+        return spans
+
+    def content(span) -> dict:
+        return {k: v for k, v in span.attributes.items() if "messages" in k or ".call." in k}
+
+    def turns(spans) -> list:
+        found = [s for s in spans if s.attributes.get("nbconductor.call") == "turn"]
+        return sorted(found, key=lambda s: s.start_time)
+
+    off = run()  # content off: the tool span names its call, carries no arguments or result
+    [tool] = [s for s in off if s.name == "execute_tool lookup"]
+    assert tool.attributes["gen_ai.tool.call.id"] == "toolu_1"
+    assert tool.attributes["gen_ai.tool.type"] == "function"
+    assert content(tool) == {"gen_ai.tool.call.id": "toolu_1"}
+    assert [content(t) for t in turns(off)] == [{}, {}]
+
+    monkeypatch.setenv(_trace.CONTENT_ENV, "true")
+    spans = run()
+    every = json.dumps([dict(s.attributes) for s in spans], default=list)
+    assert FAKE_ANTHROPIC_KEY not in every and FAKE_ANTHROPIC_KEY[:12] not in every
+    [tool] = [s for s in spans if s.name == "execute_tool lookup"]
+    assert json.loads(tool.attributes["gen_ai.tool.call.arguments"]) == {
+        "city": "Oslo",
+        "token": "[REDACTED]",
+    }
+    assert tool.attributes["gen_ai.tool.call.result"] == "sunny in Oslo (asked with [REDACTED])"
+    first, second = turns(spans)
+    asked = json.loads(first.attributes["gen_ai.input.messages"])
+    assert asked == [{"role": "user", "parts": [{"type": "text", "content": "Weather in Oslo?"}]}]
+    [answer] = json.loads(first.attributes["gen_ai.output.messages"])
+    assert answer["role"] == "assistant" and answer["finish_reason"] == "tool_use"
+    [part] = [p for p in answer["parts"] if p["type"] == "tool_call"]
+    assert part == {
+        "type": "tool_call",
+        "id": "toolu_1",
+        "name": "lookup",
+        "arguments": {"city": "Oslo", "token": "[REDACTED]"},
+    }
+    # The second turn sends the conversation: the question, the tool call, the tool's answer.
+    sent = json.loads(second.attributes["gen_ai.input.messages"])
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[2]["parts"] == [
+        {
+            "type": "tool_call_response",
+            "id": "toolu_1",
+            "response": "sunny in Oslo (asked with [REDACTED])",
+        }
+    ]
+    [final] = json.loads(second.attributes["gen_ai.output.messages"])
+    assert final["parts"] == [{"type": "text", "content": "Sunny; key [REDACTED]"}]
 
 
 def test_map_items_and_cache_hits(memory, tmp_path):

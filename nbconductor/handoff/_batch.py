@@ -26,6 +26,7 @@ from .. import _trace
 from .._errors import OptionError
 from .._params import check_known
 from .._redact import redact, redact_value
+from .._states import FAILED, FLAGGED, PASSED
 from .._summary import fmt_cost, preview, text_table
 from ..store._base import shown
 from ..store._history import HISTORY_ENV
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
-FINISHED = ("passed", "flagged")
+FINISHED = (PASSED, FLAGGED)
 
 
 # ------------------------------------------------------------------------------ rows out
@@ -131,11 +132,11 @@ class Progress:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
-            if result["status"] == "failed":
+            if result["status"] == FAILED:
                 self.bar.write(f"row {result['index']} failed: {result['error']}", file=sys.stderr)
             return
         width = len(str(self.total))
-        tail = f": {result['error']}" if result["status"] == "failed" else ""
+        tail = f": {result['error']}" if result["status"] == FAILED else ""
         print(
             f"[{self.done:>{width}}/{self.total}] row {result['index']} {result['status']} "
             f"in {result['seconds']:.1f}s{tail}",
@@ -164,7 +165,7 @@ class BatchResult:
     @property
     def failed(self) -> int:
         """How many rows did not finish (failed, or never reported)."""
-        return sum(1 for r in self.rows if r["status"] == "failed") + self.missing
+        return sum(1 for r in self.rows if r["status"] == FAILED) + self.missing
 
     def summary(self) -> str:
         """The table ``nbconductor batch`` prints at the end."""
@@ -278,9 +279,7 @@ def batch(
             _run_rows(todo, spec, done, dask, workers, brokered, out_dir / "logs")
     finally:
         if traced:
-            traced(
-                "failed" if any(r.get("status") == "failed" for r in results.values()) else "passed"
-            )
+            traced(FAILED if any(r.get("status") == FAILED for r in results.values()) else PASSED)
         progress.close()
         manifest.write()
         for log in (out_dir / "logs").glob("*.log"):
@@ -415,8 +414,8 @@ def summary(results: list[dict], out_dir: Path, seconds: float, store: str) -> s
     rows = []
     for r in results:
         status = r["status"] + (" (earlier)" if r.get("resumed") else "")
-        where = r["error"] if r["status"] == "failed" else _relative(r["output"], out_dir)
-        if r.get("images") and r["status"] != "failed":
+        where = r["error"] if r["status"] == FAILED else _relative(r["output"], out_dir)
+        if r.get("images") and r["status"] != FAILED:
             where += " + " + ", ".join(Path(i).name for i in r["images"])
         rows.append(
             [
@@ -432,9 +431,7 @@ def summary(results: list[dict], out_dir: Path, seconds: float, store: str) -> s
     table = text_table(
         ["row", "status", "flagged", "cost", "time", "params", "notebook (+ images) / error"], rows
     )
-    counts = {
-        s: sum(1 for r in results if r["status"] == s) for s in ("passed", "flagged", "failed")
-    }
+    counts = {s: sum(1 for r in results if r["status"] == s) for s in (PASSED, FLAGGED, FAILED)}
     costs = [r.get("cost") for r in results if not r.get("resumed")]
     total = None if any(c is None for c in costs) else sum(costs)
     lines = [

@@ -32,6 +32,7 @@ def run_row_task(
     notebook_name: str,
     params: dict[str, Any],
     engine: str | None,
+from .._states import FAILED
     label: str,
     index: int,
     offline: bool = False,
@@ -126,7 +127,7 @@ def run_dask(
                 result = asdict(
                     RowResult(
                         index=row.index,
-                        status="failed",
+                        status=FAILED,
                         output=row.output,
                         params=row.params,
                         error=f"the Dask task failed: {type(exc).__name__}: {exc}".splitlines()[0],

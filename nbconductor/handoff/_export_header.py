@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._notebook import parameter_values
+from .._states import PENDING
 from ._export_cells import Job
 
 
@@ -138,7 +139,7 @@ def _static_snapshot(p: Any, graph) -> dict:
                 "id": n,
                 "label": n,
                 "kind": graph.steps[n].kind,
-                "state": "pending",
+                "state": PENDING,
                 "model": graph.steps[n].model,
             }
             for n in graph.order()

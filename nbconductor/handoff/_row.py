@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._redact import redact
+from .._states import FAILED, FLAGGED, PASSED
 from ._runner import environ, failure_message, redact_file
 
 _ROW_LOCK = threading.Lock()  # a row sets process-wide environment variables
@@ -72,7 +73,7 @@ def execute_row(
 
     install_translator()  # a row's names reach papermill's source only through the checked translator
     started = time.time()
-    status, error, attempts = "passed", None, 0
+    status, error, attempts = PASSED, None, 0
     # JPY_SESSION_NAME becomes runs.notebook: how this row's runs are found afterwards.
     with (
         _ROW_LOCK,
@@ -91,21 +92,21 @@ def execute_row(
                     progress_bar=False,
                     request_save_on_cell_execute=engine != "nbconductor",
                 )
-                status, error = "passed", None
+                status, error = PASSED, None
             except PapermillExecutionError as exc:
-                status, error = "failed", failure_message(exc, output)
+                status, error = FAILED, failure_message(exc, output)
             except Exception as exc:  # noqa: BLE001 - a row's failure is reported, not raised
-                status, error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+                status, error = FAILED, f"{type(exc).__name__}: {exc}".splitlines()[0]
                 if attempts < 3 and _kernel_start_failed(exc):
                     time.sleep(0.2 * attempts)
                     continue  # a port race between kernels starting at once: try again
             break
     redact_file(output)
     run_ids, flagged, cost, run_failed = _row_runs(store, label, started)
-    if status == "passed" and flagged:
-        status = "flagged"
-    if status == "passed" and run_failed and not error:
-        status, error = "failed", "a run did not finish"
+    if status == PASSED and flagged:
+        status = FLAGGED
+    if status == PASSED and run_failed and not error:
+        status, error = FAILED, "a run did not finish"
     return asdict(
         RowResult(
             index=index,

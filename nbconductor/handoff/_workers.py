@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .._states import FAILED
 from ._row import Row, RowResult, execute_row, host
 from ._runner import environ
 
@@ -309,7 +310,7 @@ def _receive(w: _Worker, live_pids: set[int]) -> dict | None:
     return asdict(
         RowResult(
             index=row.index,
-            status="failed",
+            status=FAILED,
             output=row.output,
             params=row.params,
             error=f"the worker process died ({how}) while running this row",

@@ -10,6 +10,7 @@ from IPython.display import Markdown, display
 
 from .._config import KEY_ENV, keys_available
 from .._format import fmt_cost
+from .._states import CACHED, FAILED, PASSED
 from .._summary import preview
 from ._display import footer, show_images, show_result
 
@@ -100,7 +101,7 @@ def _dry_run(m, targets):
         [
             p["step"],
             p["model"] or "—",
-            "cached" if p["cached"] else "run",
+            CACHED if p["cached"] else "run",
             str(p["calls"]),
             f"{p['input_tokens']:,}",
             f"{p['output_tokens']:,}",
@@ -156,7 +157,7 @@ def cmd_status(m, words):
         nxt = (
             "—"
             if step.kind in ("python", "function") or p is None
-            else ("cached" if p["cached"] else f"calls model ×{p['calls']}")
+            else (CACHED if p["cached"] else f"calls model ×{p['calls']}")
         )
         rows.append(
             [
@@ -194,7 +195,7 @@ def cmd_show(m, words):
         )
     for g in r.gates:
         lines.append(
-            f"- gate {g.name}: {'passed' if g.passed else 'failed'}"
+            f"- gate {g.name}: {PASSED if g.passed else FAILED}"
             + (f", score {g.score:.2f}" if g.score is not None else "")
             + (f" — {g.feedback}" if g.feedback else "")
         )

@@ -14,6 +14,7 @@ from IPython.display import HTML, JSON, Markdown, display
 
 from .._format import GLYPHS, fmt_cost, fmt_tokens, gate_mark
 from .._redact import redact, redactor
+from .._states import FAILED, FLAGGED, PASSED, SKIPPED
 from .._summary import pngs, run_images
 from .._types import StepResult
 
@@ -50,7 +51,7 @@ def show_result(result: StepResult):
     Returns the footer's display handle (`mark_stale` updates it)."""
     out = result.output
     clean = redactor()
-    if result.state == "skipped":
+    if result.state == SKIPPED:
         pass
     elif pngs(out):
         for i, png in enumerate(pngs(out)):  # full size, tagged with its step (batch files them)
@@ -71,10 +72,10 @@ def show_result(result: StepResult):
     text = footer(result)
     if result.error:
         text += f"\n{result.error}"
-    elif flagged and result.state == "flagged":
+    elif flagged and result.state == FLAGGED:
         text += "\n" + "\n".join(f"⚑ {g.name}: {g.feedback}" for g in flagged)
     text = clean(text)
-    color = {"failed": "#b42318", "flagged": "#b54708"}.get(result.state, "#667085")
+    color = {FAILED: "#b42318", FLAGGED: "#b54708"}.get(result.state, "#667085")
     return display(_footer_bundle(text, color), raw=True, display_id=True)
 
 
@@ -150,7 +151,7 @@ class LiveText:
         self._lock = threading.Lock()
 
     def __call__(self, event: str, step: str, payload: Any) -> None:
-        if event == "attempt" and getattr(payload, "outcome", None) != "passed":
+        if event == "attempt" and getattr(payload, "outcome", None) != PASSED:
             with self._lock:
                 self.buffer.pop(step, None)  # a retry streams afresh, not after the cut text
             return

@@ -25,6 +25,7 @@ from .._options import (
     step_from_args,
 )
 from .._pipeline import Pipeline
+from .._states import CACHED, FLAGGED, PASSED, SKIPPED
 from .._variants import VARIANT_OPTIONS, variant_from_args
 from ._commands import SUBCOMMANDS, usage
 
@@ -233,7 +234,7 @@ class ConductorMagics(Magics):
         finally:
             stream.close()
         for name, result in run.results.items():
-            if result.state in ("passed", "cached", "flagged", "skipped"):
+            if result.state in (PASSED, CACHED, FLAGGED, SKIPPED):
                 self.shell.user_ns[name] = result.output
         for name in show or []:
             if name in run.results:
@@ -250,7 +251,7 @@ class ConductorMagics(Magics):
 
         for name in sorted(self._rubric_added):
             result = run.results.get(name)
-            if result is None or result.state == "cached" or name in shown:
+            if result is None or result.state == CACHED or name in shown:
                 continue
             print(f"{name} re-ran: a rubric was added")
             self._rubric_added.discard(name)

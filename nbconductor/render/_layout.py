@@ -18,6 +18,7 @@ from html import escape
 from typing import Any
 
 from .._format import GLYPHS, clip, fmt_cost, fmt_seconds, fmt_tokens, gate_mark
+from .._states import CACHED, FAILED, FLAGGED, PASSED, PENDING, RUNNING, SKIPPED
 
 __all__ = [
     "PALETTE",
@@ -34,15 +35,15 @@ __all__ = [
 
 # Okabe-Ito colours (distinguishable with the common colour-vision deficiencies); every
 # state also has its own glyph, so colour is never the only cue.
-STATES = ("pending", "running", "cached", "passed", "flagged", "failed", "skipped")
+STATES = (PENDING, RUNNING, CACHED, PASSED, FLAGGED, FAILED, SKIPPED)
 PALETTE: dict[str, dict[str, str]] = {
-    "pending": {"stroke": "#8C8C8C", "fill": "#F2F2F2", "glyph": GLYPHS["pending"]},
-    "running": {"stroke": "#0072B2", "fill": "#DCEBF5", "glyph": GLYPHS["running"]},
-    "cached": {"stroke": "#56B4E9", "fill": "#E6F4FC", "glyph": GLYPHS["cached"]},
-    "passed": {"stroke": "#009E73", "fill": "#DDF2EC", "glyph": GLYPHS["passed"]},
-    "flagged": {"stroke": "#E69F00", "fill": "#FCF0D6", "glyph": GLYPHS["flagged"]},
-    "failed": {"stroke": "#D55E00", "fill": "#F9E3D6", "glyph": GLYPHS["failed"]},
-    "skipped": {"stroke": "#B0B0B0", "fill": "#FAFAFA", "glyph": GLYPHS["skipped"]},
+    PENDING: {"stroke": "#8C8C8C", "fill": "#F2F2F2", "glyph": GLYPHS[PENDING]},
+    RUNNING: {"stroke": "#0072B2", "fill": "#DCEBF5", "glyph": GLYPHS[RUNNING]},
+    CACHED: {"stroke": "#56B4E9", "fill": "#E6F4FC", "glyph": GLYPHS[CACHED]},
+    PASSED: {"stroke": "#009E73", "fill": "#DDF2EC", "glyph": GLYPHS[PASSED]},
+    FLAGGED: {"stroke": "#E69F00", "fill": "#FCF0D6", "glyph": GLYPHS[FLAGGED]},
+    FAILED: {"stroke": "#D55E00", "fill": "#F9E3D6", "glyph": GLYPHS[FAILED]},
+    SKIPPED: {"stroke": "#B0B0B0", "fill": "#FAFAFA", "glyph": GLYPHS[SKIPPED]},
 }
 
 NODE_W, NODE_H = 212.0, 66.0
@@ -264,8 +265,8 @@ def _fit(text: str, px: float, size: float) -> str:
 
 
 def _state(node: Mapping[str, Any]) -> str:
-    state = node.get("state") or "pending"
-    return state if state in PALETTE else "pending"
+    state = node.get("state") or PENDING
+    return state if state in PALETTE else PENDING
 
 
 def run_summary(run: Mapping[str, Any]) -> str:
@@ -305,7 +306,7 @@ def _svg_node(node: Mapping[str, Any], x: float, y: float, selected: bool) -> st
     colours = PALETTE[state]
     cap = box_caption(node)
     nid = escape(str(node["id"]))
-    dash = ' stroke-dasharray="5 3"' if state in ("skipped", "pending") else ""
+    dash = ' stroke-dasharray="5 3"' if state in (SKIPPED, PENDING) else ""
     width = 3 if selected else 1.5
     out = [
         f'<g class="nbc-node" data-node="{nid}" data-state="{state}" '

@@ -14,10 +14,22 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._states import (
+    APPROVED,
+    CACHED,
+    EDITED,
+    FAILED,
+    FLAGGED,
+    PASSED,
+    PENDING,
+    REJECTED,
+    RUNNING,
+    SKIPPED,
+)
 from .._types import Attempt, StepResult
 
 #: review decisions kept in a result's state -> the state the graph shows
-_DECIDED = {"approved": "passed", "edited": "passed", "rejected": "failed"}
+_DECIDED = {APPROVED: PASSED, EDITED: PASSED, REJECTED: FAILED}
 
 
 def _output(result: StepResult | None) -> tuple[str, str, str | None]:
@@ -47,13 +59,13 @@ def _plain(value: Any) -> Any:
 def _attempt_state(att: Attempt, last: bool, final: str) -> str:
     """An attempt's outcome in palette terms: a gate failure that ended a flagged step is
     ``flagged``, one that led to a retry is ``failed``."""
-    if att.outcome == "passed":
-        return "passed"
-    if att.outcome == "skipped":
-        return "skipped"
-    if att.outcome == "gate" and last and final == "flagged":
-        return "flagged"
-    return "failed"
+    if att.outcome == PASSED:
+        return PASSED
+    if att.outcome == SKIPPED:
+        return SKIPPED
+    if att.outcome == "gate" and last and final == FLAGGED:
+        return FLAGGED
+    return FAILED
 
 
 def attempt_spans(result: StepResult | None) -> list[list[Any]]:
@@ -65,8 +77,8 @@ def attempt_spans(result: StepResult | None) -> list[list[Any]]:
     if result is None or result.started is None:
         return []
     state = _DECIDED.get(result.state, result.state)
-    if result.cached or state == "cached":
-        return [[result.started, result.ended, "cached"]]
+    if result.cached or state == CACHED:
+        return [[result.started, result.ended, CACHED]]
     if not result.attempts:
         return [[result.started, result.ended, state]]
     last = len(result.attempts) - 1
@@ -90,7 +102,7 @@ def _awaiting_review(pipeline, result: StepResult) -> bool:
             hit = pipeline.store.lookup(result.cache_key)
         except Exception:  # noqa: BLE001 - a closed or missing store: show what the run said
             return False
-    return hit is not None and hit.state == "flagged"
+    return hit is not None and hit.state == FLAGGED
 
 
 def node(
@@ -103,7 +115,7 @@ def node(
         "id": name,
         "label": name,
         "kind": "python" if step.kind == "function" else step.kind,
-        "state": state or (_DECIDED.get(r.state, r.state) if r else "pending"),
+        "state": state or (_DECIDED.get(r.state, r.state) if r else PENDING),
         "model": (r.model if r and r.model else model),
         "attempts": len(r.attempts) if r and r.attempts else None,
         "tokens": r.usage.total if r else None,
@@ -129,7 +141,7 @@ def node(
 def _running_node(
     name: str, step, model: str | None, started: float, attempts: Sequence[Attempt]
 ) -> dict:
-    n = node(name, step, None, "running", model)
+    n = node(name, step, None, RUNNING, model)
     done = list(attempts)
     tokens = [a.usage.total for a in done if a.usage.total is not None]
     costs = [a.cost for a in done]
@@ -140,9 +152,9 @@ def _running_node(
         cost=sum(costs) if done and None not in costs else None,
         model=done[-1].model if done else model,
         attempt_spans=[
-            [a.started, a.ended, "failed" if a.outcome != "passed" else "passed"] for a in done
+            [a.started, a.ended, FAILED if a.outcome != PASSED else PASSED] for a in done
         ]
-        + [[done[-1].ended if done else started, None, "running"]],
+        + [[done[-1].ended if done else started, None, RUNNING]],
     )
     return n
 
@@ -170,8 +182,8 @@ def step_node(
     ``result``'s state. What `snapshot` draws for each step, for callers that redraw one."""
     if started is not None:
         return _running_node(name, step, model, started, attempts)
-    flagged = result is not None and result.state == "cached" and _awaiting_review(pipeline, result)
-    return node(name, step, result, "flagged" if flagged else None, model)
+    flagged = result is not None and result.state == CACHED and _awaiting_review(pipeline, result)
+    return node(name, step, result, FLAGGED if flagged else None, model)
 
 
 def run_line(pipeline) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from .._format import fmt_seconds
+from .._states import CACHED, FAILED, FLAGGED, PASSED, PENDING, RUNNING
 from ._layout import FONT, PALETTE
 
 __all__ = ["TimelineView", "render_timeline_svg", "render_timeline_text", "timeline_rows"]
@@ -35,7 +36,7 @@ def timeline_rows(snapshot: Mapping[str, Any]) -> tuple[list[dict[str, Any]], fl
             {
                 "id": str(node["id"]),
                 "label": str(node.get("label") or node["id"]),
-                "state": node.get("state") or "pending",
+                "state": node.get("state") or PENDING,
                 "spans": [(float(a), None if b is None else float(b), s) for a, b, s in spans],
             }
         )
@@ -151,7 +152,7 @@ def render_timeline_svg(snapshot: Mapping[str, Any]) -> str:
         for n, (a, b, state, is_open) in enumerate(row["spans"], 1):
             x, w = LABEL_W + (a - t0) * scale, max((b - a) * scale, 4.0)
             top = y + (ROW_H - BAR_H) / 2 if lanes == 1 else y + 3 + lane[n - 1] * (bar_h + gap)
-            c = PALETTE.get(state, PALETTE["pending"])
+            c = PALETTE.get(state, PALETTE[PENDING])
             dash = ' stroke-dasharray="4 2"' if is_open else ""
             out.append(
                 f'<rect class="nbc-attempt" data-node="{escape(row["id"])}" data-attempt="{n}" '
@@ -171,7 +172,7 @@ def render_timeline_svg(snapshot: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-_BAR_CHAR = {"passed": "█", "cached": "█", "flagged": "▓", "failed": "░", "running": "▒"}
+_BAR_CHAR = {PASSED: "█", CACHED: "█", FLAGGED: "▓", FAILED: "░", RUNNING: "▒"}
 
 
 def render_timeline_text(snapshot: Mapping[str, Any], width: int = 40) -> str:

@@ -15,19 +15,22 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
+# the states a results row takes, named once in the core (re-exported for the store's modules)
+from .._states import (  # noqa: F401 - re-exported
+    ACCEPTED,
+    APPROVED,
+    COUNTED,
+    EDITED,
+    FAILED,
+    FLAGGED,
+    PASSED,
+    PENDING,
+    REJECTED,
+    SERVED,
+    SKIPPED,
+    UNFINISHED,
+)
 from .._types import StepResult
-
-# states a results row takes ------------------------------------------------------------------
-PASSED, FLAGGED, FAILED, SKIPPED, PENDING = "passed", "flagged", "failed", "skipped", "pending"
-APPROVED, EDITED, REJECTED = "approved", "edited", "rejected"
-#: states whose output the cache serves (a flagged output is usable until someone decides)
-SERVED = (PASSED, FLAGGED, APPROVED, EDITED)
-#: states that count as accepted in the end (the report's final yield, ``history()``)
-ACCEPTED = (PASSED, APPROVED, EDITED)
-#: states a fresh step execution is counted in by the report
-COUNTED = (PASSED, FLAGGED, FAILED, APPROVED, EDITED, REJECTED)
-#: run statuses that mean the run did not finish
-UNFINISHED = ("running", "interrupted")
 
 URL_SCHEMES = ("postgresql", "postgres")
 

@@ -27,6 +27,7 @@ import anywidget
 import traitlets
 
 from ..._format import fmt_cost, fmt_seconds
+from ..._states import PENDING, RUNNING
 from ...render._layout import (
     NODE_H,
     NODE_W,
@@ -43,7 +44,7 @@ from ...render._layout import (
 __all__ = ["GraphWidget", "markdown_to_html", "node_detail"]
 
 _HERE = Path(__file__).parent
-_LIVE = {None, "", "pending", "queued", "starting", "running"}
+_LIVE = {None, "", PENDING, "queued", "starting", RUNNING}
 
 
 class GraphWidget(anywidget.AnyWidget):
@@ -140,7 +141,7 @@ class GraphWidget(anywidget.AnyWidget):
         nid = str(node["id"])
         assert self._layout is not None
         x, y = self._layout.positions[nid]
-        state = node.get("state") if node.get("state") in PALETTE else "pending"
+        state = node.get("state") if node.get("state") in PALETTE else PENDING
         item = {k: node.get(k) for k in _SUMMARY_KEYS}
         item.update(id=nid, state=state, x=x, y=y, w=NODE_W, h=NODE_H)
         item["label"] = str(node.get("label") or nid)
@@ -202,8 +203,8 @@ class GraphWidget(anywidget.AnyWidget):
         bundle = super()._repr_mimebundle_(**kwargs)
         data, metadata = bundle if isinstance(bundle, tuple) else (bundle or {}, {})
         data = {**data, "text/plain": self.to_text()}
-        starting = (self._snapshot.get("run") or {}).get("status") == "running" and all(
-            item["state"] == "pending" for item in self._payload
+        starting = (self._snapshot.get("run") or {}).get("status") == RUNNING and all(
+            item["state"] == PENDING for item in self._payload
         )
         if not starting:
             # A live run's all-pending start has no static SVG: the widget view draws the run,
@@ -233,7 +234,7 @@ def node_detail(
     node: Mapping[str, Any], upstream: list[str] | None = None, downstream: list[str] | None = None
 ) -> dict[str, Any]:
     """Return the inspector content for one snapshot node (JSON-safe, HTML pre-escaped)."""
-    state = node.get("state") if node.get("state") in PALETTE else "pending"
+    state = node.get("state") if node.get("state") in PALETTE else PENDING
     facts = [
         ("Kind", node.get("kind")),
         ("Model", node.get("model")),

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..._redact import redact_value
+from ..._states import INTERRUPTED, RUNNING
 from ...render._snapshot import node, run_line, step_model, step_node
 from ...render._snapshot import snapshot as _snapshot
 from .graph import GraphWidget
@@ -80,7 +81,7 @@ class LiveGraph:
 
     def _run_line(self) -> dict[str, Any]:
         return {
-            "status": "running",
+            "status": RUNNING,
             "tokens": self._tokens if self._any_tokens else None,
             "cost": self._cost if self._paid and self._cost_known else None,
             "now": time.time(),
@@ -180,7 +181,7 @@ class LiveGraph:
                 run = run_line(pipeline)
             else:
                 interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
-                run = {**self._run_line(), "status": "interrupted" if interrupted else "stopped"}
+                run = {**self._run_line(), "status": INTERRUPTED if interrupted else "stopped"}
                 run.pop("now")
                 self._dirty.update(self.graph.steps)  # running ones drawn as what they are now
             changed = redact_value([self._node(name) for name in self._dirty])
