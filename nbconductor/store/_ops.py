@@ -94,13 +94,13 @@ class StoreOps:
 
         Returns their ids. A run on another host, or from a store without ``pid``, is left alone.
         """
+        mine = (os.getpid(), own_start())  # this process is alive: its runs (a compare's
+        # hundred in flight) need no look at /proc each, nor a trip out of the database
         rows = self.query(
             "SELECT id, host, pid, pid_start FROM runs WHERE status=? AND host=? "
-            "AND pid IS NOT NULL",
-            ("running", socket.gethostname()),
+            "AND pid IS NOT NULL AND NOT (pid=? AND pid_start=?)",
+            ("running", socket.gethostname(), *mine),
         )
-        mine = (os.getpid(), own_start())  # this process is alive: its runs (a compare's
-        # hundred in flight) need no look at /proc each
         gone = [
             r["id"]
             for r in rows
