@@ -22,6 +22,7 @@ from typing import Any
 from .. import _trace
 from .._env import offline_forced
 from .._redact import redactor
+from .._states import FAILED
 from ._row import Row, RowResult, execute_row
 
 TABLES = ("runs", "results")
@@ -32,7 +33,6 @@ def run_row_task(
     notebook_name: str,
     params: dict[str, Any],
     engine: str | None,
-from .._states import FAILED
     label: str,
     index: int,
     offline: bool = False,
