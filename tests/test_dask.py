@@ -14,6 +14,7 @@ from pathlib import Path
 import distributed
 import nbformat
 import pytest
+from pgserver import PASSWORD
 
 from nbconductor import Pipeline
 from nbconductor.handoff._export import export_pipeline
@@ -39,9 +40,14 @@ def cluster(tmp_path_factory):
     home = tmp_path_factory.mktemp("dask-workers")
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "TMPDIR": str(home)}
+    # the workers' own PostgreSQL password file (for the tests' server's `postgres` user only)
+    pgpass = home / ".pgpass"
+    pgpass.write_text(f"127.0.0.1:*:*:postgres:{PASSWORD}\n")
+    pgpass.chmod(0o600)
+    env = {**os.environ, "TMPDIR": str(home), "PGPASSFILE": str(pgpass)}
     env.pop("NBCONDUCTOR_STORE", None)
     env.pop("ANTHROPIC_API_KEY", None)
+    env.pop("PGPASSWORD", None)
     procs = [
         subprocess.Popen(
             [
@@ -183,3 +189,86 @@ def test_unreachable_scheduler_is_a_one_line_error(tmp_path, monkeypatch, capsys
     )
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the Dask scheduler" in err
+
+
+def _pg_rows(url: str) -> tuple[list[dict], list[dict]]:
+    from nbconductor.store._base import connect
+
+    store = connect(url, readonly=True)
+    try:
+        rows = store.dump(("runs", "results"))
+        return rows["runs"], rows["results"]
+    finally:
+        store.close()
+
+
+def test_dask_workers_write_to_postgres_themselves_and_resume_from_it(
+    cluster, pg_server, tmp_path, monkeypatch, capsys
+):
+    from nbconductor.cli import main
+
+    address, _, worker_pids = cluster
+    url = pg_server.database()  # with its password: the tasks get it without (workers: .pgpass)
+    # a secret only the coordinator knows (not key-shaped, so only its environment redacts it)
+    secret = "-".join(["coordinator", "only", "value", "7f3a"])
+    monkeypatch.setenv("BATCH_DB_PASSWORD", secret)
+    make_job(tmp_path)
+    rows = [{"topic": f"topic {i}", "divisor": 0 if i == 2 else i + 1} for i in range(5)]
+    rows[3]["topic"] = f"topic 3 {secret}"  # this row comes back to be redacted here
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
+    argv = ["batch", "job.ipynb", "--params", "rows.json", "--dask", address, "--out", "out"]
+    assert main([*argv, "--store", url]) == 1
+    out, err = capsys.readouterr()
+    assert "5 rows: 0 passed, 4 flagged, 1 failed" in out
+    assert "cannot write to the store directly" not in err  # the workers found their password
+    runs, results = _pg_rows(url)
+    assert len(runs) == 5 and {r["pid"] for r in runs} <= worker_pids  # each row once
+    drafts = [r for r in results if r["step"] == "draft"]
+    assert len(drafts) == 5 and not any(r["cached"] for r in drafts)
+    assert sum(r["state"] == "flagged" for r in results) == 5  # the failed row's tagline too
+    stored = repr(runs) + repr(results)
+    assert secret not in stored and PASSWORD not in stored and "[REDACTED]" in stored
+    for text in (out, err, (tmp_path / "out" / "manifest.json").read_text()):
+        assert secret not in text and PASSWORD not in text
+
+    # the failed row again: its worker reads the draft it wrote before from the database's cache
+    assert main([*argv, "--store", url, "--resume"]) == 1
+    out, err = capsys.readouterr()
+    assert "resuming: 4 of 5 rows already finished" in err
+    runs, results = _pg_rows(url)
+    assert len(runs) == 6
+    again = [r for r in results if r["run_id"] == max(runs, key=lambda r: r["started"])["id"]]
+    assert {r["step"]: bool(r["cached"]) for r in again}["draft"] is True
+    assert len([r for r in results if r["step"] == "draft" and not r["cached"]]) == 5
+
+
+def test_a_worker_without_the_database_password_sends_its_rows_back(
+    cluster, pg_server, tmp_path, monkeypatch, capsys
+):
+    import uuid
+
+    import psycopg
+
+    from nbconductor.cli import main
+
+    address, _, _ = cluster
+    role, password = f"alice_{uuid.uuid4().hex[:8]}", "-".join(["alice", "pw", uuid.uuid4().hex])
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        conn.execute(f"CREATE DATABASE {role} OWNER {role}")
+    url = f"postgresql://{role}:{password}@127.0.0.1:{pg_server.port}/{role}"  # not in .pgpass
+    make_job(tmp_path)
+    (tmp_path / "rows.json").write_text(json.dumps([{"topic": f"t{i}"} for i in range(3)]))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NBCONDUCTOR_STORE", raising=False)
+    argv = ["batch", "job.ipynb", "--params", "rows.json", "--dask", address, "--out", "out"]
+    assert main([*argv, "--store", url]) == 0
+    out, err = capsys.readouterr()
+    assert "3 rows: 0 passed, 3 flagged, 0 failed" in out
+    note = [line for line in err.splitlines() if "cannot write to the store directly" in line]
+    assert len(note) == 1 and "no password supplied" in note[0], err  # said once
+    assert f"{role}@127.0.0.1" in note[0] and password not in out + err
+    runs, results = _pg_rows(url)  # the coordinator merged what the tasks brought back
+    assert len(runs) == 3 and len([r for r in results if r["step"] == "draft"]) == 3

@@ -1,17 +1,27 @@
 """``nbconductor batch --dask ADDRESS``: rows as tasks on an existing Dask cluster.
 
 Each row is one task (``client.submit``, a distinct key per row). A task runs the row on the
-worker — in-process engine for exported jobs — against a private temporary store, and returns
-the output notebook and the store rows it wrote. The coordinator writes the notebook into the
-output folder and the rows into the batch's store, so workers need no shared filesystem and the
-store has one writer. Workers need nbconductor installed, and the provider keys in their own
-environment (keys are never sent with tasks). A task that fails or whose worker dies marks its
-row failed; the other rows go on.
+worker — in-process engine for exported jobs — and returns its output notebook, which the
+coordinator writes into the output folder (workers need no shared filesystem).
+
+Where the results go depends on the batch's store. With a ``postgresql://`` store the worker
+writes them to the database itself (``store_url``: the URL without its password — a task's
+arguments may be logged by the scheduler — so the worker's libpq reads ``PGPASSWORD`` or
+``~/.pgpass`` from the worker's own environment), and the row's steps are served from the
+database's cache like any run's. A worker that cannot open the database (no password there, no
+route, no psycopg), and a row whose parameters hold one of the coordinator's secrets (which only
+the coordinator can redact), fall back to the SQLite path: the task runs against a private
+temporary store and returns its rows, and the coordinator redacts them with its own secrets and
+merges them into the batch's store, its one writer. Workers need nbconductor installed, and the
+provider keys in their own environment (keys are never sent with tasks). A task that fails or
+whose worker dies marks its row failed; the other rows go on.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,8 +47,10 @@ def run_row_task(
     index: int,
     offline: bool = False,
     trace_env: dict[str, str] | None = None,
+    store_url: str | None = None,
 ) -> dict[str, Any]:
-    """The Dask task: run one row in a temporary folder; returns its result, notebook and store rows."""
+    """The Dask task: run one row in a temporary folder; returns its result and notebook, and
+    the store rows it wrote unless it wrote them to the database at ``store_url`` itself."""
     from ._runner import environ
 
     # `--offline` travels with the task (the worker's environment is its own); keys never do.
@@ -50,11 +62,29 @@ def run_row_task(
         nb_path = folder / notebook_name
         nb_path.write_text(notebook_text, encoding="utf-8")
         out = folder / "out.ipynb"
-        store = folder / "store.sqlite"
-        result = execute_row(str(nb_path), str(out), params, engine, str(store), label, index)
+        held, why = _open_direct(store_url) if store_url else (None, None)
+        try:
+            store = store_url if held is not None else str(folder / "store.sqlite")
+            result = execute_row(str(nb_path), str(out), params, engine, store, label, index)
+        finally:
+            if held is not None:
+                held.close()
         result["notebook_text"] = out.read_text(encoding="utf-8") if out.is_file() else None
-        result["store_rows"] = dump_store(store)
+        result["store_rows"] = None if held is not None else dump_store(Path(store))
+        result["direct_error"] = why
     return result
+
+
+def _open_direct(url: str):
+    """(the database store at ``url``, None), or (None, why this worker cannot write to it).
+
+    The store stays open while the row runs: the row's own opens share its connection pool."""
+    from ..store._base import connect
+
+    try:
+        return connect(url), None
+    except Exception as exc:  # noqa: BLE001 - any reason: the row's rows come back instead
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def dump_store(path: Path) -> dict[str, list[dict]]:
@@ -101,6 +131,8 @@ def run_dask(
             "start one with `dask scheduler` and pass its tcp://host:port"
         ) from None
     batch = f"nbconductor-{int(time.time())}-{os.getpid()}"
+    direct = _direct_url(job["store"])
+    told = False
     try:
         futures = {}
         for row in rows:
@@ -114,6 +146,7 @@ def run_dask(
                 row.index,
                 offline_forced(),
                 _trace.carried_env(),  # the worker exports to the same collector (no headers)
+                direct if direct and not _holds_secret(row.params) else None,
                 key=f"{batch}-row-{row.index}",
                 pure=False,
                 retries=0,
@@ -135,10 +168,39 @@ def run_dask(
                     )
                 )
             else:
+                why = result.pop("direct_error", None)
+                if why and not told:
+                    told = True
+                    print(_fallback_note(result, why), file=sys.stderr)
                 _land(result, row, job["store"])
             on_done(result)
     finally:
         client.close()
+
+
+def _direct_url(store: str) -> str | None:
+    """The URL workers write a ``postgresql://`` store through (no password), else None."""
+    from ..store._base import is_url
+
+    if not is_url(store):
+        return None
+    from ..store._postgres import without_password
+
+    return without_password(store)
+
+
+def _holds_secret(params: dict[str, Any]) -> bool:
+    """Whether a row's parameters hold a secret of this process (then only it can redact them)."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    return redactor()(text) != text
+
+
+def _fallback_note(result: dict, why: str) -> str:
+    worker = str(result.get("worker", "")).rsplit(":", 1)[0] or "a worker"
+    return redactor()(
+        f"nbconductor: Dask worker {worker} cannot write to the store directly ({why}); "
+        "its rows come back to this process (give workers PGPASSWORD or ~/.pgpass)"
+    )
 
 
 _TEXT_KINDS = ("text", "json", "pydantic", "unstored", "pickle")

@@ -18,6 +18,7 @@ import contextlib
 import os
 import threading
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .._errors import StoreError, missing_dependency
 from .._redact import redact
@@ -248,6 +249,22 @@ class PostgresStore(SQLiteStore):
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                 f"GREATEST(COALESCE(MAX(id), 0), 1), MAX(id) IS NOT NULL) FROM {table}"
             )
+
+
+def without_password(url: str) -> str:
+    """``url`` as another process may be given it (a Dask task's argument, which a scheduler may
+    log): the same server, database and options, without a password in the user part or in a
+    ``password=`` option. That process's libpq reads the password from ``PGPASSWORD`` or
+    ``~/.pgpass`` in its own environment."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, where = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}@{where}"
+    query = "&".join(
+        kv for kv in parts.query.split("&") if kv and kv.split("=", 1)[0].lower() != "password"
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _unreachable(where: str, exc: Exception) -> StoreError:
