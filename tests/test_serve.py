@@ -12,7 +12,10 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 from test_review_team import flagged_store
+
+from nbconductor._errors import ReviewError
 
 
 def _free_port() -> int:
@@ -75,3 +78,57 @@ def test_review_serve_needs_its_token_and_shows_the_queue(store_target):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# the page's logic, driven from Python (what the browser test clicks) -------------------------
+def test_the_reviewer_is_named_in_the_url_or_on_the_page(store_target):
+    from nbconductor.notebook._review_page import ReviewPage, check_name, reviewer_from_query
+    from nbconductor.store._base import connect
+
+    assert reviewer_from_query("token=t0k&reviewer=ana") == "ana"
+    assert reviewer_from_query("token=t0k") is None and reviewer_from_query("reviewer=") is None
+    for bad in ("", "ben smith!", "<b>x</b>", "a" * 65):
+        with pytest.raises(ReviewError, match="a reviewer name is 1-64 letters"):
+            check_name(bad)
+    store, ids = flagged_store(store_target, 2)
+    page = ReviewPage(connect(store_target))
+    assert page.review is None  # no name yet: the page asks
+    assert page.start("ben smith!") is None and "a reviewer name is" in page.status.value
+    review = page.start("cleo")
+    assert review.store.user == "cleo" and review.open.item.id == ids[0]
+    assert "reviewing as <b>cleo</b>" in review.whoami.value
+    review.leave()
+
+
+def test_two_served_pages_claim_skip_and_race(store_target):
+    from IPython.utils.capture import capture_output
+
+    from nbconductor.notebook._review_page import ServedReview
+    from nbconductor.store._base import connect
+
+    store, ids = flagged_store(store_target, 3)
+    ana = ServedReview(connect(store_target), "ana")
+    ben = ServedReview(connect(store_target), "ben")
+    assert (ana.open.item.id, ben.open.item.id) == (ids[0], ids[1])
+    assert "being reviewed by ana" in ben.card(ids[0]).header.value
+    assert "open: yours until" in ben.card(ids[1]).header.value
+    assert ben.box.children[2] is ben.card(ids[1]).box  # the open card first
+    ben.skip()
+    assert ben.open.item.id == ids[2] and "open: yours" not in ben.card(ids[1]).header.value
+    claims = {r["result_id"]: r["user"] for r in store.query("SELECT * FROM claims")}
+    assert claims == {ids[0]: "ana", ids[2]: "ben"}
+    with capture_output():
+        ana.card(ids[0]).approve_button.click()
+    assert "approved by ana" in ana.card(ids[0]).status.value and ana.open.item.id == ids[1]
+    with capture_output():  # ben's card is stale: his approve is the racing second decision
+        ben.card(ids[0]).approve_button.click()
+    assert re.fullmatch(
+        rf"result #{ids[0]} \(draft\) is already decided by ana at \S+ \S+ \(approved\)",
+        str(ben.card(ids[0]).error),
+    )
+    assert ben.card(ids[0]).decision == "approved" and ben.card(ids[0]).approve_button.disabled
+    ben.leave()  # his page's kernel stops: the open item is given back
+    assert [r["user"] for r in store.query("SELECT * FROM claims")] == ["ana"]
+    assert [r["user"] for r in store.query('SELECT "user" FROM reviews')] == ["ana"]
+    ana.leave()
+    assert store.query("SELECT * FROM claims") == []

@@ -1,10 +1,16 @@
 """``nbconductor review --serve``: the review queue as a web page, for reviewers without Jupyter.
 
-Voilà (the ``serve`` extra) serves a one-cell notebook that shows the same `ReviewWidget` as
-``%conductor review`` on the store, on jupyter_server with its token authentication: the
-command prints the URL with the token, and a request without it is refused. Decisions land in
-the store (with claims and "already decided by …" like any reviewer's); nothing of the author's
-kernel re-runs: their next run picks up the approved or edited output from the store.
+Voilà (the ``serve`` extra) serves a one-cell notebook that shows the same review cards as
+``%conductor review`` on the store (`ReviewPage`), on jupyter_server with its token
+authentication: the command prints the URL with the token, and a request without it is
+refused. Every page gets its own kernel, started by this one process, so the reviewer names
+themself (``&reviewer=NAME`` in the URL, or the page asks). Decisions land in the store (with
+claims and "already decided by …" like any reviewer's); nothing of the author's kernel re-runs:
+their next run picks up the approved or edited output from the store.
+
+A page whose browser has gone (no connection) for ``$NBCONDUCTOR_SERVE_IDLE`` seconds (default
+60) has its kernel stopped, which gives its open item back; without that, every visit would
+leave a kernel running until the server stops.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+IDLE_ENV = "NBCONDUCTOR_SERVE_IDLE"
 
 _CELL = """\
 import os
@@ -67,6 +75,7 @@ def serve(
     if not is_url(target):
         target = str(Path(target).resolve())
     open_store(target, readonly=True).close()  # a missing or foreign store: one line, now
+    idle = _idle_seconds()
     token = token or secrets.token_urlsafe(24)
     folder = Path(tempfile.mkdtemp(prefix="nbconductor-review-"))
     notebook = review_notebook(folder)
@@ -80,17 +89,33 @@ def serve(
         f"--Voila.ip={ip}",
         f"--token={token}",
         "--Voila.port_retries=0",
+        # stop the kernels of pages nobody has open any more (a connected page is kept)
+        f"--MappingKernelManager.cull_idle_timeout={idle}",
+        f"--MappingKernelManager.cull_interval={max(1, idle // 2)}",
+        "--MappingKernelManager.cull_connected=False",
     ]
     env = {**os.environ, "NBCONDUCTOR_STORE": target}
     proc = subprocess.Popen(cmd, env=env, cwd=folder)
     signal.signal(signal.SIGTERM, _interrupt)  # terminated: stop Voilà too, not orphan it
     print(f"review queue of {shown(target)}: http://{ip}:{port}/?token={token}", flush=True)
+    print("each reviewer opens it with &reviewer=NAME added (or types a name on the page)")
     try:
         return proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(10)
         return 130
+
+
+def _idle_seconds() -> int:
+    """``$NBCONDUCTOR_SERVE_IDLE`` (seconds, default 60); raises `ReviewError` if not a number."""
+    from .._errors import ReviewError
+
+    raw = os.environ.get(IDLE_ENV, "60")
+    try:
+        return max(1, int(float(raw)))
+    except ValueError:
+        raise ReviewError(f"{IDLE_ENV} must be a number of seconds, not {raw!r}") from None
 
 
 def _interrupt(*_: object) -> None:

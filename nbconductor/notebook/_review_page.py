@@ -153,6 +153,7 @@ class ServedReview(ReviewWidget):
 
     def leave(self) -> None:
         """Give back the open item's claim (the page's kernel is stopping)."""
+        atexit.unregister(self.leave)
         if self.open is not None and self.open.decision is None:
             try:
                 release(self.store, self.open.item.id, self.user)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
-TOPICS = ["pricing", "onboarding", "churn", "support", "billing"]
+TOPICS = ["pricing", "onboarding", "churn", "support", "billing", "refunds"]
 EDITED = "Pricing pages: one plan, one price. Edited by ana."
 WAIT = 90_000  # ms: a page's kernel starts on a loaded 2-core machine
 
@@ -79,6 +79,7 @@ class Served:
         argv = ["review", "--serve", "--port", str(port), "--store", store]
         # the server's own user is nobody's reviewer name: each page says who reviews
         env = {**os.environ, "NBCONDUCTOR_USER": "server-owner"}
+        env["NBCONDUCTOR_SERVE_IDLE"] = "15"  # a page left for 15 s is stopped
         with open(log, "w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "nbconductor", *argv],
@@ -172,7 +173,7 @@ def test_two_reviewers_share_the_served_queue(browser, store_target, request):
     tag = request.node.callspec.id
     for old in ARTIFACTS.glob(f"review-serve-{tag}-*"):
         old.unlink()  # this run's screenshots only
-    i1, i2, i3, i4, i5 = flagged_by_runs(store_target)
+    i1, i2, i3, i4, i5, i6 = flagged_by_runs(store_target)
     served = Served(store_target, ARTIFACTS / f"review-serve-{tag}.log")
     people: list[Reviewer] = []
     try:
@@ -253,13 +254,26 @@ def test_two_reviewers_share_the_served_queue(browser, store_target, request):
 
         ben.click(i4, "Approve")
         expect(ben.status(i4)).to_contain_text("approved by ben")
-        expect(ben.page.locator(".nbc-review-whoami")).to_contain_text("nothing free to open")
+        expect(ben.page.locator(".nbc-review-open")).to_have_class(is_open(i6))
+        ben.screenshot("decided")
+
+        # -- ben leaves with i6 open: his page's kernel stops and gives it back -------------
+        ben.context.close()
+        people.remove(ben)
+        deadline = time.monotonic() + 120
+        while decisions(store_target)["claims"].get(i6) == "ben":
+            assert time.monotonic() < deadline, "ben's claim outlived his page"
+            time.sleep(1)
+
         ana.click(i5, "Approve")
         expect(ana.status(i5)).to_contain_text("approved by ana")
-        expect(ana.page.locator(".nbc-review-title")).to_contain_text("0 of 5 flagged outputs")
+        expect(ana.page.locator(".nbc-review-open")).to_have_class(is_open(i6))
+        ana.click(i6, "Approve")
+        expect(ana.status(i6)).to_contain_text("approved by ana")
+        expect(ana.page.locator(".nbc-review-title")).to_contain_text("0 of 6 flagged outputs")
+        expect(ana.page.locator(".nbc-review-whoami")).to_contain_text("nothing free to open")
         ana.screenshot("decided")
-        ben.screenshot("decided")
-        assert "server-owner" not in ana.page.content() + ben.page.content()
+        assert "server-owner" not in ana.page.content()
     except Exception:
         for who in people:
             try:
@@ -283,21 +297,17 @@ def test_two_reviewers_share_the_served_queue(browser, store_target, request):
         i3: [("approve", "ben", "fine as is")],
         i4: [("approve", "ben", "")],
         i5: [("approve", "ana", "")],
+        i6: [("approve", "ana", "")],
     }
-    assert [got["states"][i] for i in (i1, i2, i3, i4, i5)] == [
-        "edited",
-        "rejected",
-        "approved",
-        "approved",
-        "approved",
-    ]
+    states = [got["states"][i] for i in (i1, i2, i3, i4, i5, i6)]
+    assert states == ["edited", "rejected", "approved", "approved", "approved", "approved"]
     assert got["claims"] == {}
 
     # -- the author's next run: edited and approved drafts from the store, rejected re-made --
     p = author_pipeline(store_target)
     runs = {topic: p.run({"topic": topic}).results["draft"] for topic in TOPICS}
     assert (runs["pricing"].state, runs["pricing"].output) == ("cached", EDITED)
-    for topic in ("churn", "support", "billing"):
+    for topic in ("churn", "support", "billing", "refunds"):
         assert runs[topic].state == "cached" and runs[topic].output.startswith("[offline:writer]")
     assert runs["onboarding"].state == "flagged" and not runs["onboarding"].cached
     p.store.close()
