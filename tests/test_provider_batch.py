@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
-from fakeapi import Error, JSONText, Text
+from fakeapi import Error, JSONText, Text, ToolCall
 from fakebatch import Expired
 
 from nbconductor import Pipeline
@@ -351,3 +352,60 @@ def test_stale_broker_folders_are_removed_live_ones_kept(tmp_path):
     finally:
         broker.stop()
     assert not Path(address).parent.exists()
+
+
+def tool_replies(body: dict):
+    """A tool-use step: the first turn asks for `lookup`, the turn with its result answers."""
+    text, topic = _text(body), topic_of(body)
+    if "sunny in" in text:
+        return Text(f"Answer on {topic}: sunny", input_tokens=120, output_tokens=9)
+    return ToolCall("lookup", {"city": topic}, id=f"call_{topic}", input_tokens=80)
+
+
+def test_tool_use_steps_travel_turn_by_turn_in_batches(tmp_path, cli, fake_api):
+    p = Pipeline(store=":memory:", namespace={"topic": "topic-00"})
+    p.step("ask", "Weather for {{ topic }}?", model=DRAFT, tools=["lookup"])
+    p.step("title", "Title for {{ ask }}", model=JUDGE, tools=["lookup"])
+    job = export_pipeline(p, tmp_path / "job.ipynb")
+    nb = nbformat.read(job, as_version=4)
+    tool = 'def lookup(city: str) -> str:\n    """The weather in a city."""\n    return f"sunny in {city}"'
+    nb.cells.insert(2, nbformat.v4.new_code_cell(tool))
+    nbformat.write(nb, job)
+    (tmp_path / "nbconductor.toml").write_text(FAST)
+    write_rows(tmp_path, 6)
+    fake_api.set_default(tool_replies)
+    fake_api.batch_delay = 0.2
+
+    code, _, err = cli(tmp_path, "--out", "direct", "--store", "direct.sqlite", "--workers", "3")
+    assert code == 0, err
+    direct = [r.json for r in fake_api.requests if r.endpoint in ("anthropic", "openai")]
+    fake_api.requests.clear()
+    code, _, err = cli(
+        tmp_path,
+        *("--out", "batched", "--store", "batched.sqlite", "--provider-batch"),
+        *("--batch-window", "120"),
+    )
+    assert code == 0, err
+    assert not [r for r in fake_api.requests if r.endpoint in ("anthropic", "openai")]
+    sent = [b.body for b in fake_api.batch_log]
+    # Each tool-use turn is one request: 2 turns per step, 2 steps per row, the same bodies.
+    assert len(sent) == 6 * 4 and bodies(sent) == bodies(direct)
+    assert sum('"tool_result"' in _text(b) for b in sent) == 6  # Anthropic's second turns
+    assert sum('"role": "tool"' in _text(b) for b in sent) == 6  # OpenAI's second turns
+    # Turn by turn: every row's first turns in one batch, their second turns in the next.
+    waves = collections.Counter((x.provider, len(x.results)) for x in fake_api.batches.values())
+    assert waves == {("anthropic", 6): 2, ("openai", 6): 2}, waves
+    a, b = store_rows(tmp_path / "direct.sqlite"), store_rows(tmp_path / "batched.sqlite")
+    assert len(a) == 12 and a == b
+    spent = {}
+    for name in ("direct", "batched"):
+        db = sqlite3.connect(tmp_path / f"{name}.sqlite")
+        spent[name] = db.execute(
+            "SELECT step, SUM(input_tokens), SUM(output_tokens) FROM results GROUP BY step"
+        ).fetchall()
+        db.close()
+    assert (
+        spent["direct"]
+        == spent["batched"]
+        == [("ask", 6 * 200, 6 * 14), ("title", 6 * 200, 6 * 14)]
+    )
