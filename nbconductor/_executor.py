@@ -3,14 +3,14 @@
 One asyncio task per step awaits its upstream tasks, so independent steps (and the items of a
 ``--map``) run in parallel and wall time follows the critical path. Each finished step is
 written to the store at once: an interrupted run loses nothing, and a re-run finds finished
-steps by cache key.
+steps by cache key (`_cache`). What a model step sends and how its answer is read live in
+`_request`; the attempts, gates and fallbacks of one step in `_ladder`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import json
 import time
 import types
@@ -19,17 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _trace
-from ._errors import DefinitionError, OutputError, StepFailed, UnknownNameError
-from ._format import strip_fence
+from ._cache import cache_key, cache_lookup, schema_class, stable_hash
+from ._errors import DefinitionError, StepFailed, UnknownNameError
 from ._graph import Graph, function_params
 from ._ladder import GateContext, LadderFailed, charge, evaluate_gates, run_ladder
 from ._map import combine_items
 from ._pool import ProviderPool
 from ._pycode import run_python
+from ._request import build_request, parser
 from ._result import RunResult
-from ._states import CACHED, FAILED, FLAGGED, INTERRUPTED, PASSED, PENDING, SKIPPED
-from ._template import TEMPLATE_GLOBALS, parse_map, render
-from ._types import PNG, Request, Response, Step, StepResult, Usage
+from ._states import FAILED, FLAGGED, INTERRUPTED, PASSED, PENDING, SKIPPED
+from ._template import TEMPLATE_GLOBALS, parse_map
+from ._types import Step, StepResult, Usage
 from .gates._rules import gates_for
 from .store._sqlite import Store
 
@@ -292,46 +293,6 @@ def _eval(expr: str, values: dict, step: str, option: str) -> Any:
         raise StepFailed(step, f"{option} {expr!r} raised {type(exc).__name__}: {exc}") from None
 
 
-def stable_hash(value: Any) -> str:
-    """A hash of a value that is equal across processes when the value is (never pickles)."""
-    from .store._codec import canonical_bytes
-
-    return hashlib.sha256(canonical_bytes(value)).hexdigest()
-
-
-def _cache_lookup(session: Session, key: str, step: Step, options: RunOptions) -> StepResult | None:
-    force = options.force
-    if step.no_cache or force is True or (isinstance(force, set) and step.name in force):
-        return None
-    hit = session.memory.get(key) or session.store.lookup(key)
-    if hit is None:
-        return None
-    output = hit.output
-    if step.schema and isinstance(output, dict):
-        output = _schema_class(step, session.namespace).model_validate(output)
-    if step.kind == "image" and isinstance(output, bytes):
-        output = PNG(output)
-    now = time.time()
-    # A flagged output stays flagged until a reviewer decides it, however often it is reused.
-    state = FLAGGED if hit.state == FLAGGED else CACHED
-    return StepResult(
-        step.name,
-        state,
-        output,
-        prompt=hit.prompt,
-        model=hit.model,
-        attempts=hit.attempts,
-        gates=hit.gates,
-        usage=hit.usage,
-        cost=hit.cost,
-        started=now,
-        ended=now,
-        cache_key=key,
-        cached=True,
-        items=hit.items,
-    )
-
-
 async def _run_single(
     session: Session,
     step: Step,
@@ -344,19 +305,19 @@ async def _run_single(
         return await _run_python(session, step, values, options)
     started = time.time()
     request, models, key = build_request(session, step, values)
-    hit = _cache_lookup(session, key, step, options)
+    hit = cache_lookup(session, key, step, options)
     if hit is not None:
         return hit
     if options.stream and item is None:
         request.on_text = lambda delta: emit("text", step.name, delta)
     gates = gates_for(step, values)
-    schema_cls = _schema_class(step, values) if step.schema else None
+    schema_cls = schema_class(step, values) if step.schema else None
     outcome = await run_ladder(  # a LadderFailed carries the prompt for the audit trail
         step,
         request,
         models,
         session.pool,
-        _parser(step, schema_cls),
+        parser(step, schema_cls),
         gates,
         values,
         on_attempt=lambda a: emit("attempt", step.name, a),
@@ -378,71 +339,6 @@ async def _run_single(
     )
 
 
-def build_request(session: Session, step: Step, values: dict) -> tuple[Request, list, str]:
-    """The request an LLM/image step would send, its models in order, and its cache key."""
-    # A template sees data only; its upstream steps' outputs pass whatever their type.
-    limits, outputs = session.pool.config.templates, set(session.graph.deps.get(step.name, ()))
-    if step.map:  # a --map item comes from the step's own (trusted) --map expression
-        outputs.add(parse_map(step.map, step.name)[0])
-    prompt = render(
-        step.body, _template_values(session, values), step.name, outputs=outputs, limits=limits
-    )
-    contexts = [(c, session.contexts[c]) for c in step.contexts]
-    system = (
-        render(step.system, values, step.name, outputs=outputs, limits=limits)
-        if step.system and "{" in step.system
-        else step.system
-    )
-    schema_cls = _schema_class(step, values) if step.schema else None
-    default = "image" if step.kind == "image" and step.model is None else step.model
-    models = [session.pool.resolve(default)] + [session.pool.resolve(f) for f in step.fallbacks]
-    tools = _tool_specs(step, values)
-    request = Request(
-        model=models[0].model,
-        prompt=prompt,
-        system=system,
-        contexts=contexts,
-        json=step.json or schema_cls is not None,
-        schema=schema_cls.model_json_schema() if schema_cls else None,
-        schema_name=schema_cls.__name__ if schema_cls else None,
-        temperature=step.temperature,
-        max_tokens=step.max_tokens,
-        tools=tools,
-        max_turns=step.max_turns,
-    )
-    key = _key(
-        {
-            "kind": step.kind,
-            "model": models[0].spec,
-            "fallbacks": [m.spec for m in models[1:]],
-            "base_url": models[0].base_url,
-            "system": request.system_text(),
-            "prompt": prompt,
-            "json": request.json,
-            "schema": request.schema,
-            "temperature": step.temperature,
-            "max_tokens": step.max_tokens,
-            "tools": _tools_key(tools, step),
-            "checks": step.checks,
-            "rubric": step.rubric and vars(step.rubric),
-            "on_fail": step.on_fail,
-            "retries": step.retries,
-        }
-    )
-    return request, models, key
-
-
-def _template_values(session: Session, values: dict) -> dict:
-    from .store._history import history_function
-
-    return {
-        **values,
-        "history": history_function(
-            session.store, before=session.started, params=session.params, run_id=session.run_id
-        ),
-    }
-
-
 async def _run_python(
     session: Session, step: Step, values: dict, options: RunOptions
 ) -> StepResult:
@@ -460,7 +356,7 @@ async def _run_python(
     inputs = {p: values[p] for p in params if p in values}
     key = None
     if not step.no_cache:
-        key = _key(
+        key = cache_key(
             {
                 "kind": step.kind,
                 "code": code_id,
@@ -469,7 +365,7 @@ async def _run_python(
                 **({"rubric": vars(step.rubric)} if step.rubric else {}),
             }
         )
-        hit = _cache_lookup(session, key, step, options)
+        hit = cache_lookup(session, key, step, options)
         if hit is not None:
             return hit
     if step.kind == "function":
@@ -511,63 +407,3 @@ async def _run_python(
         usage=usage,
         error=error,
     )
-
-
-def _key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _schema_class(step: Step, values: dict):
-    cls = values.get(step.schema)
-    if cls is None or not hasattr(cls, "model_validate"):
-        raise UnknownNameError(
-            step.name,
-            step.schema or "",
-            [k for k, v in values.items() if hasattr(v, "model_validate")],
-        )
-    return cls
-
-
-def _parser(step: Step, schema_cls) -> Callable[[Response], Any]:
-    def parse(response: Response) -> Any:
-        if step.kind == "image":
-            return PNG(response.data)
-        if schema_cls is not None:
-            from pydantic import ValidationError
-
-            data = response.data if response.data is not None else _loads(response.text)
-            try:
-                return schema_cls.model_validate(data)
-            except ValidationError as exc:
-                raise OutputError(
-                    f"output does not match schema {schema_cls.__name__}: {exc}"
-                ) from None
-        if step.json:
-            return response.data if response.data is not None else _loads(response.text)
-        return response.text
-
-    return parse
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(strip_fence(text))
-    except ValueError as exc:
-        raise OutputError(f"output is not valid JSON: {exc}") from None
-
-
-def _tool_specs(step: Step, values: dict) -> list[dict]:
-    if not step.tools:
-        return []
-    from ._tools import tool_spec
-
-    return [tool_spec(name, values, step.name) for name in step.tools]
-
-
-def _tools_key(tools: list[dict], step: Step) -> object:
-    # The callables stay out of the key (their repr differs per process); their code hash is in.
-    if not tools:
-        return []
-    from ._tools import public_spec
-
-    return {"specs": [public_spec(t) for t in tools], "max_turns": step.max_turns}

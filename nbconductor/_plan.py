@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._executor import Session, _params, build_request, check_names
+from ._executor import Session, _params, check_names
 from ._pricing import cost_of
+from ._request import build_request
 from ._template import parse_map, template_names
 from ._types import Usage
 from .gates._judge import JUDGE_MAX_TOKENS, JUDGE_SYSTEM

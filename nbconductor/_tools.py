@@ -183,7 +183,7 @@ def _value_part(value: Any, seen: frozenset[int] = frozenset()) -> str:
         return repr(value)
     if isinstance(value, (type, types.ModuleType)):
         return f"<{type(value).__name__} {getattr(value, '__module__', '')}.{_qualname(value)}>"
-    from ._executor import stable_hash
+    from ._cache import stable_hash
 
     return f"{type(value).__qualname__}:{stable_hash(value)}"
 

@@ -22,6 +22,7 @@ RULES = [
             "nbconductor.notebook",
             "nbconductor.handoff._engine",
             "nbconductor.handoff._engine_outputs",
+            "nbconductor.handoff._engine_process",
         ),
         "only the notebook layer (and the in-process papermill engine) imports IPython and widgets",
     ),

@@ -110,7 +110,7 @@ def test_cache_keys_hash_without_pickle(monkeypatch):
 
     import numpy as np
 
-    from nbconductor._executor import stable_hash
+    from nbconductor._cache import stable_hash
 
     def refuse(*args, **kwargs):
         raise AssertionError("stable_hash pickled a value")
