@@ -132,3 +132,13 @@ def test_two_served_pages_claim_skip_and_race(store_target):
     assert [r["user"] for r in store.query('SELECT "user" FROM reviews')] == ["ana"]
     ana.leave()
     assert store.query("SELECT * FROM claims") == []
+
+
+def test_the_page_kernels_get_no_provider_keys():
+    from nbconductor.handoff._serve import page_environ
+
+    key = "sk-ant-" + "x" * 24
+    env = page_environ(
+        {"ANTHROPIC_API_KEY": key, "GITHUB_TOKEN": "t" * 20, "PGPASSWORD": "pw", "HOME": "/h"}
+    )
+    assert env == {"PGPASSWORD": "pw", "HOME": "/h"}

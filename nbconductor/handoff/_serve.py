@@ -94,7 +94,7 @@ def serve(
         f"--MappingKernelManager.cull_interval={max(1, idle // 2)}",
         "--MappingKernelManager.cull_connected=False",
     ]
-    env = {**os.environ, "NBCONDUCTOR_STORE": target}
+    env = {**page_environ(os.environ), "NBCONDUCTOR_STORE": target}
     proc = subprocess.Popen(cmd, env=env, cwd=folder)
     signal.signal(signal.SIGTERM, _interrupt)  # terminated: stop Voilà too, not orphan it
     print(f"review queue of {shown(target)}: http://{ip}:{port}/?token={token}", flush=True)
@@ -105,6 +105,14 @@ def serve(
         proc.terminate()
         proc.wait(10)
         return 130
+
+
+def page_environ(environ) -> dict[str, str]:
+    """``environ`` for Voilà and its page kernels: without the secrets they have no use for
+    (provider keys, tokens), keeping what libpq reads (``PG*``, e.g. ``PGPASSWORD``)."""
+    from .._redact import is_secret_name
+
+    return {k: v for k, v in environ.items() if k.startswith("PG") or not is_secret_name(k)}
 
 
 def _idle_seconds() -> int:
