@@ -277,3 +277,13 @@ def test_the_latest_result_of_a_key_is_served_however_often_it_was_recorded(stor
         )
         assert "Sort" not in " ".join(str(r) for r in plan)
     store.close()
+
+
+def test_opening_a_store_that_has_its_schema_takes_no_table_lock(pg_server, monkeypatch):
+    url = pg_server.database()
+    connect(url).close()  # creates the schema
+    sent = _Sent(monkeypatch)
+    store = connect(url)
+    ddl = [s for s in sent.statements if s.split()[0].upper() in ("CREATE", "ALTER", "DROP")]
+    assert ddl == [] and len(sent.statements) <= 2, sent.statements  # the catalog, the version
+    store.close()

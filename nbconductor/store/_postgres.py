@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .._errors import StoreError, missing_dependency
 from .._redact import redact
 from ._base import shown
-from ._sqlite import ADDED_COLUMNS, SCHEMA, SQLiteStore, _read_only, _user
+from ._sqlite import ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION, SQLiteStore, _read_only, _user
 
 _POOLS: dict[tuple[int, str], list] = {}  # (pid, url) -> [pool, users]
 _POOLS_LOCK = threading.Lock()
@@ -46,6 +47,15 @@ def pg_schema() -> str:
         .replace("INTEGER", "BIGINT")
         .replace("BLOB", "BYTEA")
         .replace("REAL", "DOUBLE PRECISION")
+    )
+
+
+def _expected() -> tuple[list[str], list[str]]:
+    """(the tables, the indexes) `pg_schema` creates."""
+    ddl = pg_schema()
+    return (
+        re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", ddl),
+        re.findall(r"CREATE (?:UNIQUE )?INDEX IF NOT EXISTS (\w+)", ddl),
     )
 
 
@@ -118,16 +128,24 @@ class PostgresStore(SQLiteStore):
                         self._own = self._pool.getconn(timeout=_WAIT)
                     try:
                         yield self._own
-                    except psycopg.OperationalError:
-                        self._drop_own()  # the server went away: reconnect next time
+                    except psycopg.OperationalError as exc:
+                        if _lost(exc) or self._own.broken:
+                            self._drop_own()  # the server went away: reconnect next time
                         raise
                 finally:
                     self._own_lock.release()
                 return
             with self._pool.connection(timeout=_WAIT) as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except PoolTimeout as exc:
             raise _unreachable(self.path, exc) from None
+        except psycopg.OperationalError as exc:
+            if _lost(exc):
+                raise _unreachable(self.path, exc) from None
+            # the server answered (a deadlock, a lock or statement timeout): one line, as it is
+            raise StoreError(
+                redact(f"the run store at {self.path}: {_first_line(exc)}"), self.path
+            ) from None
 
     def _drop_own(self) -> None:
         own, self._own = self._own, None
@@ -202,6 +220,13 @@ class PostgresStore(SQLiteStore):
 
     # schema ---------------------------------------------------------------------------------
     def _create_schema(self) -> None:
+        """Create or migrate the schema, unless the database already has all of it.
+
+        The check reads the catalog only: the DDL (even ``IF NOT EXISTS``, even ``ADD COLUMN IF
+        NOT EXISTS``) locks the tables, and a store opened for every batch row would otherwise
+        queue behind, and deadlock with, reviewers deciding in those tables."""
+        if self._schema_ready():
+            return
         with self.transaction():
             self.execute("SELECT pg_advisory_xact_lock(?)", (_LOCK_KEY,))
             if self._has_table("runs") and not self._has_table("nbconductor_schema"):
@@ -215,6 +240,26 @@ class PostgresStore(SQLiteStore):
                     f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {_pg_type(kind)}"
                 )
             self._set_version()
+
+    def _schema_ready(self) -> bool:
+        """Whether every table, index and added column this code writes exists, at its version."""
+        rows = self.query(
+            "SELECT c.relname AS name, a.attname AS col FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
+            "AND NOT a.attisdropped AND c.relkind = 'r' "
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i')"
+        )
+        have: dict[str, set] = {}
+        for r in rows:
+            have.setdefault(r["name"], set()).add(r["col"])
+        tables, indexes = _expected()
+        if not all(name in have for name in tables + indexes) or "results_key" in have:
+            return False
+        if not all(column in have[table] for table, column, _ in ADDED_COLUMNS):
+            return False
+        found = self.query("SELECT MAX(version) AS v FROM nbconductor_schema")[0]["v"]
+        return found == SCHEMA_VERSION
 
     def _check_tables(self) -> None:
         need = {"id", "started", "status", "params"}
@@ -267,9 +312,21 @@ def without_password(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+def _lost(exc: Exception) -> bool:
+    """Whether an error means the server is out of reach (no answer, or it is shutting down),
+    rather than an answer to a statement (a deadlock, a timeout)."""
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _unreachable(where: str, exc: Exception) -> StoreError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return StoreError(redact(f"the run store at {where} cannot be reached: {first}"), where)
+    return StoreError(
+        redact(f"the run store at {where} cannot be reached: {_first_line(exc)}"), where
+    )
 
 
 def _acquire_pool(url: str, where: str):
