@@ -6,10 +6,14 @@ LLM steps (two spans per step: the step and its ``chat`` call), and the 4 × 8 D
 steps each wait 50 ms. Tracing is switched through the standard ``OTEL_EXPORTER_OTLP_ENDPOINT``;
 Phoenix (``phoenix serve``, from tests/run.sh's virtualenv or ``$NBCONDUCTOR_PHOENIX``) is
 started on a free loopback port with its working directory in a temporary folder. The "down"
-case points at a closed port. Per-span overhead = (traced − off) / spans, in wall time (what
-``Pipeline.run`` takes) and in CPU time of the process (every thread, the SDK's export thread
-included; Phoenix's own ingestion, on the same cores, is not counted). On a shared machine the
-CPU figure is the steadier one. Median of ``--repeats``, cases interleaved.
+case points at a closed port; "to Phoenix, SDK spans" turns the light span path off (every
+span an SDK `Span`); "no-op exporter" exports nowhere (the batch processor's thread, no
+encoding). Each mode keeps its provider across runs, as a session does. Per-span overhead =
+(traced − off) / spans, in wall time (what ``Pipeline.run`` takes) and in CPU time of the
+process over the run and the flush of its spans (every thread: the export thread's protobuf
+encoding counts; Phoenix's own ingestion, on the same cores, does not). On a shared machine the
+CPU figure is the steadier one. Median of ``--repeats``, cases interleaved. Then the floor:
+bare spans with the same attributes made in a loop, the SDK's own against the light path.
 
     python benchmarks/bench_trace.py [--repeats 5]
 """
@@ -17,6 +21,7 @@ CPU figure is the steadier one. Median of ``--repeats``, cases interleaved.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import socket
 import subprocess
@@ -28,7 +33,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, interleaved, make_function, median, print_summary, table
+from _common import header, make_function, median, print_summary, table
 from bench_latency import build as build_dag
 from bench_latency import layered, sleepy_provider
 
@@ -70,17 +75,31 @@ def start_phoenix() -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
-def mode(endpoint: str | None) -> None:
-    """Tracing to ``endpoint`` (None: off), set up before the timed region."""
+def tracer(endpoint: str, *, light: bool = True, exporter=None):
+    """A set-up `Tracing` to ``endpoint`` (``exporter``: in place of the OTLP exporter)."""
     from nbconductor import _trace
     from nbconductor._config import Config
 
-    _trace.reset()
-    if endpoint is None:
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    _trace._tracing = None
+    tracing = _trace._setup(Config())
+    _trace._tracing = None
+    tracing.light = light
+    if exporter is not None:
+        tracing.guard.inner, tracing.guard.address = exporter, None
+    return tracing
+
+
+def use(tracing) -> None:
+    """Runs traced by ``tracing`` from now on (None: tracing off). Each mode keeps its provider
+    across runs, as a session does: a down collector is known to be down after its first run."""
+    from nbconductor import _trace
+
+    _trace._tracing = tracing
+    if tracing is None:
         os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     else:
-        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
-        _trace._setup(Config())
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://traced"  # wanted(): any endpoint
 
 
 def chain(n: int, kind: str):
@@ -96,53 +115,76 @@ def chain(n: int, kind: str):
     return p
 
 
-def run(p) -> None:
+def reused(p):
+    """``p`` with a new ``:memory:`` store and no in-process cache each time: every run runs
+    every step again (declaring the 1,000-step chain anew would take seconds per run)."""
+
+    def get():
+        p.close()
+        p.memory.clear()
+        p.results.clear()
+        p.last_run = None
+        return p
+
+    return get
+
+
+def timed_run(get, tracing) -> tuple[float, float]:
+    """(wall seconds of the run, CPU seconds of the run and of exporting its spans)."""
+    p = get()
+    use(tracing)
+    gc.collect()
+    cpu, wall = time.process_time(), time.perf_counter()
     result = p.run()
+    wall = time.perf_counter() - wall
+    if tracing is not None:
+        tracing.provider.force_flush()  # the export thread's work counts in CPU
+    cpu = time.process_time() - cpu
+    p.close()
     if result.status != "passed":
         raise SystemExit(f"benchmark run failed: {result.status} {result.failed}")
+    return wall, cpu
 
 
-def measure(repeats: int) -> tuple[list[list], list[dict]]:
-    proc, phoenix = start_phoenix()
-    down = f"http://127.0.0.1:{free_port()}"
+def measure(repeats: int, phoenix: str) -> tuple[list[list], list[dict]]:
+    from nbconductor._trace_setup import _Nothing
+    from nbconductor.providers import registry
+
+    registry.register("sleepy", sleepy_provider(0.05))
+    modes = {
+        "off": None,
+        "to Phoenix": tracer(phoenix),
+        "to Phoenix, SDK spans": tracer(phoenix, light=False),
+        "no-op exporter": tracer(phoenix, exporter=_Nothing()),
+        "collector down": tracer(f"http://127.0.0.1:{free_port()}"),
+    }
+    shapes = [
+        ("chain of 1000, function steps", reused(chain(1000, "function")), 1001),
+        ("chain of 1000, LLM steps (offline)", reused(chain(1000, "llm")), 2001),
+        ("4 × 8 DAG, 50 ms LLM steps", lambda: build_dag(layered(4, 8), "llm", 0.05), 65),
+    ]
     rows, summary = [], []
     try:
-        from nbconductor.providers import registry
-
-        registry.register("sleepy", sleepy_provider(0.05))
-        shapes = [
-            ("chain of 1000, function steps", lambda: chain(1000, "function"), 1000),
-            ("chain of 1000, LLM steps (offline)", lambda: chain(1000, "llm"), 2000),
-            ("4 × 8 DAG, 50 ms LLM steps", lambda: build_dag(layered(4, 8), "llm", 0.05), 64),
-        ]
-        modes = {"off": None, "to Phoenix": phoenix, "collector down": down}
-        for shape, make, spans in shapes:
-            cases = {
-                label: (lambda ep=ep, make=make: (mode(ep), make())[1], run)
-                for label, ep in modes.items()
-            }
-            times = interleaved(cases, repeats)
-            off, off_cpu = median(times["off"]["run"]), median(times["off"]["cpu"])
+        for shape, get, spans in shapes:
+            times: dict[str, list] = {label: [] for label in modes}
+            for i in range(1 + repeats):  # cases interleaved, the first round a warm-up
+                for label, tracing in modes.items():
+                    got = timed_run(get, tracing)
+                    if i:
+                        times[label].append(got)
+            off = median([w for w, _ in times["off"]])
+            off_cpu = median([c for _, c in times["off"]])
             for label in modes:
-                wall, cpu = median(times[label]["run"]), median(times[label]["cpu"])
+                wall = median([w for w, _ in times[label]])
+                cpu = median([c for _, c in times[label]])
                 traced = label != "off"
-                per_span = (wall - off) / (spans + 1) * 1e6 if traced else None
-                cpu_span = (cpu - off_cpu) / (spans + 1) * 1e6 if traced else None
-                rows.append(
-                    [
-                        shape,
-                        label,
-                        wall * 1e3,
-                        cpu * 1e3,
-                        wall / off,
-                        "" if per_span is None else per_span,
-                        "" if cpu_span is None else cpu_span,
-                    ]
-                )
+                per_span = (wall - off) / spans * 1e6 if traced else ""
+                cpu_span = (cpu - off_cpu) / spans * 1e6 if traced else ""
+                rows.append([shape, label, wall * 1e3, cpu * 1e3, wall / off, per_span, cpu_span])
                 if label == "to Phoenix":
                     summary.append(
                         {
-                            "benchmark": f"tracing CPU per span (export thread included), {shape}",
+                            "benchmark": f"tracing CPU per span (export included), {shape}",
                             "figure": f"{cpu_span:.0f} µs (wall {per_span:.0f} µs)",
                             "goal": f"< {GOAL_US} µs",
                             "met": cpu_span < GOAL_US,
@@ -158,10 +200,104 @@ def measure(repeats: int) -> tuple[list[list], list[dict]]:
                         }
                     )
     finally:
-        mode(None)
-        proc.terminate()
-        proc.wait(30)
+        use(None)
+        for tracing in modes.values():
+            if tracing is not None:
+                tracing.close()
     return rows, summary
+
+
+STEP_START = {"nbconductor.step": "s1", "nbconductor.step.kind": "function"}
+STEP_END = {
+    "nbconductor.state": "passed",
+    "nbconductor.attempts": 1,
+    "nbconductor.cache_hit": False,
+}
+CHAT_START = {
+    "gen_ai.operation.name": "chat",
+    "gen_ai.provider.name": "offline",
+    "gen_ai.request.model": "m",
+    "nbconductor.attempt": 1,
+    "nbconductor.fallback": 0,
+    "nbconductor.call": "step",
+}
+CHAT_END = {
+    "gen_ai.usage.input_tokens": 12,
+    "gen_ai.usage.output_tokens": 30,
+    "gen_ai.response.model": "m",
+    "gen_ai.response.finish_reasons": ["stop"],
+    "nbconductor.cost": 0.0,
+}
+
+
+def floor(phoenix: str, repeats: int) -> list[list]:
+    """CPU per span of bare spans with a step's and a chat call's attributes, made in a loop
+    (no run around them) and exported to Phoenix: the SDK's own span against nbconductor's
+    light one, and the SDK span with a no-op exporter. Export included (a flush per round)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from nbconductor._trace_setup import _Nothing
+
+    def sdk(exporter):
+        provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        tracer = provider.get_tracer("bench")
+
+        def make(start, end, n):
+            root = tracer.start_span("nbconductor.run")
+            ctx = trace.set_span_in_context(root)
+            for _ in range(n):
+                span = tracer.start_span("step s1", context=ctx, attributes=start)
+                span.set_attributes(end)
+                span.end()
+            root.end()
+            provider.force_flush()
+
+        return make, provider
+
+    def ours(tracing):
+        def make(start, end, n):
+            root = tracing.start("nbconductor.run", None, {})
+            ctx = tracing.context(root)
+            for _ in range(n):
+                span = tracing.start("step s1", ctx, start)
+                span.set_attributes(end)
+                span.end()
+            root.end()
+            tracing.provider.force_flush()
+
+        return make, tracing.provider
+
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    cases = {
+        "SDK span, no-op exporter": sdk(_Nothing()),
+        "SDK span → Phoenix": sdk(OTLPSpanExporter(endpoint=f"{phoenix}/v1/traces")),
+        "light span → Phoenix": ours(tracer(phoenix)),
+    }
+    rows, n = [], 1000
+    for attrs, (start, end) in {
+        "step": (STEP_START, STEP_END),
+        "chat": (CHAT_START, CHAT_END),
+    }.items():
+        got: dict[str, list[float]] = {label: [] for label in cases}
+        for i in range(1 + repeats):
+            for label, (make, _) in cases.items():
+                gc.collect()
+                cpu = time.process_time()
+                make(start, end, n)
+                if i:
+                    got[label].append((time.process_time() - cpu) / (n + 1) * 1e6)
+        for label in cases:
+            rows.append(
+                [f"{attrs} attributes ({len(start) + len(end)})", label, median(got[label])]
+            )
+    for _, provider in cases.values():
+        provider.shutdown()
+    return rows
 
 
 def off_hooks() -> float:
@@ -183,15 +319,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     header(f"tracing off / to Phoenix / collector down (median of {args.repeats})")
-    rows, summary = measure(args.repeats)
-    print(
-        table(
-            ["shape", "tracing", "wall ms", "CPU ms", "× off", "wall µs/span", "CPU µs/span"],
-            rows,
+    print(f"load average at the start: {os.getloadavg()[0]:.1f}")
+    proc, phoenix = start_phoenix()
+    try:
+        rows, summary = measure(args.repeats, phoenix)
+        print(
+            table(
+                ["shape", "tracing", "wall ms", "CPU ms", "× off", "wall µs/span", "CPU µs/span"],
+                rows,
+            )
         )
-    )
+        print("\nbare spans in a loop, CPU µs per span (export included):")
+        print(table(["attributes", "span", "CPU µs/span"], floor(phoenix, args.repeats)))
+    finally:
+        proc.terminate()
+        proc.wait(30)
     ns = off_hooks()
     print(f"\noff path: one hook costs {ns:.0f} ns (a context-variable read; 3 hooks per LLM step)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     summary.append(
         {"benchmark": "tracing off, per hook", "figure": f"{ns:.0f} ns", "goal": "", "met": None}
     )

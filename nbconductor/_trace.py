@@ -10,7 +10,8 @@ A run is one trace: ``nbconductor.run`` → ``step <name>`` → ``chat <model>``
 call and tool-use turn, with the GenAI semantic conventions' ``gen_ai.*`` attributes), gate results
 as ``gate.result`` events. The hooks take the coroutine they trace and return it unchanged when
 tracing is off, so a call site stays one line. Export is the SDK's batch processor (its own
-thread); a collector that is down costs one warning line per run (`_guard`), never the run.
+thread); a collector that is down costs one warning line per run (`Guard`), never the run: once
+an export failed, runs started in the next 30 s build no spans at all.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ T = TypeVar("T")
 
 #: ``%conductor trace on|off`` (None: the environment and the config decide).
 _switch: bool | None = None
-_tracing: Any = None  # the `_guard.Tracing` once set up; False when the extra is missing
+_tracing: Any = None  # the `_trace_setup.Tracing` once set up; False when the extra is missing
 #: The OpenTelemetry context of the innermost nbconductor span of this task (run, step or call).
 _parent: contextvars.ContextVar[Any] = contextvars.ContextVar("nbconductor_span", default=None)
 _step: contextvars.ContextVar[_StepState | None] = contextvars.ContextVar(
@@ -152,7 +153,7 @@ def run_started(run_id: str, notebook: str | None, params: dict | None, config: 
     if not wanted(config):
         return None
     tracing = _setup(config)
-    if tracing is None:
+    if tracing is None or tracing.guard.down(run_id):  # known down: its spans would be dropped
         return None
     attrs = {
         "nbconductor.run.id": run_id,

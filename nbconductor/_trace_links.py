@@ -72,7 +72,12 @@ def decision(
     if tracing is None:
         return
     attrs = {"nbconductor.result.id": result_id, "nbconductor.step": step}
-    span = tracing.start("nbconductor.review", None, attrs, links=tracing.links(traceparent))
+    links = tracing.links(traceparent)
+    span_attrs = dict(attrs)
+    for link in links[:1]:  # the link's ids as attributes too: Phoenix (20.x) keeps no links
+        span_attrs["nbconductor.step.trace_id"] = f"{link.context.trace_id:032x}"
+        span_attrs["nbconductor.step.span_id"] = f"{link.context.span_id:016x}"
+    span = tracing.start("nbconductor.review", None, span_attrs, links=links)
     span.add_event("review.decision", {"nbconductor.decision": decision, **attrs})
     span.end()
     tracing.flush_soon()

@@ -63,6 +63,14 @@ class Guard(SpanExporter):
                 for key in list(self.runs)[:5_000]:
                     self.runs.pop(key, None)
 
+    def down(self, run_id: str) -> bool:
+        """Whether the collector failed in the last `_DOWN_FOR` seconds; if so, ``run_id`` gets
+        its warning line now, and the caller builds no spans (they would be dropped unsent)."""
+        if time.monotonic() >= self.down_until:
+            return False
+        self._say(run_id)
+        return True
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         now = time.monotonic()
         # The exporter retries an unreachable collector with backoff for up to its timeout (10 s),
@@ -98,13 +106,15 @@ class Guard(SpanExporter):
             self.warned |= fresh
         for trace_id in fresh:
             run = self.runs.get(trace_id)
-            if run is None:
-                continue
-            print(
-                f"nbconductor: tracing: could not send run {run}'s spans to {self.endpoint} "
-                "(collector unreachable?); the run itself is unaffected",
-                file=sys.stderr,
-            )
+            if run is not None:
+                self._say(run)
+
+    def _say(self, run_id: str) -> None:
+        print(
+            f"nbconductor: tracing: could not send run {run_id}'s spans to {self.endpoint} "
+            "(collector unreachable?); the run itself is unaffected",
+            file=sys.stderr,
+        )
 
     def shutdown(self) -> None:
         self.inner.shutdown()
