@@ -342,29 +342,11 @@ async def _run_single(
 async def _run_python(
     session: Session, step: Step, values: dict, options: RunOptions
 ) -> StepResult:
+    """A ``--python`` or function step: its code run on its inputs (or its cached result), then
+    its gates; a rubric judge's calls are the only model cost it has."""
     started = time.time()
-    if step.kind == "function":
-        params = list(function_params(step.fn))
-        from ._tools import code_hash
-
-        code_id = getattr(step.fn, "__qualname__", step.name) + code_hash(step.fn)
-    else:
-        from ._template import python_names
-
-        params = sorted(python_names(step.body, step.name))
-        code_id = step.body
-    inputs = {p: values[p] for p in params if p in values}
-    key = None
-    if not step.no_cache:
-        key = cache_key(
-            {
-                "kind": step.kind,
-                "code": code_id,
-                "inputs": {k: stable_hash(v) for k, v in inputs.items()},
-                "checks": step.checks,
-                **({"rubric": vars(step.rubric)} if step.rubric else {}),
-            }
-        )
+    inputs, key = _python_inputs(step, values)
+    if key is not None:
         hit = cache_lookup(session, key, step, options)
         if hit is not None:
             return hit
@@ -379,22 +361,12 @@ async def _run_python(
     ctx = GateContext(step, "", "", session.pool, values)
     verdict = await evaluate_gates(gates_for(step, values), output, ctx)
     if verdict.error is not None:  # the judge gave no verdict; its calls were billed all the same
-        return StepResult(
-            step.name,
-            FAILED,
-            output,
-            gates=verdict.results,
-            started=started,
-            ended=time.time(),
-            cache_key=key,
-            cost=verdict.error.cost,
-            usage=verdict.error.usage,
-            error=str(verdict.error),
-        )
-    state = PASSED if verdict.passed else (FLAGGED if step.on_fail == "review" else FAILED)
-    error = None if state != FAILED else verdict.failures()
-    # a rubric judge's call is the only model cost of a Python step
-    usage, cost = charge(Usage(0, 0), 0.0, verdict.results)
+        state, error = FAILED, str(verdict.error)
+        usage, cost = verdict.error.usage, verdict.error.cost
+    else:
+        state = PASSED if verdict.passed else (FLAGGED if step.on_fail == "review" else FAILED)
+        error = None if state != FAILED else verdict.failures()
+        usage, cost = charge(Usage(0, 0), 0.0, verdict.results)
     return StepResult(
         step.name,
         state,
@@ -407,3 +379,31 @@ async def _run_python(
         usage=usage,
         error=error,
     )
+
+
+def _python_inputs(step: Step, values: dict) -> tuple[dict, str | None]:
+    """The upstream values a Python step reads, and its cache key (None with ``--no-cache``):
+    its code (a function's code hash), a stable hash of each input, its gates."""
+    if step.kind == "function":
+        params = list(function_params(step.fn))
+        from ._tools import code_hash
+
+        code_id = getattr(step.fn, "__qualname__", step.name) + code_hash(step.fn)
+    else:
+        from ._template import python_names
+
+        params = sorted(python_names(step.body, step.name))
+        code_id = step.body
+    inputs = {p: values[p] for p in params if p in values}
+    if step.no_cache:
+        return inputs, None
+    key = cache_key(
+        {
+            "kind": step.kind,
+            "code": code_id,
+            "inputs": {k: stable_hash(v) for k, v in inputs.items()},
+            "checks": step.checks,
+            **({"rubric": vars(step.rubric)} if step.rubric else {}),
+        }
+    )
+    return inputs, key

@@ -35,25 +35,33 @@ def _run(args: argparse.Namespace) -> int:
     return run_notebook(args.notebook, args.output, args.parameters or [], engine=args.engine)
 
 
+#: a CLI function's keyword whose option has another name on the command line
+_OPTION_NAMES = {"as_json": "json", "take_next": "next"}
+
+
+def _forward(fn, args: argparse.Namespace, *positional: object) -> int:
+    """Call a CLI function with plain arguments: ``positional``, then each of its keyword-only
+    parameters from the parsed option of that name."""
+    import inspect
+
+    keywords = [
+        p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY
+    ]
+    return fn(*positional, **{k: getattr(args, _OPTION_NAMES.get(k, k)) for k in keywords})
+
+
+def _job(fn, args: argparse.Namespace, *positional: object) -> int:
+    """`_forward` for a command that runs a notebook job: ``--offline`` and the store are
+    settled first (a bad store is exit 2 before anything runs)."""
+    _offline(args)
+    _check_store(args.notebook, args.store)
+    return _forward(fn, args, *positional)
+
+
 def _batch(args: argparse.Namespace) -> int:
     from .handoff._batch import cli_batch
 
-    _offline(args)
-    _check_store(args.notebook, args.store)
-
-    return cli_batch(
-        args.notebook,
-        args.params,
-        workers=args.workers,
-        dask=args.dask,
-        out=args.out,
-        resume=args.resume,
-        engine=args.engine,
-        store=args.store,
-        provider_batch=args.provider_batch,
-        batch_window=args.batch_window,
-        dry_run=args.dry_run,
-    )
+    return _job(cli_batch, args, args.notebook, args.params)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -67,22 +75,13 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    from .store._review import cli_review
-
     if args.serve:
         from .handoff._serve import serve
 
         return serve(args.store, port=args.port, ip=args.ip)
+    from .store._review import cli_review
 
-    return cli_review(
-        args.store,
-        approve=args.approve,
-        reject=args.reject,
-        note=args.note,
-        assign=args.assign,
-        mine=args.mine,
-        take_next=args.next,
-    )
+    return _forward(cli_review, args, args.store)
 
 
 def _store(args: argparse.Namespace) -> int:
@@ -94,37 +93,13 @@ def _store(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .handoff._evaluate import cli_compare
 
-    _offline(args)
-    _check_store(args.notebook, args.store)
-    return cli_compare(
-        args.notebook,
-        args.step,
-        args.data,
-        variants=args.variants,
-        repeats=args.repeats,
-        workers=args.workers,
-        as_json=args.json,
-        out=args.out,
-        store=args.store,
-        pairwise=args.pairwise,
-    )
+    return _job(cli_compare, args, args.notebook, args.step, args.data)
 
 
 def _eval(args: argparse.Namespace) -> int:
     from .handoff._evaluate import cli_eval
 
-    _offline(args)
-    _check_store(args.notebook, args.store)
-    return cli_eval(
-        args.notebook,
-        args.data,
-        save=args.save,
-        baseline=args.baseline,
-        max_drop=args.max_drop,
-        workers=args.workers,
-        as_json=args.json,
-        store=args.store,
-    )
+    return _job(cli_eval, args, args.notebook, args.data)
 
 
 def _new(args: argparse.Namespace) -> int:

@@ -122,16 +122,23 @@ def record_cell(store, experiment_id: str, cell: dict[str, Any]) -> None:
     )
 
 
-def experiment_cells(store, experiment_id: str) -> list[dict[str, Any]]:
-    """The experiment's recorded cells, decoded (JSON fields parsed, flags as bools)."""
+def _query(store, sql: str, args: tuple) -> list:
+    """The rows of one query on the experiment tables; none from an older, read-only store
+    that does not have them."""
     try:
-        rows = store.query(
-            f"SELECT {', '.join(CELL_FIELDS)} FROM experiment_cells WHERE experiment_id=? "
-            "ORDER BY row_index, variant, repeat_index",
-            (experiment_id,),
-        )
+        return store.query(sql, args)
     except Exception:  # noqa: BLE001 - an older, read-only store without the table
         return []
+
+
+def experiment_cells(store, experiment_id: str) -> list[dict[str, Any]]:
+    """The experiment's recorded cells, decoded (JSON fields parsed, flags as bools)."""
+    rows = _query(
+        store,
+        f"SELECT {', '.join(CELL_FIELDS)} FROM experiment_cells WHERE experiment_id=? "
+        "ORDER BY row_index, variant, repeat_index",
+        (experiment_id,),
+    )
     out = []
     for row in rows:
         cell = {k: row[k] for k in CELL_FIELDS}
@@ -145,14 +152,12 @@ def experiment_cells(store, experiment_id: str) -> list[dict[str, Any]]:
 
 def experiments(store, limit: int = 50) -> list[dict[str, Any]]:
     """The latest experiments, newest first: id, step, variants, rows, repeats, status, summary."""
-    try:
-        rows = store.query(
-            "SELECT id, step, created, updated, notebook, variants, row_count, repeats, status, "
-            "summary FROM experiments ORDER BY updated DESC LIMIT ?",
-            (limit,),
-        )
-    except Exception:  # noqa: BLE001 - an older, read-only store without the table
-        return []
+    rows = _query(
+        store,
+        "SELECT id, step, created, updated, notebook, variants, row_count, repeats, status, "
+        "summary FROM experiments ORDER BY updated DESC LIMIT ?",
+        (limit,),
+    )
     return [
         {
             "id": r["id"],
@@ -192,14 +197,12 @@ def record_pair(store, experiment_id: str, pair: dict[str, Any]) -> None:
 
 def experiment_pairs(store, experiment_id: str) -> list[dict[str, Any]]:
     """The experiment's pairwise judgements."""
-    try:
-        rows = store.query(
-            "SELECT row_index, variant, vs, judge, winner, flipped, reasons FROM experiment_pairs "
-            "WHERE experiment_id=? ORDER BY row_index, variant",
-            (experiment_id,),
-        )
-    except Exception:  # noqa: BLE001 - an older, read-only store without the table
-        return []
+    rows = _query(
+        store,
+        "SELECT row_index, variant, vs, judge, winner, flipped, reasons FROM experiment_pairs "
+        "WHERE experiment_id=? ORDER BY row_index, variant",
+        (experiment_id,),
+    )
     return [
         {
             **{k: r[k] for k in ("row_index", "variant", "vs", "judge", "winner")},
@@ -276,13 +279,11 @@ def record_preference(
 
 def experiment_prefs(store, experiment_id: str) -> list[dict[str, Any]]:
     """People's pairwise preferences in an experiment (who, when, what was shown first)."""
-    try:
-        rows = store.query(
-            "SELECT row_index, variant, vs, choice, reviewer, at, shown_first FROM "
-            "experiment_prefs WHERE experiment_id=? ORDER BY at",
-            (experiment_id,),
-        )
-    except Exception:  # noqa: BLE001 - an older, read-only store without the table
-        return []
+    rows = _query(
+        store,
+        "SELECT row_index, variant, vs, choice, reviewer, at, shown_first FROM "
+        "experiment_prefs WHERE experiment_id=? ORDER BY at",
+        (experiment_id,),
+    )
     keys = ("row_index", "variant", "vs", "choice", "reviewer", "at", "shown_first")
     return [{k: r[k] for k in keys} for r in rows]
