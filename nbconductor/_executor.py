@@ -102,10 +102,7 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
     graph = session.graph
     names = graph.order(graph.upstream(targets) if targets else None)
     check_names(graph, names, session.namespace)
-    for name in names:
-        missing = [c for c in graph.steps[name].contexts if c not in session.contexts]
-        if missing:
-            raise UnknownNameError(name, missing[0], session.contexts)
+    _check_contexts(graph, names, session.contexts)
     store = session.store
     session.params, session.started = _params(session.namespace, graph, names), time.time()
     run_id = store.start_run(session.params, targets, options.notebook)
@@ -125,13 +122,7 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
         upstream = {d: results[d] for d in deps}
         blocked = [d for d, r in upstream.items() if r.state in (FAILED, PENDING)]
         if blocked:
-            res = StepResult(
-                name,
-                PENDING,
-                error=f"not run: upstream step `{blocked[0]}` did not finish",
-                usage=Usage(0, 0),
-                cost=0.0,
-            )  # never ran: spent nothing
+            res = _blocked(name, blocked[0])
         else:
             emit("start", name, None)
             res = await _trace.step(step, _run_step(session, step, upstream, options, emit))
@@ -163,6 +154,25 @@ async def execute(session: Session, targets: list[str] | None, options: RunOptio
         )
         _trace.run_ended(traced, run)
     return run
+
+
+def _check_contexts(graph: Graph, names: list[str], contexts: dict[str, str]) -> None:
+    """Raise `UnknownNameError` for a ``--context`` block that was never defined."""
+    for name in names:
+        missing = [c for c in graph.steps[name].contexts if c not in contexts]
+        if missing:
+            raise UnknownNameError(name, missing[0], contexts)
+
+
+def _blocked(name: str, upstream: str) -> StepResult:
+    """A step that never ran because ``upstream`` did not finish: pending, nothing spent."""
+    return StepResult(
+        name,
+        PENDING,
+        error=f"not run: upstream step `{upstream}` did not finish",
+        usage=Usage(0, 0),
+        cost=0.0,
+    )
 
 
 def _params(namespace: dict, graph: Graph, names: list[str]) -> dict:
