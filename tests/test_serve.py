@@ -142,3 +142,32 @@ def test_the_page_kernels_get_no_provider_keys():
         {"ANTHROPIC_API_KEY": key, "GITHUB_TOKEN": "t" * 20, "PGPASSWORD": "pw", "HOME": "/h"}
     )
     assert env == {"PGPASSWORD": "pw", "HOME": "/h"}
+
+
+def test_the_page_offers_the_blind_pairwise_review_once_per_pair(store_target):
+    from nbconductor import Pipeline
+    from nbconductor.notebook._review_page import ReviewPage
+    from nbconductor.store._base import connect
+    from nbconductor.store._experiments import experiment_prefs
+
+    p = Pipeline(store=store_target)
+    p.step("draft", "Draft on {{ topic }}", model="offline:writer", lazy=True)
+    p.variant("draft", "concise", "CONCISE draft on {{ topic }}")
+    rows = [{"topic": "t0"}, {"topic": "t1"}]
+    experiment = p.compare("draft", rows, pairwise="offline:judge").experiment_id
+    p.store.close()
+    page = ReviewPage(connect(store_target), "ana")
+    shown = page._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]["model_id"]
+    assert shown == page.box.model_id and page.pairwise.box in page.box.children
+    ana = page.pairwise
+    ben = ReviewPage(connect(store_target), "ben").pairwise
+    assert "Blind comparison" in ana.box.children[0].value and len(ana.tasks) == 2
+    assert ana.status.value == ""  # blind: the names show once chosen
+    first = ana.current
+    ana.choose("A")
+    assert "A was " in ana.status.value and "(by ana)" in ana.status.value
+    ben.tasks.sort(key=lambda t: t.row_index != first.row_index)  # ben has the same pair open
+    assert ben.choose("B") == "" and "is decided" in ben.status.value
+    assert len(ben.tasks) == 1  # ben moves on to the other pair
+    prefs = experiment_prefs(connect(store_target), experiment)
+    assert [(x["row_index"], x["reviewer"]) for x in prefs] == [(first.row_index, "ana")]

@@ -25,10 +25,12 @@ import os
 import re
 from urllib.parse import parse_qs
 
+from .._errors import OptionError
 from ..store._base import FLAGGED
 from ..store._claims import _clock, claim, next_item, release
 from ..store._review import ReviewError, ReviewItem, queue, queue_table
 from ..store._sqlite import Store
+from ._pairwise_widget import PairwiseReview
 from ._review_widget import ReviewCard, ReviewWidget, _queue_markdown
 
 #: what a reviewer's name may be: it is shown on pages and stored with each decision
@@ -58,6 +60,8 @@ _STYLE = "<style>.nbc-review-open{border:2px solid #1570ef !important}</style>"
 
 class ServedReview(ReviewWidget):
     """`ReviewWidget` for one named reviewer among several: claims, next item, skip, refresh."""
+
+    recorded_note = " (in the store: the author's next run uses it)"
 
     def __init__(self, store: Store, user: str):
         import ipywidgets as w
@@ -216,13 +220,54 @@ def _elsewhere(page: ServedReview, card: ReviewCard) -> str:
     return f"decided by {html.escape(last[0]['user'])} ({card.decision})"
 
 
+class ServedPairwise(PairwiseReview):
+    """The blind pairwise review on the page: a pair another reviewer decided meanwhile is
+    one line, and the next pair shows."""
+
+    def choose(self, choice: str) -> str:
+        try:
+            return super().choose(choice)
+        except OptionError as exc:
+            if self.tasks:
+                self.tasks.pop(0)
+            self._show()
+            self.status.value = f"<span style='color:#b42318'>{html.escape(str(exc))}</span>"
+            return ""
+
+
+def pairwise_section(store: Store) -> ServedPairwise | None:
+    """The blind pairwise review of the store's latest experiment, if pairs are left; or None."""
+    import ipywidgets as w
+
+    from .._compare import load_comparison
+    from .._preferences import pending
+    from ..store._experiments import experiments
+
+    found = experiments(store, limit=1)
+    if not found:
+        return None
+    comparison = load_comparison(store, found[0]["id"])
+    tasks = pending(comparison, store)
+    if not tasks:
+        return None
+    section = ServedPairwise(store, comparison, tasks)
+    title = w.HTML(
+        f"<b>Blind comparison</b> · experiment {html.escape(found[0]['id'])} "
+        f"(step {html.escape(found[0]['step'])}): which output is better? The variants' names "
+        "show once you have chosen."
+    )
+    section.box.children = [title, *section.box.children]
+    section.box.add_class("nbc-pairwise")
+    return section
+
+
 class ReviewPage:
     """What the served notebook shows: a name box until the reviewer is known, then the queue."""
 
     def __init__(self, store: Store, reviewer: str | None = None):
         import ipywidgets as w
 
-        self.store, self.review = store, None
+        self.store, self.review, self.pairwise = store, None, None
         self.name = w.Text(placeholder="your name", description="Reviewer")
         self.start_button = w.Button(description="Start reviewing", button_style="primary")
         self.status = w.HTML("")
@@ -244,12 +289,12 @@ class ReviewPage:
         except ReviewError as exc:
             self.status.value = f"<span style='color:#b42318'>{html.escape(str(exc))}</span>"
             return None
-        self.box.children = [self.review.box]
+        pairwise = pairwise_section(self.store)
+        self.box.children = [self.review.box] + ([pairwise.box] if pairwise else [])
+        self.pairwise = pairwise
         return self.review
 
     def _repr_mimebundle_(self, **kwargs) -> dict:
-        if self.review is not None:
-            return self.review._repr_mimebundle_(**kwargs)
         bundle = self.box._repr_mimebundle_(**kwargs) or {}
         pending = queue(self.store)
         bundle["text/plain"] = queue_table(pending)

@@ -228,6 +228,9 @@ class ReviewWidget:
     """The review queue as cards (``%conductor review``). ``cards[i].approve_button.click()``
     etc. drive it from Python too; ``_repr_mimebundle_`` adds a Markdown/text fallback."""
 
+    #: what an accepted decision says when this kernel does not hold the output
+    recorded_note = " (recorded in the store; not this kernel's current output, so nothing re-ran)"
+
     def __init__(
         self, store: Store, items: list[ReviewItem] | None = None, kernel: KernelHooks | None = None
     ):
@@ -288,9 +291,7 @@ class ReviewWidget:
                 output = held if item.item is None else held[item.item]
             message += "; " + kernel.apply(item, output, edited=row["state"] == EDITED)
         elif row["state"] in ACCEPTED:
-            message += (
-                " (recorded in the store; not this kernel's current output, so nothing re-ran)"
-            )
+            message += self.recorded_note
         return message
 
     def _repr_mimebundle_(self, **kwargs) -> dict:

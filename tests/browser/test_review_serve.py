@@ -55,6 +55,10 @@ def flagged_by_runs(store: str) -> list[int]:
         run = p.run({"topic": topic})
         assert run.status == "flagged", run.summary()
         ids.append(run.results["draft"].result_id)
+    # and a compare with a pairwise judge: its pairs wait for a person's blind preference
+    p.step("draft", "Draft on {{ topic }}", model="offline:writer", lazy=True)
+    p.variant("draft", "concise", "CONCISE draft on {{ topic }}")
+    p.compare("draft", [{"topic": "t0"}, {"topic": "t1"}], pairwise="offline:judge")
     p.store.close()
     return ids
 
@@ -162,7 +166,8 @@ def decisions(store: str) -> dict[int, tuple]:
         claims = {
             r["result_id"]: r["user"] for r in s.query('SELECT result_id, "user" FROM claims')
         }
-        return {"reviews": out, "states": states, "claims": claims}
+        prefs = [r["reviewer"] for r in s.query("SELECT reviewer FROM experiment_prefs")]
+        return {"reviews": out, "states": states, "claims": claims, "preferences": prefs}
     finally:
         s.close()
 
@@ -224,7 +229,9 @@ def test_two_reviewers_share_the_served_queue(browser, store_target, request):
 
         # -- ana edits and approves i1; her page opens the next free item (i2) ----------------
         ana.click(i1, "Edit & approve", note="tightened", text=EDITED)
-        expect(ana.status(i1)).to_contain_text("edited by ana")
+        expect(ana.status(i1)).to_have_text(
+            "edited by ana (in the store: the author's next run uses it)"
+        )
         expect(ana.page.locator(".nbc-review-open")).to_have_class(is_open(i2))
 
         # -- ben's page still shows i1 as ana's: his racing approve gets one line -------------
@@ -272,6 +279,12 @@ def test_two_reviewers_share_the_served_queue(browser, store_target, request):
         expect(ana.status(i6)).to_contain_text("approved by ana")
         expect(ana.page.locator(".nbc-review-title")).to_contain_text("0 of 6 flagged outputs")
         expect(ana.page.locator(".nbc-review-whoami")).to_contain_text("nothing free to open")
+        # -- the blind pairwise review under the queue --------------------------------------
+        pairwise = ana.page.locator(".nbc-pairwise")
+        expect(pairwise).to_contain_text("Blind comparison")
+        pairwise.locator("button[title='A is better']").click()
+        expect(pairwise).to_contain_text("A was ")
+        expect(pairwise).to_contain_text("(by ana)")
         ana.screenshot("decided")
         assert "server-owner" not in ana.page.content()
     except Exception:
@@ -302,6 +315,7 @@ def test_two_reviewers_share_the_served_queue(browser, store_target, request):
     states = [got["states"][i] for i in (i1, i2, i3, i4, i5, i6)]
     assert states == ["edited", "rejected", "approved", "approved", "approved", "approved"]
     assert got["claims"] == {}
+    assert got["preferences"] == ["ana"]
 
     # -- the author's next run: edited and approved drafts from the store, rejected re-made --
     p = author_pipeline(store_target)
