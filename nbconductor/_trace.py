@@ -31,8 +31,12 @@ T = TypeVar("T")
 #: ``%conductor trace on|off`` (None: the environment and the config decide).
 _switch: bool | None = None
 _tracing: Any = None  # the `_trace_setup.Tracing` once set up; False when the extra is missing
-#: The OpenTelemetry context of the innermost nbconductor span of this task (run, step or call).
+#: The innermost nbconductor span of this task (run, step or call): the parent of the next one.
 _parent: contextvars.ContextVar[Any] = contextvars.ContextVar("nbconductor_span", default=None)
+#: Whether this run's spans carry prompts and outputs (`capture_content`, read once per run).
+_content: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "nbconductor_content", default=False
+)
 _step: contextvars.ContextVar[_StepState | None] = contextvars.ContextVar(
     "nbconductor_step", default=None
 )
@@ -146,6 +150,7 @@ class RunTrace:
     span: Any
     token: Any
     tracing: Any
+    content: Any = None
 
 
 def run_started(run_id: str, notebook: str | None, params: dict | None, config: Any) -> Any:
@@ -166,7 +171,7 @@ def run_started(run_id: str, notebook: str | None, params: dict | None, config: 
         "nbconductor.run", None, attrs, links=tracing.links(os.environ.get(LINK_ENV))
     )
     tracing.guard.expect(span, run_id)
-    return RunTrace(span, _parent.set(tracing.context(span)), tracing)
+    return RunTrace(span, _parent.set(span), tracing, _content.set(capture_content()))
 
 
 def run_ended(handle: RunTrace | None, run: Any) -> None:
@@ -174,6 +179,7 @@ def run_ended(handle: RunTrace | None, run: Any) -> None:
     if handle is None:
         return
     _parent.reset(handle.token)
+    _content.reset(handle.content)
     span = handle.span
     fresh = [r.usage for r in run.results.values() if not r.cached]
     # Not gen_ai.usage.*: viewers sum those over spans, and the model calls already carry them.
@@ -207,7 +213,7 @@ async def _traced_step(step: Any, coro: Awaitable[Any]) -> Any:
     if step.model:
         attrs["nbconductor.step.model"] = step.model
     span = tracing.start(f"step {step.name}", _parent.get(), attrs)
-    token, state = _parent.set(tracing.context(span)), _step.set(_StepState(span))
+    token, state = _parent.set(span), _step.set(_StepState(span))
     try:
         res = await coro
     except BaseException as exc:
@@ -312,7 +318,7 @@ async def _traced_call(coro, ref, request, pool, attempt, fallback, image, role)
             attrs["nbconductor.retry_after_waited"] = state.waited
         state.waited, state.finish = 0.0, []
         state.call = {k: attrs[k] for k in ("gen_ai.provider.name", "gen_ai.request.model")}
-    content = capture_content()
+    content = _content.get()
     if content:
         system, messages = _input_messages(request)
         if system:
@@ -321,7 +327,7 @@ async def _traced_call(coro, ref, request, pool, attempt, fallback, image, role)
         if state is not None:
             state.history = messages
     span = tracing.start(f"{op} {ref.model}", _parent.get(), attrs, client=True)
-    token = _parent.set(tracing.context(span))
+    token = _parent.set(span)
     try:
         response = await coro
     except BaseException as exc:
@@ -365,7 +371,7 @@ async def _traced_turn(coro: Awaitable[Any], index: int) -> Any:
     }
     if state is not None:
         attrs.update(state.call)
-    content = state is not None and capture_content()
+    content = state is not None and _content.get()
     if content:  # what this turn sends: the request and the tool conversation so far
         attrs["gen_ai.input.messages"] = json.dumps(state.history)
     span = tracing.start(
@@ -408,7 +414,7 @@ async def _traced_tool(coro: Awaitable[Any], call: Any) -> Any:
     }
     if call.id:
         attrs["gen_ai.tool.call.id"] = str(call.id)
-    content = capture_content()
+    content = _content.get()
     if content:
         attrs["gen_ai.tool.call.arguments"] = _redact(_json_text(call.arguments))
     span = tracing.start(f"execute_tool {name}", _parent.get(), attrs)

@@ -148,20 +148,20 @@ class Tracing:
         links: list | None = None,
         client: bool = False,
     ) -> Any:
-        if self.light and parent is not None and not links:
-            up = trace.get_current_span(parent).get_span_context()
-            if up.is_valid and up.trace_flags.sampled:
+        """A span under ``parent`` (a span; None: a trace's root)."""
+        context = None
+        if parent is not None:
+            up = parent.get_span_context()
+            if self.light and not links and up.is_valid and up.trace_flags.sampled:
                 return _Light(self, name, up, attributes, client)
+            context = trace.set_span_in_context(parent)
         return self.tracer.start_span(
             name,
-            context=parent,
+            context=context,
             kind=SpanKind.CLIENT if client else SpanKind.INTERNAL,
             attributes=attributes,
             links=links or None,
         )
-
-    def context(self, span: Any) -> Any:
-        return trace.set_span_in_context(span)
 
     def error(self, span: Any, description: str) -> None:
         span.set_status(Status(StatusCode.ERROR, description))
