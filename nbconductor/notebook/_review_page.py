@@ -12,7 +12,8 @@ is who decides (``reviews."user"``) and who claims. On top of `ReviewWidget` the
   the next; **Refresh** re-reads who has what open (and closes cards decided elsewhere);
 - a decision on a card someone else decided meanwhile gets the one-line "already decided by
   X at T", and the card closes;
-- when the page's kernel stops (the reviewer left), its open claim is given back.
+- when the page's kernel stops (the reviewer left), its open claim is given back;
+- under the queue, the blind pairwise review of the store's latest experiment, if pairs are left.
 
 Nothing re-runs: there is no author's kernel here (the Re-run button is hidden).
 """
