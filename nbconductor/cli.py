@@ -109,10 +109,20 @@ def _new(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``nbconductor`` argument parser: one sub-command per ``_add_*`` below."""
     parser = argparse.ArgumentParser(prog="nbconductor", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nbconductor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_batch(sub)
+    _add_review(sub)
+    _add_compare(sub)
+    _add_new(sub)
+    return parser
 
+
+def _add_run(sub) -> None:
+    """``nbconductor run NOTEBOOK [-p NAME VALUE ...] [-o OUT] [--engine] [--offline]``."""
     run = sub.add_parser("run", help="run a notebook once (papermill-compatible)")
     run.add_argument("notebook")
     run.add_argument(
@@ -139,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
 
+
+def _add_batch(sub) -> None:
+    """``nbconductor batch NOTEBOOK --params FILE [...]``: one run per parameter row."""
     batch = sub.add_parser("batch", help="one run per parameter row, in parallel")
     batch.add_argument("notebook")
     batch.add_argument("--params", required=True, help="rows of parameters: .csv, .yaml or .json")
@@ -180,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.set_defaults(func=_batch)
 
+
+def _add_review(sub) -> None:
+    """``nbconductor report``, ``review`` and ``store copy``: what a store holds."""
     report = sub.add_parser("report", help="per-step quality and cost metrics across runs")
     report.add_argument("--store", help="run store path")
     report.add_argument("--json", action="store_true", help="print JSON")
@@ -209,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_argument("--merge", action="store_true", help="add to a store that has rows")
     copy.set_defaults(func=_store)
 
+
+def _add_compare(sub) -> None:
+    """``nbconductor compare`` and ``eval``: a job over a dataset."""
     compare = sub.add_parser("compare", help="a step's variants side by side over a dataset")
     compare.add_argument("notebook")
     compare.add_argument("--step", required=True, help="the step whose variants are compared")
@@ -239,11 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--offline", action="store_true", help="every step uses the offline provider")
     ev.set_defaults(func=_eval)
 
+
+def _add_new(sub) -> None:
+    """``nbconductor new TEMPLATE PATH``."""
     new = sub.add_parser("new", help="start a notebook from a template")
     new.add_argument("template", help="newsletter, content-factory or support-triage")
     new.add_argument("path", help="the notebook to create")
     new.set_defaults(func=_new)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
