@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import re
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,6 +33,8 @@ _POOLS_LOCK = threading.Lock()
 _LOCK_KEY = 7_351_082  # pg_advisory_xact_lock key: schema creation and migration
 _SQL: dict[str, str] = {}
 _WAIT = float(os.environ.get("NBCONDUCTOR_PG_WAIT", "10"))  # seconds to wait for a connection
+_QUIET = logging.NullHandler()
+_IDLE_CHECK = 5.0  # seconds idle after which the kept connection is checked before use
 
 
 def pg_schema() -> str:
@@ -94,6 +98,8 @@ class PostgresStore(SQLiteStore):
         self.user = _user()
         self._own = None  # the connection this store keeps (statements outside a transaction)
         self._own_lock = threading.Lock()
+        self._own_used = 0.0
+        self._own_pooled = False
         self._pool = _acquire_pool(url, self.path)
         try:
             if readonly:
@@ -122,10 +128,11 @@ class PostgresStore(SQLiteStore):
         try:
             if os.getpid() == self._pid and self._own_lock.acquire(blocking=False):
                 try:
-                    if self._own is not None and self._own.broken:
+                    if self._own is not None and (self._own.broken or not self._alive_after_idle()):
                         self._drop_own()
                     if self._own is None:
-                        self._own = self._pool.getconn(timeout=_WAIT)
+                        self._own = self._take_own()
+                    self._own_used = time.monotonic()
                     try:
                         yield self._own
                     except psycopg.OperationalError as exc:
@@ -147,11 +154,43 @@ class PostgresStore(SQLiteStore):
                 redact(f"the run store at {self.path}: {_first_line(exc)}"), self.path
             ) from None
 
+    def _alive_after_idle(self) -> bool:
+        """Whether the kept connection still works, checked (one empty query) only when it has
+        been idle a while: a server restarted meanwhile then costs no failed step."""
+        if time.monotonic() - self._own_used < _IDLE_CHECK:
+            return True
+        from psycopg_pool import ConnectionPool
+
+        try:
+            ConnectionPool.check_connection(self._own)
+            return True
+        except Exception:  # noqa: BLE001 - any failure: take a fresh connection
+            return False
+
+    def _take_own(self):
+        """An idle pooled connection if there is one now, else a new one made directly: the
+        pool, refilling itself in the background, backs off while a server is away and would
+        keep a step waiting after the server is back."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            conn = self._pool.getconn(timeout=0.05)
+            self._own_pooled = True
+        except PoolTimeout:
+            conn = psycopg.connect(self._url, **_kwargs())
+            self._own_pooled = False
+        return conn
+
     def _drop_own(self) -> None:
         own, self._own = self._own, None
-        if own is not None and self._pool is not None:
-            with contextlib.suppress(Exception):
+        if own is None:
+            return
+        with contextlib.suppress(Exception):
+            if self._own_pooled and self._pool is not None:
                 self._pool.putconn(own)  # the pool discards a broken connection
+            else:
+                own.close()
 
     def execute(self, sql: str, args: tuple = ()) -> _Cursor:
         if self.readonly:
@@ -329,12 +368,21 @@ def _unreachable(where: str, exc: Exception) -> StoreError:
     )
 
 
+def _kwargs() -> dict[str, Any]:
+    """How every connection is made: autocommit, rows as dicts, a bounded connect."""
+    from psycopg.rows import dict_row
+
+    return {"autocommit": True, "row_factory": dict_row, "connect_timeout": 10}
+
+
 def _acquire_pool(url: str, where: str):
     import psycopg
-    from psycopg.rows import dict_row
     from psycopg_pool import ConnectionPool
 
     key = (os.getpid(), url)
+    # The pool's own reconnect warnings go to the application's logging if it has any, not to
+    # stderr: a step that needs the server reports it in one line (`_unreachable`).
+    logging.getLogger("psycopg.pool").addHandler(_QUIET)
     with _POOLS_LOCK:
         entry = _POOLS.get(key)
         if entry is None:
@@ -346,7 +394,8 @@ def _acquire_pool(url: str, where: str):
                 url,
                 min_size=1,
                 max_size=int(os.environ.get("NBCONDUCTOR_PG_POOL", "8")),
-                kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 10},
+                kwargs=_kwargs(),
+                check=ConnectionPool.check_connection,  # a connection the server dropped is replaced
                 open=False,
                 name="nbconductor",
             )
