@@ -575,7 +575,7 @@ def test_blind_pairwise_review_records_preferences_and_agreement(api, tmp_path, 
         "agreement_with_judge": round(4 / 6, 4),
         "reviewers": [store.user],
     }
-    assert "people (blind, 6 decided): 4 wins, 0 losses, 1 ties, 1 both bad" in c.text()
+    assert "people (6 decided): 4 wins, 0 losses, 1 ties, 1 both bad" in c.text()
     with pytest.raises(UsageError, match="no experiment 'nope'"):
         ip.run_line_magic("conductor", "review --pairwise nope")
 

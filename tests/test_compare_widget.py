@@ -114,7 +114,7 @@ def test_a_pick_records_a_preference_and_redraws_the_verdicts(shell):
     assert (human["wins"], human["losses"], human["ties"], human["decided"]) == (1, 1, 1, 3)
     assert human["agreement_with_judge"] == round(1 / 3, 4)
     assert widget.view["verdicts"][0]["lines"][2].startswith(
-        "people (blind, 3 decided): 1 wins, 1 losses, 1 ties, 0 both bad"
+        "people (3 decided): 1 wins, 1 losses, 1 ties, 0 both bad"
     )
     assert widget.view["grid"][1]["picks"] == {"concise": "base"}
     # decided once; bad picks are one line in `status`, nothing recorded

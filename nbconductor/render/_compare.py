@@ -50,7 +50,7 @@ def human_line(verdict: dict[str, Any]) -> str:
     h = verdict["human"]
     agreement = h["agreement_with_judge"]
     return (
-        f"people (blind, {h['decided']} decided): {h['wins']} wins, {h['losses']} losses, "
+        f"people ({h['decided']} decided): {h['wins']} wins, {h['losses']} losses, "
         f"{h['ties']} ties, {h['both_bad']} both bad; win rate {h['win_rate']:.0%}"
         + ("" if agreement is None else f"; agree with the pairwise judge on {agreement:.0%}")
     )

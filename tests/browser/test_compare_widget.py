@@ -131,3 +131,45 @@ def test_compare_widget_expands_a_cell_and_records_picks(lab, fake_api):
         o["data"] for o in saved if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
     )
     assert 'class="nbc-compare"' in bundle["text/html"]
+
+
+def test_with_three_variants_a_pick_chooses_which_variant_it_is_about(lab, fake_api):
+    from playwright.sync_api import expect
+
+    fake_api.set_default(reply, endpoint="anthropic")
+    folder = lab.root_dir / "compare3"
+    folder.mkdir(exist_ok=True)
+    (folder / "briefs.json").write_text(json.dumps(ROWS[:3]))
+    source = cells(fake_api.anthropic_base_url)
+    source.insert(-1, "%%variant draft warm\nWARM draft on {{ topic }}")
+    lab.write_notebook("compare3/compare.ipynb", source)
+    lab.open("compare3/compare.ipynb")
+    lab.run_all()
+    assert lab.error_outputs() == []
+
+    widget = lab.page.locator(".nbc-cmp")
+    expect(widget.locator(".nbc-cmp-title")).to_contain_text("3 rows × 3 variants")
+    expect(widget.locator(".nbc-cmp-verdicts")).to_contain_text("too few rows to tell")
+    row = widget.locator('.nbc-cmp-row[data-row="0"]')
+    menu = row.locator(".nbc-cmp-pick select")
+    expect(menu.locator("option")).to_have_text(["concise", "warm"])
+    menu.select_option("warm")
+    expect(row.locator("button").first).to_have_text("warm")
+    row.locator('button[data-choice="tie"]').click()
+    expect(widget.locator(".nbc-cmp-status")).to_contain_text("brief 0: recorded tie (warm vs")
+    expect(row.locator(".nbc-cmp-picked")).to_have_text(["warm vs base: tie"])
+    expect(row.locator(".nbc-cmp-pick select")).to_have_count(0)  # one variant left to pick
+    row.locator('button[data-choice="both bad"]').click()
+    expect(row.locator(".nbc-cmp-picked")).to_have_count(2)
+    expect(row.locator("button")).to_have_count(0)
+    people = widget.locator(".nbc-cmp-people")
+    expect(people.and_(lab.page.locator("[data-variant=warm]"))).to_contain_text(
+        "1 decided): 0 wins, 0 losses, 1 ties, 0 both bad"
+    )
+    expect(people.and_(lab.page.locator("[data-variant=concise]"))).to_contain_text(
+        "1 decided): 0 wins, 0 losses, 0 ties, 1 both bad"
+    )
+    lab.screenshot("compare-widget-three-variants", widget)
+    with sqlite3.connect(folder / ".nbconductor" / "store.sqlite") as db:
+        picks = db.execute("SELECT row_index, variant, choice FROM experiment_prefs ORDER BY at")
+        assert picks.fetchall() == [(0, "warm", "tie"), (0, "concise", "both bad")]
