@@ -61,6 +61,8 @@ class AliasSpec(BaseModel):
     structured: Literal["json_schema", "json_object", "prompt"] | None = None
     #: calls in flight at once to this alias's server, across the batch workers of a machine
     concurrency: int | None = Field(None, gt=0)
+    #: which OpenAI API its calls use: Chat Completions (the default) or the Responses API
+    api: Literal["chat", "responses"] | None = None
 
 
 class Price(BaseModel):
@@ -269,6 +271,7 @@ class ModelRef:
     alias: str | None = None
     structured: str | None = None  # forced structured-output mode (`providers._structured`)
     concurrency: int | None = None  # the alias's own limit (`ProviderPool.slot`)
+    api: str | None = None  # ``responses``: an openai: alias on the Responses API
 
     @property
     def spec(self) -> str:
@@ -285,6 +288,7 @@ def alias_text(target: str | AliasSpec) -> str:
         ("--api-key-env", target.api_key_env),
         ("--structured", target.structured),
         ("--concurrency", target.concurrency),
+        ("--api", target.api),
     ):
         if value is not None:
             words += [option, str(value)]
@@ -363,7 +367,13 @@ def _resolve(
                 alias_name,
                 target.structured,
                 target.concurrency,
+                target.api,
             )
+            if ref.api == "responses" and provider != "openai":
+                raise OptionError(
+                    f'alias {alias_name}: api = "responses" is OpenAI\'s Responses API: it needs '
+                    f"an openai: model, not {target.model}"
+                )
             _check_provider(ref, providers)
             return ref
         spec = target

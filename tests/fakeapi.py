@@ -19,6 +19,7 @@ Endpoints (``endpoint`` names in brackets):
 * ``POST /v1/messages``                         [anthropic]
 * ``POST /v1/messages/count_tokens``            (always ``{"input_tokens": N}``)
 * ``POST /v1/chat/completions``                 [openai]
+* ``POST /v1/responses``                        [openai] (the Responses API: `fakeresponses`)
 * ``POST /v1/images/generations``, ``/v1/images/edits``   [images]
 
 Replies are taken, per request, from the endpoint's script queue, then from the
@@ -45,9 +46,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 try:
-    from . import fakebatch
+    from . import fakebatch, fakeresponses
 except ImportError:  # imported as a top-level module (tests/ on sys.path)
     import fakebatch
+    import fakeresponses
 
 __all__ = [
     "FakeAPI",
@@ -492,7 +494,7 @@ class _Handler(BaseHTTPRequestHandler):
             endpoint = "count_tokens"
         elif path.endswith("/messages"):
             endpoint = "anthropic"
-        elif path.endswith("/chat/completions"):
+        elif path.endswith("/chat/completions") or fakeresponses.is_responses(path):
             endpoint = "openai"
         elif (
             path.endswith("/images/generations")
@@ -685,6 +687,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, reply.body.encode())
         if self._endpoint == "anthropic":
             (self._anthropic_stream if stream else self._anthropic_json)(reply, rec)
+        elif fakeresponses.is_responses(rec.path):
+            fakeresponses.render(self, reply, rec)
         else:
             (self._openai_stream if stream else self._openai_json)(reply, rec)
 

@@ -13,6 +13,9 @@ OpenAI Batch::
     GET  /v1/batches/{id}                     status in_progress -> completed
     GET  /v1/files/{id}/content               output / error file JSONL
 
+An OpenAI batch's lines may be Chat Completions or Responses requests (``url``
+``/v1/responses``: answered in the Responses form, `tests.fakeresponses`).
+
 A batch ends ``api.batch_delay`` seconds after it was created. Every request's reply is
 drawn when the batch is created, from the same script queues and defaults as a direct call
 of that endpoint (``"anthropic"`` / ``"openai"``): a `Text`/`JSONText`/`ToolCall` succeeds,
@@ -28,6 +31,11 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+try:
+    from . import fakeresponses
+except ImportError:  # imported as a top-level module (tests/ on sys.path)
+    import fakeresponses
 
 __all__ = ["BatchRequest", "Canceled", "Expired", "FakeBatch"]
 
@@ -152,8 +160,28 @@ def handle(handler: Any, kind: str, rec: Any) -> None:
         for line in data.decode().splitlines():
             if line.strip():
                 item = json.loads(line)
+                if item.get("url") != body.get("endpoint"):  # as OpenAI refuses a mixed file
+                    return handler._send_json(
+                        400,
+                        {
+                            "error": {
+                                "message": f"line url {item.get('url')!r} is not the batch's "
+                                f"endpoint {body.get('endpoint')!r}",
+                                "type": "invalid_request_error",
+                                "param": "input_file_id",
+                                "code": None,
+                            }
+                        },
+                    )
                 results.append(
-                    _draw(handler, "openai", bid, item["custom_id"], item.get("body") or {})
+                    _draw(
+                        handler,
+                        "openai",
+                        bid,
+                        item["custom_id"],
+                        item.get("body") or {},
+                        item.get("url") or body.get("endpoint"),
+                    )
                 )
         batch = FakeBatch(
             bid, "openai", time.time(), fake.batch_delay, results, body.get("endpoint"), fid
@@ -176,8 +204,13 @@ def handle(handler: Any, kind: str, rec: Any) -> None:
     return _not_found(handler, rec.path)
 
 
-def _draw(handler: Any, provider: str, bid: str, cid: str, body: dict) -> tuple:
-    """The result of one request, drawn from the endpoint's script like a direct call's reply."""
+def _draw(
+    handler: Any, provider: str, bid: str, cid: str, body: dict, url: str | None = None
+) -> tuple:
+    """The result of one request, drawn from the endpoint's script like a direct call's reply.
+
+    ``url``: an OpenAI batch line's endpoint (``/v1/responses`` answers in the Responses form).
+    """
     from fakeapi import Error, Recorded
 
     fake = handler.fake
@@ -194,6 +227,8 @@ def _draw(handler: Any, provider: str, bid: str, cid: str, body: dict) -> tuple:
         return cid, "canceled", None
     if isinstance(reply, Error):
         return cid, "errored", _error_body(provider, reply)
+    if url == fakeresponses.URL:
+        return cid, "succeeded", fakeresponses.response_body(handler, rec, reply)
     blocks, u, stop = handler._blocks(reply, rec)
     if provider == "anthropic":
         content = []

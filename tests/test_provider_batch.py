@@ -409,3 +409,65 @@ def test_tool_use_steps_travel_turn_by_turn_in_batches(tmp_path, cli, fake_api):
         == spent["batched"]
         == [("ask", 6 * 200, 6 * 14), ("title", 6 * 200, 6 * 14)]
     )
+
+
+def test_responses_api_steps_go_in_a_responses_batch(tmp_path, cli, fake_api):
+    """An alias on the Responses API: its calls are /v1/responses lines of their own OpenAI
+    Batch (one endpoint per batch), beside the Chat Completions batch of the same model."""
+    p = Pipeline(store=":memory:", namespace={"topic": "topic-00"})
+    p.alias("resp", JUDGE, api="responses")
+    p.step("ask", "Weather for {{ topic }}?", model="resp", tools=["lookup"])
+    p.step("title", "Title for {{ ask }}", model=JUDGE)
+    job = export_pipeline(p, tmp_path / "job.ipynb")
+    nb = nbformat.read(job, as_version=4)
+    assert any("--api responses" in c.source for c in nb.cells)
+    tool = 'def lookup(city: str) -> str:\n    """The weather in a city."""\n    return f"sunny in {city}"'
+    nb.cells.insert(2, nbformat.v4.new_code_cell(tool))
+    nbformat.write(nb, job)
+    (tmp_path / "nbconductor.toml").write_text(FAST)
+    write_rows(tmp_path, 4)
+
+    def answer(body):
+        if "Title for" in _text(body):
+            return Text(f"Title: {topic_of(body)}", input_tokens=50, output_tokens=8)
+        return tool_replies(body)
+
+    fake_api.set_default(answer)
+    fake_api.batch_delay = 0.2
+    code, _, err = cli(tmp_path, "--out", "direct", "--store", "direct.sqlite", "--workers", "2")
+    assert code == 0, err
+    direct = [r for r in fake_api.requests if r.endpoint == "openai"]
+    # Direct: the Responses API, streamed (2 tool turns per row), then the title's chat call.
+    assert collections.Counter(r.path for r in direct) == {
+        "/v1/responses": 8,
+        "/v1/chat/completions": 4,
+    }
+    assert all(r.json["stream"] for r in direct)
+    first = next(r.json for r in direct if r.path == "/v1/responses")
+    assert first["tools"][0]["type"] == "function" and first["tools"][0]["name"] == "lookup"
+    assert isinstance(first["input"], list) and "messages" not in first
+    fake_api.requests.clear()
+
+    code, _, err = cli(
+        tmp_path,
+        *("--out", "batched", "--store", "batched.sqlite", "--provider-batch"),
+        *("--batch-window", "120"),
+    )
+    assert code == 0, err
+    assert not [r for r in fake_api.requests if r.endpoint == "openai"]
+    sent = [b.body for b in fake_api.batch_log]
+    assert bodies(sent) == bodies(r.json for r in direct)
+    assert (
+        sum(any(i.get("type") == "function_call_output" for i in b.get("input", [])) for b in sent)
+        == 4
+    )
+    endpoints = collections.Counter((x.endpoint, len(x.results)) for x in fake_api.batches.values())
+    assert endpoints == {("/v1/responses", 4): 2, ("/v1/chat/completions", 4): 1}, endpoints
+    a, b = store_rows(tmp_path / "direct.sqlite"), store_rows(tmp_path / "batched.sqlite")
+    assert len(a) == 8 and a == b
+    cost = {}
+    for name in ("direct", "batched"):
+        db = sqlite3.connect(tmp_path / f"{name}.sqlite")
+        cost[name] = db.execute("SELECT SUM(cost) FROM results").fetchone()[0]
+        db.close()
+    assert cost["direct"] > 0 and cost["batched"] == pytest.approx(cost["direct"] / 2, rel=1e-6)

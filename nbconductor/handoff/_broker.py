@@ -235,11 +235,15 @@ class Broker:
                         self._spawn(self._submit(calls[i : i + self.max_size]))
 
     def _adapter(self, provider: str, group: dict) -> Any:
-        key = (provider, group.get("base_url"), group.get("key_env"))
+        key = (provider, group.get("base_url"), group.get("key_env"), group.get("api"))
         inst = self._adapters.get(key)
         if inst is None:
             ref = ModelRef(
-                provider, group.get("model") or "batch", group.get("base_url"), group.get("key_env")
+                provider,
+                group.get("model") or "batch",
+                group.get("base_url"),
+                group.get("key_env"),
+                api=group.get("api"),  # the endpoint its batches go to (OpenAI Responses)
             )
             inst = self._adapters[key] = registry.get(provider)(ref)
         return inst

@@ -210,10 +210,11 @@ ALIAS_OPTIONS = {
     "--api-key-env": "api_key_env",
     "--structured": "structured",
     "--concurrency": "concurrency",
+    "--api": "api",
 }
 ALIAS_USAGE = (
     "%conductor alias NAME SPEC [--base-url URL] [--api-key-env VAR] "
-    "[--structured json_schema|json_object|prompt] [--concurrency N], e.g. "
+    "[--structured json_schema|json_object|prompt] [--concurrency N] [--api chat|responses], e.g. "
     "%conductor alias fast anthropic:claude-haiku-4-5 or "
     "%conductor alias tiny openai-compatible:gemma3 --base-url http://localhost:8080/v1"
 )

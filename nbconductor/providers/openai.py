@@ -1,4 +1,5 @@
-"""``openai:MODEL`` and ``openai-compatible:MODEL`` — Chat Completions and Images through the
+"""``openai:MODEL`` and ``openai-compatible:MODEL`` — Chat Completions (or the Responses API,
+for an alias with ``api = "responses"``: `providers._responses`) and Images through the
 official async SDK.
 
 Chat calls always stream (with ``stream_options.include_usage`` so usage still arrives):
@@ -26,6 +27,7 @@ from .._errors import AuthError, ProviderError, RequestError, TransportError, mi
 from .._redact import redact
 from .._tools import ToolCall, Turn, run_tool_loop
 from .._types import Request, Response, Usage
+from . import _responses
 from ._base import Provider
 from ._batch import batch_body
 from ._common import LoopClients, final_response, guarded, output_error, strict_schema
@@ -46,6 +48,7 @@ class OpenAIProvider(Provider):
         super().__init__(ref, timeout=timeout, read_timeout=read_timeout)
         self.sdk = missing_dependency("openai", "openai", f"`{self.name}:` models")
         self.key_env = ref.api_key_env or "OPENAI_API_KEY"
+        self.responses = getattr(ref, "api", None) == "responses"  # else Chat Completions
         self._clients = LoopClients(self._new_client)
 
     # clients ---------------------------------------------------------------------------------
@@ -169,6 +172,8 @@ class OpenAIProvider(Provider):
         client = await self._clients.get()
         params = self.params(request, mode)
         messages = self.messages(request, mode)
+        if self.responses:
+            return await self._complete_responses(client, request, params, messages)
         if request.tools:
 
             async def send(final: bool) -> Turn:
@@ -212,6 +217,63 @@ class OpenAIProvider(Provider):
         return final_response(
             self.name, turn.model or params["model"], request, turn.text, usage, truncated
         )
+
+    async def _complete_responses(
+        self, client: Any, request: Request, params: dict, messages: list[dict]
+    ) -> Response:
+        """The Responses API: the same request as Chat Completions would get, in its form."""
+        body = _responses.body(params, messages, self.max_tokens_param)
+        if request.tools:
+
+            async def send(final: bool) -> Turn:
+                extra = {"tool_choice": "none"} if final else {}
+                return await self._response_turn(client, {**body, **extra}, request)
+
+            def add_results(turn: Turn, results: list) -> None:
+                _responses.add_tool_results(body["input"], turn, results)
+
+            turn, usage = await run_tool_loop(send, add_results, request.tools, request.max_turns)
+        else:
+            turn = await self._response_turn(client, body, request)
+            usage = turn.usage
+        truncated = "the token limit" if turn.stop == "length" else None
+        return final_response(
+            self.name, turn.model or body["model"], request, turn.text, usage, truncated
+        )
+
+    async def _response_turn(self, client: Any, body: dict, request: Request) -> Turn:
+        model = body["model"]
+        if self.batch is not None:  # --provider-batch: one line of an OpenAI Batch, not streamed
+            sent = {k: v for k, v in body.items() if k != "stream"}
+            result = await self.batch.call(self.name, self.batch_group(model), sent)
+            data = batch_body(result, provider=self.name, model=model, key_env=self.key_env)
+        else:
+            data = None
+            stream = await client.responses.create(**body)
+            try:
+                async for event in stream:
+                    kind = getattr(event, "type", "")
+                    if kind == "response.output_text.delta" and request.on_text is not None:
+                        request.on_text(redact(event.delta))
+                    elif kind in ("response.completed", "response.incomplete", "response.failed"):
+                        data = event.response.model_dump(mode="json")
+            finally:
+                await stream.close()
+        turn, refusal = _responses.turn_of(data or {}, model)
+        if refusal or turn.stop == "content_filter":
+            raise output_error(
+                f"{self.name}:{turn.model} declined to answer: {refusal or 'content filter'}",
+                provider=self.name,
+                model=turn.model,
+                usage=turn.usage,
+            )
+        if turn.stop is None:
+            raise TransportError(
+                f"{self.name}:{turn.model} response ended before the answer was complete",
+                provider=self.name,
+                model=turn.model,
+            )
+        return turn
 
     async def _turn(self, client: Any, params: dict, request: Request) -> Turn:
         if self.batch is not None:
@@ -303,8 +365,9 @@ class OpenAIProvider(Provider):
 
     # provider batches (the broker's side) -----------------------------------------------------
     def batch_group(self, model: str) -> dict:
-        """How the broker reaches this provider; an OpenAI Batch holds one model."""
-        return {"base_url": self.ref.base_url, "key_env": self.ref.api_key_env, "model": model}
+        """How the broker reaches this provider; an OpenAI Batch holds one model and one endpoint."""
+        group = {"base_url": self.ref.base_url, "key_env": self.ref.api_key_env, "model": model}
+        return {**group, "api": "responses"} if self.responses else group
 
     async def submit_batch(self, items: list[tuple[str, dict]]) -> str:
         """Upload ``(custom_id, body)`` requests as a batch file and create the batch; its id."""
@@ -312,13 +375,14 @@ class OpenAIProvider(Provider):
 
     async def _submit(self, items: list[tuple[str, dict]]) -> str:
         client = await self._clients.get()
+        url = _responses.URL if self.responses else BATCH_URL
         lines = "".join(
-            json.dumps({"custom_id": cid, "method": "POST", "url": BATCH_URL, "body": body}) + "\n"
+            json.dumps({"custom_id": cid, "method": "POST", "url": url, "body": body}) + "\n"
             for cid, body in items
         )
         file = await client.files.create(file=("batch.jsonl", lines.encode()), purpose="batch")
         batch = await client.batches.create(
-            input_file_id=file.id, endpoint=BATCH_URL, completion_window="24h"
+            input_file_id=file.id, endpoint=url, completion_window="24h"
         )
         return batch.id
 
