@@ -122,9 +122,10 @@ class FakeHere:
     """The fake API in this process (``--in-process``), with the same face as `FakeProcess`."""
 
     def __init__(self, latency: float) -> None:
-        from fakeapi import FakeAPI
+        import fakeapi
 
-        self.api = FakeAPI().start()
+        fakeapi._Server.request_queue_size = 128  # as in `SERVE`
+        self.api = fakeapi.FakeAPI().start()
         self.api.set_default(reply(latency), endpoint="anthropic")
         self.anthropic_base_url = self.api.anthropic_base_url
 
