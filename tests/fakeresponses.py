@@ -72,11 +72,11 @@ def response_body(handler: Any, rec: Any, reply: Any) -> dict:
         "text": body.get("text") or {"format": {"type": "text"}},
         "truncation": "disabled",
         "usage": {
-            "input_tokens": u.input_tokens + cached,
+            "input_tokens": u.input_tokens,  # cached ones included, as OpenAI counts them
             "input_tokens_details": {"cached_tokens": cached},
             "output_tokens": u.output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": u.input_tokens + cached + u.output_tokens,
+            "total_tokens": u.input_tokens + u.output_tokens,
         },
     }
 

@@ -1,0 +1,71 @@
+"""``openai:`` aliases with ``api = "responses"``: direct calls through the official SDK's
+Responses client against the loopback fake's ``POST /v1/responses`` (streamed)."""
+
+from __future__ import annotations
+
+import openai  # noqa: F401 - the test extras install it
+import pytest
+from fakeapi import JSONText, Text
+from pydantic import BaseModel
+
+from nbconductor import Pipeline
+from nbconductor._errors import OptionError
+
+
+class Post(BaseModel):
+    title: str
+    words: int
+
+
+def make(tmp_path, config) -> Pipeline:
+    p = Pipeline(store=tmp_path / "store.sqlite", config=config, root=tmp_path)
+    p.alias("resp", "openai:gpt-4.1-mini", api="responses")
+    return p
+
+
+def test_text_streams_from_the_responses_api_with_usage(fake_api, fast_config, tmp_path):
+    fake_api.script(
+        Text("Bonjour tout le monde", input_tokens=1200, output_tokens=6, cache_read=1024),
+        endpoint="openai",
+    )
+    p = make(tmp_path, fast_config)
+    events = []
+    p.step("hi", "Say hello", model="resp", system="Answer in French.", max_tokens=40)
+    res = p.run(observer=lambda *e: events.append(e), stream=True).results["hi"]
+    assert res.state == "passed" and res.output == "Bonjour tout le monde"
+    seen = [payload for e, s, payload in events if e == "text"]
+    assert "".join(seen) == "Bonjour tout le monde" and len(seen) == 2  # two deltas
+    # input_tokens counts the cached ones too; nbconductor reports them apart
+    assert (res.usage.input_tokens, res.usage.cache_read_tokens, res.usage.output_tokens) == (
+        176,
+        1024,
+        6,
+    )
+    [req] = fake_api.requests_for("openai")
+    assert req.path == "/v1/responses" and req.json["stream"] is True
+    assert req.json["instructions"] == "Answer in French."
+    assert req.json["input"] == [{"role": "user", "content": "Say hello"}]
+    assert req.json["max_output_tokens"] == 40 and "messages" not in req.json
+    p.close()
+
+
+def test_schema_is_a_strict_text_format(fake_api, fast_config, tmp_path):
+    fake_api.script(JSONText({"title": "T", "words": 120}), endpoint="openai")
+    p = make(tmp_path, fast_config)
+    p.namespace["Post"] = Post
+    p.step("post", "Plan a post", model="resp", schema="Post")
+    res = p.run().results["post"]
+    assert res.output == Post(title="T", words=120)
+    [req] = fake_api.requests_for("openai")
+    fmt = req.json["text"]["format"]
+    assert fmt["type"] == "json_schema" and fmt["name"] == "Post" and fmt["strict"] is True
+    assert fmt["schema"]["required"] == ["title", "words"]
+    p.close()
+
+
+def test_responses_needs_an_openai_model(tmp_path, fast_config):
+    p = Pipeline(store=":memory:", config=fast_config, root=tmp_path)
+    with pytest.raises(OptionError, match="needs an openai: model"):
+        p.alias("r", "anthropic:claude-haiku-4-5", api="responses")
+    with pytest.raises(OptionError, match="alias r: api"):
+        p.alias("r", "openai:gpt-4.1-mini", api="assistants")
