@@ -471,3 +471,36 @@ def test_responses_api_steps_go_in_a_responses_batch(tmp_path, cli, fake_api):
         cost[name] = db.execute("SELECT SUM(cost) FROM results").fetchone()[0]
         db.close()
     assert cost["direct"] > 0 and cost["batched"] == pytest.approx(cost["direct"] / 2, rel=1e-6)
+
+
+def test_the_store_records_batches_on_both_backends(store_target, tmp_path):
+    from nbconductor.store._base import connect
+    from nbconductor.store._batches import forget_batches, record_batch, recorded_batches
+    from nbconductor.store._copy import copy_store
+
+    entry = {
+        "provider": "openai",
+        "group": {"base_url": None, "key_env": None, "model": "gpt-4.1-mini", "api": "responses"},
+        "requests": {"nbc000001": "k1", "nbc000002": "k2"},
+        "submitted": 10.0,
+        "last_call": 9.5,
+    }
+    store = connect(store_target)
+    try:
+        record_batch(store, "/out/a", "batch_1", entry)
+        record_batch(store, "/out/b", "batch_2", {**entry, "requests": {"nbc000003": "k3"}})
+        assert recorded_batches(store, "/out/a") == {"batch_1": entry}
+        record_batch(store, "/out/a", "batch_1", {**entry, "collected": 12.0})  # collected
+        assert recorded_batches(store, "/out/a") == {"batch_1": {**entry, "collected": 12.0}}
+    finally:
+        store.close()
+    # `nbconductor store copy` carries them (one line in store/_copy.TABLES).
+    copied = str(tmp_path / "copy.sqlite")
+    assert copy_store(store_target, copied)["provider_batches"] == 2
+    store = connect(copied)
+    try:
+        assert set(recorded_batches(store, "/out/b")) == {"batch_2"}
+        forget_batches(store, "/out/b")
+        assert recorded_batches(store, "/out/b") == {} and recorded_batches(store, "/out/a")
+    finally:
+        store.close()
