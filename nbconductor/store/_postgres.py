@@ -34,6 +34,7 @@ _LOCK_KEY = 7_351_082  # pg_advisory_xact_lock key: schema creation and migratio
 _SQL: dict[str, str] = {}
 _WAIT = float(os.environ.get("NBCONDUCTOR_PG_WAIT", "10"))  # seconds to wait for a connection
 _QUIET = logging.NullHandler()
+_KEEP_IDLE = 2  # pools kept open per process with no store using them (their URLs most recent)
 _IDLE_CHECK = 5.0  # seconds idle after which the kept connection is checked before use
 
 
@@ -245,7 +246,8 @@ class PostgresStore(SQLiteStore):
         """Nothing to do: the server makes commits durable."""
 
     def close(self) -> None:
-        """Give the pool back (the last store of this process and URL closes it)."""
+        """Give the connection and the pool back (the pool stays open a while for the next store
+        of this URL in this process: `_release_pool`)."""
         with self._lock:
             if self._pool is None:
                 return
@@ -412,9 +414,15 @@ def _release_pool(url: str) -> None:
         if entry is None:
             return
         entry[1] -= 1
-        if entry[1] <= 0:
-            del _POOLS[key]
-            entry[0].close()
+        if entry[1] > 0:
+            return
+        # Kept open for the next store of this URL (a batch worker opens one per row: each new
+        # connection is a server process and a password exchange); the least recent idle pools
+        # beyond a few are closed.
+        _POOLS[key] = _POOLS.pop(key)
+        idle = [k for k, e in _POOLS.items() if e[1] <= 0 and k[0] == key[0]]
+        for old in idle[:-_KEEP_IDLE]:
+            _POOLS.pop(old)[0].close()
 
 
 @atexit.register
