@@ -243,5 +243,6 @@ def test_a_bad_config_stops_the_batch_naming_file_and_key(tmp_path, batch):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"nbconductor: {tmp_path / 'nbconductor.toml'}: `aliases.fast.base_ur` is not a setting: "
-        "did you mean `base_url`? (known here: model, base_url, api_key_env, structured, concurrency)"
+        "did you mean `base_url`? (known here: model, base_url, api_key_env, structured, concurrency, "
+        "api)"
     )

@@ -75,7 +75,7 @@ def test_offline_can_be_forced_even_with_keys(monkeypatch):
 def test_config_errors_name_the_file_the_key_and_the_fix(tmp_path):
     toml = tmp_path / "nbconductor.toml"
     cases = {
-        '[aliases]\nfast = { model = "offline:f", base_ur = "http://x" }\n': "`aliases.fast.base_ur` is not a setting: did you mean `base_url`? (known here: model, base_url, api_key_env, structured, concurrency)",
+        '[aliases]\nfast = { model = "offline:f", base_ur = "http://x" }\n': "`aliases.fast.base_ur` is not a setting: did you mean `base_url`? (known here: model, base_url, api_key_env, structured, concurrency, api)",
         'defualt_model = "offline:x"\n': "`defualt_model` is not a setting: did you mean `default_model`?",
         "[retry]\nbase_dely = 1\n": "`retry.base_dely` is not a setting: did you mean `base_delay`?",
         '[aliases]\nfast = { base_url = "http://x" }\n': "`aliases.fast.model` is required: add `model = …` there",
