@@ -77,8 +77,14 @@ def run(folder: Path, out: str, extra: list[str], workers: int) -> tuple[float, 
     args = [sys.executable, "-m", "nbconductor", "batch", "job.ipynb", "--params", "rows.csv"]
     args += ["--out", out, "--store", f"{out}.sqlite", "--workers", str(workers), *extra]
     started = time.perf_counter()
+    load = os.getloadavg()[0]
     done = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - started
+    print(
+        f"  ({out}: load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
+        f"1-minute)",
+        flush=True,
+    )
     if done.returncode != 0:
         sys.exit(f"{out} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     manifest = json.loads((folder / out / "manifest.json").read_text())
