@@ -23,5 +23,7 @@ SERVED = (PASSED, FLAGGED, APPROVED, EDITED)
 ACCEPTED = (PASSED, APPROVED, EDITED)
 #: states a fresh step execution is counted in by the report
 COUNTED = (PASSED, FLAGGED, FAILED, APPROVED, EDITED, REJECTED)
+#: states of a result that was flagged when it ran: still waiting, or decided by a reviewer since
+WAS_FLAGGED = (FLAGGED, APPROVED, EDITED, REJECTED)
 #: run statuses that mean the run did not finish
 UNFINISHED = (RUNNING, INTERRUPTED)

@@ -29,6 +29,7 @@ from .._states import (  # noqa: F401 - re-exported
     SERVED,
     SKIPPED,
     UNFINISHED,
+    WAS_FLAGGED,
 )
 from .._types import StepResult
 

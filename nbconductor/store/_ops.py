@@ -21,7 +21,7 @@ from typing import Any
 
 from .._redact import redact, redactor
 from .._types import Attempt, GateResult, StepResult, Usage
-from ._base import FLAGGED, SERVED, UNFINISHED
+from ._base import SERVED, UNFINISHED, WAS_FLAGGED
 from ._codec import Unstored, decode_output, encode_output, loadable
 from ._liveness import own_start, process_gone
 
@@ -229,8 +229,9 @@ class StoreOps:
         return rows[0] if rows else None
 
     def row_runs(self, notebook: str, since: float) -> tuple[list[str], int, float | None, bool]:
-        """A batch row's runs since ``since``: (run ids, flagged step results, total cost or None
-        when a run's cost is unknown, whether a run did not finish)."""
+        """A batch row's runs since ``since``: (run ids, step results flagged when they ran —
+        a reviewer may have decided them since —, total cost or None when a run's cost is
+        unknown, whether a run did not finish)."""
         runs = self.query(
             "SELECT id, status, cost FROM runs WHERE notebook=? AND started>=? ORDER BY started",
             (notebook, since - 1),
@@ -240,8 +241,8 @@ class StoreOps:
         if ids:
             flagged = self.query(
                 f"SELECT COUNT(*) AS n FROM results WHERE run_id IN ({','.join('?' * len(ids))}) "
-                "AND state=? AND item IS NULL",
-                (*ids, FLAGGED),
+                f"AND state IN ({','.join('?' * len(WAS_FLAGGED))}) AND item IS NULL",
+                (*ids, *WAS_FLAGGED),
             )[0]["n"]
         costs = [r["cost"] for r in runs]
         cost = None if not runs or any(c is None for c in costs) else round(sum(costs), 6)
