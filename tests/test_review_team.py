@@ -77,6 +77,15 @@ def test_a_claim_expires_when_its_reviewer_leaves(store_target):
     assert store.query(DECISIONS_OF, (ids[0],))[0]["user"] == "ben"
 
 
+def test_claiming_an_item_decided_a_moment_ago_says_who_and_leaves_no_claim(store_target):
+    store, ids = flagged_store(store_target, 1)
+    ana, ben = as_user(store_target, "ana"), as_user(store_target, "ben")
+    decide(ana, ids[0], "approve")  # ben's page still shows the card
+    with pytest.raises(ReviewError, match=rf"#{ids[0]} \(draft\) is already decided by ana at"):
+        claim(ben, ids[0], "ben")
+    assert not store.query("SELECT * FROM claims")
+
+
 def test_assign_round_robin_mine_and_decisions_per_reviewer(store_target, monkeypatch, capsys):
     store, ids = flagged_store(store_target, 5)
     path = store_target

@@ -49,7 +49,8 @@ def claim(store, result_id: int, user: str | None = None, minutes: float | None 
     """Claim a result for ``user`` (default: `reviewer`); returns when the claim ends.
 
     Renews one's own claim and takes over an expired one. Raises `ReviewError` ("being
-    reviewed by X until T") when someone else holds it.
+    reviewed by X until T") when someone else holds it, and ("already decided by X at T") when
+    someone decided it a moment ago: no claim is left on a decided item.
     """
     user = user or reviewer()
     now = time.time()
@@ -65,10 +66,26 @@ def claim(store, result_id: int, user: str | None = None, minutes: float | None 
             (int(result_id), user, until),
         )
     if got.rowcount == 1:
+        _still_waiting(store, result_id, user)
         return until
     held = holder(store, result_id)
     who, end = held if held else ("someone", now)
     raise ReviewError(f"result #{result_id} is being reviewed by {who} until {_clock(end)}")
+
+
+def _still_waiting(store, result_id: int, user: str) -> None:
+    """After taking a claim: if the item was decided meanwhile, give the claim back and raise
+    why. (A decision made after this check is refused: it sees the claim.)"""
+    from .._states import FLAGGED
+    from ._audit import is_open_audit
+    from ._review import _not_waiting
+
+    row = store.row(int(result_id))
+    if row is None or row["state"] == FLAGGED or is_open_audit(store, row["id"]):
+        return
+    release(store, result_id, user)
+    label = row["step"] if row["item"] is None else f"{row['step']}[{row['item']}]"
+    raise _not_waiting(store, row, label)
 
 
 def release(store, result_id: int, user: str | None = None) -> None:
