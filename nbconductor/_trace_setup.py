@@ -261,7 +261,7 @@ class _Light(Span):
             self._up,
             tracer.resource,
             attrs,
-            self._events,
+            tuple(self._events),
             (),
             self._kind,
             status=self._status,

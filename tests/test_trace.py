@@ -453,6 +453,48 @@ def test_map_items_and_cache_hits(memory, tmp_path):
     assert not any(s.name.startswith("chat ") for s in spans)  # nothing was called
 
 
+def test_our_provider_makes_light_spans_and_keeps_the_sdk_rules(monkeypatch, tmp_path):
+    """Our own provider's children take the light path under the built-in samplers; a sampled-out
+    root has no recorded children; span limits send every span through the SDK's `Span`."""
+    from nbconductor._config import Config
+
+    def traced_run(name: str) -> tuple[Tracing, list]:
+        _trace.reset()
+        tracing = _trace._setup(Config())
+        exporter = InMemorySpanExporter()
+        tracing.guard.inner, tracing.guard.address = exporter, None
+        p = Pipeline(store=":memory:", root=tmp_path)
+        p.step(name, "hi", model="offline:m")
+        assert p.run().status == "passed"
+        p.close()
+        tracing.provider.force_flush()
+        return tracing, exporter.get_finished_spans()
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    try:
+        tracing, spans = traced_run("a")
+        assert tracing.light
+        by = {s.name: s for s in spans}
+        assert sorted(by) == ["chat m", "nbconductor.run", "step a"]
+        assert by["step a"].parent.span_id == by["nbconductor.run"].context.span_id
+        assert by["chat m"].parent.span_id == by["step a"].context.span_id
+        assert by["chat m"].attributes["gen_ai.usage.input_tokens"] > 0
+        assert len({s.context.trace_id for s in spans}) == 1
+
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+        tracing, spans = traced_run("a")
+        assert spans == ()  # the root sampled out: its children are not recorded either
+
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+        monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "8")
+        tracing, spans = traced_run("translation")
+        assert not tracing.light
+        [step] = [s for s in spans if s.name == "step translation"]
+        assert step.attributes["nbconductor.step"] == "translat"  # the SDK applied the limit
+    finally:
+        _trace.reset()
+
+
 def test_off_hooks_return_what_they_were_given():
     async def coro():
         return 1
