@@ -4,6 +4,8 @@ Imported by `nbconductor._trace` only once tracing is on (it imports OpenTelemet
 provider honours the standard variables (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
 ``OTEL_TRACES_SAMPLER``, ``OTEL_EXPORTER_OTLP_*``, ``OTEL_BSP_*``), with ``[otel]`` in the config
 filling in what the environment leaves unset; an application's own SDK provider is joined instead.
+Our provider's child spans are `_Light` (a quarter of an SDK `Span`'s cost); the `Guard` keeps a
+down collector from costing the run (no encoding, no retries, one warning line per run).
 """
 
 from __future__ import annotations
