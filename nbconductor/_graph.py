@@ -57,17 +57,35 @@ def free_names(step: Step) -> frozenset[str]:
 class Graph:
     """Steps and the edges between them; ``deps[name]`` are a step's direct upstream steps."""
 
-    def __init__(self, steps: Mapping[str, Step]):
+    def __init__(self, steps: Mapping[str, Step], previous: Graph | None = None):
+        """``previous``: a graph of the same pipeline before a step changed; the names of the
+        steps it shares (the same objects) are not parsed again, and when the change only adds
+        steps that no earlier step reads, the new graph is known to be acyclic if it was."""
         self.steps = dict(steps)
         self.deps: dict[str, frozenset[str]] = {}
         self._names: dict[str, frozenset[str]] = {}  # free_names per step, computed once
+        self._acyclic = False  # known to have no cycle (`check`)
+        known = previous._names if previous is not None else {}
         for name, step in self.steps.items():
-            self._names[name] = names = free_names(step)
+            names = known.get(name)
+            if names is None or previous.steps[name] is not step:
+                names = free_names(step)
+            self._names[name] = names
             refs = names & self.steps.keys()
             for after in step.after:
                 if after not in self.steps:
                     raise UnknownNameError(name, after, self.steps)
             self.deps[name] = frozenset(refs | set(step.after))
+        if previous is not None and previous._acyclic:
+            self._acyclic = self._only_added_leaves(previous)
+
+    def _only_added_leaves(self, previous: Graph) -> bool:
+        """Whether this graph is ``previous`` plus steps no step of ``previous`` reads or runs
+        after: such a step has no way back to itself, so no cycle can pass through it."""
+        if any(self.steps.get(n) is not s for n, s in previous.steps.items()):
+            return False
+        added = self.steps.keys() - previous.steps.keys()
+        return not any(self.deps[n] & added for n in previous.steps)
 
     @cached_property
     def dependents(self) -> dict[str, set[str]]:
@@ -152,4 +170,6 @@ class Graph:
 
     def check(self) -> None:
         """Raise `CycleError` if the graph has a cycle."""
-        self.generations()
+        if not self._acyclic:
+            self.generations()
+            self._acyclic = True

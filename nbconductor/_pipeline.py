@@ -316,7 +316,7 @@ class Pipeline:
             and all(cached.steps.get(name) is s for name, s in self.steps.items())
         ):
             return cached
-        graph = Graph(self.steps)
+        graph = Graph(self.steps, previous=cached)
         graph.check()
         self._graph = graph  # it holds the steps it was built from, so `is` above is sound
         return graph

@@ -28,10 +28,22 @@ def test_add_refuses_a_cycle_and_leaves_the_pipeline_as_it_was(p):
     assert "extra" not in p.steps and p.graph.deps["tagline"] == {"draft"}
 
 
+def test_a_new_step_that_an_earlier_step_reads_can_close_a_cycle(p):
+    # adding a step no earlier step reads skips the cycle search; this one is read by `intro`
+    p.step("intro", "Intro to {{ outro }}", model="offline:w")  # `outro` is no step yet
+    with pytest.raises(CycleError, match="intro → outro → intro|outro → intro → outro"):
+        p.step("outro", "Outro after {{ intro }}", model="offline:w")
+    assert "outro" not in p.steps
+    p.step("size", "len(tagline)", python=True)  # read by nobody: added, and the graph checks
+    assert p.graph.deps["size"] == {"tagline"} and p.graph.generations()[-1] == ["size"]
+
+
 def test_the_graph_is_built_once_until_the_steps_change(p, monkeypatch):
     built = []
     real = pipeline_module.Graph
-    monkeypatch.setattr(pipeline_module, "Graph", lambda steps: built.append(1) or real(steps))
+    monkeypatch.setattr(
+        pipeline_module, "Graph", lambda steps, **kw: built.append(1) or real(steps, **kw)
+    )
     g = p.graph  # built when the last step was added, which checked it
     assert p.graph is g and p.run()["tagline"] and p.graph is g and built == []
     p.step("size", "len(tagline)", python=True)  # a new step: one build, which add() checks
