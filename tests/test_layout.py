@@ -124,7 +124,10 @@ def test_every_folder_says_what_lives_there(folder):
 # "passed" outside store/ is a second spelling of a state that drifts. The same words that are
 # not a step's state, per file: how many there are and why (a new one changes the count).
 NOT_A_STATE = {
-    ("nbconductor/providers/openai.py", "failed"): (1, "an OpenAI batch's status (the API's word)"),
+    ("nbconductor/providers/_openai_batch.py", "failed"): (
+        1,
+        "an OpenAI batch's status (the API's word)",
+    ),
     ("nbconductor/providers/_batch.py", "failed"): (1, "the type of a provider batch result line"),
     ("nbconductor/handoff/_batch.py", "flagged"): (1, "the summary table's column header"),
 }

@@ -31,14 +31,14 @@ from . import _responses
 from ._base import Provider
 from ._batch import batch_body
 from ._common import LoopClients, final_response, guarded, output_error, strict_schema
+from ._openai_batch import OpenAIBatches
 from ._structured import downgrade, estimate_tokens, mode_for, refused, schema_instruction
 
 JSON_INSTRUCTION = "Respond with a single JSON object only."
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-BATCH_URL = "/v1/chat/completions"
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(OpenAIBatches, Provider):
     name = "openai"
     supports_batch = True
     #: the request field that caps the answer's length
@@ -363,53 +363,6 @@ class OpenAIProvider(Provider):
         ]
         return Turn(message.content or "", calls, spent, model, None, choice.finish_reason)
 
-    # provider batches (the broker's side) -----------------------------------------------------
-    def batch_group(self, model: str) -> dict:
-        """How the broker reaches this provider; an OpenAI Batch holds one model and one endpoint."""
-        group = {"base_url": self.ref.base_url, "key_env": self.ref.api_key_env, "model": model}
-        return {**group, "api": "responses"} if self.responses else group
-
-    async def submit_batch(self, items: list[tuple[str, dict]]) -> str:
-        """Upload ``(custom_id, body)`` requests as a batch file and create the batch; its id."""
-        return await self._guard(self._submit(items), "batches")
-
-    async def _submit(self, items: list[tuple[str, dict]]) -> str:
-        client = await self._clients.get()
-        url = _responses.URL if self.responses else BATCH_URL
-        lines = "".join(
-            json.dumps({"custom_id": cid, "method": "POST", "url": url, "body": body}) + "\n"
-            for cid, body in items
-        )
-        file = await client.files.create(file=("batch.jsonl", lines.encode()), purpose="batch")
-        batch = await client.batches.create(
-            input_file_id=file.id, endpoint=url, completion_window="24h"
-        )
-        return batch.id
-
-    async def batch_ended(self, batch_id: str) -> bool:
-        """Whether the batch reached a final status (completed, failed, expired, cancelled)."""
-        client = await self._clients.get()
-        batch = await self._guard(client.batches.retrieve(batch_id), "batches")
-        return batch.status in ("completed", "failed", "expired", "cancelled")
-
-    async def batch_results(self, batch_id: str) -> dict[str, dict]:
-        """custom_id -> result (`nbconductor._batchcall` form) from the output and error files."""
-        return await self._guard(self._results(batch_id), "batches")
-
-    async def _results(self, batch_id: str) -> dict[str, dict]:
-        client = await self._clients.get()
-        batch = await client.batches.retrieve(batch_id)
-        out: dict[str, dict] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if not file_id:
-                continue
-            content = await client.files.content(file_id)
-            for line in content.text.splitlines():
-                if line.strip():
-                    cid, result = _batch_line(json.loads(line), batch.status)
-                    out[cid] = result
-        return out
-
     # images ----------------------------------------------------------------------------------
     async def image(self, request: Request) -> Response:
         """One image from ``images.generate`` as PNG bytes in `Response.data`."""
@@ -483,24 +436,6 @@ class OpenAICompatibleProvider(OpenAIProvider):
                 )
         # The SDK insists on a key; a local server without authentication ignores this one.
         return {"api_key": key or "not-needed", "base_url": self.ref.base_url}
-
-
-def _batch_line(item: dict, status: str) -> tuple[str, dict]:
-    """(custom_id, result) of one line of a batch's output or error file."""
-    cid = item.get("custom_id")
-    response = item.get("response") or None
-    if response and response.get("status_code") == 200:
-        return cid, {"type": "succeeded", "body": response.get("body")}
-    if response:
-        body = response.get("body") or {}
-        error = body.get("error") if isinstance(body.get("error"), dict) else body
-        return cid, {"type": "errored", "status": response.get("status_code"), "error": error}
-    code = str((item.get("error") or {}).get("code") or "")
-    if "expired" in code or status == "expired":
-        return cid, {"type": "expired"}
-    if "cancel" in code or status == "cancelled":
-        return cid, {"type": "canceled"}
-    return cid, {"type": "errored", "error": item.get("error") or {}}
 
 
 def _schema_name(name: str | None) -> str:
