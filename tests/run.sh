@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 python -m pip install --quiet --disable-pip-version-check -e ".[test]" || exit 1
 
-# llama.cpp's llama-server and a small GGUF model for tests/test_local_server.py: built from
+# llama.cpp's llama-server and a small GGUF model for tests/providers/test_local_server.py: built from
 # source once (~10 min on 2 cores), then taken from ~/.cache/nbconductor/wheels.
 bash tests/local_server_deps.sh || exit 1
 

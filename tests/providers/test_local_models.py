@@ -1,7 +1,7 @@
 """OpenAI-compatible local servers as users run them (issue 11), against the loopback fake made
 to answer exactly as llama-cpp-python's server does: ``response_format`` json_schema refused
 with an HTTP 500 validation error, no usage in streams, a running stream cut when another
-request arrives. The real llama.cpp server is tested in tests/test_local_server.py."""
+request arrives. The real llama.cpp server is tested in tests/providers/test_local_server.py."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from test_review_team import flagged_store
+from stores import flagged_store
 
 from nbconductor._errors import ReviewError
 

@@ -16,7 +16,7 @@ import re
 import time
 from pathlib import Path
 
-from test_dask import make_job
+from jobs import make_job
 
 from nbconductor.cli import main
 from nbconductor.store._base import connect

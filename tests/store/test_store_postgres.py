@@ -2,7 +2,7 @@
 the schema version, passwords kept out of everything shown or stored, an unreachable server."""
 
 import pytest
-import test_dask
+from jobs import make_job
 from pgserver import PASSWORD
 
 from nbconductor import Pipeline
@@ -10,8 +10,6 @@ from nbconductor._errors import StoreError
 from nbconductor.cli import main
 from nbconductor.store._base import connect, shown
 from nbconductor.store._sqlite import SCHEMA_VERSION
-
-cluster = test_dask.cluster  # the Dask scheduler and workers, started once per module
 
 
 def test_a_newer_schema_is_refused_with_one_line(store_target):
@@ -115,8 +113,6 @@ def _check_batch_store(url, folder, n):
 
 
 def test_a_local_batch_writes_every_row_into_postgres(pg_server, tmp_path, monkeypatch, capsys):
-    from test_dask import make_job
-
     url = pg_server.database()
     make_job(tmp_path)
     _rows_file(tmp_path, 4)
@@ -133,8 +129,6 @@ def test_a_local_batch_writes_every_row_into_postgres(pg_server, tmp_path, monke
 
 
 def test_a_dask_batch_lands_in_postgres(cluster, pg_server, tmp_path, monkeypatch, capsys):
-    from test_dask import make_job
-
     address, _, _ = cluster
     url = pg_server.database()
     make_job(tmp_path)

@@ -7,9 +7,10 @@ import threading
 import time
 
 import pytest
+from stores import as_user, flagged_store
 
 from nbconductor._errors import ReviewError, StoreError
-from nbconductor._types import GateResult, StepResult
+from nbconductor._types import StepResult
 from nbconductor.cli import main
 from nbconductor.store._base import connect
 from nbconductor.store._claims import assign, claim, next_item
@@ -21,33 +22,6 @@ from nbconductor.store._review import decide, queue
 # README documents; the tests read it as a user auditing the store would.
 DECISIONS = "SELECT * FROM reviews ORDER BY id"
 DECISIONS_OF = "SELECT * FROM reviews WHERE result_id=? ORDER BY id"
-
-
-def flagged_store(target, n=6):
-    """A store with ``n`` flagged drafts waiting for review; returns (store, ids)."""
-    store = connect(target)
-    run = store.start_run({"topic": "t"}, None, "nb.ipynb")
-    ids = [
-        store.record(
-            run,
-            StepResult(
-                "draft",
-                "flagged",
-                f"draft {i}",
-                gates=[GateResult("max_words(2)", False, None, "too long")],
-                cache_key=f"k{i}",
-            ),
-        )
-        for i in range(n)
-    ]
-    store.end_run(run, "flagged", 0.0)
-    return store, ids
-
-
-def as_user(target, user):
-    store = connect(target)
-    store.user = user
-    return store
 
 
 def test_an_open_item_is_claimed_and_others_skip_to_the_next(store_target):

@@ -416,7 +416,7 @@ def test_not_a_store_is_a_usage_error_in_a_notebook(tmp_path, monkeypatch):
 
 def _as_other_user(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run ``python -m nbconductor ARGS`` as a user who may not write the store (nobody, when we are root)."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo), "HOME": str(cwd)}
     env.pop("NBCONDUCTOR_STORE", None)
     cmd = [sys.executable, "-m", "nbconductor", *args]

@@ -355,7 +355,7 @@ def test_a_notebook_gets_its_own_root_logger_and_the_process_keeps_its_own(tmp_p
     assert logging.getLogger("test").handlers == [] and logging.getLogger("test").level == 0
 
 
-PAPERMILL_NOTEBOOKS = Path(__file__).parent / "fixtures" / "papermill"
+PAPERMILL_NOTEBOOKS = Path(__file__).parent.parent / "fixtures" / "papermill"
 
 
 @pytest.mark.parametrize(
