@@ -56,7 +56,7 @@ def test_export_and_batch_are_public_and_cheap():
 
 
 def test_the_plugin_test_uses_only_public_names():
-    path = ROOT / "tests" / "test_registry.py"
+    path = ROOT / "tests" / "providers" / "test_registry.py"
     tree = ast.parse(path.read_text())
     sources = [tree] + [  # the plugin module the test writes, as a provider author would
         ast.parse(__import__("textwrap").dedent(node.value))
