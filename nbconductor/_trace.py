@@ -144,6 +144,13 @@ def _setup(config: Any) -> Any:
     return _tracing or None
 
 
+def drain(seconds: float = 5.0) -> None:
+    """Export what is still queued, waiting at most ``seconds``: for a worker process about to
+    leave with ``os._exit``, which runs no atexit hook (a background flush would be cut off)."""
+    if _tracing:
+        _tracing.drain(seconds)
+
+
 def reset() -> None:
     """Forget the set-up provider (tests; a changed endpoint). Flushes what is pending."""
     global _tracing

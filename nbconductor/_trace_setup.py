@@ -185,6 +185,11 @@ class Tracing:
         if self.own:
             threading.Thread(target=self.provider.force_flush, daemon=True).start()
 
+    def drain(self, seconds: float) -> None:
+        """Export what is queued now and wait for it, at most ``seconds``."""
+        if self.own:
+            self.provider.force_flush(int(seconds * 1000))
+
     def close(self) -> None:
         if self.own:
             self.provider.shutdown()

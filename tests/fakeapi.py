@@ -421,18 +421,30 @@ class _Handler(BaseHTTPRequestHandler):
         raise _Dropped()
 
     def _read_body(self) -> bytes:
+        """The request's body; a client that went away before sending all of it (a process
+        killed mid-request) is a dropped connection (`ConnectionResetError`), as for a server."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             out = b""
             while True:
-                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                line = self.rfile.readline()
+                try:
+                    size = int(line.strip().split(b";")[0], 16)
+                except ValueError:
+                    raise ConnectionResetError("the client went away mid-body") from None
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     return out
-                out += self.rfile.read(size)
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    raise ConnectionResetError("the client went away mid-body")
+                out += chunk
                 self.rfile.readline()
         n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
+        body = self.rfile.read(n) if n else b""
+        if len(body) < n:
+            raise ConnectionResetError("the client went away mid-body")
+        return body
 
     def _send_json(self, status: int, obj: Any, headers: dict | None = None) -> None:
         data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()

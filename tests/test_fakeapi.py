@@ -742,3 +742,25 @@ def test_reset_and_restart():
             api.wait_for(2, timeout=0.05)
     with api:  # can be started again after stop()
         assert api.base_url.startswith("http://127.0.0.1:")
+
+
+def test_a_client_killed_mid_body_is_a_dropped_connection_not_a_fake_bug():
+    # a `kill -9`ed client leaves half a request behind: the script never sees it, and the fake
+    # reports no error of its own (it used to hand the script a request with no JSON)
+    import socket
+
+    fake = FakeAPI().start()
+    try:
+        fake.set_default(lambda body: body["messages"][0]["content"], endpoint="anthropic")
+        with socket.create_connection(("127.0.0.1", fake.port)) as s:
+            s.sendall(
+                b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 200\r\n\r\n" + b'{"model": "claude", "messages": ['
+            )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not fake.requests and not fake.errors:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert fake.errors == [] and fake.requests == []
+    finally:
+        fake.stop()

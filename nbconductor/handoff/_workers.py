@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .. import _trace
 from .._states import FAILED
 from ._row import Row, RowResult, execute_row, host
 from ._runner import environ
@@ -159,7 +160,9 @@ def _worker_main(conn, env: dict[str, str], cwd: str, log: str | None) -> None:
         except (EOFError, OSError):
             break
         if job is None:
-            # Nothing is pending (each row closed its store): skip the interpreter's slow teardown.
+            # Nothing is pending (each row closed its store) once the rows' spans are sent:
+            # skip the interpreter's slow teardown (os._exit runs no atexit hook).
+            _trace.drain(3.0)  # within `_Worker.stop`'s 5 s
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
                     stream.flush()
@@ -169,6 +172,7 @@ def _worker_main(conn, env: dict[str, str], cwd: str, log: str | None) -> None:
             conn.send(result)
         except (BrokenPipeError, OSError):
             break
+    _trace.drain(3.0)
 
 
 class _Worker:
