@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAKE_ANTHROPIC_KEY
+from dask_cluster import dask_cluster
 from fakeapi import Error, JSONText, Slow, Text, ToolCall
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -722,32 +723,9 @@ def test_rows_on_dask_workers_export_with_the_coordinators_settings(traced, phoe
     from nbconductor import batch
     from nbconductor.handoff._export import export_pipeline
 
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.pop("NBCONDUCTOR_STORE", None)
-    common = {
-        "cwd": tmp_path,
-        "env": env,
-        "stdout": subprocess.DEVNULL,
-        "stderr": subprocess.DEVNULL,
-    }
-    scheduler = [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1"]
-    procs = [subprocess.Popen([*scheduler, "--port", str(port), "--no-dashboard"], **common)]
-    worker = [sys.executable, "-m", "dask", "worker", address, "--nworkers", "1", "--nthreads", "1"]
-    procs.append(subprocess.Popen([*worker, "--host", "127.0.0.1", "--no-dashboard"], **common))
-    try:
-        import distributed
-
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with distributed.Client(address, timeout=5) as client:
-                    client.wait_for_workers(1, timeout=120)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the Dask cluster did not start"
-                time.sleep(0.5)
+    with dask_cluster(tmp_path, env, workers=1) as (address, _):
         p = Pipeline(store=":memory:", namespace={"topic": "t"})
         p.step("draft", "Write about {{ topic }}", model="offline:w")
         job = export_pipeline(p, tmp_path / "job.ipynb")
@@ -765,14 +743,6 @@ def test_rows_on_dask_workers_export_with_the_coordinators_settings(traced, phoe
         assert (
             run["attributes"]["nbconductor.batch.id"] == outer["attributes"]["nbconductor.batch.id"]
         )
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def test_an_image_call_is_a_generate_content_span(memory, tmp_path):
