@@ -6,14 +6,19 @@ LLM steps (two spans per step: the step and its ``chat`` call), and the 4 × 8 D
 steps each wait 50 ms. Tracing is switched through the standard ``OTEL_EXPORTER_OTLP_ENDPOINT``;
 Phoenix (``phoenix serve``, from tests/run.sh's virtualenv or ``$NBCONDUCTOR_PHOENIX``) is
 started on a free loopback port with its working directory in a temporary folder. The "down"
-case points at a closed port; "to Phoenix, SDK spans" turns the light span path off (every
+case points at a closed port; "to Phoenix, SDK encoder" sends through the SDK's own OTLP/HTTP
+exporter and protobuf encoder (nbconductor's exporter writes the same bytes itself,
+`nbconductor/_trace_otlp.py`); "to Phoenix, SDK spans" turns the light span path off (every
 span an SDK `Span`); "no-op exporter" exports nowhere (the batch processor's thread, no
 encoding). Each mode keeps its provider across runs, as a session does. Per-span overhead =
 (traced − off) / spans, in wall time (what ``Pipeline.run`` takes) and in CPU time of the
-process over the run and the flush of its spans (every thread: the export thread's protobuf
-encoding counts; Phoenix's own ingestion, on the same cores, does not). On a shared machine the
-CPU figure is the steadier one. Median of ``--repeats``, cases interleaved. Then the floor:
-bare spans with the same attributes made in a loop, the SDK's own against the light path.
+process over the run and the flush of its spans (every thread: the export thread's encoding
+and HTTP count; Phoenix's own ingestion does not). Before every run the script waits until
+Phoenix has finished ingesting (its CPU time still for 0.3 s): on the same 2 cores its ingestion
+would otherwise slow whichever run comes next. On a shared machine the CPU figure is the
+steadier one. Median of ``--repeats``, cases interleaved; the load average is printed per
+shape. Then the floor: bare spans with the same attributes made in a loop, the SDK's own span
+and encoder against the light path and nbconductor's encoder.
 
     python benchmarks/bench_trace.py [--repeats 5]
 """
@@ -78,6 +83,29 @@ def start_phoenix() -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
+def settle(proc: subprocess.Popen, quiet: float = 0.3, limit: float = 120.0) -> float:
+    """Wait until Phoenix has ingested what it was sent — its CPU time unchanged (at most one
+    clock tick) for ``quiet`` seconds, at most ``limit`` — and return the seconds waited. Its
+    ingestion is not nbconductor's cost, but on the same 2 cores it would slow whichever run
+    comes next (the runs after the "to Phoenix" ones: "collector down" and "off")."""
+    started = time.perf_counter()
+    path = f"/proc/{proc.pid}/stat"
+    if not os.path.exists(path):
+        return 0.0
+
+    def ticks() -> int:
+        fields = open(path).read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    last, still = ticks(), 0.0
+    while still < quiet and time.perf_counter() - started < limit:
+        time.sleep(0.1)
+        now = ticks()
+        still = still + 0.1 if now - last <= 1 else 0.0
+        last = now
+    return time.perf_counter() - started
+
+
 def tracer(endpoint: str, *, light: bool = True, exporter=None):
     """A set-up `Tracing` to ``endpoint`` (``exporter``: in place of the OTLP exporter)."""
     from nbconductor import _trace
@@ -91,6 +119,13 @@ def tracer(endpoint: str, *, light: bool = True, exporter=None):
     if exporter is not None:
         tracing.guard.inner, tracing.guard.address = exporter, None
     return tracing
+
+
+def sdk_exporter(phoenix: str):
+    """The SDK's own OTLP/HTTP exporter and encoder (nbconductor's sends the same bytes)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=f"{phoenix}/v1/traces")
 
 
 def use(tracing) -> None:
@@ -149,7 +184,7 @@ def timed_run(get, tracing) -> tuple[float, float]:
     return wall, cpu
 
 
-def measure(repeats: int, phoenix: str) -> tuple[list[list], list[dict]]:
+def measure(repeats: int, phoenix: str, proc: subprocess.Popen) -> tuple[list[list], list[dict]]:
     from nbconductor._trace_setup import _Nothing
     from nbconductor.providers import registry
 
@@ -157,6 +192,7 @@ def measure(repeats: int, phoenix: str) -> tuple[list[list], list[dict]]:
     modes = {
         "off": None,
         "to Phoenix": tracer(phoenix),
+        "to Phoenix, SDK encoder": tracer(phoenix, exporter=sdk_exporter(phoenix)),
         "to Phoenix, SDK spans": tracer(phoenix, light=False),
         "no-op exporter": tracer(phoenix, exporter=_Nothing()),
         "collector down": tracer(f"http://127.0.0.1:{free_port()}"),
@@ -171,13 +207,19 @@ def measure(repeats: int, phoenix: str) -> tuple[list[list], list[dict]]:
         for shape, get, spans in shapes:
             times: dict[str, list] = {label: [] for label in modes}
             failed = {label: t.guard.failures for label, t in modes.items() if t is not None}
+            load, waited = os.getloadavg()[0], 0.0
             for i in range(1 + repeats):  # cases interleaved, the first round a warm-up
                 for label, tracing in modes.items():
+                    waited += settle(proc)
                     got = timed_run(get, tracing)
                     if i:
                         times[label].append(got)
             for label, before in failed.items():  # an export that failed sent nothing: cheaper
                 failed[label] = modes[label].guard.failures - before
+            print(
+                f"{shape}: load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+                f"end; {waited:.0f} s waited for Phoenix to finish ingesting before runs"
+            )
             off = median([w for w, _ in times["off"]])
             off_cpu = median([c for _, c in times["off"]])
             for label in modes:
@@ -242,7 +284,7 @@ CHAT_END = {
 }
 
 
-def floor(phoenix: str, repeats: int) -> list[list]:
+def floor(phoenix: str, repeats: int, proc: subprocess.Popen) -> list[list]:
     """CPU per span of bare spans with a step's and a chat call's attributes, made in a loop
     (no run around them) and exported to Phoenix: the SDK's own span against nbconductor's
     light one, each with a no-op exporter and exporting. Export included (a flush per round)."""
@@ -282,12 +324,11 @@ def floor(phoenix: str, repeats: int) -> list[list]:
 
         return make, tracing.provider, tracing.guard
 
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
     cases = {
         "SDK span, no-op exporter": sdk(_Nothing()),
-        "SDK span → Phoenix": sdk(Guard(OTLPSpanExporter(endpoint=f"{phoenix}/v1/traces"), "")),
+        "SDK span → Phoenix, SDK encoder": sdk(Guard(sdk_exporter(phoenix), "")),
         "light span, no-op exporter": ours(tracer(phoenix, exporter=_Nothing())),
+        "light span → Phoenix, SDK encoder": ours(tracer(phoenix, exporter=sdk_exporter(phoenix))),
         "light span → Phoenix": ours(tracer(phoenix)),
     }
     rows, n = [], 1000
@@ -298,6 +339,7 @@ def floor(phoenix: str, repeats: int) -> list[list]:
         got: dict[str, list[float]] = {label: [] for label in cases}
         for i in range(1 + repeats):
             for label, (make, _, _) in cases.items():
+                settle(proc)
                 gc.collect()
                 cpu = time.process_time()
                 make(start, end, n)
@@ -338,7 +380,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         summary = []
         if not args.floor_only:
-            rows, summary = measure(args.repeats, phoenix)
+            rows, summary = measure(args.repeats, phoenix, proc)
             print(
                 table(
                     [
@@ -355,7 +397,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 )
             )
         print("\nbare spans in a loop, CPU µs per span (export included):")
-        floor_rows = floor(phoenix, args.repeats)
+        floor_rows = floor(phoenix, args.repeats, proc)
         print(table(["attributes", "span", "CPU µs/span", "failed exports"], floor_rows))
     finally:
         proc.terminate()

@@ -335,13 +335,49 @@ def _exporter(otel: Any) -> tuple[SpanExporter, str]:
         )
     ):
         headers = dict(otel.headers)
-    if protocol == "grpc":
+    if protocol == "grpc":  # the SDK's exporter and encoder (its stub serializes messages)
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers)
     else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers)
+        exporter = _http_exporter()(endpoint=endpoint, headers=headers)
     shown = endpoint or from_env or ("localhost:4317" if protocol == "grpc" else "localhost:4318")
     return exporter, shown
+
+
+def _http_exporter() -> type:
+    """The SDK's OTLP/HTTP exporter with our encoder (`_trace_otlp`: the same bytes, a fraction
+    of the CPU). It sends through the exporter's own HTTP client — headers, compression, TLS,
+    timeout and retries as configured; where that client is not there (another SDK version) or
+    the SDK's own export metrics are on, the exporter is the SDK's, unchanged."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from ._trace_otlp import Encoder
+
+    class Exporter(OTLPSpanExporter):
+        def __init__(self, **kwargs: Any):
+            super().__init__(**kwargs)
+            client = getattr(self, "_client", None)
+            metrics = os.environ.get("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "")
+            self._ours = callable(getattr(client, "export", None)) and (
+                metrics.strip().lower() != "true"
+            )
+            self._encoder = Encoder()
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            if not self._ours or getattr(self, "_shutdown", False):
+                return super().export(spans)
+            try:
+                data = self._encoder.request(spans)
+            except Exception:  # noqa: BLE001 - the SDK's encoder then says what it cannot encode
+                return super().export(spans)
+            limit = getattr(self, "_max_request_size", 0) or 0
+            if limit > 0 and len(data) > limit:
+                return super().export(spans)  # the SDK drops it, with its own log line
+            ok = self._client.export(data).success
+            return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    return Exporter
 
 
 def _address(endpoint: str) -> tuple[str, int] | None:

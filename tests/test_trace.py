@@ -159,6 +159,7 @@ def test_a_run_reaches_phoenix_as_one_trace(fake_api, traced, phoenix, tmp_path,
     p.close()
     assert run.status == "passed"
     flush()
+    assert _trace._tracing.guard.inner._ours  # OTLP/HTTP through our encoder (_trace_otlp)
     spans = phoenix.spans(traced, until=lambda s: any(x["name"] == "nbconductor.run" for x in s))
 
     [root] = by_name(spans, "nbconductor.run")
@@ -711,6 +712,8 @@ def test_grpc_and_the_config_endpoint_reach_phoenix(how, traced, phoenix, tmp_pa
     p.step("a", "hi", model="offline:m")
     run = p.run()
     flush()
+    # gRPC: the SDK's exporter and encoder; HTTP: the SDK's exporter with our encoder
+    assert getattr(_trace._tracing.guard.inner, "_ours", False) is (how == "config")
     spans = phoenix.spans(traced, until=lambda s: len(s) >= 3)
     assert sorted(s["name"] for s in spans) == ["chat m", "nbconductor.run", "step a"]
     [root] = by_name(spans, "nbconductor.run")
