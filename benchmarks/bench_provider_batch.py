@@ -72,21 +72,53 @@ def reply(body: dict):
     return Text(f"Issue on {topic}{revised}", input_tokens=900, output_tokens=400)
 
 
-def run(folder: Path, out: str, extra: list[str], workers: int) -> tuple[float, dict, str]:
+class Sampler:
+    """Peak memory in use on the machine above the run's start (psutil; every 0.5 s) and the
+    peak 1-minute load average while the run lasts."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self.psutil, self.stop = psutil, threading.Event()
+        self.base = psutil.virtual_memory().used
+        self.peak_mem, self.peak_load = 0, os.getloadavg()[0]
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(0.5):
+            self.peak_mem = max(self.peak_mem, self.psutil.virtual_memory().used - self.base)
+            self.peak_load = max(self.peak_load, os.getloadavg()[0])
+
+    def close(self) -> str:
+        self.stop.set()
+        self.thread.join()
+        return f"peak memory +{self.peak_mem / 2**30:.1f} GiB, peak load {self.peak_load:.0f}"
+
+
+def run(folder: Path, out: str, extra: list[str], workers: int | None) -> tuple[float, dict, str]:
     env = {k: v for k, v in os.environ.items() if k != "NBCONDUCTOR_STORE"}
     args = [sys.executable, "-m", "nbconductor", "batch", "job.ipynb", "--params", "rows.csv"]
-    args += ["--out", out, "--store", f"{out}.sqlite", "--workers", str(workers), *extra]
+    args += ["--out", out, "--store", f"{out}.sqlite", *extra]
+    if workers:
+        args += ["--workers", str(workers)]
     started = time.perf_counter()
     load = os.getloadavg()[0]
+    sampler = Sampler()
     done = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - started
     print(
         f"  ({out}: load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
-        f"1-minute)",
+        f"1-minute; {sampler.close()})",
         flush=True,
     )
     if done.returncode != 0:
-        sys.exit(f"{out} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        failed = [line for line in done.stderr.splitlines() if " failed" in line or "rror" in line]
+        sys.exit(
+            f"{out} failed ({done.returncode}):\n" + "\n".join(failed[:40] or [done.stderr[-3000:]])
+        )
     manifest = json.loads((folder / out / "manifest.json").read_text())
     return seconds, manifest, done.stderr
 
@@ -123,7 +155,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--delays", type=float, nargs="+", default=[10.0, 30.0])
-    ap.add_argument("--workers", type=int, default=None, help="default: one per row")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="default: one per row (direct), the default (batch)",
+    )
     ap.add_argument("--window", type=float, default=5.0)
     a = ap.parse_args()
     workers = a.workers or a.rows
@@ -159,7 +196,7 @@ def main() -> None:
                 api.batch_delay = d
                 out = f"batch-{d:g}"
                 extra = ["--provider-batch", "--batch-window", str(a.window)]
-                seconds, batched, _ = run(folder, out, extra, workers)
+                seconds, batched, _ = run(folder, out, extra, a.workers)
                 cost = sum(r["cost"] for r in batched["rows"].values())
                 kinds = collections.Counter(b.provider for b in api.batches.values())
                 w = waves(api)

@@ -27,6 +27,7 @@ from typing import Any
 from ._errors import TransportError
 
 BROKER_ENV = "NBCONDUCTOR_BATCH_BROKER"
+SEND_PATIENCE = 10.0  # seconds a call keeps trying to reach a busy broker
 ROW_ENV = "JPY_SESSION_NAME"  # which row a call belongs to (set by the batch row runner)
 
 
@@ -51,16 +52,8 @@ class BatchTransport:
         line = json.dumps(
             {"provider": provider, "group": group, "body": body, "row": os.environ.get(ROW_ENV)}
         )
+        reader, writer = await self._send(provider, line.encode() + b"\n")
         try:
-            reader, writer = await asyncio.open_unix_connection(self.address, limit=2**26)
-        except OSError as exc:
-            raise TransportError(
-                f"{provider}: the batch broker is not reachable ({exc.strerror or exc})",
-                provider=provider,
-            ) from None
-        try:
-            writer.write(line.encode() + b"\n")
-            await writer.drain()
             answer = await reader.readline()
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise TransportError(
@@ -74,3 +67,35 @@ class BatchTransport:
         if not isinstance(result, dict) or "type" not in result:
             raise TransportError(f"{provider}: the batch broker sent no result", provider=provider)
         return result
+
+    async def _send(self, provider: str, data: bytes) -> tuple:
+        """Connect and send ``data``. A burst of rows can find the broker's listen queue full
+        (the connection is refused or reset before a byte arrives): try again, up to ~10 s.
+        A failed send delivered nothing, so trying again never makes a call twice."""
+        delay, waited = 0.02, 0.0
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.address, limit=2**26)
+            except (FileNotFoundError, PermissionError) as exc:
+                raise TransportError(
+                    f"{provider}: the batch broker is not reachable ({exc.strerror or exc})",
+                    provider=provider,
+                ) from None
+            except OSError as exc:
+                error = exc
+            else:
+                try:
+                    writer.write(data)
+                    await writer.drain()
+                    return reader, writer
+                except OSError as exc:
+                    writer.close()
+                    error = exc
+            if waited >= SEND_PATIENCE:
+                raise TransportError(
+                    f"{provider}: the batch broker is not reachable ({error.strerror or error})",
+                    provider=provider,
+                ) from None
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 1.0)

@@ -34,7 +34,7 @@ from ._batch_images import write_row_images
 from ._row import Row, RowResult, execute_row, params_key
 from ._rows import given_rows, plural, read_rows
 from ._runner import choose_engine, engine_label, environ, redact_file
-from ._workers import WORKER_ENV, run_local, sweep, worker_context
+from ._workers import WORKER_ENV, job_providers, run_local, sweep, worker_context
 
 __all__ = [
     "FINISHED",
@@ -210,7 +210,9 @@ def batch(
     nb = _read_notebook(notebook)  # as JSON: the coordinator never imports nbformat or papermill
     from .._config import load_config
 
-    load_config(start=notebook.parent)  # a config error stops the batch here, not in every row
+    config = load_config(
+        start=notebook.parent
+    )  # a config error stops the batch here, not in every row
     params_name, rows_in = _rows_of(rows)
     _check_known(nb, rows_in, params_name)
     if dry_run:
@@ -219,7 +221,8 @@ def batch(
         print(estimate(notebook, rows_in))
         return BatchResult([], Path(out).resolve(), "", 0.0)
     if not dask:
-        worker_context()  # the workers' start-up overlaps with what the coordinator does next
+        # the workers' start-up overlaps with what the coordinator does next
+        worker_context(job_providers(_sources(nb), config))
     engine = choose_engine(nb, engine, register=False)
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -380,6 +383,14 @@ def _store_path(arg: str | None, notebook: Path) -> Path | str:
     if config.store:
         return resolve(config.store, notebook.parent)
     return resolve(default_store(notebook.parent))
+
+
+def _sources(nb: dict) -> list[str]:
+    return [
+        "".join(c["source"]) if isinstance(c.get("source"), list) else str(c.get("source", ""))
+        for c in nb.get("cells", [])
+        if isinstance(c, dict)
+    ]
 
 
 def _read_notebook(path: Path) -> dict:

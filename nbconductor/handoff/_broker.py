@@ -6,7 +6,8 @@ folder) instead of sending it. The broker collects the calls of all rows and sub
 one provider batch per provider (and per model where the API needs it: OpenAI), when
 
 * every row in flight is waiting for an answer (nothing more can come: submit now), or
-* ``window`` seconds have passed since the first call of the group arrived, or
+* no call has joined the group for ``window`` seconds (rows still starting or computing keep
+  adding theirs; a slow trickle is cut at ``MAX_WINDOWS`` windows after the group's first), or
 * ``max_size`` calls are waiting.
 
 It then polls each batch with a gentle backoff (×1.1 from 0.1 s, at most 60 s: the wait
@@ -45,6 +46,8 @@ from ..providers._batch import error_result
 from ..store._liveness import own_start, process_gone
 
 STAGES = ("queued", "submitted", "in batch", "finished")
+MAX_WINDOWS = 12  # a group waits at most this many windows from its first call
+BACKLOG = 4096  # connections waiting to be accepted: every row's call can arrive at once
 PREFIX = "nbc-broker-"  # + owner pid + its start ticks: ``nbc-broker-1234-5678-xxxx``
 
 
@@ -148,7 +151,7 @@ class Broker:
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         server = loop.run_until_complete(
-            asyncio.start_unix_server(self._serve, path=self.address, limit=2**26)
+            asyncio.start_unix_server(self._serve, path=self.address, limit=2**26, backlog=BACKLOG)
         )
         os.chmod(self.address, 0o600)
         ticker = loop.create_task(self._tick())
@@ -229,7 +232,13 @@ class Broker:
                 and now - self._last_arrival >= self.settle
             )
             for gk, calls in list(self._pending.items()):
-                if everyone or len(calls) >= self.max_size or now - calls[0].arrived >= self.window:
+                quiet = now - calls[-1].arrived >= self.window
+                if (
+                    everyone
+                    or quiet
+                    or len(calls) >= self.max_size
+                    or now - calls[0].arrived >= self.window * MAX_WINDOWS
+                ):
                     del self._pending[gk]
                     for i in range(0, len(calls), self.max_size):
                         self._spawn(self._submit(calls[i : i + self.max_size]))

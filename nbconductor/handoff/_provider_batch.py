@@ -4,8 +4,8 @@ Rows run in local worker processes as usual, one notebook per row; the coordinat
 `Broker` (`nbconductor.handoff._broker`) and tells the workers where it listens
 (``NBCONDUCTOR_BATCH_BROKER``), so every Anthropic / OpenAI call of every row travels in a
 provider batch at the batch price. A waiting row holds its worker, so the batch holds the calls
-of as many rows as there are workers: ``--workers`` defaults to one per row (at most
-`MAX_WORKERS`) in this mode. Submitted batches are journaled in the run store
+of as many rows as there are workers: ``--workers`` defaults to one per row in this mode, as
+many as fit in memory and file descriptors (`worker_count`). Submitted batches are journaled in the run store
 (`nbconductor.store._batches`, by output folder) and in ``manifest.json``
 (``provider_batches``) before the coordinator waits for them; ``--resume`` collects them,
 from whichever of the two still has them.
@@ -25,7 +25,9 @@ from .._errors import ConductorError, OptionError
 from ._broker import Broker
 from ._runner import environ
 
-MAX_WORKERS = 100
+WORKER_MEMORY = 48 * 2**20  # what a warm worker holds while its row waits (measured 37-47 MB)
+MAX_WORKERS = 2000  # a ceiling whatever the machine
+FALLBACK_WORKERS = 100  # where the available memory cannot be read
 DEFAULT_WINDOW = 5.0
 
 
@@ -44,8 +46,42 @@ def check_options(*, provider_batch: bool, dask: str | None, window: float | Non
 
 
 def worker_count(requested: int | None, rows: int) -> int:
-    """Default workers in this mode: one per row (a waiting row holds its worker), at most 100."""
-    return requested if requested else max(1, min(rows, MAX_WORKERS))
+    """Default workers in this mode: one per row (a waiting row holds its worker), as many as
+    fit in three quarters of the memory available now and in the coordinator's file
+    descriptors (a pipe and a broker connection per worker)."""
+    if requested:
+        return requested
+    return max(1, min(rows, fitting_workers(_available_memory(), _descriptors())))
+
+
+def fitting_workers(available: int | None, descriptors: int | None) -> int:
+    """How many waiting workers fit in ``available`` bytes and ``descriptors`` open files
+    (None: unknown)."""
+    by_memory = FALLBACK_WORKERS if available is None else available * 3 // 4 // WORKER_MEMORY
+    by_files = MAX_WORKERS if descriptors is None else (descriptors - 64) // 4
+    return max(1, min(by_memory, by_files, MAX_WORKERS))
+
+
+def _descriptors() -> int | None:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _available_memory() -> int | None:
+    """``MemAvailable`` from /proc/meminfo in bytes (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class BrokerRun:

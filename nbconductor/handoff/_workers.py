@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import types
@@ -29,18 +30,40 @@ from ._runner import environ
 
 WORKER_ENV = "NBCONDUCTOR_BATCH_WORKER"  # marks worker processes (and their kernels) for clean-up
 _WARM_FLAG = "NBCONDUCTOR_WARM_FORKSERVER"  # set only in the environment the forkserver starts with
+_WARM_PROVIDERS = "NBCONDUCTOR_WARM_PROVIDERS"  # the providers whose SDKs the forkserver imports
+_MODEL_SPEC = re.compile(r"(?<![\w.-])([a-z][a-z0-9_-]*):[A-Za-z0-9]")
 
 
 # ------------------------------------------------------------------------ warm start-up
 
 
-def worker_context():
+def job_providers(sources: list[str], config: Any = None) -> list[str]:
+    """The registered providers a job names: ``name:`` model specs in its cells' sources
+    (``--model``, ``--judge``, ``Pipeline.step(model=...)``) and in ``config`` (the default
+    model, the aliases' models).
+
+    A hint for warming workers (`worker_context`), not a contract: a provider it misses is
+    imported by the first row that uses it, as without the hint.
+    """
+    from ..providers import registry
+
+    known = registry.names()
+    if config is not None:
+        aliases = [getattr(a, "model", a) for a in config.aliases.values()]
+        sources = [*sources, config.default_model or "", *map(str, aliases)]
+    found = {m.group(1) for text in sources for m in _MODEL_SPEC.finditer(text)}
+    return sorted((found & known) - {"offline"})
+
+
+def worker_context(providers: list[str] = ()):
     """The multiprocessing context for workers: a warm forkserver where possible, else spawn.
 
     The forkserver imports this module with ``_WARM_FLAG`` set, which makes it import
-    papermill, IPython and nbconductor and run a tiny notebook on the in-process engine once
-    (`_warm_forkserver`); every worker forks from that process, warm from its first row.
-    Starting it early overlaps that work with the coordinator's own.
+    papermill, IPython, nbconductor and the SDKs of ``providers`` (`job_providers`) and run a
+    tiny notebook on the in-process engine once (`_warm_forkserver`); every worker forks from
+    that process, warm from its first row (an SDK import is ~0.5–1.1 s a process). Starting it
+    early overlaps that work with the coordinator's own. The forkserver is started once per
+    process: a later call's ``providers`` do not change it.
     """
     import multiprocessing as mp
 
@@ -51,12 +74,14 @@ def worker_context():
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["nbconductor.handoff._workers"])
     os.environ[_WARM_FLAG] = "1"
+    os.environ[_WARM_PROVIDERS] = ",".join(providers)
     try:
         forkserver.ensure_running()
     except Exception:  # noqa: BLE001 - Process.start() will try again and report
         pass
     finally:
         os.environ.pop(_WARM_FLAG, None)
+        os.environ.pop(_WARM_PROVIDERS, None)
     return ctx
 
 
@@ -71,6 +96,7 @@ def _warm_forkserver() -> None:
         from ._engine import ENGINE_NAME, register
 
         register()
+        _warm_providers(os.environ.pop(_WARM_PROVIDERS, ""))
         for name in (
             "nbconductor.notebook._magics",
             "nbconductor.notebook._commands",
@@ -98,6 +124,14 @@ def _warm_forkserver() -> None:
             )
     except Exception:  # noqa: BLE001 - warming is an optimisation; rows report real problems
         pass
+
+
+def _warm_providers(names: str) -> None:
+    from ..providers import registry
+
+    for name in filter(None, names.split(",")):
+        with contextlib.suppress(Exception):  # a provider that cannot load fails in its row
+            registry.get(name).warm()
 
 
 def _defer_rfc3987_syntax() -> None:

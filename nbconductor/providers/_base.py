@@ -32,5 +32,10 @@ class Provider:
 
         raise RequestError(f"provider `{self.name}` cannot generate images", provider=self.name)
 
+    @classmethod
+    def warm(cls) -> None:
+        """Import now what this adapter's first call would (its SDK); a warm batch worker's
+        forkserver calls it once so that no row pays the import. Never raises."""
+
     async def aclose(self) -> None:
         """Release clients; called when a pipeline is closed."""

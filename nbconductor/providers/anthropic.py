@@ -15,6 +15,7 @@ system prompt (the Messages API has no schema-less JSON mode) and parses the ans
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from typing import Any
@@ -51,6 +52,14 @@ class AnthropicProvider(Provider):
         self._native_temperature = "temperature" in stream_params
         self._native_output_config = "output_config" in stream_params
         self._clients = LoopClients(self._new_client)
+
+    @classmethod
+    def warm(cls) -> None:
+        with contextlib.suppress(Exception):
+            import anthropic
+
+            # a first client loads the HTTP stack (httpcore, h11, anyio); it opens no connection
+            anthropic.AsyncAnthropic(api_key="unused", max_retries=0)
 
     # clients ---------------------------------------------------------------------------------
     def _new_client(self) -> Any:

@@ -18,6 +18,7 @@ placeholder when the server needs none.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -50,6 +51,14 @@ class OpenAIProvider(OpenAIBatches, Provider):
         self.key_env = ref.api_key_env or "OPENAI_API_KEY"
         self.responses = getattr(ref, "api", None) == "responses"  # else Chat Completions
         self._clients = LoopClients(self._new_client)
+
+    @classmethod
+    def warm(cls) -> None:
+        with contextlib.suppress(Exception):
+            import openai
+
+            # a first client loads the HTTP stack (httpcore, h11, anyio); it opens no connection
+            openai.AsyncOpenAI(api_key="unused", max_retries=0)
 
     # clients ---------------------------------------------------------------------------------
     def client_options(self) -> dict[str, Any]:
