@@ -163,20 +163,18 @@ def _check_writable(path: str, existing: bool) -> None:
 
 def _check_tables(db: sqlite3.Connection, path: str, readonly: bool = True) -> None:
     try:
+        # One read of the catalog: another process may commit the whole schema between two.
+        objects = db.execute("SELECT type, name FROM sqlite_master").fetchall()
+        if not objects and not readonly:
+            return  # an empty database: a store another process is creating right now, or a new one
         tables = {
             name: {c[1] for c in db.execute(f"PRAGMA table_info({name})")}
-            for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            if name in _REQUIRED
+            for kind, name in objects
+            if kind == "table" and name in _REQUIRED
         }
     except sqlite3.DatabaseError as exc:
         why = "not an SQLite database" if "not a database" in str(exc) else str(exc)
         raise StoreError(f"{path} is not an nbconductor run store ({why})", path) from None
-    if (
-        not tables
-        and not readonly
-        and not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    ):
-        return  # an empty database: a store another process is creating right now, or a new one
     missing = [t for t, cols in _REQUIRED.items() if not cols <= tables.get(t, set())]
     if missing:
         raise StoreError(

@@ -1,4 +1,5 @@
 import multiprocessing as mp
+import sqlite3
 
 from nbconductor._types import Attempt, GateResult, StepResult, Usage
 from nbconductor.store._base import connect
@@ -453,3 +454,36 @@ def test_opening_a_store_twice_in_a_process_keeps_its_wal_safe(tmp_path):
     held.record(held.start_run({}, None, None), StepResult("b", "passed", "y", cache_key="k2"))
     assert held.lookup("k2").output == "y"
     held.close()
+
+
+def test_a_store_whose_schema_another_process_commits_mid_check_opens(tmp_path):
+    """200 batch rows open one new store at once. A row that read the empty catalog just
+    before another row committed the schema, and the table count just after, took the file
+    for someone else's database and failed (a lost row in a 200-row batch)."""
+    from nbconductor.store._sqlite import _check_tables
+
+    path = tmp_path / "new.sqlite"
+    sqlite3.connect(path).execute("PRAGMA journal_mode = WAL").close()  # created, still empty
+
+    class Interleaved:
+        """A connection on which another process commits the schema after each statement."""
+
+        def __init__(self):
+            self.db = sqlite3.connect(path, isolation_level=None)
+
+        def execute(self, sql, *args):
+            cursor = self.db.execute(sql, *args)
+            rows = cursor.fetchall()
+            Store(str(path)).close()  # the other process creates the whole schema
+            return iter(rows) if not sql.lstrip().upper().startswith("SELECT") else _Rows(rows)
+
+    _check_tables(Interleaved(), str(path), readonly=False)  # no StoreError
+    Store(str(path)).close()
+
+
+class _Rows(list):
+    def fetchall(self):
+        return list(self)
+
+    def fetchone(self):
+        return self[0] if self else None
