@@ -198,17 +198,18 @@ def measure(repeats: int, phoenix: str, proc: subprocess.Popen) -> tuple[list[li
         "collector down": tracer(f"http://127.0.0.1:{free_port()}"),
     }
     shapes = [
-        ("chain of 1000, function steps", reused(chain(1000, "function")), 1001),
-        ("chain of 1000, LLM steps (offline)", reused(chain(1000, "llm")), 2001),
-        ("4 × 8 DAG, 50 ms LLM steps", lambda: build_dag(layered(4, 8), "llm", 0.05), 65),
+        ("chain of 1000, function steps", reused(chain(1000, "function")), 1001, 1),
+        ("chain of 1000, LLM steps (offline)", reused(chain(1000, "llm")), 2001, 1),
+        # 65 spans: a few ms of noise is 50 µs a span, so 4 × the repeats (a run is 0.2 s)
+        ("4 × 8 DAG, 50 ms LLM steps", lambda: build_dag(layered(4, 8), "llm", 0.05), 65, 4),
     ]
     rows, summary = [], []
     try:
-        for shape, get, spans in shapes:
+        for shape, get, spans, more in shapes:
             times: dict[str, list] = {label: [] for label in modes}
             failed = {label: t.guard.failures for label, t in modes.items() if t is not None}
             load, waited = os.getloadavg()[0], 0.0
-            for i in range(1 + repeats):  # cases interleaved, the first round a warm-up
+            for i in range(1 + repeats * more):  # cases interleaved, the first round a warm-up
                 for label, tracing in modes.items():
                     waited += settle(proc)
                     got = timed_run(get, tracing)
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--floor-only", action="store_true", help="only the bare-span floor")
     args = parser.parse_args(argv)
-    header(f"tracing off / to Phoenix / collector down (median of {args.repeats})")
+    header(f"tracing off / to Phoenix / collector down (median of {args.repeats}; the DAG: 4 ×)")
     print(f"load average at the start: {os.getloadavg()[0]:.1f}")
     proc, phoenix = start_phoenix()
     try:

@@ -347,11 +347,14 @@ def _exporter(otel: Any) -> tuple[SpanExporter, str]:
 
 def _http_exporter() -> type:
     """The SDK's OTLP/HTTP exporter with our encoder (`_trace_otlp`: the same bytes, a fraction
-    of the CPU). It sends through the exporter's own HTTP client — headers, compression, TLS,
-    timeout and retries as configured; where that client is not there (another SDK version) or
-    the SDK's own export metrics are on, the exporter is the SDK's, unchanged."""
+    of the CPU), sending with the exporter's own headers, compression and timeout: to a plain
+    ``http://`` endpoint on a kept-open connection (`_trace_http`), otherwise — https, proxies,
+    and any batch the collector did not take at once — through the exporter's own HTTP client
+    (TLS, retries with backoff). Where that client is not there (another SDK version) or the
+    SDK's own export metrics are on, the exporter is the SDK's, unchanged."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+    from ._trace_http import Sender, usable
     from ._trace_otlp import Encoder
 
     class Exporter(OTLPSpanExporter):
@@ -362,7 +365,12 @@ def _http_exporter() -> type:
             self._ours = callable(getattr(client, "export", None)) and (
                 metrics.strip().lower() != "true"
             )
-            self._encoder = Encoder()
+            self._encoder, self._sender = Encoder(), None
+            parts = ("_headers", "_timeout", "_compress")
+            if self._ours and all(hasattr(client, a) for a in parts) and usable(self._endpoint):
+                self._sender = Sender(
+                    self._endpoint, client._headers, client._timeout, client._compress
+                )
 
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             if not self._ours or getattr(self, "_shutdown", False):
@@ -374,8 +382,16 @@ def _http_exporter() -> type:
             limit = getattr(self, "_max_request_size", 0) or 0
             if limit > 0 and len(data) > limit:
                 return super().export(spans)  # the SDK drops it, with its own log line
+            if self._sender is not None and self._sender.send(data):
+                return SpanExportResult.SUCCESS
+            # https, a proxy, an error answer: the SDK's client, its retries and backoff
             ok = self._client.export(data).success
             return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+        def shutdown(self) -> None:
+            if self._sender is not None:
+                self._sender.close()
+            super().shutdown()
 
     return Exporter
 

@@ -159,7 +159,8 @@ def test_a_run_reaches_phoenix_as_one_trace(fake_api, traced, phoenix, tmp_path,
     p.close()
     assert run.status == "passed"
     flush()
-    assert _trace._tracing.guard.inner._ours  # OTLP/HTTP through our encoder (_trace_otlp)
+    exporter = _trace._tracing.guard.inner
+    assert exporter._ours and exporter._sender  # our encoder and sender (_trace_otlp, _http)
     spans = phoenix.spans(traced, until=lambda s: any(x["name"] == "nbconductor.run" for x in s))
 
     [root] = by_name(spans, "nbconductor.run")
