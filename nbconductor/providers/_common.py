@@ -269,6 +269,35 @@ def output_error(
     )
 
 
+_TLS: dict[str, Any] = {}  # HTTP library name -> the TLS context this process's clients share
+
+
+def http_client(sdk: Any) -> Any:
+    """The SDK's own default async HTTP client (``DefaultAsyncHttpxClient``), on one TLS context
+    shared by every client of this process; None where the SDK or its HTTP library lacks the
+    public pieces (the SDK then builds its own, as before).
+
+    Each new SDK client otherwise builds a TLS context and loads the CA bundle (~19 ms): per
+    client, per event loop, per batch row. The context is the HTTP library's own default
+    (``create_ssl_context()``: the same trust store and ``SSL_CERT_FILE``/``SSL_CERT_DIR``,
+    read once per process).
+    """
+    cls = getattr(sdk, "DefaultAsyncHttpxClient", None)
+    if not isinstance(cls, type):
+        return None
+    for base in cls.__mro__:
+        name = base.__module__.split(".")[0]
+        lib = sys.modules.get(name)
+        make = getattr(lib, "create_ssl_context", None)
+        if callable(make):
+            try:
+                ctx = _TLS.get(name) or _TLS.setdefault(name, make())
+                return cls(verify=ctx)
+            except Exception:  # noqa: BLE001 - the SDK's own client is the fallback
+                return None
+    return None
+
+
 class LoopClients:
     """One SDK client per event loop, closed when that loop shuts down.
 

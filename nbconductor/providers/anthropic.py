@@ -26,7 +26,14 @@ from .._tools import ToolCall, Turn, run_tool_loop
 from .._types import Request, Response, Usage
 from ._base import Provider
 from ._batch import batch_body
-from ._common import LoopClients, final_response, guarded, output_error, strict_schema
+from ._common import (
+    LoopClients,
+    final_response,
+    guarded,
+    http_client,
+    output_error,
+    strict_schema,
+)
 
 DEFAULT_MAX_TOKENS = 8192
 # The API accepts at most four cache breakpoints per request.
@@ -81,6 +88,9 @@ class AnthropicProvider(Provider):
             )
         if self.ref.base_url:
             kwargs["base_url"] = self.ref.base_url
+        shared = http_client(self.sdk)
+        if shared is not None:
+            kwargs["http_client"] = shared
         return self.sdk.AsyncAnthropic(**kwargs)
 
     async def aclose(self) -> None:

@@ -31,7 +31,14 @@ from .._types import Request, Response, Usage
 from . import _responses
 from ._base import Provider
 from ._batch import batch_body
-from ._common import LoopClients, final_response, guarded, output_error, strict_schema
+from ._common import (
+    LoopClients,
+    final_response,
+    guarded,
+    http_client,
+    output_error,
+    strict_schema,
+)
 from ._openai_batch import OpenAIBatches
 from ._structured import downgrade, estimate_tokens, mode_for, refused, schema_instruction
 
@@ -80,7 +87,11 @@ class OpenAIProvider(OpenAIBatches, Provider):
         timeout = self.sdk.Timeout(
             self.timeout, connect=min(self.timeout, 30.0), read=self.read_timeout
         )
-        return self.sdk.AsyncOpenAI(max_retries=0, timeout=timeout, **self.client_options())
+        options = self.client_options()
+        shared = http_client(self.sdk)
+        if shared is not None:
+            options["http_client"] = shared
+        return self.sdk.AsyncOpenAI(max_retries=0, timeout=timeout, **options)
 
     async def aclose(self) -> None:
         await self._clients.aclose()
