@@ -268,7 +268,8 @@ class Broker:
             bid = await self._adapter(provider, group).submit_batch(
                 [(cid, c.body) for cid, c in zip(ids, calls, strict=True)]
             )
-        except ProviderError as exc:
+        except Exception as exc:  # noqa: BLE001 - every waiting row gets an answer, never a hang
+            exc = _as_provider_error(exc, provider, "submit")
             stats["submitted"] -= len(calls)
             stats["finished"] += len(calls)
             for c in calls:
@@ -283,7 +284,7 @@ class Broker:
             "last_call": max(c.wall for c in calls),  # submitted - last_call: the window's wait
         }
         self._entries[bid] = entry
-        self.journal(bid, entry)  # before waiting: a crash from here on is collected on --resume
+        self._journal(bid, entry)  # before waiting: a crash from here on is collected on --resume
         self.batches.append(
             {"id": bid, "provider": provider, "size": len(calls), "submitted": started}
         )
@@ -292,6 +293,12 @@ class Broker:
         self._event(f"{provider} batch {bid}: {len(calls)} requests submitted")
         for cid, c in zip(ids, calls, strict=True):
             self._wait_on(bid, cid, c)
+
+    def _journal(self, bid: str, entry: dict) -> None:
+        try:
+            self.journal(bid, entry)
+        except Exception as exc:  # noqa: BLE001 - a submitted batch is paid for: see it through
+            self._event(f"batch {bid} not journaled ({type(exc).__name__}: {exc})")
 
     def _wait_on(self, bid: str, cid: str, call: _Call) -> None:
         done = self._results.get(bid)
@@ -316,7 +323,8 @@ class Broker:
                     continue
                 results = await adapter.batch_results(bid)
                 break
-            except ProviderError as exc:
+            except Exception as exc:  # noqa: BLE001 - its rows get an answer, never a hang
+                exc = _as_provider_error(exc, provider, "collect")
                 failures += 1
                 if exc.retryable and failures < 8:
                     continue
@@ -334,7 +342,7 @@ class Broker:
         self._results[bid] = {**results, None: fallback}
         if bid in self._entries:
             self._entries[bid] = {**self._entries[bid], "collected": time.time()}
-            self.journal(bid, self._entries[bid])
+            self._journal(bid, self._entries[bid])
         for batch in self.batches:
             if batch["id"] == bid:
                 batch["ended"] = time.time()
@@ -362,6 +370,17 @@ class Broker:
         for provider, s in sorted(self.stats.items()):
             parts.append(f"{provider} " + " · ".join(f"{s[k]} {k}" for k in STAGES))
         return "; ".join(parts)
+
+
+def _as_provider_error(exc: Exception, provider: str, what: str) -> ProviderError:
+    """A provider's own error as it is; anything else (a bug, a journal that cannot be
+    written) as a server error, which the rows' ladders retry in a later batch."""
+    if isinstance(exc, ProviderError):
+        return exc
+    return ServerError(
+        f"{provider}: the batch broker could not {what} a batch ({type(exc).__name__}: {exc})",
+        provider=provider,
+    )
 
 
 def clean_stale(root: str | None = None) -> list[str]:

@@ -114,3 +114,67 @@ def test_calls_that_trickle_in_faster_than_the_window_travel_in_one_batch(fake_a
     assert [r["type"] for r in results] == ["succeeded"] * 12
     assert [b["size"] for b in broker.batches] == [12]
     assert len(fake_api.batches) == 1
+
+
+class _Broken:
+    """A batch-capable provider whose batch API fails in a way no provider error describes."""
+
+    supports_batch = True
+
+    def __init__(self, ref, **kwargs):
+        self.ref = ref
+
+    async def submit_batch(self, items):
+        raise RuntimeError("the SDK changed under us")
+
+    async def aclose(self):
+        pass
+
+
+def test_a_broker_failure_answers_every_waiting_call_instead_of_hanging(monkeypatch):
+    from nbconductor.providers import registry
+
+    registry.register("broken-batch", _Broken)
+    try:
+        broker = Broker(window=0.1, in_flight=lambda: 3)
+        transport = BatchTransport(broker.start())
+
+        async def three():
+            return await asyncio.wait_for(
+                asyncio.gather(*(transport.call("broken-batch", {}, {"n": n}) for n in range(3))),
+                timeout=10,
+            )
+
+        try:
+            results = asyncio.run(three())
+        finally:
+            broker.stop()
+    finally:
+        registry.unregister("broken-batch")
+    assert [r["type"] for r in results] == ["failed"] * 3
+    assert {r["error"]["kind"] for r in results} == {"ServerError"}  # retried by the ladder
+    assert "RuntimeError: the SDK changed under us" in results[0]["error"]["message"]
+
+
+def test_a_journal_that_cannot_be_written_still_waits_for_the_submitted_batch(fake_api):
+    from fakeapi import Text
+
+    fake_api.set_default(lambda body: Text("ok", input_tokens=5, output_tokens=1))
+
+    def journal(bid, entry):
+        raise OSError(28, "No space left on device")
+
+    events = []
+    broker = Broker(window=0.1, in_flight=lambda: 1, journal=journal, on_event=events.append)
+    transport = BatchTransport(broker.start())
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    try:
+        result = asyncio.run(asyncio.wait_for(transport.call("anthropic", {}, body), timeout=20))
+    finally:
+        broker.stop()
+    assert result["type"] == "succeeded"
+    assert any("not journaled (OSError" in e for e in events)
