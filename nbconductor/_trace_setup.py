@@ -32,6 +32,7 @@ from opentelemetry.util.types import Attributes
 _PROPAGATOR = TraceContextTextMapPropagator()
 _DOWN_FOR = 30.0  # seconds a failed collector is not tried again (its spans are dropped)
 _PROBE_TIMEOUT = 0.5  # seconds to connect to the collector before a batch after a quiet spell
+_PROBE_EVERY = 5.0  # seconds between connects to a collector that could not be reached
 #: The SDK's built-in samplers: each decides a child of a sampled local parent as sampled (the
 #: parent-based ones by the parent, the ratio one by the trace id its root was sampled on).
 _BUILTIN_SAMPLERS = {
@@ -57,6 +58,8 @@ class Guard(SpanExporter):
         self.warned: set[int] = set()
         self.lock = threading.Lock()
         self.failures = 0
+        self.probing = False
+        self.stopped = threading.Event()
 
     def expect(self, span: Any, run_id: str) -> None:
         with self.lock:
@@ -66,8 +69,9 @@ class Guard(SpanExporter):
                     self.runs.pop(key, None)
 
     def down(self, run_id: str) -> bool:
-        """Whether the collector failed in the last `_DOWN_FOR` seconds; if so, ``run_id`` gets
-        its warning line now, and the caller builds no spans (they would be dropped unsent)."""
+        """Whether the collector failed in the last `_DOWN_FOR` seconds, or cannot be reached
+        still (`_probe`); if so, ``run_id`` gets its warning line now, and the caller builds no
+        spans (they would be dropped unsent)."""
         if time.monotonic() >= self.down_until:
             return False
         self._say(run_id)
@@ -77,9 +81,11 @@ class Guard(SpanExporter):
         now = time.monotonic()
         # The exporter retries an unreachable collector with backoff for up to its timeout (10 s),
         # which would hold the process at exit: one quick connect says first, unless it just worked.
-        if now < self.down_until or (now - self.up_at > _DOWN_FOR and not self._reachable()):
-            self.down_until = max(self.down_until, now + _DOWN_FOR)
-            self._warn(spans)
+        if now < self.down_until:
+            self._failed(spans, unreachable=False)
+            return SpanExportResult.FAILURE
+        if now - self.up_at > _DOWN_FOR and not self._reachable():
+            self._failed(spans, unreachable=True)
             return SpanExportResult.FAILURE
         try:
             result = self.inner.export(spans)
@@ -88,9 +94,28 @@ class Guard(SpanExporter):
         if result is SpanExportResult.SUCCESS:
             self.up_at = time.monotonic()
         else:
-            self.down_until = time.monotonic() + _DOWN_FOR
-            self._warn(spans)
+            self._failed(spans, unreachable=not self._reachable())
         return result
+
+    def _failed(self, spans: Sequence[ReadableSpan], unreachable: bool) -> None:
+        self.down_until = max(self.down_until, time.monotonic() + _DOWN_FOR)
+        if unreachable and self.address is not None and not self.probing:
+            self.probing = True
+            threading.Thread(target=self._probe, name="nbconductor-otlp-probe", daemon=True).start()
+        self._warn(spans)
+
+    def _probe(self) -> None:
+        """While the collector cannot be reached, keep it known down — runs build no spans,
+        even those started more than `_DOWN_FOR` s after the failure — connecting every
+        `_PROBE_EVERY` s; once it answers, the next run is traced again."""
+        try:
+            while not self.stopped.wait(_PROBE_EVERY):
+                if self._reachable():
+                    self.down_until = 0.0
+                    return
+                self.down_until = max(self.down_until, time.monotonic() + _DOWN_FOR)
+        finally:
+            self.probing = False
 
     def _reachable(self) -> bool:
         if self.address is None:
@@ -119,6 +144,7 @@ class Guard(SpanExporter):
         )
 
     def shutdown(self) -> None:
+        self.stopped.set()
         self.inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:

@@ -286,6 +286,41 @@ def test_a_collector_that_is_down_costs_one_warning_line(
         _trace.reset()
 
 
+def test_a_collector_still_unreachable_keeps_runs_from_building_spans(tmp_path, monkeypatch):
+    """Past the 30 s window, a collector that still cannot be reached (probed in the background)
+    stays known down: runs build no spans; once it accepts connections, runs are traced again."""
+    from nbconductor import _trace_setup
+
+    monkeypatch.setattr(_trace_setup, "_DOWN_FOR", 0.3)
+    monkeypatch.setattr(_trace_setup, "_PROBE_EVERY", 0.05)
+    port = free_port()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    _trace.reset()
+    try:
+        p = Pipeline(store=":memory:", root=tmp_path)
+        p.step("a", "hi", model="offline:m")
+        first = p.run()
+        flush()
+        guard = _trace._tracing.guard
+        assert first.run_id in guard.runs.values() and guard.failures == 1
+        time.sleep(0.8)  # the window is over; the collector is still unreachable
+        second = p.run(force=True)
+        assert second.run_id not in guard.runs.values()  # no spans built
+        with socket.socket() as listener:  # the collector is back
+            listener.bind(("127.0.0.1", port))
+            listener.listen()
+            deadline = time.time() + 10
+            while guard.down_until and time.time() < deadline:
+                time.sleep(0.05)
+            assert guard.down_until == 0.0
+            third = p.run(force=True)
+            assert third.run_id in guard.runs.values()  # traced again
+        p.close()
+    finally:
+        _trace.reset()
+
+
 # unit tests: the SDK's in-memory exporter --------------------------------------------------
 
 
