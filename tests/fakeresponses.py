@@ -13,9 +13,20 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 URL = "/v1/responses"
+
+
+@dataclass
+class Failed:
+    """A response that failed on the provider's side: streamed, ``response.created`` then
+    ``response.failed``; otherwise the response object. Either has ``"status": "failed"`` and
+    ``"error": {"code": code, "message": message}``, no output and no usage."""
+
+    code: str = "server_error"
+    message: str = "The model failed to generate a response."
 
 
 def is_responses(path: str) -> bool:
@@ -83,7 +94,18 @@ def response_body(handler: Any, rec: Any, reply: Any) -> dict:
 
 def render(handler: Any, reply: Any, rec: Any) -> None:
     """Answer ``POST /v1/responses`` with ``reply`` (streamed when the request asks)."""
-    body = response_body(handler, rec, reply)
+    if isinstance(reply, Failed):
+        from fakeapi import Text
+
+        body = response_body(handler, rec, Text(""))
+        body.update(
+            status="failed",
+            output=[],
+            usage=None,
+            error={"code": reply.code, "message": reply.message},
+        )
+    else:
+        body = response_body(handler, rec, reply)
     if not rec.stream:
         return handler._send_json(200, body)
     seq = iter(range(1_000_000))
@@ -111,6 +133,8 @@ def render(handler: Any, reply: Any, rec: Any) -> None:
                         "sequence_number": next(seq),
                     },
                 )
-    done = "response.incomplete" if body["status"] == "incomplete" else "response.completed"
+    done = {"incomplete": "response.incomplete", "failed": "response.failed"}.get(
+        body["status"], "response.completed"
+    )
     handler._sse(done, {"type": done, "response": body, "sequence_number": next(seq)})
     handler._end_stream()

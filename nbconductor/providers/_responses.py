@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .._errors import ProviderError, RateLimitError, RequestError, ServerError
+from .._redact import redact
 from .._tools import ToolCall, Turn
 from .._types import Usage
 
@@ -94,6 +96,29 @@ def turn_of(response: dict, model: str) -> tuple[Turn, str | None]:
     spent = usage(response.get("usage"))
     turn = Turn("".join(text), calls, spent, response.get("model") or model, None, stop)
     return turn, ("".join(refusal) or None)
+
+
+#: ``error.code`` of a failed response that the same request would meet again
+_REQUEST_CODES = ("invalid_prompt", "invalid_image", "image_too_large", "image_parse_error")
+
+
+def failure(response: dict, *, provider: str, model: str) -> ProviderError | None:
+    """The error a ``"status": "failed"`` response stands for (``response.failed`` when
+    streamed), classified as the same failure of an HTTP call would be: a rate limit and a
+    server error are retried, an invalid prompt or image is not; None if it did not fail."""
+    if response.get("status") != "failed":
+        return None
+    error = response.get("error") or {}
+    code = str(error.get("code") or "server_error")
+    message = redact(str(error.get("message") or "no message"))
+    text = f"{provider}:{model} response failed ({code}): {message}"
+    if code == "rate_limit_exceeded":
+        kind = RateLimitError
+    elif code in _REQUEST_CODES or code.startswith("invalid_"):
+        kind = RequestError
+    else:
+        kind = ServerError
+    return kind(text, provider=provider, model=model)
 
 
 def usage(u: dict | None) -> Usage:

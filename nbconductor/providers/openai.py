@@ -279,6 +279,9 @@ class OpenAIProvider(OpenAIBatches, Provider):
                         data = event.response.model_dump(mode="json")
             finally:
                 await stream.close()
+        failed = _responses.failure(data or {}, provider=self.name, model=model)
+        if failed is not None:
+            raise failed
         turn, refusal = _responses.turn_of(data or {}, model)
         if refusal or turn.stop == "content_filter":
             raise output_error(

@@ -69,3 +69,32 @@ def test_responses_needs_an_openai_model(tmp_path, fast_config):
         p.alias("r", "anthropic:claude-haiku-4-5", api="responses")
     with pytest.raises(OptionError, match="alias r: api"):
         p.alias("r", "openai:gpt-4.1-mini", api="assistants")
+
+
+def test_a_failed_response_is_classified_like_the_same_http_error(fake_api, fast_config, tmp_path):
+    """``response.failed`` carries the provider's error code: a server error or rate limit is
+    retried (a transport fault, not a quality failure), an invalid prompt is not."""
+    from fakeresponses import Failed
+
+    fake_api.script(
+        Failed("server_error", "The model failed to generate a response."),
+        Text("Recovered"),
+        endpoint="openai",
+    )
+    p = make(tmp_path, fast_config)
+    p.step("hi", "Say hello", model="resp", retries=2)
+    res = p.run(stream=True).results["hi"]
+    assert res.state == "passed" and res.output == "Recovered"
+    assert [a.outcome for a in res.attempts] == ["error", "passed"]
+    assert not res.attempts[0].quality_failure  # a provider fault, not a quality failure
+    assert "response failed (server_error): The model failed" in res.attempts[0].error
+    p.close()
+
+    fake_api.reset()
+    fake_api.script(Failed("invalid_prompt", "Your prompt was flagged."), endpoint="openai")
+    p = make(tmp_path, fast_config)
+    p.step("bad", "Say something flagged", model="resp", retries=2)
+    res = p.run(stream=True).results["bad"]
+    assert res.state == "failed" and len(fake_api.requests_for("openai")) == 1  # not retried
+    assert "response failed (invalid_prompt): Your prompt was flagged." in res.error
+    p.close()
