@@ -4,7 +4,9 @@ Its replies come from the ``"openai"`` script queue and default, like Chat Compl
 `Text` is an ``output_text`` message, a `ToolCall` a ``function_call`` output item, usage in
 the Responses form (``input_tokens``, ``output_tokens``, ``input_tokens_details``). With
 ``"stream": true`` the answer is a server-sent event stream (``response.created``, one
-``response.output_text.delta`` per piece, ``response.completed`` with the whole response);
+``response.output_text.delta`` per piece, a function call's ``output_item.added``,
+``function_call_arguments.delta`` ×2, ``.done`` and ``output_item.done``, then
+``response.completed`` with the whole response);
 otherwise the response object. ``tests.fakebatch`` uses `response_body` for batch lines
 whose ``url`` is ``/v1/responses``.
 """
@@ -116,6 +118,9 @@ def render(handler: Any, reply: Any, rec: Any) -> None:
         {"type": "response.created", "response": created, "sequence_number": next(seq)},
     )
     for index, item in enumerate(body["output"]):
+        if item["type"] == "function_call":
+            _stream_call(handler, seq, index, item)
+            continue
         if item["type"] != "message":
             continue
         text = item["content"][0]["text"]
@@ -138,3 +143,49 @@ def render(handler: Any, reply: Any, rec: Any) -> None:
     )
     handler._sse(done, {"type": done, "response": body, "sequence_number": next(seq)})
     handler._end_stream()
+
+
+def _stream_call(handler: Any, seq: Any, index: int, item: dict) -> None:
+    """A ``function_call`` output item as the API streams it: added with empty arguments, the
+    arguments in two deltas, then done."""
+    args = item["arguments"]
+    handler._sse(
+        "response.output_item.added",
+        {
+            "type": "response.output_item.added",
+            "output_index": index,
+            "item": {**item, "arguments": "", "status": "in_progress"},
+            "sequence_number": next(seq),
+        },
+    )
+    for piece in (args[: len(args) // 2], args[len(args) // 2 :]):
+        handler._sse(
+            "response.function_call_arguments.delta",
+            {
+                "type": "response.function_call_arguments.delta",
+                "item_id": item["id"],
+                "output_index": index,
+                "delta": piece,
+                "sequence_number": next(seq),
+            },
+        )
+    handler._sse(
+        "response.function_call_arguments.done",
+        {
+            "type": "response.function_call_arguments.done",
+            "item_id": item["id"],
+            "output_index": index,
+            "name": item["name"],
+            "arguments": args,
+            "sequence_number": next(seq),
+        },
+    )
+    handler._sse(
+        "response.output_item.done",
+        {
+            "type": "response.output_item.done",
+            "output_index": index,
+            "item": item,
+            "sequence_number": next(seq),
+        },
+    )

@@ -98,3 +98,34 @@ def test_a_failed_response_is_classified_like_the_same_http_error(fake_api, fast
     assert res.state == "failed" and len(fake_api.requests_for("openai")) == 1  # not retried
     assert "response failed (invalid_prompt): Your prompt was flagged." in res.error
     p.close()
+
+
+def test_tool_use_streams_through_the_responses_api(fake_api, fast_config, tmp_path):
+    """A tool call arrives as streamed function-call events; its result goes back as a
+    ``function_call_output`` input item beside the call, on the same endpoint."""
+    import json
+
+    from fakeapi import ToolCall
+
+    def word_count(text: str) -> int:
+        """Count the words in a text."""
+        return len(text.split())
+
+    fake_api.script(
+        ToolCall("word_count", {"text": "one two three"}, id="call_wc1"),
+        Text("It has 3 words."),
+        endpoint="openai",
+    )
+    p = make(tmp_path, fast_config)
+    p.namespace["word_count"] = word_count
+    p.step("count", "How many words in 'one two three'?", model="resp", tools=["word_count"])
+    res = p.run(stream=True).results["count"]
+    assert res.state == "passed" and res.output == "It has 3 words."
+    first, second = fake_api.requests_for("openai")
+    assert first.path == second.path == "/v1/responses" and first.json["stream"] is True
+    assert first.json["tools"][0]["name"] == "word_count"  # flattened function tool
+    call, output = second.json["input"][-2:]
+    assert call["type"] == "function_call" and call["call_id"] == "call_wc1"
+    assert json.loads(call["arguments"]) == {"text": "one two three"}
+    assert output == {"type": "function_call_output", "call_id": "call_wc1", "output": "3"}
+    p.close()
