@@ -36,6 +36,27 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def start_fake():
+    """The loopback fake answering with `reply`, the SDKs pointed at it (fake keys)."""
+    from fakeapi import FakeAPI
+
+    api = FakeAPI().start()
+    os.environ.update(
+        ANTHROPIC_BASE_URL=api.anthropic_base_url,
+        OPENAI_BASE_URL=api.openai_base_url,
+        ANTHROPIC_API_KEY="sk-ant-" + "fake",
+        OPENAI_API_KEY="sk-" + "fake",
+    )
+    api.set_default(reply)
+    return api
+
+
+def write_job(folder: Path, rows: int) -> None:
+    """The job and its ``rows.csv`` of ``rows`` topics in ``folder``."""
+    make_job(folder)
+    (folder / "rows.csv").write_text("topic\n" + "".join(f"topic-{i:03d}\n" for i in range(rows)))
+
+
 def make_job(folder: Path) -> None:
     from nbconductor import Pipeline
     from nbconductor.handoff._export import export_pipeline
@@ -150,7 +171,6 @@ def waves(api) -> int:
 
 
 def main() -> None:
-    from fakeapi import FakeAPI
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200)
@@ -164,21 +184,12 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=5.0)
     a = ap.parse_args()
     workers = a.workers or a.rows
-    api = FakeAPI().start()
-    os.environ.update(
-        ANTHROPIC_BASE_URL=api.anthropic_base_url,
-        OPENAI_BASE_URL=api.openai_base_url,
-        ANTHROPIC_API_KEY="sk-ant-fake",
-        OPENAI_API_KEY="sk-fake",
-    )
-    api.set_default(reply)
+    api = start_fake()
     print(f"# provider batch vs direct: {a.rows} rows, {workers} workers, window {a.window:g}s")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            make_job(folder)
-            rows = "topic\n" + "".join(f"topic-{i:03d}\n" for i in range(a.rows))
-            (folder / "rows.csv").write_text(rows)
+            write_job(folder, a.rows)
             direct_s, direct, _ = run(folder, "direct", [], workers)
             direct_calls = len([r for r in api.requests if r.endpoint in ("anthropic", "openai")])
             direct_cost = sum(r["cost"] for r in direct["rows"].values())

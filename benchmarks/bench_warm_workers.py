@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from _common import machine  # noqa: E402
-from bench_provider_batch import make_job, reply  # noqa: E402
+from bench_provider_batch import start_fake, write_job  # noqa: E402
 
 LAUNCH = (
     "import sys\n"
@@ -54,29 +54,18 @@ def run(folder: Path, mode: str, n: int, rows: int) -> float:
 
 
 def main() -> None:
-    from fakeapi import FakeAPI
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
-    api = FakeAPI().start()
-    os.environ.update(
-        ANTHROPIC_BASE_URL=api.anthropic_base_url,
-        OPENAI_BASE_URL=api.openai_base_url,
-        ANTHROPIC_API_KEY="sk-ant-" + "fake",
-        OPENAI_API_KEY="sk-" + "fake",
-    )
-    api.set_default(reply)
+    api = start_fake()
     print(f"# {machine()}")
     print(f"# direct batch, {a.rows} rows on {a.rows} workers, {a.repeats} interleaved repeats")
     times: dict[str, list[float]] = {"cold": [], "warm": []}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            make_job(folder)
-            rows = "topic\n" + "".join(f"topic-{i:03d}\n" for i in range(a.rows))
-            (folder / "rows.csv").write_text(rows)
+            write_job(folder, a.rows)
             for n in range(a.repeats):
                 for mode in times:
                     load = os.getloadavg()[0]
