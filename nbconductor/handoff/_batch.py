@@ -194,25 +194,17 @@ def batch(
     that finished in an earlier batch into the same ``out``. A failed row does not stop the
     others. Raises `OptionError` (a `ParameterError` for a bad row) before anything runs.
     ``provider_batch`` sends every model call through the providers' batch APIs
-    (`nbconductor.handoff._provider_batch`), collected for ``batch_window`` seconds at most;
-    with ``dry_run`` it prints the estimate (calls, batch cost, saving) and runs nothing.
+    (`nbconductor.handoff._provider_batch`): a batch goes when every running row waits, or once
+    no call has joined it for ``batch_window`` seconds; with ``dry_run`` it prints the estimate (calls, batch cost, saving) and runs nothing.
     """
-    from ._provider_batch import check_options
-
-    window = check_options(provider_batch=provider_batch, dask=dask, window=batch_window)
-    if dry_run and not provider_batch:
-        raise OptionError("--dry-run needs --provider-batch")
-    if workers is not None and workers < 1:
-        raise OptionError(
-            f"--workers must be 1 or more, got {workers} (leave it out for one per CPU)"
-        )
-    notebook = Path(job).resolve()
-    nb = _read_notebook(notebook)  # as JSON: the coordinator never imports nbformat or papermill
-    from .._config import load_config
-
-    config = load_config(
-        start=notebook.parent
-    )  # a config error stops the batch here, not in every row
+    notebook, nb, config, window = _checked_options(
+        job,
+        workers=workers,
+        dask=dask,
+        provider_batch=provider_batch,
+        batch_window=batch_window,
+        dry_run=dry_run,
+    )
     params_name, rows_in = _rows_of(rows)
     _check_known(nb, rows_in, params_name)
     if dry_run:
@@ -244,8 +236,8 @@ def batch(
         workers = worker_count(workers, len(todo))
     where = f"Dask at {dask}" if dask else plural(_worker_count(workers, len(todo)), "local worker")
     print(
-        f"nbconductor: {plural(len(todo), 'row')} of {notebook.name} on {where}, {engine_label(engine)} engine; "
-        f"store {shown(store)}",
+        f"nbconductor: {plural(len(todo), 'row')} of {notebook.name} on {where}, "
+        f"{engine_label(engine)} engine; store {shown(store)}",
         file=sys.stderr,
     )
     progress = Progress(len(todo), notebook.stem)
@@ -291,6 +283,33 @@ def batch(
     return BatchResult(
         ordered, out_dir, store, time.time() - started, missing=len(all_rows) - len(ordered)
     )
+
+
+def _checked_options(
+    job: str | os.PathLike,
+    *,
+    workers: int | None,
+    dask: str | None,
+    provider_batch: bool,
+    batch_window: float | None,
+    dry_run: bool,
+) -> tuple[Path, dict, Any, float]:
+    """(the notebook's path, its JSON, the config, the batch window), or `OptionError` for
+    options that do not go together, a missing notebook or a bad config: before any row."""
+    from .._config import load_config
+    from ._provider_batch import check_options
+
+    window = check_options(provider_batch=provider_batch, dask=dask, window=batch_window)
+    if dry_run and not provider_batch:
+        raise OptionError("--dry-run needs --provider-batch")
+    if workers is not None and workers < 1:
+        raise OptionError(
+            f"--workers must be 1 or more, got {workers} (leave it out for one per CPU)"
+        )
+    notebook = Path(job).resolve()
+    nb = _read_notebook(notebook)  # as JSON: the coordinator never imports nbformat or papermill
+    config = load_config(start=notebook.parent)  # a config error stops here, not in every row
+    return notebook, nb, config, window
 
 
 def _rows_of(rows: Any) -> tuple[str, list[dict[str, Any]]]:
