@@ -8,8 +8,7 @@ Phoenix (``phoenix serve``, from tests/run.sh's virtualenv or ``$NBCONDUCTOR_PHO
 started on a free loopback port with its working directory in a temporary folder. The "down"
 case points at a closed port; "to Phoenix, SDK encoder" sends through the SDK's own OTLP/HTTP
 exporter and protobuf encoder (nbconductor's exporter writes the same bytes itself,
-`nbconductor/_trace_otlp.py`); "to Phoenix, SDK spans" turns the light span path off (every
-span an SDK `Span`); "no-op exporter" exports nowhere (the batch processor's thread, no
+`nbconductor/_trace_otlp.py`); "no-op exporter" exports nowhere (the batch processor's thread, no
 encoding). Each mode keeps its provider across runs, as a session does. Per-span overhead =
 (traced − off) / spans, in wall time (what ``Pipeline.run`` takes) and in CPU time of the
 process over the run and the flush of its spans (every thread: the export thread's encoding
@@ -193,7 +192,6 @@ def measure(repeats: int, phoenix: str, proc: subprocess.Popen) -> tuple[list[li
         "off": None,
         "to Phoenix": tracer(phoenix),
         "to Phoenix, SDK encoder": tracer(phoenix, exporter=sdk_exporter(phoenix)),
-        "to Phoenix, SDK spans": tracer(phoenix, light=False),
         "no-op exporter": tracer(phoenix, exporter=_Nothing()),
         "collector down": tracer(f"http://127.0.0.1:{free_port()}"),
     }

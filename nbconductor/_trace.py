@@ -10,8 +10,9 @@ A run is one trace: ``nbconductor.run`` → ``step <name>`` → ``chat <model>``
 call and tool-use turn, with the GenAI semantic conventions' ``gen_ai.*`` attributes), gate results
 as ``gate.result`` events. The hooks take the coroutine they trace and return it unchanged when
 tracing is off, so a call site stays one line. Export is the SDK's batch processor (its own
-thread); a collector that is down costs one warning line per run (`Guard`), never the run: once
-an export failed, runs started in the next 30 s build no spans at all.
+thread; over OTLP/HTTP our own encoder, `_trace_otlp`); a collector that is down costs one
+warning line per run (`Guard`), never the run: once an export failed, runs build no spans at
+all while it cannot be reached (and for 30 s after an error answer).
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ Imported by `nbconductor._trace` only once tracing is on (it imports OpenTelemet
 provider honours the standard variables (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
 ``OTEL_TRACES_SAMPLER``, ``OTEL_EXPORTER_OTLP_*``, ``OTEL_BSP_*``), with ``[otel]`` in the config
 filling in what the environment leaves unset; an application's own SDK provider is joined instead.
-Our provider's child spans are `_Light` (a quarter of an SDK `Span`'s cost); the `Guard` keeps a
-down collector from costing the run (no encoding, no retries, one warning line per run).
+Our provider's child spans are `_Light` (a quarter of an SDK `Span`'s cost); its OTLP/HTTP
+exporter writes the protobuf itself (`_trace_otlp`) and sends on a kept-open connection
+(`_trace_http`); the `Guard` keeps a down collector from costing the run (no encoding, no
+retries, no spans while it cannot be reached, one warning line per run).
 """
 
 from __future__ import annotations
