@@ -82,6 +82,20 @@ def start_phoenix() -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
+def versions() -> str:
+    """The OpenTelemetry SDK's version and Phoenix's (from its virtualenv)."""
+    from importlib.metadata import version
+
+    python = Path(PHOENIX).with_name("python")
+    code = "import importlib.metadata as m; print(m.version('arize-phoenix'))"
+    try:
+        got = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
+        phoenix = got.stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        phoenix = "?"
+    return f"OpenTelemetry SDK {version('opentelemetry-sdk')}, Phoenix {phoenix}"
+
+
 def settle(proc: subprocess.Popen, quiet: float = 0.3, limit: float = 120.0) -> float:
     """Wait until Phoenix has ingested what it was sent — its CPU time unchanged (at most one
     clock tick) for ``quiet`` seconds, at most ``limit`` — and return the seconds waited. Its
@@ -374,7 +388,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--floor-only", action="store_true", help="only the bare-span floor")
     args = parser.parse_args(argv)
     header(f"tracing off / to Phoenix / collector down (median of {args.repeats}; the DAG: 4 ×)")
+    print(f"{versions()}; started {time.strftime('%H:%M:%S', time.gmtime())} UTC")
     print(f"load average at the start: {os.getloadavg()[0]:.1f}")
+    started = time.perf_counter()
     proc, phoenix = start_phoenix()
     try:
         summary = []
@@ -404,6 +420,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ns = off_hooks()
     print(f"\noff path: one hook costs {ns:.0f} ns (a context-variable read; 3 hooks per LLM step)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    print(f"took {time.perf_counter() - started:.0f} s")
     summary.append(
         {"benchmark": "tracing off, per hook", "figure": f"{ns:.0f} ns", "goal": "", "met": None}
     )
