@@ -37,9 +37,14 @@ def _background_loop() -> asyncio.AbstractEventLoop:
 
 
 def _unstick(loop: asyncio.AbstractEventLoop) -> None:
-    """After an interrupt: make sure ``loop`` is free for the next run, or stop using it."""
+    """After an interrupt: make sure ``loop`` is free for the next run, or stop using it.
+
+    Another Ctrl-C while this waits (people press it twice) skips to the next, firmer step
+    instead of abandoning the clean-up half-way, which left the next run queued behind the
+    stuck one.
+    """
     global _loop
-    if _answers(loop, CANCEL_GRACE):
+    if _waited(loop, CANCEL_GRACE):
         return
     thread = _thread
     if thread is not None and thread.ident is not None and loop is _loop:
@@ -47,10 +52,18 @@ def _unstick(loop: asyncio.AbstractEventLoop) -> None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(
             ctypes.c_ulong(thread.ident), ctypes.py_object(asyncio.CancelledError)
         )
-    if not _answers(loop, 2 * CANCEL_GRACE):
+    if not _waited(loop, 2 * CANCEL_GRACE):
         with _lock:  # stuck in a C call: leave it behind; the next run starts a new loop
             if _loop is loop:
                 _loop = None
+
+
+def _waited(loop: asyncio.AbstractEventLoop, timeout: float) -> bool:
+    """`_answers`, where a further Ctrl-C during the wait means "stop waiting": False."""
+    try:
+        return _answers(loop, timeout)
+    except KeyboardInterrupt:
+        return False
 
 
 def _answers(loop: asyncio.AbstractEventLoop, timeout: float) -> bool:
