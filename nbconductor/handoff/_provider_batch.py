@@ -5,8 +5,8 @@ Rows run in local worker processes as usual, one notebook per row; the coordinat
 (``NBCONDUCTOR_BATCH_BROKER``), so every Anthropic / OpenAI call of every row travels in a
 provider batch at the batch price. A waiting row holds its worker, so the batch holds the calls
 of as many rows as there are workers: ``--workers`` defaults to one per row in this mode, as
-many as fit in memory and file descriptors (`worker_count`). Submitted batches are journaled in the run store
-(`nbconductor.store._batches`, by output folder) and in ``manifest.json``
+many as fit in memory and file descriptors (`worker_count`). Submitted batches are journaled
+in the run store (`nbconductor.store._batches`, by output folder) and in ``manifest.json``
 (``provider_batches``) before the coordinator waits for them; ``--resume`` collects them,
 from whichever of the two still has them.
 """
