@@ -129,6 +129,10 @@ NOT_A_STATE = {
         "an OpenAI batch's status (the API's word)",
     ),
     ("nbconductor/providers/_batch.py", "failed"): (1, "the type of a provider batch result line"),
+    ("nbconductor/providers/_responses.py", "failed"): (
+        1,
+        "a Responses API status (the API's word)",
+    ),
     ("nbconductor/handoff/_batch.py", "flagged"): (1, "the summary table's column header"),
 }
 
