@@ -11,8 +11,8 @@ one provider batch per provider (and per model where the API needs it: OpenAI), 
 * ``max_size`` calls are waiting.
 
 It then polls each batch with a gentle backoff (×1.05 from 0.1 s, at most 60 s: the wait
-overshoots the provider's processing time by at most ~5%, ~200 polls in an hour), and answers every waiting call
-with its request's result, matched by ``custom_id``. Submitted batches are journaled (batch
+overshoots the provider's processing time by at most ~5%, ~200 polls in an hour), and
+answers every waiting call with its request's result, matched by ``custom_id``. Submitted batches are journaled (batch
 id, each request's custom id and the hash of its body) *before* the broker waits, so after a
 coordinator crash ``--resume`` hands a call whose body was already submitted the result of
 that request instead of submitting it again.
@@ -41,6 +41,7 @@ from typing import Any
 
 from .._config import ModelRef
 from .._errors import ConductorError, ProviderError, ServerError
+from .._redact import redact
 from ..providers import registry
 from ..providers._batch import error_result
 from ..store._liveness import own_start, process_gone
@@ -378,7 +379,9 @@ def _as_provider_error(exc: Exception, provider: str, what: str) -> ProviderErro
     if isinstance(exc, ProviderError):
         return exc
     return ServerError(
-        f"{provider}: the batch broker could not {what} a batch ({type(exc).__name__}: {exc})",
+        redact(
+            f"{provider}: the batch broker could not {what} a batch ({type(exc).__name__}: {exc})"
+        ),
         provider=provider,
     )
 
