@@ -203,6 +203,16 @@ def timed_run(get, tracing) -> tuple[float, float]:
     return wall, cpu
 
 
+def _shapes() -> list[tuple]:
+    """(name, a function giving the pipeline to run, spans a run makes, repeats factor)."""
+    return [
+        ("chain of 1000, function steps", reused(chain(1000, "function")), 1001, 1),
+        ("chain of 1000, LLM steps (offline)", reused(chain(1000, "llm")), 2001, 1),
+        # 65 spans: a few ms of noise is 50 µs a span, so 4 × the repeats (a run is 0.2 s)
+        ("4 × 8 DAG, 50 ms LLM steps", lambda: build_dag(layered(4, 8), "llm", 0.05), 65, 4),
+    ]
+
+
 def measure(repeats: int, phoenix: str, proc: subprocess.Popen) -> tuple[list[list], list[dict]]:
     from nbconductor._trace_setup import _Nothing
     from nbconductor.providers import registry
@@ -215,12 +225,7 @@ def measure(repeats: int, phoenix: str, proc: subprocess.Popen) -> tuple[list[li
         "no-op exporter": tracer(phoenix, exporter=_Nothing()),
         "collector down": tracer(f"http://127.0.0.1:{free_port()}"),
     }
-    shapes = [
-        ("chain of 1000, function steps", reused(chain(1000, "function")), 1001, 1),
-        ("chain of 1000, LLM steps (offline)", reused(chain(1000, "llm")), 2001, 1),
-        # 65 spans: a few ms of noise is 50 µs a span, so 4 × the repeats (a run is 0.2 s)
-        ("4 × 8 DAG, 50 ms LLM steps", lambda: build_dag(layered(4, 8), "llm", 0.05), 65, 4),
-    ]
+    shapes = _shapes()
     rows, summary = [], []
     try:
         for shape, get, spans, more in shapes:
@@ -428,14 +433,9 @@ def down_only(blocks: int = 5) -> list[dict]:
     header(f"collector down against off, {blocks} × {DOWN_PAIRS} interleaved pairs, no collector")
     print(f"{versions()}; started {time.strftime('%H:%M:%S', time.gmtime())} UTC")
     down = tracer(f"http://127.0.0.1:{free_port()}")
-    shapes = [
-        ("chain of 1000, function steps", reused(chain(1000, "function"))),
-        ("chain of 1000, LLM steps (offline)", reused(chain(1000, "llm"))),
-        ("4 × 8 DAG, 50 ms LLM steps", lambda: build_dag(layered(4, 8), "llm", 0.05)),
-    ]
     summary = []
     try:
-        for shape, get in shapes:
+        for shape, get, _spans, _more in _shapes():
             load = os.getloadavg()[0]
             for _ in range(3):  # warm-up; the first down run finds the collector down
                 timed_run(get, None)

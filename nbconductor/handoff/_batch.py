@@ -33,7 +33,7 @@ from ..store._history import HISTORY_ENV
 from ._batch_images import write_row_images
 from ._row import Row, RowResult, execute_row, params_key
 from ._rows import given_rows, plural, read_rows
-from ._runner import choose_engine, engine_label, environ, redact_file
+from ._runner import cell_text, choose_engine, engine_label, environ, redact_file
 from ._workers import WORKER_ENV, job_providers, run_local, sweep, worker_context
 
 __all__ = [
@@ -214,7 +214,9 @@ def batch(
         return BatchResult([], Path(out).resolve(), "", 0.0)
     if not dask:
         # the workers' start-up overlaps with what the coordinator does next
-        worker_context(job_providers(_sources(nb), config))
+        worker_context(
+            job_providers([cell_text(c) for c in nb["cells"] if isinstance(c, dict)], config)
+        )
     engine = choose_engine(nb, engine, register=False)
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -402,14 +404,6 @@ def _store_path(arg: str | None, notebook: Path) -> Path | str:
     if config.store:
         return resolve(config.store, notebook.parent)
     return resolve(default_store(notebook.parent))
-
-
-def _sources(nb: dict) -> list[str]:
-    return [
-        "".join(c["source"]) if isinstance(c.get("source"), list) else str(c.get("source", ""))
-        for c in nb.get("cells", [])
-        if isinstance(c, dict)
-    ]
 
 
 def _read_notebook(path: Path) -> dict:

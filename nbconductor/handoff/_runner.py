@@ -165,6 +165,12 @@ def check_output(output: str, notebook: str) -> None:
         )
 
 
+def cell_text(cell: dict) -> str:
+    """A notebook cell's source as one string (nbformat JSON keeps it as a list of lines or a string)."""
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
 def notebook_parameters(nb) -> set[str] | None:
     """Names the notebook's ``parameters`` cell assigns; None when it has none (or it is not Python)."""
     from .._params import assigned_names
@@ -173,8 +179,7 @@ def notebook_parameters(nb) -> set[str] | None:
         if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get(
             "tags", []
         ):
-            source = cell["source"]
-            return assigned_names("".join(source) if isinstance(source, list) else source)
+            return assigned_names(cell_text(cell))
     return None
 
 
